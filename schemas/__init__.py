@@ -1,0 +1,1 @@
+"""Record contracts: the chunk envelope, the recording manifest, one contract per modality."""

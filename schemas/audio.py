@@ -1,0 +1,24 @@
+"""Audio contract: one row per block of consecutive PCM samples (mono mix, float32 in [-1, 1])."""
+
+import pandera.pandas as pa_pd
+import pyarrow as pa
+
+SCHEMA_VERSION = "audio/1.0"
+
+ARROW_SCHEMA = pa.schema([
+    ("t_ns", pa.int64()),              # time of the block's first sample, ns
+    ("pos", pa.int64()),               # index of the block's first sample in the source
+    ("n_samples", pa.int32()),
+    ("pcm", pa.list_(pa.float32())),   # the samples (mono mix); dropped before the align shuffle
+])
+
+MIN_RATE, MAX_RATE = 1000, 384000   # meta["sample_rate"] must be in this range
+
+
+class AudioBlocks(pa_pd.DataFrameModel):
+    t_ns: int = pa_pd.Field()
+    pos: int = pa_pd.Field(ge=0)
+    n_samples: int = pa_pd.Field(gt=0)
+
+    class Config:
+        strict = False

@@ -1,0 +1,1 @@
+"""Beam PTransforms and DoFns. Each wraps plain functions over numpy/Arrow that live beside it."""
