@@ -62,6 +62,19 @@ class Alignment(_Strict):
     policies: dict[ID, AlignPolicy] = Field(default_factory=dict)
 
 
+class SyncSpec(_Strict):
+    """Estimate this stream's clock against a reference stream from the signals (DTW-sync)."""
+    method: Literal["dtw"] = "dtw"
+    reference: ID
+    features: str | None = Field(None, description="feature kind; default by modality pair")
+    channels: list[str] = Field(default_factory=list, description="sensor channels for magnitude")
+    engine: Literal["banded", "fastdtw"] = "banded"
+    rate_hz: float = Field(100.0, gt=0, le=2000, description="common feature rate")
+    band_s: float = Field(1.0, gt=0, description="Sakoe-Chiba half-width after coarse offset")
+    max_offset_s: float = Field(10.0, gt=0, description="coarse cross-correlation search range")
+    min_confidence: float = Field(0.5, ge=0, le=1, description="below: keep the declared clock")
+
+
 class Stream(_Strict):
     id: ID
     modality: Literal["video", "audio", "text", "sensor"]
@@ -69,6 +82,7 @@ class Stream(_Strict):
     format: str | None = Field(None, description="decoder; guessed from the extension if absent")
     clock: ID | None = Field(None, description="clock domain in the calibration; default: id")
     options: dict = Field(default_factory=dict, description="decoder options")
+    sync: SyncSpec | None = Field(None, description="estimate the clock by DTW against a stream")
 
     @property
     def clock_domain(self) -> str:
@@ -94,6 +108,8 @@ class Manifest(_Strict):
         named = [("alignment.ticks.anchor", t.anchor)] if t.anchor else []
         named += [("alignment.ticks.sets.streams", s) for s in (t.sets.streams if t.sets else [])]
         named += [("alignment.policies", s) for s in self.alignment.policies]
+        named += [(f"streams[{s.id}].sync.reference", s.sync.reference)
+                  for s in self.streams if s.sync]
         for where, sid in named:
             if sid not in ids:
                 raise ValueError(f"{where} names stream {sid!r}, which is not in streams {ids}")
