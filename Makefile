@@ -1,0 +1,40 @@
+# `make demo`: set up everything and run the main job on embedded defaults (no servers).
+# `make test`: set up everything (venv, packages, Debian tools, Kafka and Flink jars) and run
+#              the whole suite, slow integration tests included. `.ci/run` calls it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast venv system-deps infra bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+system-deps:
+	./scripts/system-deps.sh
+
+demo: $(STAMP)
+	$(VENV)/bin/mmalign demo --out out/demo
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP) system-deps
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf out .pytest_cache

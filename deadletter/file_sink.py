@@ -1,0 +1,67 @@
+"""Dead letters to files: OUT/deadletter/session_id=<s>/deadletters.parquet (batch).
+
+Letters are grouped per session and sorted (stage, stream, position, reason) so the file is
+deterministic and a rerun replaces it. Letters with no session go to ``session_id=_unknown``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from deadletter.record import ARROW_SCHEMA, DeadLetter, to_table
+from transforms.parquet_sink import atomic_write_table, session_dir
+
+FILE_NAME = "deadletters.parquet"
+UNKNOWN_SESSION = "_unknown"
+
+
+def _order(d: DeadLetter):
+    return (d.stage, d.stream_id or "", d.source_uri or "", _pos_key(d.position), d.reason,
+            d.message)
+
+
+def _pos_key(position: str | None):
+    if not position or "=" not in position:
+        return ("", -1)
+    field, _, value = position.partition("=")
+    return (field, int(value)) if value.lstrip("-").isdigit() else (field, -1)
+
+
+def write_session_letters(root: str | Path, session_id: str, letters) -> str:
+    letters = sorted(letters, key=_order)
+    path = session_dir(root, session_id) / FILE_NAME
+    return str(atomic_write_table(to_table(letters), path))
+
+
+def read_dead_letters(root: str | Path) -> pa.Table:
+    files = sorted(Path(root).glob(f"session_id=*/{FILE_NAME}"))
+    if not files:
+        return ARROW_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+class WriteDeadLetters(beam.PTransform):
+    """DeadLetters -> one Parquet file per session under ``root``; outputs the paths."""
+
+    def __init__(self, root: str, run_id: str):
+        super().__init__()
+        self.root = root
+        self.run_id = run_id
+
+    def expand(self, letters):
+        run_id, root = self.run_id, self.root
+
+        def stamp(d: DeadLetter):
+            beam.metrics.Metrics.counter("deadletter", f"{d.stage}.{d.modality}").inc()
+            return (d.session_id or UNKNOWN_SESSION, d if d.run_id else d.with_run(run_id))
+
+        return (letters
+                | "KeyBySession" >> beam.Map(stamp)
+                | "GlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
+                | "GroupBySession" >> beam.GroupByKey()
+                | "WriteSessionFile" >> beam.MapTuple(
+                    lambda s, ds: write_session_letters(root, s, list(ds))))

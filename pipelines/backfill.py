@@ -1,0 +1,122 @@
+"""The backfill: recordings on disk -> aligned Parquet + dead letters, on any Beam runner.
+
+    manifests -> decode -> validate -> clock -> buckets -> align -> Parquet
+                    \\________\\___________________________________-> dead letters
+
+Outputs go to a staging folder and are promoted per session when the run succeeds, so a
+rerun replaces a session's output whole and never duplicates it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from deadletter.file_sink import WriteDeadLetters
+from schemas.calibration import load_calibration
+from schemas.manifest import Manifest, ManifestError, load_manifest
+from transforms.align import AlignBuckets, SessionPlan, plan_from_manifest
+from transforms.buckets import AssignBuckets
+from transforms.clock import ApplyClockFn, ClockModel
+from transforms.decode import DecodeStreams
+from transforms.parquet_sink import WriteAlignedFn, promote
+from transforms.validate import Validate
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass
+class Job:
+    """Everything a run needs, resolved and validated before any Beam code runs."""
+    manifests: list[Manifest]
+    plans: dict[str, SessionPlan]
+    declared: dict[tuple[str, str], ClockModel]
+    out: Path
+    run_id: str
+    sources: list[tuple[str, object, str]] = field(default_factory=list)
+
+    @property
+    def bucket_ns(self) -> int:
+        return next(iter(self.plans.values())).bucket_ns
+
+    def metadata(self) -> dict:
+        return {"run_id": self.run_id,
+                "sessions": {s: p.params for s, p in self.plans.items()},
+                "clocks": {f"{k[0]}/{k[1]}": m.as_dict() for k, m in self.declared.items()}}
+
+
+def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | None = None) -> Job:
+    manifests = [load_manifest(p) for p in manifest_paths]
+    seen: dict[str, str] = {}
+    for path, m in zip(manifest_paths, manifests):
+        if m.session in seen:
+            raise ManifestError(f"{path}: field 'session': {m.session!r} is also the session of "
+                                f"{seen[m.session]}; give each recording its own session id")
+        seen[m.session] = str(path)
+    plans = {m.session: plan_from_manifest(m) for m in manifests}
+    widths = {p.bucket_ns for p in plans.values()}
+    if len(widths) > 1:
+        raise ManifestError(f"field 'alignment.bucket_s' differs between manifests "
+                            f"({sorted(w / 1e9 for w in widths)}); use one bucket width per run")
+    declared = {}
+    sources = []
+    for m in manifests:
+        cal = load_calibration(m.resolve(m.calibration, "calibration") if m.calibration else None)
+        for s in m.streams:
+            declared[(m.session, s.id)] = cal.clock(s.clock_domain)
+            for i, f in enumerate(s.files):
+                sources.append((m.session, s, str(m.resolve(f, f"streams[{s.id}].files[{i}]"))))
+    return Job(manifests, plans, declared, Path(out), run_id or new_run_id(), sources)
+
+
+def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
+    """Wire the backfill into pipeline ``p``; returns the named PCollections."""
+    options = {s.id: s.options for m in job.manifests for s in m.streams}
+    decoded = (p | "Sources" >> beam.Create(job.sources, reshuffle=True)
+               | "Decode" >> DecodeStreams())
+    valid = decoded.chunks | "Validate" >> Validate(options, job.run_id)
+    clocked = valid.chunks | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
+    margins = {(sid, st.stream_id): st.margin_ns()
+               for sid, plan in job.plans.items() for st in plan.streams}
+    anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
+    aligned = (clocked
+               | "Buckets" >> AssignBuckets(job.bucket_ns, margins, anchors)
+               | "Align" >> AlignBuckets(job.plans))
+    written = aligned | "WriteAligned" >> beam.ParDo(
+        WriteAlignedFn(str(staging / "aligned"), job.metadata()))
+    dead = ((decoded.dead, valid.dead) | "AllDead" >> beam.Flatten()
+            | "WriteDead" >> WriteDeadLetters(str(staging / "deadletter"), job.run_id))
+    return {"aligned": aligned, "written": written, "dead": dead}
+
+
+def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "DirectRunner",
+        pipeline_args: list[str] | None = None, run_id: str | None = None) -> dict:
+    """Run the backfill to completion; returns the run summary (also OUT/summary.json)."""
+    from pipelines.summary import summarize
+
+    job = prepare(manifest_paths, out, run_id)
+    staging = job.out / ".staging" / job.run_id
+    opts = PipelineOptions([f"--runner={runner}", *(pipeline_args or [])])
+    t0 = time.perf_counter()
+    with beam.Pipeline(options=opts) as p:
+        build(p, job, staging)
+    result = p.result
+    elapsed = time.perf_counter() - t0
+    sessions = list(job.plans)
+    for sub in ("aligned", "deadletter"):
+        promote(staging / sub, job.out / sub, sessions)
+    shutil.rmtree(staging, ignore_errors=True)
+    if not any((job.out / ".staging").iterdir()):
+        (job.out / ".staging").rmdir()
+    summary = summarize(job, result, elapsed)
+    (job.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary

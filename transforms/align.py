@@ -1,0 +1,277 @@
+"""The align stage: each bucket's ticks joined to every stream by that stream's policy.
+
+Input: ``((session_id, bucket), [Piece, ...])`` from transforms/buckets.py. Output:
+``((session_id, bucket), pyarrow.Table)`` with one row per tick of the bucket:
+
+    session_id, bucket, tick_ns, tick_time (timestamp[ns, UTC]), tick_pos
+    <stream>__status        "ok" or why the value is missing (never a silent gap)
+    <stream>__dt_ns         signed time from the tick to the sample used (|dt| = quality)
+    <stream>__pos, __src    the source reference (row/frame/first sample/cue + file)
+    ... policy columns: __t_ns, __file (images), __<channel> (sensors), __sample_start /
+        __sample_end / __coverage (audio), __text / __cues (text)
+
+The kernels are plain functions in transforms/align_policies.py; this module only gathers a
+bucket's pieces, calls them and lays out columns. Counters ``align.<modality>.samples`` count
+each valid sample once (in the bucket that owns it), so ``records in = aligned + dead``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+
+from transforms import align_policies as ap
+from transforms.buckets import Piece
+
+SEP = "__"
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    stream_id: str
+    modality: str
+    policy: str
+    tolerance_ns: int
+    max_gap_ns: int
+    window_ns: int
+    channels: tuple[str, ...] = ()     # sensors: fixed column set when known up front
+
+    def margin_ns(self) -> int:
+        return ap.required_margin_ns(self.policy, tolerance_ns=self.tolerance_ns,
+                                     max_gap_ns=self.max_gap_ns, window_ns=self.window_ns)
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    session_id: str
+    streams: tuple[StreamPlan, ...]
+    bucket_ns: int
+    anchor: str | None = None          # tick source: an anchor stream ...
+    rate_hz: float | None = None       # ... or a fixed rate
+    params: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def margins(self) -> dict[str, int]:
+        return {s.stream_id: s.margin_ns() for s in self.streams}
+
+
+def _concat(pieces: list[Piece]) -> pa.Table:
+    """One stream's rows in a bucket, time-sorted, each (src, pos) once."""
+    t = pa.Table.from_batches([p.data for p in pieces]).combine_chunks()
+    t = t.sort_by([("t_ns", "ascending"), ("pos", "ascending")])
+    if t.num_rows > 1:
+        pos = t.column("pos").to_numpy()
+        src = t.column("src").cast(pa.string()).to_numpy(zero_copy_only=False)
+        tt = t.column("t_ns").to_numpy()
+        dup = np.zeros(t.num_rows, bool)
+        dup[1:] = (pos[1:] == pos[:-1]) & (src[1:] == src[:-1]) & (tt[1:] == tt[:-1])
+        if dup.any():
+            t = t.filter(pa.array(~dup))
+    return t
+
+
+def fixed_rate_ticks(bucket: int, bucket_ns: int, rate_hz: float, t_lo: int, t_hi: int):
+    """Ticks at whole multiples of the period inside the bucket and inside [t_lo, t_hi]."""
+    period = round(1e9 / rate_hz)
+    lo = max(bucket * bucket_ns, t_lo)
+    hi = min((bucket + 1) * bucket_ns - 1, t_hi)
+    if hi < lo:
+        return np.zeros(0, np.int64)
+    first = -(-lo // period)
+    return np.arange(first, hi // period + 1, dtype=np.int64) * period
+
+
+def _status(status: np.ndarray) -> pa.Array:
+    names = np.asarray(ap.STATUS_NAMES, dtype=object)[status]
+    return pa.array(names, pa.string()).dictionary_encode()
+
+
+def _take(col: pa.ChunkedArray | pa.Array, idx: np.ndarray, valid: np.ndarray) -> pa.Array:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return arr.take(pa.array(np.where(valid, idx, 0), pa.int64(), mask=~valid))
+
+
+def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
+                meta: dict | None = None) -> dict:
+    """The columns of one stream for the bucket's ticks (all-missing when ``table`` is None)."""
+    m = len(ticks)
+    p = plan.stream_id + SEP
+    if table is None or table.num_rows == 0:
+        table = None
+    t = table.column("t_ns").to_numpy() if table is not None else np.zeros(0, np.int64)
+    cols: dict[str, pa.Array] = {}
+
+    if plan.policy in ("nearest", "one_to_one"):
+        fn = ap.nearest if plan.policy == "nearest" else ap.one_to_one
+        idx, dt, status = fn(ticks, t, plan.tolerance_ns)
+        ok = idx >= 0
+        cols[p + "status"] = _status(status)
+        cols[p + "dt_ns"] = pa.array(dt, pa.int64(), mask=~ok)
+        names = ["t_ns", "pos", "src"] + (["file"] if plan.modality == "video" else []) + \
+            (list(plan.channels) if plan.modality == "sensor" else [])
+        for name in names:
+            if table is not None and name in table.column_names:
+                cols[p + name] = _take(table.column(name), idx, ok)
+            elif name in ("t_ns", "pos"):
+                cols[p + name] = pa.nulls(m, pa.int64())
+            elif name in plan.channels:
+                cols[p + name] = pa.nulls(m, pa.float64())
+            else:
+                cols[p + name] = pa.nulls(m, pa.string())
+        if plan.modality == "sensor" and table is not None and not plan.channels:
+            for name in _channels(table):
+                cols[p + name] = _take(table.column(name), idx, ok)
+
+    elif plan.policy == "interpolate":
+        channels = list(plan.channels) or (_channels(table) if table is not None else [])
+        values = (np.column_stack([table.column(c).to_numpy() for c in channels])
+                  if table is not None and channels else np.zeros((len(t), len(channels))))
+        out, left, right, status = ap.interpolate(ticks, t, values, plan.max_gap_ns)
+        ok = left >= 0
+        cols[p + "status"] = _status(status)
+        near = np.where(ok, np.minimum(np.abs(ticks - t[np.maximum(left, 0)]) if t.size else 0,
+                                       np.abs(t[np.maximum(right, 0)] - ticks) if t.size else 0),
+                        0)
+        cols[p + "dt_ns"] = pa.array(near, pa.int64(), mask=~ok)
+        for j, c in enumerate(channels):
+            cols[p + c] = pa.array(out[:, j], pa.float64(), from_pandas=True)
+        if table is not None:
+            cols[p + "pos"] = _take(table.column("pos"), left, ok)
+            cols[p + "pos_right"] = _take(table.column("pos"), right, ok)
+            cols[p + "src"] = _take(table.column("src"), left, ok)
+        else:
+            cols[p + "pos"] = pa.nulls(m, pa.int64())
+            cols[p + "pos_right"] = pa.nulls(m, pa.int64())
+            cols[p + "src"] = pa.nulls(m, pa.string())
+
+    elif plan.policy == "audio_window":
+        sr = int((meta or {}).get("sample_rate") or 0)
+        n = table.column("n_samples").to_numpy().astype(np.int64) if table is not None \
+            else np.zeros(0, np.int64)
+        pos = table.column("pos").to_numpy() if table is not None else np.zeros(0, np.int64)
+        s0, s1, cov, status = ap.audio_window(ticks, t, pos, n, sr or 1, plan.window_ns)
+        ok = s1 > s0
+        cols[p + "status"] = _status(status)
+        cols[p + "sample_start"] = pa.array(s0, pa.int64(), mask=~ok)
+        cols[p + "sample_end"] = pa.array(s1, pa.int64(), mask=~ok)
+        cols[p + "coverage"] = pa.array(cov, pa.float64())
+        cols[p + "sample_rate"] = pa.array(np.full(m, sr or 0), pa.int32(), mask=np.full(m, not sr))
+        if table is not None:
+            first = np.clip(np.searchsorted(t, ticks, side="right") - 1, 0, len(t) - 1)
+            cols[p + "src"] = _take(table.column("src"), first, ok)
+        else:
+            cols[p + "src"] = pa.nulls(m, pa.string())
+
+    elif plan.policy == "text_overlap":
+        end = table.column("t_end_ns").to_numpy() if table is not None else np.zeros(0, np.int64)
+        offsets, seg, status = ap.text_overlap(ticks, t, end)
+        cols[p + "status"] = _status(status)
+        if table is not None and seg.size:
+            texts = table.column("text").to_numpy(zero_copy_only=False)[seg]
+            cues = table.column("pos").to_numpy()[seg]
+        else:
+            texts, cues = np.zeros(0, object), np.zeros(0, np.int64)
+        joined = ["\n".join(texts[offsets[i]:offsets[i + 1]]) if offsets[i + 1] > offsets[i]
+                  else None for i in range(m)]
+        cols[p + "text"] = pa.array(joined, pa.string())
+        cols[p + "cues"] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                                    pa.array(cues, pa.int64()))
+        cols[p + "src"] = (_take(table.column("src"), seg[offsets[:-1].clip(max=max(len(seg)-1, 0))]
+                                 if seg.size else np.zeros(m, np.int64),
+                                 np.diff(offsets) > 0) if table is not None
+                           else pa.nulls(m, pa.string()))
+    else:
+        raise ValueError(f"unknown policy {plan.policy!r}")
+    return cols
+
+
+def _channels(table: pa.Table) -> list[str]:
+    skip = {"t_ns", "pos", "src", "t_dev_ns"}
+    return [c for c in table.column_names if c not in skip]
+
+
+def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece]) -> pa.Table:
+    by_stream: dict[str, list[Piece]] = defaultdict(list)
+    tick_pieces: list[Piece] = []
+    meta: dict[str, dict] = {}
+    for piece in pieces:
+        (tick_pieces if piece.role == "ticks" else by_stream[piece.stream_id]).append(piece)
+        meta.setdefault(piece.stream_id, piece.meta)
+    tables = {s: _concat(ps) for s, ps in by_stream.items()}
+
+    if plan.anchor is not None:
+        tt = _concat(tick_pieces) if tick_pieces else None
+        ticks = tt.column("t_ns").to_numpy() if tt is not None else np.zeros(0, np.int64)
+        tick_pos = tt.column("pos").to_numpy() if tt is not None else np.zeros(0, np.int64)
+    else:
+        lo = min((int(t.column("t_ns")[0].as_py()) for t in tables.values() if t.num_rows),
+                 default=0)
+        hi = max((int(t.column("t_ns")[-1].as_py()) for t in tables.values() if t.num_rows),
+                 default=-1)
+        ticks = fixed_rate_ticks(bucket, plan.bucket_ns, plan.rate_hz, lo, hi)
+        tick_pos = np.rint(ticks * plan.rate_hz / 1e9).astype(np.int64)
+
+    m = len(ticks)
+    cols = {
+        "session_id": pa.array([plan.session_id] * m, pa.string()).dictionary_encode(),
+        "bucket": pa.array(np.full(m, bucket), pa.int64()),
+        "tick_ns": pa.array(ticks, pa.int64()),
+        "tick_time": pa.array(ticks, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+        "tick_pos": pa.array(tick_pos, pa.int64()),
+    }
+    for sp in plan.streams:
+        cols.update(join_stream(sp, ticks, tables.get(sp.stream_id), meta.get(sp.stream_id)))
+    return pa.table(cols)
+
+
+class AlignBucketFn(beam.DoFn):
+    def __init__(self, plans: dict[str, SessionPlan]):
+        self.plans = plans
+
+    def process(self, element):
+        (session_id, bucket), pieces = element
+        pieces = list(pieces)
+        for piece in pieces:
+            if piece.role == "samples" and piece.owned:
+                beam.metrics.Metrics.counter("align", f"{piece.modality}.samples").inc(
+                    piece.owned)
+        table = align_bucket(self.plans[session_id], bucket, pieces)
+        beam.metrics.Metrics.counter("align", "ticks").inc(table.num_rows)
+        if table.num_rows:
+            yield (session_id, bucket), table
+
+
+class AlignBuckets(beam.PTransform):
+    """((session, bucket), Piece) -> ((session, bucket), aligned table)."""
+
+    def __init__(self, plans: dict[str, SessionPlan]):
+        super().__init__()
+        self.plans = plans
+
+    def expand(self, keyed_pieces):
+        return (keyed_pieces
+                | "GroupBucket" >> beam.GroupByKey()
+                | "JoinBucket" >> beam.ParDo(AlignBucketFn(self.plans)))
+
+
+def plan_from_manifest(manifest) -> SessionPlan:
+    """The session's join plan from its validated manifest (schemas/manifest.py)."""
+    streams = []
+    for s in manifest.streams:
+        pol = manifest.policy_for(s)
+        streams.append(StreamPlan(
+            stream_id=s.id, modality=s.modality, policy=pol.policy,
+            tolerance_ns=round(pol.tolerance_ms * 1e6), max_gap_ns=round(pol.max_gap_ms * 1e6),
+            window_ns=round(pol.window_ms * 1e6),
+            channels=tuple(s.options.get("channels") or ())))
+    t = manifest.alignment.ticks
+    return SessionPlan(
+        session_id=manifest.session, streams=tuple(streams),
+        bucket_ns=round(manifest.alignment.bucket_s * 1e9) // 1000 * 1000,
+        anchor=t.anchor, rate_hz=t.rate_hz,
+        params={"ticks": t.model_dump(exclude_none=True),
+                "bucket_s": manifest.alignment.bucket_s,
+                "policies": {s.id: manifest.policy_for(s).model_dump() for s in manifest.streams}})

@@ -1,0 +1,149 @@
+"""Time buckets: how a session's time axis is cut so the join parallelises and stays exact.
+
+Bucket ``b`` owns the ticks with ``b*B <= t < (b+1)*B``. It also sees every sample in
+``[b*B - M, (b+1)*B + M)``, where the margin M of a stream is what its join policy needs to
+decide a tick near the edge exactly as a whole-session join would (``required_margin_ns`` in
+transforms/align_policies.py). Text segments are intervals: a segment goes to every bucket its
+``[t_ns, t_end_ns]`` (widened by M) touches.
+
+In Beam every bucket element is keyed ``(session_id, b)`` and stamped at the bucket's close,
+``(b+1)*B + M_max - 1us``, then windowed into ``FixedWindows(B, offset=M_max)``: window k is
+``[k*B + M, (k+1)*B + M)``, so a bucket's window closes only when the watermark has passed its
+last margin sample. The same transform serves batch (watermark at infinity) and streaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.transforms.window import FixedWindows, TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from schemas.envelope import Chunk
+
+NS_PER_US = 1000
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A slice of one stream's samples (or ticks) that one bucket needs."""
+    stream_id: str
+    modality: str
+    role: str                 # "samples" | "ticks"
+    data: pa.RecordBatch      # chunk rows, plus a ``src`` column (source uri per row)
+    meta: dict
+    owned: int                # rows whose time falls in the bucket itself (not the margin)
+
+
+def bucket_range(t_min: int, t_max: int, bucket_ns: int, margin_ns: int) -> range:
+    """Buckets whose widened span [b*B - M, (b+1)*B + M) can hold a time in [t_min, t_max]."""
+    return range((t_min - margin_ns) // bucket_ns, (t_max + margin_ns) // bucket_ns + 1)
+
+
+def point_slices(t: np.ndarray, bucket_ns: int, margin_ns: int):
+    """(b, lo, hi, owned) row ranges of sorted times ``t`` per bucket, margins included."""
+    if t.size == 0:
+        return
+    for b in bucket_range(int(t[0]), int(t[-1]), bucket_ns, margin_ns):
+        start, end = b * bucket_ns, (b + 1) * bucket_ns
+        lo, hi = np.searchsorted(t, [start - margin_ns, end + margin_ns], side="left")
+        if hi > lo:
+            o_lo, o_hi = np.searchsorted(t, [start, end], side="left")
+            yield b, int(lo), int(hi), int(o_hi - o_lo)
+
+
+def interval_buckets(start: np.ndarray, end: np.ndarray, bucket_ns: int, margin_ns: int):
+    """(b, row indices, owned) for intervals: every bucket an interval (widened by M) touches.
+    A row is owned by the bucket holding its start."""
+    if start.size == 0:
+        return
+    first = (start - margin_ns) // bucket_ns
+    last = (np.maximum(end, start) + margin_ns) // bucket_ns
+    for b in range(int(first.min()), int(last.max()) + 1):
+        rows = np.flatnonzero((first <= b) & (last >= b))
+        if rows.size:
+            owned = int(np.count_nonzero((start[rows] // bucket_ns) == b))
+            yield b, rows, owned
+
+
+def _with_src(chunk: Chunk) -> pa.RecordBatch:
+    src = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(chunk.data.num_rows, np.int32)), pa.array([chunk.source_uri]))
+    data = chunk.data
+    drop = [c for c in ("pcm", "image") if c in data.schema.names]   # never shuffled
+    if drop:
+        data = data.drop_columns(drop)
+    return data.append_column("src", src)
+
+
+def chunk_pieces(chunk: Chunk, *, bucket_ns: int, margin_ns: int, is_anchor: bool):
+    """Yield (bucket, Piece) for one clocked chunk (times sorted: validation guarantees it)."""
+    data = _with_src(chunk)
+    t = data.column("t_ns").to_numpy(zero_copy_only=False)
+    if chunk.modality == "text":
+        end = data.column("t_end_ns").to_numpy(zero_copy_only=False)
+        for b, rows, owned in interval_buckets(t, end, bucket_ns, margin_ns):
+            yield b, Piece(chunk.stream_id, chunk.modality, "samples",
+                           data.take(pa.array(rows)), chunk.meta, owned)
+    else:
+        for b, lo, hi, owned in point_slices(t, bucket_ns, margin_ns):
+            yield b, Piece(chunk.stream_id, chunk.modality, "samples",
+                           data.slice(lo, hi - lo), chunk.meta, owned)
+    if is_anchor:
+        for b, lo, hi, owned in point_slices(t, bucket_ns, 0):
+            yield b, Piece(chunk.stream_id, chunk.modality, "ticks",
+                           data.slice(lo, hi - lo), chunk.meta, owned)
+
+
+def bucket_close_us(b: int, bucket_ns: int, window_margin_ns: int) -> int:
+    """The event time (Beam micros) a bucket's elements carry: the last microsecond of its
+    window [b*B + M, (b+1)*B + M)."""
+    return ((b + 1) * bucket_ns + window_margin_ns) // NS_PER_US - 1
+
+
+class AssignBucketsFn(beam.DoFn):
+    def __init__(self, bucket_ns: int, margins: dict[tuple[str, str], int],
+                 anchors: dict[str, str | None], window_margin_ns: int):
+        self.bucket_ns = bucket_ns
+        self.margins = margins
+        self.anchors = anchors
+        self.window_margin_ns = window_margin_ns
+
+    def process(self, chunk: Chunk):
+        for b, piece in chunk_pieces(chunk, bucket_ns=self.bucket_ns,
+                                     margin_ns=self.margins.get(chunk.key, 0),
+                                     is_anchor=chunk.stream_id == self.anchors.get(
+                                         chunk.session_id)):
+            ts = Timestamp(micros=bucket_close_us(b, self.bucket_ns, self.window_margin_ns))
+            yield TimestampedValue(((chunk.session_id, b), piece), ts)
+
+
+class AssignBuckets(beam.PTransform):
+    """Clocked chunks -> ((session_id, bucket), Piece), windowed so a bucket closes after its
+    margin. ``margins``: (session, stream) -> margin in ns (rounded up to whole microseconds);
+    ``anchors``: session -> anchor stream (or None for fixed-rate ticks)."""
+
+    def __init__(self, bucket_ns: int, margins: dict[tuple[str, str], int],
+                 anchors: dict[str, str | None]):
+        super().__init__()
+        if bucket_ns % NS_PER_US:
+            raise ValueError("bucket width must be a whole number of microseconds")
+        self.bucket_ns = bucket_ns
+        self.margins = {k: -(-v // NS_PER_US) * NS_PER_US for k, v in margins.items()}
+        self.anchors = anchors
+        self.window_margin_ns = max(self.margins.values(), default=0)
+        if self.window_margin_ns >= bucket_ns:
+            raise ValueError(
+                f"alignment margin {self.window_margin_ns / 1e9:.3f} s is not smaller than the "
+                f"bucket width {bucket_ns / 1e9:.3f} s; raise alignment.bucket_s")
+
+    def expand(self, chunks):
+        return (chunks
+                | "SliceIntoBuckets" >> beam.ParDo(AssignBucketsFn(
+                    self.bucket_ns, self.margins, self.anchors, self.window_margin_ns))
+                | "BucketWindows" >> beam.WindowInto(FixedWindows(
+                    Duration(micros=self.bucket_ns // NS_PER_US),
+                    offset=Timestamp(micros=self.window_margin_ns // NS_PER_US))))

@@ -1,0 +1,216 @@
+"""The validate stage: every chunk checked against its modality's contract, row by row.
+
+``validate_chunk`` is the plain function: it returns the chunk with only its good rows and one
+DeadLetter per bad row (stage "validate", a reason slug, a copy of the row). Checks:
+
+- every modality: timestamps present, strictly increasing within the file (a row equal to the
+  running maximum is a ``duplicate_timestamp``, one below it is ``out_of_order``; the running
+  maximum spans chunk edges through ``Chunk.prev_t_ns``);
+- the modality's pandera contract (schemas/video.py, audio.py, text.py, sensor.py): types,
+  ranges (frame size, block size, finite sensor values within range), text length, cue order;
+- stream-level metadata: audio sample rate in range, constant frame size within a video stream,
+  text free of replacement/control characters (encoding damage that got past the decoder).
+
+``Validate`` is the Beam shell: good chunks on the main output, dead letters on "dead",
+counters ``validate.<modality>.valid`` / ``validate.<modality>.dead``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa_pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from deadletter.record import DeadLetter
+from schemas import audio as audio_schema
+from schemas import sensor as sensor_schema
+from schemas import text as text_schema
+from schemas import video as video_schema
+from schemas.envelope import Chunk
+
+# Columns never handed to pandera (large binary/list payloads are checked with numpy).
+_PAYLOAD_COLUMNS = {"pcm", "image"}
+
+# pandera check name -> dead-letter reason
+_REASONS = {
+    "not_nullable": "missing_value",
+    "finite": "non_finite",
+    "in_range": "out_of_range",
+    "greater_than_or_equal_to": "out_of_range",
+    "less_than_or_equal_to": "out_of_range",
+    "greater_than": "out_of_range",
+    "str_length": "bad_text_length",
+    "isin": "bad_enum",
+    "ends_after_start": "end_before_start",
+    "dtype": "wrong_type",
+}
+
+_CONTROL = "".join(chr(c) for c in range(32) if chr(c) not in "\n\t") + "\x7f"
+
+
+def _contract(chunk: Chunk, options: dict):
+    m = chunk.modality
+    if m == "video":
+        return video_schema.VideoFrames.to_schema()
+    if m == "audio":
+        return audio_schema.AudioBlocks.to_schema()
+    if m == "text":
+        return text_schema.TextSegments.to_schema()
+    channels = [c for c in chunk.data.schema.names if c not in ("t_ns", "pos")]
+    return sensor_schema.pandera_schema(
+        channels, float(options.get("max_abs", sensor_schema.MAX_ABS_VALUE)))
+
+
+def _timestamp_order(t: np.ndarray, prev: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(duplicate, out_of_order) masks against the running maximum of earlier rows."""
+    if t.size == 0:
+        return np.zeros(0, bool), np.zeros(0, bool)
+    before = np.empty_like(t)
+    before[0] = np.iinfo(np.int64).min if prev is None else prev
+    if t.size > 1:
+        before[1:] = np.maximum.accumulate(t[:-1])
+        if prev is not None:
+            before[1:] = np.maximum(before[1:], prev)
+    return t == before, t < before
+
+
+def _row_payload(batch: pa.RecordBatch, i: int) -> bytes:
+    """A copy of the rejected row (payload columns left out) as JSON; NaN/inf kept as tokens."""
+    return json.dumps(batch.slice(i, 1).to_pylist()[0], default=str, allow_nan=True).encode()
+
+
+def validate_chunk(chunk: Chunk, options: dict | None = None,
+                   run_id: str = "") -> tuple[Chunk | None, list[DeadLetter]]:
+    options = options or {}
+    n = chunk.data.num_rows
+    reasons: dict[int, tuple[str, str, str]] = {}   # row -> (reason, error_class, message)
+
+    def flag(rows, reason, error_class, message):
+        for r in np.flatnonzero(rows) if isinstance(rows, np.ndarray) and rows.dtype == bool \
+                else rows:
+            reasons.setdefault(int(r), (reason, error_class, message))
+
+    # 1. stream-level metadata: a bad rate/size condemns every row of the chunk.
+    if chunk.modality == "audio":
+        sr = chunk.meta.get("sample_rate")
+        if not isinstance(sr, (int, float)) or not (
+                audio_schema.MIN_RATE <= sr <= audio_schema.MAX_RATE):
+            flag(range(n), "sample_rate_out_of_range", "ContractViolation",
+                 f"audio sample rate {sr!r} is outside [{audio_schema.MIN_RATE}, "
+                 f"{audio_schema.MAX_RATE}] Hz")
+
+    # 2. timestamps: present, strictly increasing across the whole file.
+    tcol = chunk.data.column("t_ns")
+    if tcol.null_count:
+        flag(np.asarray(pc.is_null(tcol)), "missing_timestamp", "ContractViolation",
+             "sample has no timestamp")
+    t = tcol.fill_null(np.iinfo(np.int64).min).to_numpy(zero_copy_only=False).astype(np.int64)
+    dup, ooo = _timestamp_order(t, chunk.prev_t_ns)
+    flag(dup, "duplicate_timestamp", "DuplicateTimestamp",
+         "timestamp repeats the previous sample's")
+    flag(ooo, "out_of_order", "OutOfOrderTimestamp",
+         "timestamp is earlier than a previous sample's")
+
+    # 3. the pandera contract on the scalar columns.
+    scalars = chunk.data.select([c for c in chunk.data.schema.names
+                                 if c not in _PAYLOAD_COLUMNS])
+    df = scalars.to_pandas()
+    try:
+        _contract(chunk, options).validate(df, lazy=True)
+    except pa_pd.errors.SchemaErrors as e:
+        fc = e.failure_cases
+        for check, col, idx in zip(fc["check"], fc["column"], fc["index"]):
+            if idx is None or pd.isna(idx):
+                flag(range(n), "schema_mismatch", "ContractViolation",
+                     f"column {col!r} fails {check}")
+                continue
+            name = str(check).split("(")[0]
+            reason = _REASONS.get(name, "contract_" + name)
+            flag([int(idx)], reason, "ContractViolation", f"column {col!r} fails check {check}")
+
+    # 4. modality specifics that pandera cannot see cheaply.
+    if chunk.modality == "audio" and n:
+        pcm = chunk.data.column("pcm")
+        lengths = pc.list_value_length(pcm).to_numpy(zero_copy_only=False)
+        flag(lengths != chunk.data.column("n_samples").to_numpy(zero_copy_only=False),
+             "block_length_mismatch", "ContractViolation", "pcm length differs from n_samples")
+        flat = pc.list_flatten(pcm).to_numpy(zero_copy_only=False)
+        if flat.size and not np.isfinite(flat).all():
+            owner = np.repeat(np.arange(n), lengths)
+            flag(np.unique(owner[~np.isfinite(flat)]), "non_finite", "ContractViolation",
+                 "audio block has NaN or infinite samples")
+    if chunk.modality == "video" and n:
+        w0, h0 = chunk.meta.get("width"), chunk.meta.get("height")
+        if w0 and h0:
+            w = df["width"].to_numpy()
+            h = df["height"].to_numpy()
+            flag((w != w0) | (h != h0), "frame_size_changed", "ContractViolation",
+                 f"frame size differs from the stream's {w0}x{h0}")
+    if chunk.modality == "text" and n:
+        txt = df["text"].astype(str)
+        bad = txt.str.contains("\ufffd", regex=False) | txt.str.contains(
+            f"[{_CONTROL}]", regex=True)
+        flag(bad.to_numpy(), "bad_text_encoding", "ContractViolation",
+             "text holds replacement or control characters")
+
+    if not reasons:
+        return chunk, []
+    letters = []
+    for r in sorted(reasons):
+        reason, err, msg = reasons[r]
+        letters.append(DeadLetter(
+            stage="validate", error_class=err, reason=reason,
+            message=f"{chunk.source_uri} {chunk.position(r)}: {msg}",
+            run_id=run_id, session_id=chunk.session_id, stream_id=chunk.stream_id,
+            modality=chunk.modality, source_uri=chunk.source_uri, position=chunk.position(r),
+            event_time_ns=int(t[r]) if t[r] != np.iinfo(np.int64).min else None,
+            payload=_row_payload(scalars, r), payload_format="json"))
+    keep = np.ones(n, bool)
+    keep[list(reasons)] = False
+    good = chunk.data.filter(pa.array(keep))
+    return (chunk.with_data(good) if good.num_rows else None), letters
+
+
+class ValidateFn(beam.DoFn):
+    def __init__(self, options_by_stream: dict[str, dict] | None = None, run_id: str = ""):
+        self.options_by_stream = options_by_stream or {}
+        self.run_id = run_id
+
+    def process(self, chunk: Chunk):
+        m = chunk.modality
+        try:
+            good, letters = validate_chunk(chunk, self.options_by_stream.get(chunk.stream_id),
+                                           self.run_id)
+        except Exception as e:  # a validator bug must not lose the chunk: dead-letter it whole
+            letters = [DeadLetter.from_exception(
+                "validate", e, "validator_error", run_id=self.run_id,
+                session_id=chunk.session_id, stream_id=chunk.stream_id, modality=m,
+                source_uri=chunk.source_uri, position=f"chunk={chunk.seq}",
+                attrs={"rows": str(chunk.num_records)})]
+            good = None
+            beam.metrics.Metrics.counter("validate", f"{m}.dead").inc(chunk.num_records)
+        else:
+            beam.metrics.Metrics.counter("validate", f"{m}.dead").inc(len(letters))
+        if good is not None:
+            beam.metrics.Metrics.counter("validate", f"{m}.valid").inc(good.num_records)
+            yield good
+        for d in letters:
+            yield beam.pvalue.TaggedOutput("dead", d)
+
+
+class Validate(beam.PTransform):
+    """Chunks -> {"chunks": valid chunks, "dead": DeadLetters}."""
+
+    def __init__(self, options_by_stream: dict[str, dict] | None = None, run_id: str = ""):
+        super().__init__()
+        self.options_by_stream = options_by_stream
+        self.run_id = run_id
+
+    def expand(self, chunks):
+        return chunks | "ValidateChunk" >> beam.ParDo(
+            ValidateFn(self.options_by_stream, self.run_id)).with_outputs("dead", main="chunks")
