@@ -1,7 +1,9 @@
 """Audio contract: one row per block of consecutive PCM samples (mono mix, float32 in [-1, 1])."""
 
+import numpy as np
 import pandera.pandas as pa_pd
 import pyarrow as pa
+from pandera.typing import Series
 
 SCHEMA_VERSION = "audio/1.0"
 
@@ -18,7 +20,7 @@ MIN_RATE, MAX_RATE = 1000, 384000   # meta["sample_rate"] must be in this range
 class AudioBlocks(pa_pd.DataFrameModel):
     t_ns: int = pa_pd.Field()
     pos: int = pa_pd.Field(ge=0)
-    n_samples: int = pa_pd.Field(gt=0)
+    n_samples: Series[np.int32] = pa_pd.Field(gt=0)
 
     class Config:
         strict = False

@@ -1,7 +1,9 @@
 """Video contract: one row per decoded frame."""
 
+import numpy as np
 import pandera.pandas as pa_pd
 import pyarrow as pa
+from pandera.typing import Series
 
 SCHEMA_VERSION = "video/1.0"
 
@@ -22,8 +24,8 @@ MIN_SIDE, MAX_SIDE = 8, 16384
 class VideoFrames(pa_pd.DataFrameModel):
     t_ns: int = pa_pd.Field()
     pos: int = pa_pd.Field(ge=0)
-    width: int = pa_pd.Field(ge=MIN_SIDE, le=MAX_SIDE)
-    height: int = pa_pd.Field(ge=MIN_SIDE, le=MAX_SIDE)
+    width: Series[np.int32] = pa_pd.Field(ge=MIN_SIDE, le=MAX_SIDE)
+    height: Series[np.int32] = pa_pd.Field(ge=MIN_SIDE, le=MAX_SIDE)
 
     class Config:
         strict = False
