@@ -296,6 +296,9 @@ class CameraRig(BaseModel):
     def to_reference(self, node: str) -> np.ndarray:
         """4x4 transform node -> reference frame (composed along the frame chain)."""
         m = np.eye(4)
+        if node == self.reference_frame:
+            return m
+        self._spec(node)            # KeyError naming the known ids
         for n in self._chain(node):
             m = self._spec(n).extrinsics.matrix() @ m
         return m

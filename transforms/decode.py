@@ -195,7 +195,7 @@ def decode_file(stream: Stream, path: Path | str, *, session_id: str
         kw |= {"chunk_frames": opts.chunk_frames, "inline_images": opts.inline_images}
     try:
         yield from fn(str(path), **kw)
-    except Exception as e:  # a decoder bug or an unforeseen library error: never escape
+    except Exception as e:  # noqa: BLE001 -- a decoder bug must never escape
         yield src.dead("decoder_error", f"{path}: the {stream.modality} decoder failed "
                        f"({type(e).__name__}: {short_error(e)}).",
                        error_class=type(e).__name__,
@@ -229,7 +229,7 @@ class DecodeFile(beam.DoFn):
                 else:
                     self._count(modality, "records", out.num_records)
                     yield out
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- nothing escapes the DoFn
             self._count(modality, "dead", 1)
             yield beam.pvalue.TaggedOutput(self.DEAD, src.dead(
                 "decoder_error", f"{path}: decoding stopped ({type(e).__name__}: "

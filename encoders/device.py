@@ -1,0 +1,77 @@
+"""Device and precision: CUDA when present (inference mode, bf16/fp16 autocast), CPU otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Where and how a model runs: ``device`` ("cpu"/"cuda:0"), ``precision`` (fp32/bf16/fp16)."""
+    device: str
+    precision: str
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return _AUTOCAST.get(self.precision)
+
+
+def select_device(device: str = "auto", precision: Precision = "auto") -> DeviceSpec:
+    """Resolve ``device`` ("auto", "cpu", "cuda", "cuda:N") and ``precision`` to a DeviceSpec.
+
+    "auto" picks CUDA when available. Auto precision is bf16 on CUDA GPUs that support it,
+    fp16 on older GPUs and fp32 on CPU. Asking for CUDA without one raises ValueError.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but no CUDA device is available; "
+                             "use device: auto or cpu")
+        if device == "cuda":
+            device = f"cuda:{torch.cuda.current_device()}"
+    elif device != "cpu":
+        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    if precision == "auto":
+        if device.startswith("cuda"):
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision {precision!r} is not one of auto, fp32, bf16, fp16")
+    if precision == "fp16" and device == "cpu":
+        raise ValueError("precision fp16 is GPU-only; use bf16 or fp32 on CPU")
+    return DeviceSpec(device=device, precision=precision)
+
+
+@contextlib.contextmanager
+def inference_context(spec: DeviceSpec) -> Iterator[None]:
+    """``torch.inference_mode`` plus autocast to the spec's precision (none for fp32)."""
+    with torch.inference_mode():
+        dtype = spec.autocast_dtype
+        if dtype is None:
+            yield
+        else:
+            with torch.autocast(device_type="cuda" if spec.is_cuda else "cpu", dtype=dtype):
+                yield
+
+
+def to_device(batch: np.ndarray | torch.Tensor, spec: DeviceSpec) -> torch.Tensor:
+    """Host array -> tensor on the spec's device; pinned memory + non_blocking copy on CUDA."""
+    t = torch.from_numpy(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
+    if spec.is_cuda:
+        return t.pin_memory().to(spec.device, non_blocking=True)
+    return t

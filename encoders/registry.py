@@ -1,0 +1,209 @@
+"""Config -> encoder. The default per modality, a user module (import path + kwargs), a
+TorchScript file or a state_dict file; every loaded encoder carries its model id
+(name + weights hash) and embedding dimension."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from encoders import audio, sensor, video
+
+Source = Literal["default", "module", "torchscript", "state_dict"]
+DEFAULT_NAMES = {"video": "video-cnn", "audio": "audio-logmel-cnn", "text": "all-MiniLM-L6-v2",
+                 "sensor": "sensor-conv1d"}
+
+
+class EncoderError(ValueError):
+    """An encoder config that cannot be loaded; the message names the field and the fix."""
+
+
+class EncoderConfig(BaseModel):
+    """How to build and run one modality's encoder.
+
+    ``source``: "default" (built-in architecture; weights from ``seed``), "module"
+    (``target`` = "package.module:factory", called with ``kwargs``), "torchscript" (``path``
+    to a scripted/traced file) or "state_dict" (``path`` to weights for the default
+    architecture, or for ``target`` when given). ``preprocess`` overrides preprocessing
+    options (video: size, ref_size; audio: window_s, n_mels; sensor: length, channels, mean,
+    std). Batching and device fields go to the RunInference model handler.
+    """
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    modality: Literal["video", "audio", "text", "sensor"]
+    source: Source = "default"
+    target: str | None = None
+    path: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+    seed: int = 0
+    preprocess: dict[str, Any] = Field(default_factory=dict)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    min_batch_size: int = Field(1, ge=1)
+    max_batch_size: int = Field(64, ge=1)
+    max_batch_duration_secs: int | None = Field(None, ge=1)
+    share_across_processes: bool = False
+    model_copies: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.source == "module" and not self.target:
+            raise ValueError("source 'module' needs target: 'package.module:factory'")
+        if self.source in ("torchscript", "state_dict") and not self.path:
+            raise ValueError(f"source {self.source!r} needs path: the weights file")
+        if self.target and ":" not in self.target:
+            raise ValueError(f"target {self.target!r} must look like 'package.module:factory'")
+        if self.min_batch_size > self.max_batch_size:
+            raise ValueError("min_batch_size is larger than max_batch_size")
+        return self
+
+
+@dataclass
+class LoadedEncoder:
+    model: nn.Module
+    model_id: str           # "<name>@<first 16 hex of the weights' sha256>"
+    dim: int
+    modality: str
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+def weights_hash(model: nn.Module) -> str:
+    """sha256 over the state_dict (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _default_module(cfg: EncoderConfig) -> nn.Module:
+    kw = dict(cfg.kwargs)
+    if cfg.modality == "text":
+        from encoders.text import MiniLMEncoder
+        return MiniLMEncoder(**kw)
+    if cfg.modality == "sensor" and "channels" not in kw:
+        if "channels" not in cfg.preprocess:
+            raise EncoderError("the default sensor encoder needs kwargs.channels (the number of "
+                               "sensor channels in each window)")
+        kw["channels"] = int(cfg.preprocess["channels"])
+    cls = {"video": video.VideoEncoder, "audio": audio.AudioEncoder,
+           "sensor": sensor.SensorEncoder}[cfg.modality]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return cls(**kw)
+
+
+def _user_module(target: str, kwargs: dict) -> nn.Module:
+    mod_name, _, attr = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise EncoderError(f"encoder target {target!r} cannot be imported ({e}); check the "
+                           "module is on PYTHONPATH and the name after ':' exists") from e
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise EncoderError(f"encoder target {target!r} returned {type(model).__name__}, "
+                           "not a torch.nn.Module")
+    return model
+
+
+def _load_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise EncoderError(f"encoder {what} file {path!r} does not exist; fix encoder path")
+    return p
+
+
+def build_module(cfg: EncoderConfig) -> nn.Module:
+    """The torch module the config describes, on CPU, in eval mode."""
+    if cfg.source == "default":
+        model = _default_module(cfg)
+    elif cfg.source == "module":
+        model = _user_module(cfg.target, cfg.kwargs)
+    elif cfg.source == "torchscript":
+        p = _load_file(cfg.path, "TorchScript")
+        try:
+            model = torch.jit.load(str(p), map_location="cpu")
+        except Exception as e:
+            raise EncoderError(f"encoder path {cfg.path!r} is not a TorchScript archive "
+                               f"({type(e).__name__}); save it with torch.jit.save") from e
+    else:
+        p = _load_file(cfg.path, "state_dict")
+        model = (_user_module(cfg.target, cfg.kwargs) if cfg.target
+                 else _default_module(cfg))
+        try:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise EncoderError(f"encoder path {cfg.path!r} is not a torch state_dict file "
+                               f"({type(e).__name__}); save it with torch.save(model."
+                               "state_dict(), path)") from e
+        try:
+            model.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise EncoderError(f"state_dict {cfg.path!r} does not fit the {cfg.modality} "
+                               f"architecture: {str(e).splitlines()[0]}") from e
+    return model.eval()
+
+
+def preprocess_options(cfg: EncoderConfig) -> dict[str, Any]:
+    """Preprocessing options: modality defaults, then the default architecture's kwargs
+    (size, n_mels, window_s, length, channels), then ``cfg.preprocess``."""
+    opts: dict[str, Any] = {
+        "video": {"size": video.DEFAULT_SIZE, "ref_size": None},
+        "audio": {"window_s": audio.DEFAULT_WINDOW_S, "n_mels": audio.N_MELS},
+        "text": {},
+        "sensor": {"length": sensor.DEFAULT_LENGTH, "channels": None, "mean": None, "std": None},
+    }[cfg.modality]
+    if cfg.source == "default":
+        opts.update({k: v for k, v in cfg.kwargs.items() if k in opts})
+    opts.update(cfg.preprocess)
+    return opts
+
+
+def _probe_input(cfg: EncoderConfig, opts: dict) -> Any:
+    """Two zero inputs shaped as the preprocessing will shape real ones."""
+    if cfg.modality == "video":
+        return np.zeros((2, 3, opts["size"], opts["size"]), np.float32)
+    if cfg.modality == "audio":
+        return np.zeros((2, opts["n_mels"], audio.n_frames(opts["window_s"])), np.float32)
+    if cfg.modality == "sensor":
+        if not opts.get("channels"):
+            raise EncoderError("a custom sensor encoder needs preprocess.channels")
+        return np.zeros((2, opts["channels"], opts["length"]), np.float32)
+    return ["a probe sentence"] * 2
+
+
+def build_encoder(cfg: EncoderConfig) -> LoadedEncoder:
+    """Load the encoder, check it maps a probe batch to finite (N, D) vectors, and id it."""
+    model = build_module(cfg)
+    opts = preprocess_options(cfg)
+    probe = _probe_input(cfg, opts)
+    with torch.inference_mode():
+        x = torch.from_numpy(probe) if isinstance(probe, np.ndarray) else probe
+        try:
+            out = model(x)
+        except Exception as e:
+            raise EncoderError(f"{cfg.modality} encoder fails on a probe batch "
+                               f"({type(e).__name__}: {e}); check its input shape "
+                               "against the preprocess options") from e
+    if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != 2:
+        raise EncoderError(f"{cfg.modality} encoder must return an (N, D) tensor, got "
+                           f"{getattr(out, 'shape', type(out).__name__)}")
+    if not torch.isfinite(out).all():
+        raise EncoderError(f"{cfg.modality} encoder returns non-finite values on a zero probe")
+    name = cfg.name or {"default": DEFAULT_NAMES[cfg.modality], "module": cfg.target,
+                        "torchscript": Path(cfg.path or "").stem,
+                        "state_dict": f"{cfg.target or DEFAULT_NAMES[cfg.modality]}"}[cfg.source]
+    model_id = f"{name}@{weights_hash(model)[:16]}"
+    return LoadedEncoder(model=model, model_id=model_id, dim=int(out.shape[1]),
+                         modality=cfg.modality, preprocess=opts)

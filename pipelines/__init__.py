@@ -1,0 +1,1 @@
+"""Assembled pipelines (backfill, stream), their options and CLIs, and the sample recording."""

@@ -1,0 +1,297 @@
+"""Sync features from real media: a WAV written and read back, an H.264 video, IMU samples and
+subtitle timings, all rendering the same random events, each on its own device clock.
+
+The ``make_*`` helpers below are the synthetic recording used by test_clock_fit.py and
+test_sync_stage.py as well: a device with clock (offset, drift) records true time
+``t_true = offset + (1 + drift) * t_dev``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from transforms.sync_features import (
+    NS,
+    FeatureError,
+    as_activity,
+    audio_bins,
+    audio_onset,
+    bin_sums,
+    condition,
+    merge_binned,
+    motion_energy,
+    motion_part,
+    sensor_bins,
+    sensor_magnitude,
+    speech_activity,
+    text_activity,
+)
+
+RATE = 100.0
+
+
+@dataclass(frozen=True)
+class Clock:
+    offset_s: float
+    drift_ppm: float
+
+    def true(self, t_dev_s):
+        return self.offset_s + (1 + self.drift_ppm * 1e-6) * np.asarray(t_dev_s, np.float64)
+
+    def dev(self, t_true_s):
+        return (np.asarray(t_true_s, np.float64) - self.offset_s) / (1 + self.drift_ppm * 1e-6)
+
+
+def expected_map(dev: Clock, ref: Clock, t_dev_s):
+    """Where the stream's device times fall on the reference device's clock."""
+    return ref.dev(dev.true(t_dev_s))
+
+
+def make_events(seed: int, start_s: float = 100.0, duration_s: float = 40.0, n: int = 30,
+                min_gap_s: float = 0.5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    while True:
+        ev = np.sort(rng.uniform(start_s + 1.0, start_s + duration_s - 1.0, n))
+        if np.all(np.diff(ev) >= min_gap_s):
+            return ev
+
+
+def make_audio(path: Path, events: np.ndarray, clock: Clock, start_s: float, duration_s: float,
+               sr: int = 16000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """Tone-burst clicks at the events, written as 16-bit WAV and read back.
+    Returns (device time of sample 0 in s, the PCM read back)."""
+    rng = np.random.default_rng(seed)
+    t_dev0 = float(np.round(clock.dev(start_s), 3))
+    t_true = clock.true(t_dev0 + np.arange(int(duration_s * sr)) / sr)
+    x = 0.01 * rng.standard_normal(len(t_true))
+    for e in events:
+        k = np.searchsorted(t_true, e)
+        seg = t_true[k:k + int(0.08 * sr)] - e
+        x[k:k + len(seg)] += 0.6 * np.sin(2 * np.pi * 900 * seg) * np.exp(-seg / 0.02)
+    sf.write(path, x.astype(np.float32), sr, subtype="PCM_16")
+    pcm, sr_read = sf.read(path, dtype="float32")
+    assert sr_read == sr
+    return t_dev0, pcm
+
+
+def make_speech(path: Path, cues_true: np.ndarray, clock: Clock, start_s: float,
+                duration_s: float, sr: int = 16000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """Syllable-modulated band noise during each (start, end) cue, quiet noise elsewhere."""
+    rng = np.random.default_rng(seed)
+    t_dev0 = float(np.round(clock.dev(start_s), 3))
+    t_true = clock.true(t_dev0 + np.arange(int(duration_s * sr)) / sr)
+    x = 0.003 * rng.standard_normal(len(t_true))
+    voice = np.convolve(rng.standard_normal(len(t_true)), np.ones(8) / 8, mode="same")
+    syll = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t_true)
+    on = np.zeros(len(t_true), bool)
+    for s, e in cues_true:
+        on |= (t_true >= s) & (t_true < e)
+    x += np.where(on, 0.5 * voice * syll, 0.0)
+    sf.write(path, x.astype(np.float32), sr, subtype="PCM_16")
+    pcm, _ = sf.read(path, dtype="float32")
+    return t_dev0, pcm
+
+
+def make_cues(seed: int, start_s: float, duration_s: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    cues, t = [], start_s + 0.5
+    while True:
+        s = t + rng.uniform(0.4, 1.5)
+        e = s + rng.uniform(0.8, 2.5)
+        if e > start_s + duration_s - 0.5:
+            return np.array(cues)
+        cues.append((s, e))
+        t = e
+
+
+def make_imu(events: np.ndarray, clock: Clock, start_s: float, duration_s: float,
+             rate: float = 200.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Accelerometer (gravity + noise + decaying impacts) with jittered int64 ns timestamps."""
+    rng = np.random.default_rng(seed)
+    t_dev = clock.dev(start_s) + np.arange(int(duration_s * rate)) / rate
+    t_true = clock.true(t_dev)
+    acc = np.tile([0.0, 0.0, 9.81], (len(t_dev), 1)) + 0.03 * rng.standard_normal(
+        (len(t_dev), 3))
+    acc += 0.2 * np.sin(2 * np.pi * 0.2 * t_true)[:, None]       # slow body motion
+    for e in events:
+        dt = t_true - e
+        m = (dt >= 0) & (dt < 0.1)
+        direction = rng.standard_normal(3)
+        acc[m] += 4.0 * np.exp(-dt[m] / 0.012)[:, None] * direction / np.linalg.norm(direction)
+    t_ns = np.rint(t_dev * NS + rng.normal(0, 3e5, len(t_dev))).astype(np.int64)
+    return np.sort(t_ns), acc
+
+
+def make_video(path: Path, events: np.ndarray, clock: Clock, start_s: float,
+               duration_s: float, fps: int = 30, seed: int = 0) -> np.ndarray:
+    """H.264 video whose picture switches to a new random pattern at each event. Frame k has
+    container time k / fps = device time - t_dev0; returns the device times (s) of frames."""
+    rng = np.random.default_rng(seed)
+    t_dev0 = float(np.round(clock.dev(start_s), 3))
+    t_dev = t_dev0 + np.arange(int(duration_s * fps)) / fps
+    state = np.searchsorted(events, clock.true(t_dev), side="right")
+    patterns = rng.integers(30, 220, (len(events) + 1, 6, 8)).astype(np.uint8)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        vs.options = {"crf": "18"}
+        for k, s in enumerate(state):
+            img = np.kron(patterns[s], np.ones((8, 8), np.uint8))
+            frame = av.VideoFrame.from_ndarray(np.dstack([img] * 3), format="rgb24")
+            frame.pts = k
+            for pkt in vs.encode(frame):
+                c.mux(pkt)
+        for pkt in vs.encode():
+            c.mux(pkt)
+    return t_dev
+
+
+def decode_grey(path: Path, width: int = 32, height: int = 24):
+    """(frame device times relative to the container start in ns, [k, h, w] grey frames)."""
+    ts, frames = [], []
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        for f in c.decode(vs):
+            ts.append(int(round(float(f.pts * vs.time_base) * NS)))
+            frames.append(f.to_ndarray(format="gray", width=width, height=height))
+    return np.array(ts, np.int64), np.stack(frames)
+
+
+def peak_times_s(feature, rel=0.3) -> np.ndarray:
+    from scipy.signal import find_peaks
+
+    from transforms.clock_fit import refine
+    _, land, raw = condition(feature)
+    p, _ = find_peaks(land, prominence=rel * min(land.max(), 1.0), distance=10)
+    return feature.times_ns(refine(raw, p)) / NS
+
+
+def nearest_error(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    k = np.clip(np.searchsorted(found, truth), 1, len(found) - 1)
+    return np.minimum(np.abs(found[k] - truth), np.abs(found[k - 1] - truth))
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_audio_onset_peaks_at_events_from_real_wav(tmp_path):
+    clock = Clock(1.7, 150.0)
+    ev = make_events(1)
+    t0, pcm = make_audio(tmp_path / "a.wav", ev, clock, 100.0, 40.0)
+    blocks = np.array_split(pcm, np.arange(1024, len(pcm), 1024))
+    t_blocks = np.rint((t0 + np.arange(len(blocks)) * 1024 / 16000) * NS).astype(np.int64)
+    f = audio_onset(audio_bins(t_blocks, blocks, 16000, RATE), RATE)
+    assert f.kind == "impulse" and np.all(np.isfinite(f.values))
+    found = peak_times_s(f)
+    assert len(found) == len(ev)
+    err = nearest_error(found, clock.dev(ev))
+    assert np.median(err) < 0.002 and err.max() < 0.003
+
+
+def test_audio_bins_are_additive_over_chunks(tmp_path):
+    _, pcm = make_audio(tmp_path / "a.wav", make_events(2), Clock(0, 0), 100.0, 40.0)
+    blocks = np.array_split(pcm, np.arange(500, len(pcm), 500))
+    t_blocks = np.rint((5.0 + np.arange(len(blocks)) * 500 / 16000) * NS).astype(np.int64)
+    whole = audio_bins(t_blocks, blocks, 16000, RATE)
+    parts = [audio_bins(t_blocks[i:i + 37], blocks[i:i + 37], 16000, RATE)
+             for i in range(0, len(blocks), 37)]
+    merged = merge_binned(parts)
+    assert merged.start == whole.start
+    np.testing.assert_allclose(merged.sums, whole.sums, rtol=1e-12)
+    np.testing.assert_array_equal(merged.count, whole.count)
+
+
+def test_video_motion_peaks_between_frames_at_events(tmp_path):
+    clock = Clock(-3.2, -250.0)
+    ev = make_events(3)
+    t_dev = make_video(tmp_path / "v.mp4", ev, clock, 100.0, 40.0)
+    ts, frames = decode_grey(tmp_path / "v.mp4")
+    assert len(ts) == len(t_dev)
+    t_ns = ts + int(round(t_dev[0] * NS))
+    whole = motion_energy([motion_part(t_ns, frames)], RATE)
+    cut = [0, 7, 300, 301, 650, len(ts)]
+    parts = [motion_part(t_ns[a:b], frames[a:b]) for a, b in zip(cut[:-1], cut[1:])]
+    chunked = motion_energy(parts, RATE)
+    np.testing.assert_allclose(chunked.values, whole.values, rtol=1e-6)
+    found = peak_times_s(whole)
+    assert len(found) == len(ev)
+    err = nearest_error(found, clock.dev(ev))
+    assert err.max() < 1 / 30 * 0.5 + 0.002            # half a frame: the change is between
+
+
+def test_sensor_magnitude_removes_gravity_and_peaks_at_impacts():
+    clock = Clock(4.1, 300.0)
+    ev = make_events(4)
+    t_ns, acc = make_imu(ev, clock, 100.0, 40.0)
+    parts = [sensor_bins(t_ns[i:i + 333], acc[i:i + 333], RATE) for i in range(0, len(t_ns), 333)]
+    f = sensor_magnitude(merge_binned(parts), RATE)
+    quiet = np.median(f.values)
+    assert quiet < 0.1                                  # 9.81 m/s^2 of gravity is gone
+    found = peak_times_s(f)
+    assert len(found) == len(ev)
+    err = nearest_error(found, clock.dev(ev))
+    assert np.median(err) < 0.002 and err.max() < 0.005
+
+
+def test_text_activity_covers_cues_with_fractional_edges():
+    s = np.array([1_000_000_000, 1_002_000_000, 3_000_000_000], np.int64)
+    e = np.array([1_503_000_000, 1_200_000_000, 3_100_000_000], np.int64)   # 2nd inside 1st
+    f = text_activity(s, e, RATE)
+    t = f.times_ns()
+    on = f.values > 0.5
+    assert f.kind == "level"
+    assert np.all(on[(t > 1.006e9) & (t < 1.498e9)]) and not on[(t > 1.51e9) & (t < 2.99e9)].any()
+    assert np.sum(f.values) * 10e6 == pytest.approx(0.503e9 + 0.1e9, rel=1e-9)
+    edge = np.flatnonzero(np.isclose(t, 1.5e9))[0]      # bin [1.495, 1.505) s: 0.8 covered
+    assert f.values[edge] == pytest.approx(0.8)
+
+
+def test_speech_activity_follows_cues(tmp_path):
+    clock = Clock(0.0, 0.0)
+    cues = make_cues(5, 100.0, 40.0)
+    t0, pcm = make_speech(tmp_path / "s.wav", cues, clock, 100.0, 40.0)
+    t = np.rint((t0 + np.arange(len(pcm)) / 16000) * NS).astype(np.int64)
+    f = speech_activity(bin_sums(t, pcm.astype(np.float64) ** 2, RATE), RATE)
+    truth = text_activity((cues[:, 0] * NS).astype(np.int64), (cues[:, 1] * NS).astype(np.int64),
+                          RATE)
+    lo = max(f.start, truth.start)
+    hi = min(f.start + len(f.values), truth.start + len(truth.values))
+    a = f.values[lo - f.start:hi - f.start] > 0.5
+    b = truth.values[lo - truth.start:hi - truth.start] > 0.5
+    assert np.mean(a == b) > 0.97
+    edges = np.flatnonzero(np.diff(a.astype(int)))
+    true_edges = np.flatnonzero(np.diff(b.astype(int)))
+    assert len(edges) == len(true_edges)
+    assert np.max(np.abs(edges - true_edges)) <= 8      # within 80 ms
+
+
+def test_activity_and_conditioning_are_scale_free():
+    rng = np.random.default_rng(0)
+    from transforms.sync_features import Feature
+    v = np.abs(rng.normal(0, 0.01, 2000))
+    v[[300, 900, 1500]] = [5.0, 1.0, 3.0]
+    f = Feature(v * 1000, 10, RATE, "impulse", "x")
+    dtw_in, land, _ = condition(f)
+    assert dtw_in.min() >= 0 and dtw_in.max() <= 1
+    np.testing.assert_allclose(condition(Feature(v, 10, RATE, "impulse", "x"))[0], dtw_in)
+    act = as_activity(Feature(np.r_[np.zeros(500), np.ones(500)] * 7, 0, RATE, "impulse", "y"))
+    assert act.kind == "level" and set(np.unique(act.values)) == {0.0, 1.0}
+
+
+def test_bad_feature_inputs_raise_feature_error():
+    with pytest.raises(FeatureError, match="NaN"):
+        sensor_bins(np.array([0, 1]), np.array([[0.0], [np.nan]]), RATE)
+    with pytest.raises(FeatureError, match="no samples"):
+        merge_binned([])
+    with pytest.raises(FeatureError, match="ends before"):
+        text_activity([5], [4], RATE)
+    with pytest.raises(FeatureError, match="implausible"):
+        sensor_bins(np.array([0, 10**18]), np.zeros((2, 1)), RATE)
+    with pytest.raises(FeatureError, match="frames"):
+        motion_energy([], RATE)

@@ -1,0 +1,486 @@
+"""Sensor decoders: CSV, Parquet and JSONL samples -> rows of ``schemas.sensor.arrow_schema``.
+
+Read in chunks of ``options.chunk_rows`` rows (CSV: blocks of lines parsed by pyarrow, Parquet:
+``iter_batches``, JSONL: line by line). Times come from ``options.time_column`` (default: the
+first of t_ns/timestamp_ns/timestamp/time/t, case-insensitive, a "[unit]" suffix or leading "#"
+ignored) in ``options.time_unit`` (default ns), exactly. Channels are ``options.channels`` or
+every other numeric column. A row whose time or a channel value cannot be parsed is a ``row=N``
+DeadLetter with the raw line; NaN/inf/empty values stay NaN/inf (the validate stage rejects
+them). ``pos`` = 0-based data row (blank and '#' lines are not rows).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from deadletter.record import DeadLetter
+from schemas.envelope import Chunk
+from schemas.sensor import arrow_schema
+from transforms.decode import UNIT_NS, DecodeOptions, SourceFile, parse_time_ns, short_error
+
+TIME_CANDIDATES = ("t_ns", "timestamp_ns", "timestamp", "time", "t")
+NAN_TOKENS = {"", "nan", "+nan", "-nan", "na", "n/a", "null", "none"}
+_UNIT_SUFFIX = re.compile(r"\s*\[[^\]]*\]\s*$")
+
+
+class SensorFileError(ValueError):
+    """The file as a whole cannot be used (no time column, unknown channel, ...)."""
+
+    def __init__(self, reason: str, what: str):
+        super().__init__(what)
+        self.reason = reason
+
+
+def find_time_column(names: Sequence[str], wanted: str | None) -> str:
+    if wanted is not None:
+        if wanted not in names:
+            raise SensorFileError("missing_time_column", f"has no time column {wanted!r} "
+                                  f"(columns: {list(names)}); fix options.time_column")
+        return wanted
+    norm = {_UNIT_SUFFIX.sub("", n.lstrip("#").strip()).lower(): n for n in reversed(names)}
+    for cand in TIME_CANDIDATES:
+        if cand in norm:
+            return norm[cand]
+    raise SensorFileError("missing_time_column", f"has none of the time columns "
+                          f"{list(TIME_CANDIDATES)} (columns: {list(names)}); set "
+                          "options.time_column")
+
+
+def _check_channels(names: Sequence[str], channels: Sequence[str], time_col: str) -> list[str]:
+    missing = [c for c in channels if c not in names]
+    if missing:
+        raise SensorFileError("missing_channel", f"has no channel column(s) {missing} "
+                              f"(columns: {list(names)}); fix options.channels")
+    chans = [c for c in channels if c != time_col]
+    if not chans:
+        raise SensorFileError("no_channels", "has no numeric channel columns besides the time "
+                              f"column {time_col!r}")
+    return chans
+
+
+def parse_numbers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Strings -> (float64 values, bad mask). NaN/inf spellings and empty fields are values
+    (NaN/inf), not errors; anything else unparseable is bad."""
+    try:   # fast path: every field a plain number or a NaN/inf spelling Arrow knows
+        vals = pc.cast(pc.utf8_trim_whitespace(strings), pa.float64())
+        return vals.to_numpy(zero_copy_only=False), np.zeros(len(vals), bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    s = strings.to_pandas().astype(object)
+    vals = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    nan = np.isnan(vals)
+    if not nan.any():
+        return vals, nan
+    tokens = pd.Series(s[nan]).astype(str).str.strip().str.lower()
+    bad = nan.copy()
+    bad[nan] = ~tokens.isin(NAN_TOKENS).to_numpy()
+    return vals, bad
+
+
+def parse_times(strings: pa.Array, unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """Strings -> (int64 ns, bad mask), exact: integers vectorised, decimals via Decimal."""
+    trimmed = pc.utf8_trim_whitespace(strings)
+    try:
+        ints = pc.cast(trimmed, pa.int64()).to_numpy(zero_copy_only=False)
+        if unit == "ns" or np.abs(ints).max(initial=0) < 2**63 // UNIT_NS[unit]:
+            return ints * UNIT_NS[unit], np.zeros(len(ints), bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    out = np.zeros(len(strings), np.int64)
+    bad = np.zeros(len(strings), bool)
+    for i, tok in enumerate(trimmed.to_pylist()):
+        try:
+            v = parse_time_ns(tok or "", unit)
+            if not -(2**63) <= v < 2**63:
+                raise ValueError("out of int64 range")
+            out[i] = v
+        except ValueError:
+            bad[i] = True
+    return out, bad
+
+
+def _batch(t_ns: np.ndarray, pos: np.ndarray, cols: list[np.ndarray],
+           channels: list[str]) -> pa.RecordBatch:
+    arrays = [pa.array(t_ns, pa.int64()), pa.array(pos, pa.int64())]
+    arrays += [pa.array(c, pa.float64()) for c in cols]
+    return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema(channels))
+
+
+def _start(path: str, session_id: str, stream_id: str, options, fmt: str
+           ) -> tuple[DecodeOptions, SourceFile, DeadLetter | None]:
+    opts = DecodeOptions.of(options)
+    src = SourceFile(session_id, stream_id, "sensor", str(path), meta={"format": fmt})
+    return opts, src, src.check_file(opts.max_bytes)
+
+
+def _file_dead(src: SourceFile, e: SensorFileError) -> DeadLetter:
+    return src.dead(e.reason, f"{src.path} {e}.", error_class="SchemaMismatch")
+
+
+# ---------------------------------------------------------------- CSV
+
+def _csv_lines(fh, n: int, first: bytes | None = None) -> Iterator[tuple[int, list[bytes]]]:
+    """Blocks of up to ``n`` data lines as (row index of the first, lines), ``first`` (a line
+    already read) leading; blank and '#' lines are skipped and not counted as rows."""
+    row, block = 0, []
+    pending = [first] if first else []
+    while True:
+        raw = pending or fh.readlines(1 << 20)
+        pending = []
+        if not raw:
+            break
+        lines = [ln.rstrip(b"\r\n") for ln in raw]
+        block += [ln for ln in lines if ln.strip() and not ln.lstrip().startswith(b"#")]
+        while len(block) >= n:
+            yield row, block[:n]
+            row, block = row + n, block[n:]
+    if block:
+        yield row, block
+
+
+def _find_header(fh, delimiter: str) -> tuple[bytes, bytes | None]:
+    """(header line, first data line if it had to be read to tell). The header is the first
+    line that is not blank or a '#' comment, unless that line is data (its first field is a
+    number): then the last comment line is the header (the EuRoC "#timestamp,..." layout)."""
+    last_comment = b""
+    for raw in fh:
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith(b"#"):
+            last_comment = line
+            continue
+        first = line.split(delimiter.encode(), 1)[0].strip()
+        try:
+            float(first)
+        except ValueError:
+            return line, None
+        return (last_comment, raw) if last_comment else (line, None)
+    return last_comment, None
+
+
+def decode_sensor_csv(path: str, *, session_id: str, stream_id: str,
+                      options: DecodeOptions | dict | None = None
+                      ) -> Iterator[Chunk | DeadLetter]:
+    """CSV with a header line (see ``_find_header``) -> sensor chunks."""
+    opts, src, bad = _start(path, session_id, stream_id, options, "csv")
+    if bad is not None:
+        yield bad
+        return
+    unit = opts.time_unit or "ns"
+    with open(path, "rb") as fh:
+        header, first_data = _find_header(fh, opts.delimiter)
+        try:
+            head = header.decode("utf-8-sig").lstrip("#")
+        except UnicodeDecodeError:
+            yield src.dead("bad_header", f"{path}: the header line is not UTF-8 text.",
+                           error_class="ParseError")
+            return
+        names = [n.strip() for n in next(csv.reader([head], delimiter=opts.delimiter), [])]
+        if not header or len(set(names)) != len(names) or "" in names:
+            yield src.dead("bad_header", f"{path}: the header line {head[:120]!r} must name "
+                           "every column once.", error_class="ParseError")
+            return
+        try:
+            time_col = find_time_column(names, opts.time_column)
+        except SensorFileError as e:
+            yield _file_dead(src, e)
+            return
+        channels: list[str] | None = None
+        for first_row, block in _csv_lines(fh, opts.chunk_rows, first_data):
+            table, rejected = _parse_block(first_row, block, names, opts.delimiter)
+            for row, line, why in rejected:
+                yield src.dead("wrong_field_count", f"{path}: row {row} {why}.",
+                               error_class="ParseError", position=f"row={row}", payload=line,
+                               payload_format="csv-row")
+            rows = np.arange(first_row, first_row + len(block), dtype=np.int64)
+            lines = block
+            if rejected:
+                keep = ~np.isin(rows, np.array([r for r, _, _ in rejected], np.int64))
+                rows, lines = rows[keep], [ln for ln, k in zip(block, keep, strict=True) if k]
+            if channels is None:
+                try:
+                    channels = _csv_channels(table, names, time_col, opts.channels)
+                except SensorFileError as e:
+                    yield _file_dead(src, e)
+                    return
+                src.meta.update(channels=channels, time_column=time_col, time_unit=unit)
+            t_ns, bad_t = parse_times(table.column(time_col), unit)
+            cols, bad_any = [], bad_t.copy()
+            bad_col: list[str | None] = [time_col if b else None for b in bad_t]
+            for c in channels:
+                vals, bad_c = parse_numbers(table.column(c))
+                cols.append(vals)
+                for i in np.flatnonzero(bad_c & ~bad_any):
+                    bad_col[i] = c
+                bad_any |= bad_c
+            for i in np.flatnonzero(bad_any):
+                col = bad_col[i]
+                reason = "bad_timestamp" if col == time_col else "non_numeric"
+                value = table.column(col)[int(i)].as_py()
+                yield src.dead(reason, f"{path}: row {rows[i]} column {col!r} value "
+                               f"{value[:40]!r} is not a number.", error_class="ParseError",
+                               position=f"row={rows[i]}", payload=lines[i],
+                               payload_format="csv-row", attrs={"column": col})
+            good = ~bad_any
+            if good.any():
+                yield src.chunk(_batch(t_ns[good], rows[good], [c[good] for c in cols],
+                                       channels))
+
+
+def _read_lines(first_row: int, lines: list[bytes], names: list[str], delimiter: str
+                ) -> tuple[pa.Table, list[tuple[int, bytes, str]]]:
+    invalid: list[tuple[int, str]] = []
+
+    def on_invalid(row) -> str:
+        why = f"has {row.actual_columns} fields, the header has {row.expected_columns}"
+        invalid.append((row.number, why))
+        return "skip"
+
+    table = pacsv.read_csv(
+        io.BytesIO(b"\n".join(lines)),
+        read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid,
+                                         ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                             strings_can_be_null=False))
+    return table, [(first_row + n - 1, lines[n - 1], why) for n, why in invalid]
+
+
+def _parse_block(first_row: int, lines: list[bytes], names: list[str], delimiter: str
+                 ) -> tuple[pa.Table, list[tuple[int, bytes, str]]]:
+    """Lines -> all-string table, one row per line; lines with the wrong field count are
+    returned apart as (row, line, why). A block whose rows do not map 1:1 onto its lines (an
+    unbalanced quote joins lines) is parsed again line by line."""
+    table, rejected = _read_lines(first_row, lines, names, delimiter)
+    if table.num_rows + len(rejected) == len(lines):
+        return table, rejected
+    tables, rejected = [], []
+    for i, line in enumerate(lines):
+        t, r = _read_lines(first_row + i, [line], names, delimiter)
+        if t.num_rows > 1:
+            t, r = t.slice(0, 0), [(first_row + i, line, "cannot be split into fields")]
+        tables.append(t)
+        rejected += r
+    return pa.concat_tables(tables), rejected
+
+
+def _csv_channels(table: pa.Table, names: list[str], time_col: str,
+                  wanted: list[str] | None) -> list[str]:
+    if wanted:
+        return _check_channels(names, wanted, time_col)
+    chans = []
+    for c in names:
+        if c == time_col:
+            continue
+        vals, bad = parse_numbers(table.column(c))
+        filled = ~np.isnan(vals) | bad
+        if filled.any() and (~bad[filled]).sum() * 2 >= filled.sum():
+            chans.append(c)
+    return _check_channels(names, chans, time_col)
+
+
+# ---------------------------------------------------------------- Parquet
+
+def _parquet_times(col: pa.ChunkedArray | pa.Array, unit: str) -> np.ndarray:
+    """A Parquet time column (timestamp, integer, float, string) -> int64 ns; nulls -> min."""
+    t = col.type
+    if pa.types.is_timestamp(t):
+        arr = pc.cast(col, pa.timestamp("ns", tz=t.tz)).cast(pa.int64())
+        return arr.fill_null(np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
+    if pa.types.is_integer(t):
+        v = pc.cast(col, pa.int64()).fill_null(np.iinfo(np.int64).min)
+        out = v.to_numpy(zero_copy_only=False)
+        return np.where(out == np.iinfo(np.int64).min, out, out * UNIT_NS[unit])
+    if pa.types.is_floating(t):
+        v = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        ok = np.isfinite(v)
+        out = np.full(len(v), np.iinfo(np.int64).min, np.int64)
+        out[ok] = np.round(v[ok] * UNIT_NS[unit]).astype(np.int64)
+        return out
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        vals, bad = parse_times(pc.cast(col, pa.string()).fill_null(""), unit)
+        vals[bad] = np.iinfo(np.int64).min
+        return vals
+    raise SensorFileError("bad_time_type", f"has a time column of type {t}, which is not a "
+                          "timestamp, integer, float or string")
+
+
+def decode_sensor_parquet(path: str, *, session_id: str, stream_id: str,
+                          options: DecodeOptions | dict | None = None
+                          ) -> Iterator[Chunk | DeadLetter]:
+    """Parquet samples, read batch by batch."""
+    opts, src, bad = _start(path, session_id, stream_id, options, "parquet")
+    if bad is not None:
+        yield bad
+        return
+    unit = opts.time_unit or "ns"
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        yield src.dead("corrupt_file", f"{path} cannot be opened as Parquet "
+                       f"({short_error(e)}).", error_class="CorruptMedia")
+        return
+    with pf:
+        schema = pf.schema_arrow
+        names = schema.names
+        try:
+            time_col = find_time_column(names, opts.time_column)
+            chans = opts.channels or [
+                f.name for f in schema if f.name != time_col and (
+                    pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+                    or pa.types.is_decimal(f.type))]
+            channels = _check_channels(names, chans, time_col)
+        except SensorFileError as e:
+            yield _file_dead(src, e)
+            return
+        src.meta.update(channels=channels, time_column=time_col, time_unit=unit)
+        row = 0
+        batches = pf.iter_batches(batch_size=opts.chunk_rows, columns=[time_col, *channels])
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError) as e:
+                yield src.dead("corrupt_file", f"{path}: reading stopped at row {row} "
+                               f"({short_error(e)}); later rows are lost.",
+                               error_class="CorruptMedia", position=f"row={row}")
+                break
+            n = batch.num_rows
+            try:
+                t_ns = _parquet_times(batch.column(time_col), unit)
+                cols = [pc.cast(batch.column(c), pa.float64()).fill_null(math.nan)
+                        .to_numpy(zero_copy_only=False) for c in channels]
+            except (SensorFileError, pa.ArrowException) as e:
+                reason = getattr(e, "reason", "bad_column_type")
+                yield src.dead(reason, f"{path}: {short_error(e)}.",
+                               error_class="SchemaMismatch")
+                return
+            pos = np.arange(row, row + n, dtype=np.int64)
+            bad_t = t_ns == np.iinfo(np.int64).min
+            for i in np.flatnonzero(bad_t):
+                rec = {k: batch.column(k)[int(i)].as_py() for k in (time_col, *channels)}
+                yield src.dead("bad_timestamp", f"{path}: row {pos[i]} has no usable time in "
+                               f"column {time_col!r}.", error_class="ParseError",
+                               position=f"row={pos[i]}",
+                               payload=json.dumps(rec, default=str).encode(),
+                               payload_format="json")
+            good = ~bad_t
+            if good.any():
+                yield src.chunk(_batch(t_ns[good], pos[good], [c[good] for c in cols],
+                                       channels))
+            row += n
+
+
+# ---------------------------------------------------------------- JSONL
+
+def _json_number(v) -> float | None:
+    """A JSON value as a channel float; None if it is not a number (bools are not)."""
+    if v is None:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float, Decimal)):
+        return None
+    return float(v)
+
+
+def _json_time(v, unit: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, Decimal, str)):
+        raise TypeError("not a number")
+    return parse_time_ns(str(v), unit)
+
+
+def decode_sensor_jsonl(path: str, *, session_id: str, stream_id: str,
+                        options: DecodeOptions | dict | None = None
+                        ) -> Iterator[Chunk | DeadLetter]:
+    """One JSON object per line -> sensor chunks (missing or null channel values are NaN)."""
+    opts, src, bad = _start(path, session_id, stream_id, options, "jsonl")
+    if bad is not None:
+        yield bad
+        return
+    unit = opts.time_unit or "ns"
+    time_col: str | None = None
+    channels: list[str] = []
+    t_l: list[int] = []
+    pos_l: list[int] = []
+    cols_l: list[list[float]] = []
+    row = 0
+
+    def flush() -> Chunk:
+        c = src.chunk(_batch(np.array(t_l, np.int64), np.array(pos_l, np.int64),
+                             [np.array(v, np.float64) for v in cols_l], channels))
+        t_l.clear(), pos_l.clear(), [v.clear() for v in cols_l]
+        return c
+
+    with open(path, "rb") as fh:
+        for raw in fh:
+            line = raw.rstrip(b"\r\n")
+            if row == 0:
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            if not line.strip():
+                continue
+            here, row = row, row + 1
+
+            def dead(reason: str, what: str, line=line, here=here) -> DeadLetter:
+                return src.dead(reason, f"{path}: row {here} {what}.", error_class="ParseError",
+                                position=f"row={here}", payload=line,
+                                payload_format="jsonl-row")
+            try:
+                obj = json.loads(line.decode("utf-8"), parse_float=Decimal)
+            except UnicodeDecodeError:
+                yield dead("invalid_utf8", "is not valid UTF-8")
+                continue
+            except json.JSONDecodeError as e:
+                yield dead("bad_json", f"is not valid JSON ({e.msg})")
+                continue
+            if not isinstance(obj, dict):
+                yield dead("bad_json", "is not a JSON object")
+                continue
+            if time_col is None:
+                try:
+                    time_col = find_time_column(list(obj), opts.time_column)
+                    # explicit channels may be absent from a row (NaN); default: numeric keys
+                    chans = opts.channels or [k for k, v in obj.items() if k != time_col
+                                              and _json_number(v) is not None]
+                    channels = _check_channels([*obj, *chans], chans, time_col)
+                except SensorFileError as e:
+                    yield _file_dead(src, e)
+                    return
+                cols_l = [[] for _ in channels]
+                src.meta.update(channels=channels, time_column=time_col, time_unit=unit)
+            if time_col not in obj:
+                yield dead("bad_timestamp", f"has no {time_col!r} field")
+                continue
+            try:
+                t = _json_time(obj[time_col], unit)
+            except (TypeError, ValueError):
+                yield dead("bad_timestamp", f"field {time_col!r} value "
+                           f"{str(obj[time_col])[:40]!r} is not a number")
+                continue
+            vals = [_json_number(obj.get(c)) for c in channels]
+            if None in vals:
+                c = channels[vals.index(None)]
+                yield dead("non_numeric", f"field {c!r} value {str(obj[c])[:40]!r} is not a "
+                           "number")
+                continue
+            t_l.append(t)
+            pos_l.append(here)
+            for acc, v in zip(cols_l, vals, strict=True):
+                acc.append(v)
+            if len(t_l) >= opts.chunk_rows:
+                yield flush()
+    if t_l:
+        yield flush()

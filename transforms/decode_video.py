@@ -1,0 +1,429 @@
+"""Video decoders: containers via PyAV, image sequences (folder + timestamp index) via OpenCV.
+
+Rows follow schemas/video.py. ``pos`` of a container frame is its presentation rank among all
+video packets of the stream (the rank of its pts), so a frame that fails to decode still has a
+position and ``load_frames`` finds the same frame by the same number. ``pos`` of an image is
+its data-line number in the index (comments and the header line are not counted).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from deadletter.record import DeadLetter
+from schemas.envelope import Chunk
+from schemas.video import ARROW_SCHEMA
+from transforms.decode import DecodeOptions, SourceFile, parse_time_ns, short_error
+
+RAW_IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
+_HEADER_WORDS = {"timestamp", "time", "t", "t_ns", "timestamp_ns", "filename", "file"}
+
+
+def pts_to_ns(pts: int, time_base: Fraction) -> int:
+    """Container pts -> ns, exact (rounded half to even at the last ns)."""
+    return round(Fraction(pts) * time_base * 1_000_000_000)
+
+
+def _batch(rows: dict[str, list]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict(rows, schema=ARROW_SCHEMA)
+
+
+def _empty_rows() -> dict[str, list]:
+    return {name: [] for name in ARROW_SCHEMA.names}
+
+
+@dataclass(frozen=True)
+class PacketIndex:
+    """Sorted unique packet timestamps of one video stream, and those of keyframes."""
+
+    pts: np.ndarray          # int64, presentation order; pos = index into this
+    key_pts: np.ndarray      # int64, sorted
+    complete: bool           # False if demuxing stopped on an error
+    error: str = ""
+
+
+def packet_index(path: str, stream_index: int = 0) -> PacketIndex:
+    """Demux (no decoding) the video stream to learn every frame's pts."""
+    pts: list[int] = []
+    keys: list[int] = []
+    complete, error = True, ""
+    with av.open(path) as c:
+        vs = c.streams.video[stream_index]
+        try:
+            for pkt in c.demux(vs):
+                ts = pkt.pts if pkt.pts is not None else pkt.dts
+                if pkt.size == 0 or ts is None:
+                    continue
+                pts.append(ts)
+                if pkt.is_keyframe:
+                    keys.append(ts)
+        except av.error.FFmpegError as e:
+            complete, error = False, short_error(e)
+    return PacketIndex(np.unique(np.asarray(pts, np.int64)),
+                       np.unique(np.asarray(keys, np.int64)), complete, error)
+
+
+def _jpeg(bgr: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def decode_video_container(path: str, *, session_id: str, stream_id: str,
+                           chunk_frames: int = 64, inline_images: bool = False,
+                           options: DecodeOptions | dict | None = None
+                           ) -> Iterator[Chunk | DeadLetter]:
+    """Decode every frame of the first video stream; yield metadata rows in chunks of
+    ``chunk_frames`` (JPEG in ``image`` if ``inline_images``) and a DeadLetter per frame that
+    fails (``frame=N``) or for the file (``file``)."""
+    opts = DecodeOptions.of(options)
+    src = SourceFile(session_id, stream_id, "video", str(path))
+    if (bad := src.check_file(opts.max_bytes)) is not None:
+        yield bad
+        return
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        yield src.dead("corrupt_file", f"{path} cannot be opened as a video container "
+                       f"({short_error(e)}).", error_class="CorruptMedia")
+        return
+    with container:
+        if not container.streams.video:
+            yield src.dead("no_video_stream", f"{path} has no video stream.",
+                           error_class="CorruptMedia")
+            return
+        vs = container.streams.video[0]
+        tb = vs.time_base or Fraction(1, 1_000_000_000)
+        index = packet_index(str(path), vs.index)
+        rank = {int(p): i for i, p in enumerate(index.pts)}
+        cc = vs.codec_context
+        src.meta = {"kind": "container", "codec": cc.name, "width": cc.width,
+                    "height": cc.height, "time_base": f"{tb.numerator}/{tb.denominator}",
+                    "avg_rate": float(vs.average_rate) if vs.average_rate else None,
+                    "frames": len(index.pts)}
+
+        def pos_of(ts: int) -> int:
+            return rank.get(ts, int(np.searchsorted(index.pts, ts)))
+
+        seen: set[int] = set()
+        rows = _empty_rows()
+        packets = container.demux(vs)
+        while True:
+            try:
+                pkt = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as e:
+                yield src.dead("corrupt_container", f"{path}: demuxing stopped after "
+                               f"{len(seen)} frames ({short_error(e)}); later frames are lost.",
+                               error_class="CorruptMedia", position=f"frame={len(index.pts)}")
+                break
+            ts = pkt.pts if pkt.pts is not None else pkt.dts
+            try:
+                frames = pkt.decode()
+            except av.error.FFmpegError as e:
+                where = "flushing the decoder" if pkt.size == 0 else f"pts {ts}"
+                pos = pos_of(ts) if ts is not None else len(seen)
+                if ts is not None:
+                    seen.add(ts)
+                yield src.dead("corrupt_frame", f"{path}: frame {pos} ({where}) failed to "
+                               f"decode ({short_error(e)}).", error_class="CorruptFrame",
+                               position=f"frame={pos}",
+                               event_time_ns=pts_to_ns(ts, tb) if ts is not None else None,
+                               attrs={"pts": str(ts)})
+                continue
+            for f in frames:
+                fts = f.pts if f.pts is not None else f.dts
+                if fts is None:
+                    yield src.dead("no_timestamp", f"{path}: a decoded frame has no pts.",
+                                   error_class="CorruptFrame", position=f"frame={len(seen)}")
+                    continue
+                seen.add(fts)
+                pos, t_ns = pos_of(fts), pts_to_ns(fts, tb)
+                if f.is_corrupt:
+                    yield src.dead("corrupt_frame", f"{path}: frame {pos} (pts {fts}) decoded "
+                                   "with errors.", error_class="CorruptFrame",
+                                   position=f"frame={pos}", event_time_ns=t_ns,
+                                   attrs={"pts": str(fts)})
+                    continue
+                image = None
+                if inline_images:
+                    image = _jpeg(f.to_ndarray(format="bgr24"), opts.jpeg_quality)
+                for k, v in (("t_ns", t_ns), ("pos", pos), ("pts", fts), ("width", f.width),
+                             ("height", f.height), ("keyframe", bool(f.key_frame)),
+                             ("file", None), ("image", image)):
+                    rows[k].append(v)
+                if len(rows["t_ns"]) >= chunk_frames:
+                    yield src.chunk(_batch(rows))
+                    rows = _empty_rows()
+        if rows["t_ns"]:
+            yield src.chunk(_batch(rows))
+        for ts in sorted(set(rank) - seen):
+            yield src.dead("frame_lost", f"{path}: frame {rank[ts]} (pts {ts}) was demuxed "
+                           "but the decoder produced no picture for it.",
+                           error_class="CorruptFrame", position=f"frame={rank[ts]}",
+                           event_time_ns=pts_to_ns(ts, tb), attrs={"pts": str(ts)})
+
+
+# ---------------------------------------------------------------- image sequences
+
+@dataclass(frozen=True)
+class IndexEntry:
+    pos: int
+    line: bytes
+    t_ns: int | None = None
+    filename: str | None = None
+    error: str | None = None
+
+
+def _split(line: str) -> list[str]:
+    if "," in line:
+        return [p.strip() for p in line.split(",")]
+    return line.split()
+
+
+def read_index(index_path: str, time_unit: str | None = None) -> Iterator[IndexEntry]:
+    """Parse a ``timestamp filename`` index line by line (streamed, never whole-file)."""
+    pos = 0
+    first_data = True
+    with open(index_path, "rb") as fh:
+        for raw in fh:
+            line_b = raw.rstrip(b"\r\n")
+            try:
+                line = line_b.decode("utf-8-sig" if first_data else "utf-8").strip()
+            except UnicodeDecodeError:
+                first_data = False
+                yield IndexEntry(pos, line_b, error="is not valid UTF-8")
+                pos += 1
+                continue
+            if not line or line.startswith("#"):
+                continue
+            parts = _split(line)
+            if first_data and parts[0].lower() in _HEADER_WORDS:
+                first_data = False
+                continue
+            first_data = False
+            if len(parts) < 2 or not parts[1]:
+                yield IndexEntry(pos, line_b, error="needs a timestamp and a filename")
+            else:
+                try:
+                    yield IndexEntry(pos, line_b, parse_time_ns(parts[0], time_unit), parts[1])
+                except ValueError as e:
+                    yield IndexEntry(pos, line_b, error=str(e))
+            pos += 1
+
+
+def _image_dir(index_path: str, opts: DecodeOptions) -> Path:
+    base = Path(index_path).resolve().parent
+    return (base / opts.image_dir).resolve() if opts.image_dir else base
+
+
+def _resolve_image(image_dir: Path, filename: str) -> Path | None:
+    """The image path, or None if it would leave ``image_dir``."""
+    p = (image_dir / filename).resolve()
+    return p if p == image_dir or image_dir in p.parents else None
+
+
+def decode_image_sequence(index_path: str, *, session_id: str, stream_id: str,
+                          chunk_frames: int = 64, inline_images: bool = False,
+                          options: DecodeOptions | dict | None = None
+                          ) -> Iterator[Chunk | DeadLetter]:
+    """Decode a folder of images listed in an index file; each image is decoded (integrity,
+    size). Bad index lines and missing/unreadable images become ``frame=N`` DeadLetters."""
+    opts = DecodeOptions.of(options)
+    src = SourceFile(session_id, stream_id, "video", str(index_path))
+    if (bad := src.check_file(opts.max_bytes)) is not None:
+        yield bad
+        return
+    image_dir = _image_dir(index_path, opts)
+    src.meta = {"kind": "image_sequence", "codec": "image", "width": None, "height": None,
+                "time_base": None, "avg_rate": None, "image_dir": str(image_dir)}
+    rows = _empty_rows()
+    for e in read_index(index_path, opts.time_unit):
+        where = f"frame={e.pos}"
+        if e.error is not None:
+            yield src.dead("bad_index_line", f"{index_path}: line for frame {e.pos} "
+                           f"{e.error}.", error_class="ParseError", position=where,
+                           payload=e.line, payload_format="index-line")
+            continue
+        img_path = _resolve_image(image_dir, e.filename)
+        if img_path is None:
+            yield src.dead("bad_path", f"{index_path}: frame {e.pos} names {e.filename!r}, "
+                           f"which is outside {image_dir}.", error_class="ParseError",
+                           position=where, payload=e.line, payload_format="index-line",
+                           event_time_ns=e.t_ns)
+            continue
+        try:
+            data = img_path.read_bytes()
+        except FileNotFoundError:
+            yield src.dead("missing_image", f"{index_path}: frame {e.pos} image {img_path} "
+                           "does not exist.", error_class="FileNotFound", position=where,
+                           source_uri=str(img_path), event_time_ns=e.t_ns)
+            continue
+        except OSError as err:
+            yield src.dead("unreadable_image", f"{index_path}: frame {e.pos} image "
+                           f"{img_path} cannot be read ({short_error(err)}).",
+                           error_class="CorruptMedia", position=where,
+                           source_uri=str(img_path), event_time_ns=e.t_ns)
+            continue
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) \
+            if data else None
+        if img is None:
+            yield src.dead("corrupt_image", f"{index_path}: frame {e.pos} image {img_path} "
+                           "cannot be decoded.", error_class="CorruptMedia", position=where,
+                           source_uri=str(img_path), event_time_ns=e.t_ns)
+            continue
+        h, w = img.shape[:2]
+        if src.meta["width"] is None:
+            src.meta.update(width=w, height=h)
+        image = None
+        if inline_images:
+            ok_raw = img_path.suffix.lower() in RAW_IMAGE_EXTS
+            image = data if ok_raw else cv2.imencode(".png", img)[1].tobytes()
+        for k, v in (("t_ns", e.t_ns), ("pos", e.pos), ("pts", None), ("width", w),
+                     ("height", h), ("keyframe", True), ("file", e.filename),
+                     ("image", image)):
+            rows[k].append(v)
+        if len(rows["t_ns"]) >= chunk_frames:
+            yield src.chunk(_batch(rows))
+            rows = _empty_rows()
+    if rows["t_ns"]:
+        yield src.chunk(_batch(rows))
+
+
+# ---------------------------------------------------------------- random access
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _load_images(index_path: str, wanted: list[int], size: tuple[int, int] | None,
+                 image_dir: str | None) -> dict[int, np.ndarray]:
+    opts = DecodeOptions(image_dir=image_dir)
+    base = _image_dir(index_path, opts)
+    todo, out = set(wanted), {}
+    for e in read_index(index_path):
+        if e.pos not in todo:
+            continue
+        p = _resolve_image(base, e.filename) if e.filename else None
+        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED) if p is not None else None
+        if img is None:
+            raise ValueError(f"{index_path}: frame {e.pos} ({e.filename or e.error}) cannot be "
+                             "loaded; it was a decode dead letter")
+        img = _to_rgb(img)
+        out[e.pos] = cv2.resize(img, size, interpolation=cv2.INTER_AREA) if size else img
+        todo.discard(e.pos)
+        if not todo:
+            break
+    if todo:
+        raise ValueError(f"{index_path} has no frames {sorted(todo)[:5]}; its index has fewer "
+                         "data lines")
+    return out
+
+
+def _load_container(path: str, wanted: list[int], size: tuple[int, int] | None
+                    ) -> dict[int, np.ndarray]:
+    index = packet_index(path)
+    n = len(index.pts)
+    if wanted and (wanted[0] < 0 or wanted[-1] >= n):
+        raise ValueError(f"{path} has frames 0..{n - 1}; positions {wanted[0]}..{wanted[-1]} "
+                         "are out of range")
+    kw = {"width": size[0], "height": size[1]} if size else {}
+    out: dict[int, np.ndarray] = {}
+    keys = index.key_pts.tolist()
+    with av.open(path) as c:
+        vs = c.streams.video[0]
+        frames: Iterator | None = None
+        last = None                                   # pts of the last decoded frame
+        for pos in wanted:
+            target = int(index.pts[pos])
+            k = bisect.bisect_right(keys, target) - 1
+            kf = keys[k] if k >= 0 else None
+            # seek when nothing is open, when going back, or when a keyframe lies ahead
+            if frames is None or last is None or last >= target or (kf is not None and
+                                                                     kf > last):
+                for attempt_from_start in (False, True):
+                    if attempt_from_start or kf is None:
+                        c.seek(0, stream=vs, backward=True, any_frame=False)
+                    else:
+                        c.seek(kf, stream=vs, backward=True, any_frame=False)
+                    frames = c.decode(vs)
+                    first = _next_frame(frames)
+                    if first is not None and first.pts is not None and first.pts <= target:
+                        break
+                last, pending = None, first
+            else:
+                pending = None
+            found = None
+            while True:
+                f = pending if pending is not None else _next_frame(frames)
+                pending = None
+                if f is None:
+                    break
+                if f.pts is None:
+                    continue
+                last = f.pts
+                if f.pts == target:
+                    found = f
+                    break
+                if f.pts > target:
+                    break
+            if found is None:
+                raise ValueError(f"{path}: frame {pos} (pts {target}) cannot be decoded; it "
+                                 "was a decode dead letter")
+            out[pos] = found.to_ndarray(format="rgb24", **kw)
+    return out
+
+
+def _next_frame(frames: Iterator) -> av.VideoFrame | None:
+    while True:
+        try:
+            return next(frames)
+        except StopIteration:
+            return None
+        except av.error.FFmpegError:
+            continue        # a broken packet: skip it, the wanted frame may still come
+
+
+def load_frames(uri: str, positions: Sequence[int], *, kind: str = "container",
+                size: tuple[int, int] | None = None, image_dir: str | None = None
+                ) -> np.ndarray:
+    """Frames by ``pos`` as [n, H, W, 3] uint8 RGB, in the order asked; ``size`` is
+    (width, height) to resize to (needed when frame sizes differ). Raises ``ValueError`` for
+    a frame that cannot be loaded."""
+    positions = [int(p) for p in positions]
+    wanted = sorted(set(positions))
+    if kind == "container":
+        got = _load_container(uri, wanted, size)
+    elif kind == "image_sequence":
+        got = _load_images(uri, wanted, size, image_dir)
+    else:
+        raise ValueError(f"load_frames kind must be 'container' or 'image_sequence', "
+                         f"not {kind!r}")
+    if not positions:
+        h, w = (size[1], size[0]) if size else (0, 0)
+        return np.zeros((0, h, w, 3), np.uint8)
+    frames = [got[p] for p in positions]
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise ValueError(f"{uri}: frames have different sizes {sorted(shapes)}; pass size=")
+    return np.stack(frames)
+
