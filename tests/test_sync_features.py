@@ -256,8 +256,7 @@ def test_speech_activity_follows_cues(tmp_path):
     clock = Clock(0.0, 0.0)
     cues = make_cues(5, 100.0, 40.0)
     t0, pcm = make_speech(tmp_path / "s.wav", cues, clock, 100.0, 40.0)
-    t = np.rint((t0 + np.arange(len(pcm)) / 16000) * NS).astype(np.int64)
-    f = speech_activity(bin_sums(t, pcm.astype(np.float64) ** 2, RATE), RATE)
+    f = speech_activity(audio_bins([int(t0 * NS)], [pcm], 16000, RATE), RATE)
     truth = text_activity((cues[:, 0] * NS).astype(np.int64), (cues[:, 1] * NS).astype(np.int64),
                           RATE)
     lo = max(f.start, truth.start)

@@ -51,8 +51,9 @@ class RegistrationConfig(BaseModel):
     refine: Literal["none", "ecc"] = "ecc"
     ecc_levels: int = Field(2, ge=1, le=6, description="pyramid levels (1 = full resolution)")
     ecc_gauss: int = Field(1, ge=1, le=31, description="ECC Gaussian filter size (odd)")
-    ecc_iters: int = Field(100, ge=1)
-    ecc_eps: float = Field(1e-6, gt=0)
+    ecc_iters: int = Field(50, ge=1, description="ECC iterations per level")
+    ecc_eps: float = Field(1e-4, gt=0, description="ECC stops when cc improves less")
+    ecc_max_side: int = Field(1024, ge=64, description="ECC runs at most at this long side")
     ecc_residual_mask: bool = Field(True, description="ECC only where the feature fit agrees")
     ecc_rounds: int = Field(3, ge=1, le=10, description="ECC rounds, mask recomputed each round")
     max_ecc_shift_px: float = Field(10.0, gt=0, description="reject ECC moving corners more")
@@ -251,20 +252,23 @@ def agreement_mask(src: np.ndarray, ref: np.ndarray, H: np.ndarray, sigma: float
 
 
 def refine_ecc(src: np.ndarray, ref: np.ndarray, H: np.ndarray, cfg: RegistrationConfig,
-               mask: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
+               mask: np.ndarray | None = None,
+               levels: int | None = None) -> tuple[np.ndarray, float] | None:
     """ECC-refined homography (coarse to fine) and its correlation, or None if ECC fails.
 
     ECC warps the input (source) onto the template (reference): its warp maps reference pixels
-    to source pixels, i.e. H^-1; ``mask`` marks usable source pixels.
+    to source pixels, i.e. H^-1; ``mask`` marks usable source pixels. The finest level is the
+    image scaled so that its long side is at most ``ecc_max_side``.
     """
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, cfg.ecc_iters, cfg.ecc_eps)
     W = np.linalg.inv(H)
     W /= W[2, 2]
     cc = float("nan")
-    for level in range(cfg.ecc_levels - 1, -1, -1):
-        s = 0.5 ** level
+    fine = min(1.0, cfg.ecc_max_side / max(src.shape[:2] + ref.shape[:2]))
+    for level in range((levels or cfg.ecc_levels) - 1, -1, -1):
+        s = fine * 0.5 ** level
         S = np.diag([s, s, 1.0])
-        if level:
+        if s < 1.0:
             r = cv2.resize(ref, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
             q = cv2.resize(src, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
             m = None if mask is None else cv2.resize(mask, (q.shape[1], q.shape[0]),
@@ -293,11 +297,12 @@ def refine_ecc_masked(src: np.ndarray, ref: np.ndarray, H: np.ndarray,
     early once a round moves the image corners by less than 0.05 px."""
     size = (src.shape[1], src.shape[0])
     best = None
-    for _ in range(cfg.ecc_rounds if cfg.ecc_residual_mask else 1):
+    for i in range(cfg.ecc_rounds if cfg.ecc_residual_mask else 1):
         mask = agreement_mask(src, ref, H) if cfg.ecc_residual_mask else None
         if mask is not None and not mask.any():
             return best
-        out = refine_ecc(src, ref, H, cfg, mask)
+        # later rounds start close to the optimum: finest level only
+        out = refine_ecc(src, ref, H, cfg, mask, levels=None if i == 0 else 1)
         if out is None:
             return best
         moved = corner_error(out[0], H, size)

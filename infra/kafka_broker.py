@@ -1,0 +1,331 @@
+"""A single-node Apache Kafka (KRaft, broker+controller) from Maven Central, run as a local process.
+
+Jars: ``org.apache.kafka:kafka_2.13`` and its runtime closure plus a log4j2 binding, resolved by
+Maven into ``<cache>/kafka-<version>/lib``. Each broker lives in a state dir (config, KRaft log
+dir, server log, pid). ``python -m infra.kafka_broker fetch|start|stop|status`` drives one in
+``<cache>/run/kafka``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from infra import (
+    InfraError,
+    PidFile,
+    classpath,
+    free_port,
+    log_tail,
+    maven_fetch,
+    port_open,
+    require_tool,
+    rss_mb,
+    run_dir,
+    spawn,
+)
+
+KAFKA_VERSION = os.environ.get("MMALIGN_KAFKA_VERSION", "4.4.0")
+LOG4J_VERSION = "2.24.3"
+HOST = "127.0.0.1"
+MAIN_CLASS = "kafka.Kafka"
+JVM_OPTS = ["-Xmx512m", "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true"]  # fmt: skip
+READY_TOPIC = "__mmalign_ready"
+
+
+def fetch() -> Path:
+    """Resolve Kafka's jars (cached); return the lib dir."""
+    return maven_fetch(
+        f"kafka-{KAFKA_VERSION}",
+        [
+            f"org.apache.kafka:kafka_2.13:{KAFKA_VERSION}",
+            f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}",
+            f"org.apache.logging.log4j:log4j-core:{LOG4J_VERSION}",
+        ],
+    )
+
+
+_LOG4J2 = """status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = info
+logger.apache.name = org.apache.kafka
+logger.apache.level = info
+"""
+
+
+def _server_properties(data: Path, broker_port: int, controller_port: int, auto_create: bool) -> str:
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{HOST}:{controller_port}",
+        "listeners": f"PLAINTEXT://{HOST}:{broker_port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{broker_port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data),
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": str(auto_create).lower(),
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        "background.threads": "2",
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+@dataclass
+class KafkaBroker:
+    """One KRaft broker+controller on 127.0.0.1 with its state in ``home``.
+
+    Ports are chosen once (free ones unless given) and kept in ``home/state.json``, so a stopped
+    broker restarts on the same ports and the same log dir.
+    """
+
+    home: Path
+    broker_port: int = 0
+    controller_port: int = 0
+    auto_create_topics: bool = True
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).resolve()
+        self.home.mkdir(parents=True, exist_ok=True)
+        state = self.home / "state.json"
+        if state.exists():
+            saved = json.loads(state.read_text())
+            self.broker_port = self.broker_port or saved["broker_port"]
+            self.controller_port = self.controller_port or saved["controller_port"]
+            cluster_id = saved["cluster_id"]
+        else:
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.broker_port = self.broker_port or free_port(HOST)
+        self.controller_port = self.controller_port or free_port(HOST)
+        if self.controller_port == self.broker_port:
+            raise InfraError(f"broker and controller port are both {self.broker_port}")
+        self.cluster_id = cluster_id
+        state.write_text(
+            json.dumps(
+                {"broker_port": self.broker_port, "controller_port": self.controller_port,
+                 "cluster_id": cluster_id}  # fmt: skip
+            )
+        )
+        self._pidfile = PidFile(self.home / "kafka.pid", MAIN_CLASS)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` for clients."""
+        return f"{HOST}:{self.broker_port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_file(self) -> Path:
+        """The broker's own log (log4j2)."""
+        return self.home / "logs" / "server.log"
+
+    @property
+    def stdout_file(self) -> Path:
+        return self.home / "logs" / "stdout.log"
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running broker, or None."""
+        return self._pidfile.pid()
+
+    def _write_config(self) -> tuple[Path, Path]:
+        (self.home / "logs").mkdir(exist_ok=True)
+        props = self.home / "server.properties"
+        props.write_text(
+            _server_properties(
+                self.data_dir, self.broker_port, self.controller_port, self.auto_create_topics
+            )
+        )
+        log4j = self.home / "log4j2.properties"
+        log4j.write_text(_LOG4J2.format(log=self.log_file))
+        return props, log4j
+
+    def _java(self, lib: Path, log4j: Path) -> list[str]:
+        java = require_tool("java", "install Java 17 (apt-get install openjdk-17-jre-headless).")
+        return [java, *JVM_OPTS, f"-Dlog4j2.configurationFile={log4j}",
+                f"-Dkafka.logs.dir={self.log_file.parent}", "-cp", classpath(lib)]  # fmt: skip
+
+    def _format_storage(self, lib: Path, props: Path, log4j: Path) -> None:
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cmd = [*self._java(lib, log4j), "kafka.tools.StorageTool", "format",
+               "-t", self.cluster_id, "-c", str(props)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise InfraError(
+                f"kafka-storage format of {self.data_dir} failed:\n{proc.stdout}{proc.stderr}"
+            )
+
+    def start(self, timeout_s: float = 90.0) -> KafkaBroker:
+        """Format storage if new, start the broker, return once a topic can be created."""
+        if self.pid is not None:
+            self.wait_ready(timeout_s)
+            return self
+        for port in (self.broker_port, self.controller_port):
+            if port_open(HOST, port):
+                raise InfraError(
+                    f"port {HOST}:{port} is already in use; stop whatever listens there or give "
+                    f"other ports (state in {self.home / 'state.json'})"
+                )
+        lib = fetch()
+        props, log4j = self._write_config()
+        self._format_storage(lib, props, log4j)
+        cmd = [*self._java(lib, log4j), MAIN_CLASS, str(props)]
+        self._pidfile.write(spawn(cmd, self.stdout_file, cwd=self.home))
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Block until an admin client can create (or finds) the readiness topic."""
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.pid is None:
+                raise InfraError(
+                    f"Kafka broker exited during start; log {self.log_file}:\n"
+                    f"{log_tail(self.stdout_file)}\n{log_tail(self.log_file)}"
+                )
+            if port_open(HOST, self.broker_port):
+                try:
+                    admin = KafkaAdminClient(
+                        bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000,
+                        client_id="mmalign-infra-ready",
+                    )  # fmt: skip
+                    try:
+                        admin.create_topics([NewTopic(READY_TOPIC, 1, 1)])
+                    except TopicAlreadyExistsError:
+                        pass
+                    finally:
+                        admin.close()
+                    return
+                except KafkaError as exc:
+                    last = exc
+            time.sleep(0.25)
+        raise InfraError(
+            f"Kafka broker on {self.bootstrap_servers} not ready after {timeout_s:.0f}s "
+            f"(last error: {last!r}); log {self.log_file}:\n{log_tail(self.log_file)}"
+        )
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Controlled shutdown (SIGTERM; SIGKILL after ``timeout_s``). True if it was running."""
+        return self._pidfile.stop(timeout_s)
+
+    def kill(self) -> bool:
+        """Hard crash (SIGKILL at once), for fault tests."""
+        return self._pidfile.stop(timeout_s=0.0)
+
+    def restart(self, timeout_s: float = 90.0) -> KafkaBroker:
+        """Stop, then start on the same ports and log dir."""
+        self.stop()
+        return self.start(timeout_s)
+
+    def create_topic(self, name: str, partitions: int = 1, config: dict[str, str] | None = None):
+        """Create ``name`` (replication 1) and wait until its partitions have leaders."""
+        if partitions < 1:
+            raise InfraError(f"topic {name!r}: partitions must be >= 1, got {partitions}")
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
+                                 client_id="mmalign-infra-admin")  # fmt: skip
+        try:
+            try:
+                admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
+            except TopicAlreadyExistsError as exc:
+                raise InfraError(f"topic {name!r} already exists on {self.bootstrap_servers}") from exc
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                meta = admin.describe_topics([name])[0]
+                parts = meta.get("partitions") or []
+                if len(parts) == partitions and all(p.get("leader", -1) >= 0 for p in parts):
+                    return
+                time.sleep(0.1)
+            raise InfraError(f"topic {name!r} has no leaders after 30s on {self.bootstrap_servers}")
+        finally:
+            admin.close()
+
+    def status(self) -> dict[str, object]:
+        """Machine-readable status."""
+        pid = self.pid
+        return {
+            "running": pid is not None, "pid": pid, "bootstrap_servers": self.bootstrap_servers,
+            "controller_port": self.controller_port, "home": str(self.home),
+            "log": str(self.log_file), "kafka_version": KAFKA_VERSION,
+            "rss_mb": rss_mb(pid) if pid else None,
+        }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.kafka_broker",
+        description="Fetch / start / stop a local single-node KRaft Kafka broker.",
+    )
+    parser.add_argument("command", choices=["fetch", "start", "stop", "status"])
+    parser.add_argument("--home", type=Path, default=None,
+                        help="state dir (default <cache>/run/kafka)")  # fmt: skip
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MMALIGN_KAFKA_PORT", 9092)),
+                        help="broker port for a new state dir (default 9092)")  # fmt: skip
+    parser.add_argument("--controller-port", type=int, default=0,
+                        help="controller port for a new state dir (default port+1)")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print status as JSON")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            print(fetch())
+            return 0
+        home = args.home or run_dir("kafka")
+        fresh = not (Path(home) / "state.json").exists()
+        broker = KafkaBroker(
+            home,
+            broker_port=args.port if fresh else 0,
+            controller_port=(args.controller_port or args.port + 1) if fresh else 0,
+        )
+        if args.command == "start":
+            t0 = time.monotonic()
+            broker.start()
+            print(f"kafka {KAFKA_VERSION} up on {broker.bootstrap_servers} "
+                  f"(pid {broker.pid}, {time.monotonic() - t0:.1f}s, log {broker.log_file})")  # fmt: skip
+        elif args.command == "stop":
+            print("stopped" if broker.stop() else "not running")
+        else:
+            status = broker.status()
+            print(json.dumps(status) if args.json else
+                  "\n".join(f"{k}: {v}" for k, v in status.items()))  # fmt: skip
+            return 0 if status["running"] else 3
+        return 0
+    except InfraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
