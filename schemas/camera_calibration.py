@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.manifest import ID, ManifestError, _read_mapping, explain
 
@@ -121,7 +120,7 @@ class CameraIntrinsics(_Strict):
 
     @classmethod
     def from_opencv(cls, K, dist, image_size: tuple[int, int],
-                    fisheye: bool = False) -> "CameraIntrinsics":
+                    fisheye: bool = False) -> CameraIntrinsics:
         """From cv2.calibrateCamera / fisheye.calibrate output (trailing zero terms dropped)."""
         d = np.asarray(dist, dtype=np.float64).ravel()
         if fisheye:
@@ -235,7 +234,7 @@ class Extrinsics(_Strict):
         return m
 
     @classmethod
-    def from_matrix(cls, m: np.ndarray, frame: str | None = None) -> "Extrinsics":
+    def from_matrix(cls, m: np.ndarray, frame: str | None = None) -> Extrinsics:
         m = np.asarray(m, dtype=np.float64)
         return cls(frame=frame, rotation=m[:3, :3].tolist(), translation=m[:3, 3].tolist())
 

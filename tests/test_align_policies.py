@@ -159,6 +159,8 @@ def test_one_to_one_matches_brute_force_greedy(seed):
         match, has = brute_one_to_one(ticks, t, tol)
         idx, dt, st = ap.one_to_one(ticks, t, tol)
         assert np.array_equal(idx, match), (tol, ticks, t)
+        ok = match >= 0
+        assert np.array_equal(dt[ok], t[match[ok]] - ticks[ok]) and np.all(dt[~ok] == 0)
         assert np.all(st[has & (match < 0)] == Status.TAKEN)
         assert np.all(st[~has] != Status.TAKEN) and np.all((st == Status.OK) == (match >= 0))
         # the heap path alone gives the same association
@@ -231,7 +233,7 @@ def test_one_to_one_context_flags_a_chain_crossing_the_bucket_edge():
     idx, _, st = ap.one_to_one(cut_t, cut_s, 500, context=ctx)
     naive, _, _ = ap.one_to_one(cut_t, cut_s, 500)
     assert not np.array_equal(naive, whole[:cut_t.size])    # a plain local run would be wrong
-    assert np.all(st == Status.NOT_LOCAL)
+    assert np.all(st == Status.NOT_LOCAL) and np.all(idx == -1)
 
 
 # -- interpolate ---------------------------------------------------------------------------

@@ -10,9 +10,14 @@ import pytest
 import yaml
 
 from schemas.calibration import load_calibration
-from schemas.camera_calibration import (CameraIntrinsics, CameraRig, Extrinsics,
-                                        load_camera_calibration, rotation_from_quaternion,
-                                        rotation_from_rvec)
+from schemas.camera_calibration import (
+    CameraIntrinsics,
+    CameraRig,
+    Extrinsics,
+    load_camera_calibration,
+    rotation_from_quaternion,
+    rotation_from_rvec,
+)
 from schemas.manifest import ManifestError
 from tests.opencv_doc_data import opencv_doc_data
 from transforms.projection import project_points, transform_points

@@ -8,9 +8,17 @@ import pyarrow as pa
 import pytest
 
 from schemas.camera_calibration import CameraIntrinsics, load_camera_calibration
-from transforms.projection import (normalise_pixels, project_camera_points, project_points,
-                                   project_positions, project_sensor_points, project_ticks,
-                                   reference_to_camera, transform_points, undistort_image)
+from transforms.projection import (
+    normalise_pixels,
+    project_camera_points,
+    project_points,
+    project_positions,
+    project_sensor_points,
+    project_ticks,
+    reference_to_camera,
+    transform_points,
+    undistort_image,
+)
 
 K = [[620.0, 0.0, 331.0], [0.0, 615.0, 236.0], [0.0, 0.0, 1.0]]
 DIST = [-0.28, 0.09, 0.0012, -0.0008, -0.012]

@@ -13,10 +13,18 @@ from deadletter.record import DeadLetter
 from schemas.camera_calibration import load_camera_calibration
 from tests.opencv_doc_data import opencv_doc_data
 from transforms.register import Register, register_tick
-from transforms.registration import (RegistrationConfig, RegistrationImpossible,
-                                     RegistrationTracker, apply_homography, available_detectors,
-                                     corner_error, degeneracy, register_pair, to_gray,
-                                     warp_to_reference)
+from transforms.registration import (
+    RegistrationConfig,
+    RegistrationImpossible,
+    RegistrationTracker,
+    apply_homography,
+    available_detectors,
+    corner_error,
+    degeneracy,
+    register_pair,
+    to_gray,
+    warp_to_reference,
+)
 
 W, H = 640, 480
 H_TRUE = np.array([[0.9, 0.08, 30.0], [-0.06, 0.95, 20.0], [1e-4, -5e-5, 1.0]])
@@ -115,7 +123,7 @@ def test_warp_to_reference_lines_up_with_the_reference(pair):
 
 
 def test_impossible_inputs_raise_with_a_reason(pair):
-    src, ref = pair
+    _, ref = pair
     cases = {
         "no_features": (np.full((H, W), 90, np.uint8), ref),
         "bad_frame": (np.zeros((H, W, 2), np.uint8), ref),

@@ -24,9 +24,11 @@ contiguous to the previous one; no emitted set spans more than ``max_span_ns``; 
 ends up in exactly one set or one drop record.
 
 Online: a set is emitted as soon as no later sample can give a tighter candidate: when the
-sweep reaches the pivot, or when the latest front (for a stream with no sample left: its last
-sample) minus P is already >= the best span (every later candidate holds P and all later
-fronts). The emitted sets do not depend on how arrivals interleave across streams. Bounded
+sweep reaches the pivot; when the latest front minus P is already >= the best span (every
+later candidate holds P and fronts at least as late); or, while streams wait for samples, when
+continuing the sweep over the known fronts proves the same (``_proved_by_known_fronts``, the
+counterpart of ROS's virtual moves; otherwise a sample landing inside the known fronts could
+still be tighter, so waiting is necessary). The emitted sets do not depend on how arrivals interleave across streams. Bounded
 queues: a stream holding more than ``queue_size`` samples (used in the pending search or not)
 drops its oldest (reason ``queue_overflow``) and the pending search restarts; only then can
 the result depend on the arrival order (as in ROS). Cost: O(N) per sweep step, Python, since
@@ -100,13 +102,13 @@ class ApproxTimeSync:
             while q:
                 t_ns, ref = q.popleft()
                 self.dropped.append((i, ref, t_ns, "end_of_input"))
-        self._front = [0] * self.n
+        self._restart()
         return out
 
     # -- the policy ---------------------------------------------------------------------
     def _restart(self) -> None:
         self._pivot = None
-        self._front = [0] * self.n
+        self._front[:] = [0] * self.n          # in place: _process holds a reference
 
     def _fronts(self):
         """(start stream, start t, end stream, end t) over the current fronts: start = min by
@@ -127,7 +129,7 @@ class ApproxTimeSync:
             if any(f[i] >= len(q[i]) for i in range(self.n)):
                 if self._pivot is None:
                     return
-                if self._ended or self._proved_by_last_samples():
+                if self._ended or self._proved_by_known_fronts():
                     self._emit(out)
                     continue
                 return
@@ -145,12 +147,24 @@ class ApproxTimeSync:
             if s_i == self._pivot or e_t - self._pivot_t >= self._best_span:
                 self._emit(out)
 
-    def _proved_by_last_samples(self) -> bool:
-        """Every later candidate holds the pivot and, per stream, the current front or (for a
-        stream with none left) a sample at or after its last one: its span is at least this."""
-        lb = max(self._q[i][self._front[i]][0] if self._front[i] < len(self._q[i])
-                 else self._last_t[i] for i in range(self.n))
-        return lb - self._pivot_t >= self._best_span
+    def _proved_by_known_fronts(self) -> bool:
+        """The sweep is blocked on streams with no sample yet: can the pending best still be
+        beaten? Continue the sweep over the known fronts F only (a blocked stream's next
+        sample x is free): a state holds F plus x, so its span is >= max(F) - min(F); the sweep
+        only moves F forward; every later state holds the pivot, so its span is >= max(F) - P.
+        Proved when max(F) - P >= best; not provable when max(F) - min(F) < best (an x inside F
+        would be tighter)."""
+        q, f = self._q, list(self._front)
+        p_t, best = self._pivot_t, self._best_span
+        while True:
+            live = [(q[i][f[i]][0], i) for i in range(self.n) if f[i] < len(q[i])]
+            hi = max(live)[0]
+            lo_t, lo_i = min(live)
+            if hi - p_t >= best:
+                return True
+            if hi - lo_t < best:
+                return False
+            f[lo_i] += 1          # lo_i is not the pivot: hi - p_t < best <= hi - lo_t
 
     def _emit(self, out: list[Set]) -> None:
         refs, times = [], []

@@ -132,7 +132,10 @@ def _file_dead(src: SourceFile, e: SensorFileError) -> DeadLetter:
 
 # ---------------------------------------------------------------- CSV
 
-_NEEDS_FILTER = re.compile(rb"#|\r|(?:^|\n)[ \t]*(?:\n|$)")
+def _needs_filter(body: bytes) -> bool:
+    """True if some line may be blank, a comment, CR-terminated or start with whitespace."""
+    return (body[:1] in (b"", b"\n", b" ", b"\t") or b"#" in body or b"\r" in body
+            or b"\n\n" in body or b"\n " in body or b"\n\t" in body)
 
 
 def _csv_lines(fh, n: int, first: bytes | None = None) -> Iterator[tuple[int, list[bytes]]]:
@@ -151,7 +154,7 @@ def _csv_lines(fh, n: int, first: bytes | None = None) -> Iterator[tuple[int, li
             tail = b""
         if data:
             body = data[:-1] if data.endswith(b"\n") else data
-            if _NEEDS_FILTER.search(body) is None:
+            if not _needs_filter(body):
                 block += body.split(b"\n")
             else:
                 lines = (ln.rstrip(b"\r") for ln in body.split(b"\n"))

@@ -27,8 +27,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from deadletter.record import DeadLetter
 from schemas.camera_calibration import CameraRig
 from transforms.projection import project_sensor_points
-from transforms.registration import (RegistrationConfig, RegistrationImpossible,
-                                     RegistrationTracker)
+from transforms.registration import RegistrationConfig, RegistrationImpossible, RegistrationTracker
 
 DEAD = "dead"
 
@@ -117,9 +116,12 @@ def register_tick(tracker: RegistrationTracker, session_id: str, tick_ns: int,
     return result, dead, counts
 
 
+LAST_GOOD = ReadModifyWriteStateSpec("last_good", PickleCoder())   # {camera_id: (H, tick_ns)}
+_LAST_GOOD_PARAM = beam.DoFn.StateParam(LAST_GOOD)
+
+
 class RegisterFn(beam.DoFn):
     """Stateful shell over ``register_tick``; input ``(session_id, (tick_ns, frames, points))``."""
-    LAST_GOOD = ReadModifyWriteStateSpec("last_good", PickleCoder())
 
     def __init__(self, reference_camera: str, cfg: RegistrationConfig | None = None,
                  rig: CameraRig | None = None, run_id: str = ""):
@@ -130,7 +132,7 @@ class RegisterFn(beam.DoFn):
         self.counters = {k: beam.metrics.Metrics.counter("register", f"register.{k}")
                          for k in ("ok", "flagged", "dead", "points_dead")}
 
-    def process(self, element, last_good=beam.DoFn.StateParam(LAST_GOOD)):
+    def process(self, element, last_good=_LAST_GOOD_PARAM):
         session_id, (tick_ns, frames, points) = element
         if frames is None:      # malformed element, reported by _key
             d = points

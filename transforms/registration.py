@@ -415,6 +415,6 @@ class RegistrationTracker:
         return {c: (H.ravel().tolist(), t) for c, (H, t) in self.last_good.items()}
 
     @classmethod
-    def from_state(cls, cfg: RegistrationConfig, state: dict | None) -> "RegistrationTracker":
+    def from_state(cls, cfg: RegistrationConfig, state: dict | None) -> RegistrationTracker:
         return cls(cfg, {c: (np.asarray(h, dtype=np.float64).reshape(3, 3), int(t))
                          for c, (h, t) in (state or {}).items()})

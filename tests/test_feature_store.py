@@ -1,0 +1,146 @@
+"""The Feast feature store through Feast's own SDK: SQLite online store, point-in-time
+historical reads over the embeddings Parquet, and (slow) a real redis-server online store."""
+
+from __future__ import annotations
+
+import runpy
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from encoders import feature_store as fs
+from encoders.fusion import embeddings_table
+from encoders.handlers import Embedding
+
+T0 = 1_700_000_000_000_000_000
+STREAMS = {"cam0": 4, "mic": 3}
+
+
+def _table():
+    rng = np.random.default_rng(0)
+    embs = []
+    for sess in ("s1", "s2"):
+        for k in range(5):
+            tick = T0 + k * 100_000_000
+            embs.append(Embedding(sess, "cam0", "video", tick,
+                                  rng.standard_normal(4).astype(np.float32), "video-cnn@ab", 4))
+            if k != 2:
+                embs.append(Embedding(sess, "mic", "audio", tick,
+                                      rng.standard_normal(3).astype(np.float32), "mel@cd", 3))
+    return embeddings_table(embs, STREAMS, "concat")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fs")
+    table = _table()
+    (root / "embeddings").mkdir()
+    pq.write_table(table, root / "embeddings" / "session=all.parquet")
+    return root, table
+
+
+def _row(table, session, tick):
+    rows = table.to_pylist()
+    return next(r for r in rows if r["session_id"] == session and r["tick_ns"] == tick)
+
+
+def _check_online(store, table):
+    assert fs.write_online(store, table) == table.num_rows
+    got = fs.read_online(store, ["s1", "s2", "unknown"], STREAMS, "concat")
+    last = T0 + 4 * 100_000_000
+    assert got["tick_ns"] == [last, last, None]
+    for i, s in enumerate(("s1", "s2")):
+        want = _row(table, s, last)
+        np.testing.assert_allclose(got["cam0_emb"][i], want["cam0_emb"], rtol=1e-6)
+        np.testing.assert_allclose(got["fused_emb"][i], want["fused_emb"], rtol=1e-6)
+        assert got["cam0_model_id"][i] == "video-cnn@ab" and got["mic_model_id"][i] == "mel@cd"
+        assert got["fused_mask"][i] == [True, True]
+    assert got["cam0_emb"][2] is None
+
+
+def test_sqlite_online_write_and_read(data, tmp_path):
+    root, table = data
+    store = fs.open_store(tmp_path / "repo", root / "embeddings")
+    assert store.config.online_store.type == "sqlite"
+    _check_online(store, table)
+
+
+def test_historical_point_in_time(data, tmp_path):
+    root, table = data
+    store = fs.open_store(tmp_path / "repo", root / "embeddings")
+    entity_df = pd.DataFrame({
+        "session_id": ["s1", "s1", "s2", "s2"],
+        "event_timestamp": pd.to_datetime([T0 + 150_000_000, T0 + 250_000_000, T0,
+                                           T0 + 10**12], utc=True)})
+    df = fs.read_historical(store, entity_df, STREAMS, "concat")
+    df = df.sort_values(["session_id", "event_timestamp"]).reset_index(drop=True)
+    # latest tick at or before each requested time
+    assert df["tick_ns"].tolist() == [T0 + 100_000_000, T0 + 200_000_000, T0,
+                                      T0 + 400_000_000]
+    row = df.iloc[1]                       # s1 at tick 2: the mic had no embedding
+    assert row["mic_missing"] == "no_embedding" and np.isnan(row["mic_emb"]).all()
+    assert list(row["fused_mask"]) == [True, False]
+    np.testing.assert_allclose(row["cam0_emb"], _row(table, "s1", T0 + 200_000_000)["cam0_emb"],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="event_timestamp"):
+        fs.read_historical(store, entity_df[["session_id"]], STREAMS, "concat")
+
+
+def test_shipped_feature_repo_definitions(data, monkeypatch):
+    root, _ = data
+    repo = Path(__file__).resolve().parents[1] / "feature_repo"
+    assert (repo / "feature_store.yaml").is_file() and (repo / "feature_store.redis.yaml").is_file()
+    monkeypatch.setenv("MMALIGN_EMBEDDINGS_PATH", str(root / "embeddings"))
+    defs = runpy.run_path(str(repo / "features.py"))
+    view = defs["tick_embeddings"]
+    assert defs["STREAMS"] == STREAMS and defs["FUSION"] == "concat"
+    assert {f.name for f in view.schema} >= {"cam0_emb", "mic_model_id", "fused_mask"}
+    assert view.batch_source.path == str(root / "embeddings")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = _free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+        client = redis.Redis(host="127.0.0.1", port=port)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("redis-server did not answer PING")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_redis_online_store(data, tmp_path, redis_server):
+    root, table = data
+    store = fs.open_store(tmp_path / "repo", root / "embeddings", online="redis",
+                          redis_connection=redis_server)
+    assert store.config.online_store.type == "redis"
+    _check_online(store, table)
