@@ -216,7 +216,7 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece]) -> pa.Tabl
 
     m = len(ticks)
     cols = {
-        "session_id": pa.array([plan.session_id] * m, pa.string()).dictionary_encode(),
+        "session_id": pa.array([plan.session_id] * m, pa.string()),
         "bucket": pa.array(np.full(m, bucket), pa.int64()),
         "tick_ns": pa.array(ticks, pa.int64()),
         "tick_time": pa.array(ticks, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
@@ -224,7 +224,13 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece]) -> pa.Tabl
     }
     for sp in plan.streams:
         cols.update(join_stream(sp, ticks, tables.get(sp.stream_id), meta.get(sp.stream_id)))
-    return pa.table(cols)
+    return pa.table({k: _plain(v) for k, v in cols.items()})
+
+
+def _plain(col: pa.Array) -> pa.Array:
+    """Dictionary arrays decoded, so every bucket file has the same schema (Parquet
+    dictionary-encodes repeated strings on disk anyway)."""
+    return col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
 
 
 class AlignBucketFn(beam.DoFn):

@@ -61,21 +61,29 @@ _BIG = np.iinfo(np.int64).max
 
 def _times(a, name: str) -> np.ndarray:
     """``a`` as a 1-D int64 array, checked sorted ascending (one vectorised pass)."""
+    return _times_dup(a, name)[0]
+
+
+def _times_dup(a, name: str) -> tuple[np.ndarray, bool]:
+    """(``a`` as 1-D int64 checked sorted ascending, whether it has equal neighbours)."""
     arr = np.asarray(a)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of int64 ns, got shape {arr.shape}")
     if arr.size == 0:
-        return arr.astype(np.int64, copy=False)
+        return arr.astype(np.int64, copy=False), False
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{name} must hold integer nanoseconds, got dtype {arr.dtype}")
     arr = arr.astype(np.int64, copy=False)
     if arr.size > 1:
-        bad = arr[1:] < arr[:-1]
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(f"{name} must be sorted ascending; {name}[{i + 1}]={arr[i + 1]} < "
-                             f"{name}[{i}]={arr[i]}")
-    return arr
+        flat = arr[1:] <= arr[:-1]                  # one pass finds decreases and duplicates
+        if flat.any():
+            bad = arr[1:] < arr[:-1]
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ValueError(f"{name} must be sorted ascending; {name}[{i + 1}]="
+                                 f"{arr[i + 1]} < {name}[{i}]={arr[i]}")
+            return arr, True
+    return arr, False
 
 
 def _nonneg(x: int, name: str) -> int:
@@ -111,27 +119,39 @@ def nearest(ticks, t, tolerance_ns: int, *, bounds=None):
     ``(idx int64[m] (-1 when none), dt int64[m] = t[idx] - tick (0 when none), status int8[m])``
     with status OK, NO_SAMPLE_IN_TOLERANCE or OUT_OF_RANGE. O(m log n).
     """
-    ticks, t = _times(ticks, "ticks"), _times(t, "t")
+    ticks = _times(ticks, "ticks")
+    t, has_dup = _times_dup(t, "t")
     tol = _nonneg(tolerance_ns, "tolerance_ns")
     m, n = ticks.size, t.size
-    idx = np.full(m, -1, np.int64)
-    dt = np.zeros(m, np.int64)
     if n and m:
-        r = np.searchsorted(t, ticks, side="left")          # first sample >= tick
-        rc = np.minimum(r, n - 1)
-        lc = np.maximum(r - 1, 0)
-        dr = np.where(r < n, t[rc] - ticks, _BIG)
-        dl = np.where(r > 0, ticks - t[lc], _BIG)
+        # ticks are sorted, so r == 0 is a prefix of them and r == n a suffix
+        k0 = int(np.searchsorted(ticks, t[0], side="right"))
+        k1 = int(np.searchsorted(ticks, t[-1], side="right"))
+        rc = np.searchsorted(t, ticks, side="left")         # first sample >= tick
+        lc = rc - 1
+        lc[:k0] = 0
+        rc[k1:] = n - 1
+        tl = t[lc]
+        dl = ticks - tl
+        dl[:k0] = _BIG
+        dr = t[rc]
+        dr -= ticks
+        dr[k1:] = _BIG
         left = dl <= dr
-        best = np.where(left, lc, rc)
         ok = np.minimum(dl, dr) <= tol
-        dup = ok & left & (best > 0)
-        dup[dup] = t[best[dup] - 1] == t[best[dup]]
-        if dup.any():                                       # equal times: take the first
-            best[dup] = np.searchsorted(t, t[best[dup]], side="left")
-        idx[ok] = best[ok]
-        dt[ok] = t[best[ok]] - ticks[ok]
-    ok = idx >= 0
+        idx = np.where(left, lc, rc)
+        if has_dup:                                         # equal times: take the first
+            dup = ok & left & (lc > 0)
+            dup[dup] = t[lc[dup] - 1] == tl[dup]
+            if dup.any():
+                idx[dup] = np.searchsorted(t, tl[dup], side="left")
+        dt = np.where(left, -dl, dr)
+        idx[~ok] = -1
+        dt[~ok] = 0
+    else:
+        idx = np.full(m, -1, np.int64)
+        dt = np.zeros(m, np.int64)
+        ok = np.zeros(m, bool)
     return idx, dt, _miss_status(ok, _outside(ticks, t, bounds), Status.NO_SAMPLE_IN_TOLERANCE)
 
 

@@ -1,0 +1,42 @@
+"""Session fixtures for real servers: a KRaft Kafka broker and a Beam Flink job server.
+
+Import them from tests/conftest.py (``from tests.conftest_infra import kafka_broker,
+flink_job_server``, or ``pytest_plugins = ["conftest_infra"]``). Each session gets its own
+state dirs and free ports, so a broker or job server started by hand (``python -m infra...``) is
+left alone. Jars come from the download cache (fetched on first use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from infra.flink_jobserver import FlinkJobServer
+from infra.kafka_broker import KafkaBroker
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A running single-node Kafka: ``.bootstrap_servers``, ``.create_topic(name, partitions)``,
+    ``.stop()``, ``.kill()``, ``.start()``, ``.restart()`` (same ports and log dir)."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def flink_job_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Job endpoint (``host:port``) of a running Beam Flink job server with embedded Flink.
+
+    Run pipelines with ``--runner=PortableRunner --job_endpoint=<it> --environment_type=LOOPBACK``.
+    """
+    server = FlinkJobServer(tmp_path_factory.mktemp("flink"))
+    server.start()
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()
