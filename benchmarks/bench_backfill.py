@@ -46,7 +46,8 @@ def plain_loop(manifest: Path) -> tuple[int, int]:
             clocked = apply_clock(good, job.declared[(session_id, stream.id)])
             for b, piece in chunk_pieces(clocked, bucket_ns=plan.bucket_ns,
                                          margin_ns=margins[stream.id],
-                                         is_anchor=stream.id == plan.anchor):
+                                         is_anchor=stream.id == plan.anchor,
+                                         tick_margin_ns=plan.tick_margin_ns()):
                 buckets[b].append(piece)
     rows = sum(align_bucket(plan, b, pieces).num_rows for b, pieces in sorted(buckets.items()))
     return records, rows

@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from deadletter.file_sink import WriteDeadLetters
 from schemas.calibration import load_calibration
 from schemas.manifest import Manifest, ManifestError, load_manifest
-from transforms.align import AlignBuckets, SessionPlan, plan_from_manifest
+from transforms.align import AlignBuckets, SessionPlan, StreamExtents, plan_from_manifest
 from transforms.buckets import AssignBuckets
 from transforms.clock import ApplyClockFn, ClockModel
 from transforms.decode import DecodeStreams
@@ -88,9 +88,11 @@ def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
     margins = {(sid, st.stream_id): st.margin_ns()
                for sid, plan in job.plans.items() for st in plan.streams}
     anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
+    tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
+    extents = clocked | "Extents" >> StreamExtents()
     aligned = (clocked
-               | "Buckets" >> AssignBuckets(job.bucket_ns, margins, anchors)
-               | "Align" >> AlignBuckets(job.plans))
+               | "Buckets" >> AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
+               | "Align" >> AlignBuckets(job.plans, extents))
     written = aligned | "WriteAligned" >> beam.ParDo(
         WriteAlignedFn(str(staging / "aligned"), job.metadata()))
     dead = ((decoded.dead, valid.dead) | "AllDead" >> beam.Flatten()

@@ -166,3 +166,42 @@ def test_cli_bad_manifest_is_exit_2_with_one_sentence(tmp_path):
     p = mmalign("backfill", "--manifest", str(m), "--out", str(tmp_path / "o"))
     assert p.returncode == 2
     assert str(m) in p.stderr and "streams" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def _variant(src_manifest: Path, dest: Path, **alignment) -> Path:
+    import yaml
+    m = yaml.safe_load(src_manifest.read_text())
+    m["alignment"].update(alignment.get("top", {}))
+    m["alignment"]["policies"].update(alignment.get("policies", {}))
+    m["allowed_roots"] = [str(src_manifest.parent)]
+    m["calibration"] = str(src_manifest.parent / m["calibration"])
+    m["streams"] = [{**s, "files": [str(src_manifest.parent / f) for f in s["files"]]}
+                    for s in m["streams"]]
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "manifest.yaml").write_text(yaml.safe_dump(m))
+    return dest / "manifest.yaml"
+
+
+def test_bucketed_join_equals_one_bucket_join(run, tmp_path):
+    """Exact at bucket edges: 3 s buckets give the same rows as one 40 s bucket, for every
+    policy, including one-to-one association of cam1 (wide tolerance: chains cross edges)."""
+    policies = {"cam1": {"policy": "one_to_one", "tolerance_ms": 40.0},
+                "imu": {"policy": "interpolate", "max_gap_ms": 20.0}}
+    small = _variant(run["manifest"], tmp_path / "small", top={"bucket_s": 3.0},
+                     policies=policies)
+    big = _variant(run["manifest"], tmp_path / "big", top={"bucket_s": 40.0},
+                   policies=policies)
+    backfill.run([small], tmp_path / "o_small")
+    backfill.run([big], tmp_path / "o_big")
+    a = read_aligned(tmp_path / "o_small" / "aligned").drop_columns(["bucket"])
+    b = read_aligned(tmp_path / "o_big" / "aligned").drop_columns(["bucket"])
+    assert a.num_rows == b.num_rows == len(run["aligned"])
+    assert len(read_aligned(tmp_path / "o_small" / "aligned").column("bucket").unique()) > 3
+    assert set(a.column_names) == set(b.column_names)
+    for c in a.column_names:
+        assert a.column(c).to_pylist() == b.column(c).to_pylist(), c
+    st = a.column("cam1__status").to_pylist()
+    # cam1 runs at 20 fps against 30 fps ticks: each frame is used once, the rest are "taken"
+    cam1_frames = len(run["gt"]["streams"]["cam1"]["frames"]["pos"]) - 1   # one is corrupt
+    assert "not_local" not in st and "taken" in st
+    assert cam1_frames - 2 <= st.count("ok") <= cam1_frames

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import soundfile as sf
@@ -151,13 +152,16 @@ def make_video(path: Path, events: np.ndarray, clock: Clock, start_s: float,
 
 
 def decode_grey(path: Path, width: int = 32, height: int = 24):
-    """(frame device times relative to the container start in ns, [k, h, w] grey frames)."""
+    """(frame device times relative to the container start in ns, [k, h, w] grey frames):
+    the luma plane, area-downscaled."""
     ts, frames = [], []
     with av.open(str(path)) as c:
         vs = c.streams.video[0]
         for f in c.decode(vs):
             ts.append(int(round(float(f.pts * vs.time_base) * NS)))
-            frames.append(f.to_ndarray(format="gray", width=width, height=height))
+            p = f.planes[0]
+            y = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
+            frames.append(cv2.resize(y, (width, height), interpolation=cv2.INTER_AREA))
     return np.array(ts, np.int64), np.stack(frames)
 
 

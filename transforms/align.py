@@ -57,6 +57,10 @@ class SessionPlan:
     def margins(self) -> dict[str, int]:
         return {s.stream_id: s.margin_ns() for s in self.streams}
 
+    def tick_margin_ns(self) -> int:
+        """How far past its edges a bucket needs ticks: one_to_one streams need their margin."""
+        return max((s.margin_ns() for s in self.streams if s.policy == "one_to_one"), default=0)
+
 
 def _concat(pieces: list[Piece]) -> pa.Table:
     """One stream's rows in a bucket, time-sorted, each (src, pos) once."""
@@ -73,11 +77,11 @@ def _concat(pieces: list[Piece]) -> pa.Table:
     return t
 
 
-def fixed_rate_ticks(bucket: int, bucket_ns: int, rate_hz: float, t_lo: int, t_hi: int):
-    """Ticks at whole multiples of the period inside the bucket and inside [t_lo, t_hi]."""
+def fixed_rate_ticks(start: int, end: int, rate_hz: float, t_lo: int, t_hi: int):
+    """Ticks at whole multiples of the period inside [start, end) and inside [t_lo, t_hi]."""
     period = round(1e9 / rate_hz)
-    lo = max(bucket * bucket_ns, t_lo)
-    hi = min((bucket + 1) * bucket_ns - 1, t_hi)
+    lo = max(start, t_lo)
+    hi = min(end - 1, t_hi)
     if hi < lo:
         return np.zeros(0, np.int64)
     first = -(-lo // period)
@@ -95,8 +99,10 @@ def _take(col: pa.ChunkedArray | pa.Array, idx: np.ndarray, valid: np.ndarray) -
 
 
 def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
-                meta: dict | None = None) -> dict:
-    """The columns of one stream for the bucket's ticks (all-missing when ``table`` is None)."""
+                meta: dict | None = None, *, bounds=None, context=None) -> dict:
+    """The columns of one stream for the given ticks (all-missing when ``table`` is None).
+    ``bounds``: the stream's whole extent (for out_of_range); ``context``: the [lo, hi) the
+    ticks and samples cover, for one_to_one (see align_policies.one_to_one)."""
     m = len(ticks)
     p = plan.stream_id + SEP
     if table is None or table.num_rows == 0:
@@ -105,8 +111,11 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
     cols: dict[str, pa.Array] = {}
 
     if plan.policy in ("nearest", "one_to_one"):
-        fn = ap.nearest if plan.policy == "nearest" else ap.one_to_one
-        idx, dt, status = fn(ticks, t, plan.tolerance_ns)
+        if plan.policy == "nearest":
+            idx, dt, status = ap.nearest(ticks, t, plan.tolerance_ns, bounds=bounds)
+        else:
+            idx, dt, status = ap.one_to_one(ticks, t, plan.tolerance_ns, context=context,
+                                            bounds=bounds)
         ok = idx >= 0
         cols[p + "status"] = _status(status)
         cols[p + "dt_ns"] = pa.array(dt, pa.int64(), mask=~ok)
@@ -129,7 +138,8 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
         channels = list(plan.channels) or (_channels(table) if table is not None else [])
         values = (np.column_stack([table.column(c).to_numpy() for c in channels])
                   if table is not None and channels else np.zeros((len(t), len(channels))))
-        out, left, right, status = ap.interpolate(ticks, t, values, plan.max_gap_ns)
+        out, left, right, status = ap.interpolate(ticks, t, values, plan.max_gap_ns,
+                                                  bounds=bounds)
         ok = left >= 0
         cols[p + "status"] = _status(status)
         near = np.where(ok, np.minimum(np.abs(ticks - t[np.maximum(left, 0)]) if t.size else 0,
@@ -152,7 +162,8 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
         n = table.column("n_samples").to_numpy().astype(np.int64) if table is not None \
             else np.zeros(0, np.int64)
         pos = table.column("pos").to_numpy() if table is not None else np.zeros(0, np.int64)
-        s0, s1, cov, status = ap.audio_window(ticks, t, pos, n, sr or 1, plan.window_ns)
+        s0, s1, cov, status = ap.audio_window(ticks, t, pos, n, sr or 1, plan.window_ns,
+                                              bounds=bounds)
         ok = s1 > s0
         cols[p + "status"] = _status(status)
         cols[p + "sample_start"] = pa.array(s0, pa.int64(), mask=~ok)
@@ -193,7 +204,10 @@ def _channels(table: pa.Table) -> list[str]:
     return [c for c in table.column_names if c not in skip]
 
 
-def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece]) -> pa.Table:
+def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece],
+                 extents: dict | None = None) -> pa.Table:
+    """Join one bucket. ``extents``: (session, stream) -> (first, last) time of the whole
+    stream, so a tick beyond a stream's data says ``out_of_range`` as in a whole-session join."""
     by_stream: dict[str, list[Piece]] = defaultdict(list)
     tick_pieces: list[Piece] = []
     meta: dict[str, dict] = {}
@@ -201,18 +215,22 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece]) -> pa.Tabl
         (tick_pieces if piece.role == "ticks" else by_stream[piece.stream_id]).append(piece)
         meta.setdefault(piece.stream_id, piece.meta)
     tables = {s: _concat(ps) for s, ps in by_stream.items()}
+    lo_b, hi_b = bucket * plan.bucket_ns, (bucket + 1) * plan.bucket_ns
+    tick_margin = plan.tick_margin_ns()
 
     if plan.anchor is not None:
         tt = _concat(tick_pieces) if tick_pieces else None
-        ticks = tt.column("t_ns").to_numpy() if tt is not None else np.zeros(0, np.int64)
-        tick_pos = tt.column("pos").to_numpy() if tt is not None else np.zeros(0, np.int64)
+        ctx = tt.column("t_ns").to_numpy() if tt is not None else np.zeros(0, np.int64)
+        ctx_pos = tt.column("pos").to_numpy() if tt is not None else np.zeros(0, np.int64)
     else:
         lo = min((int(t.column("t_ns")[0].as_py()) for t in tables.values() if t.num_rows),
                  default=0)
         hi = max((int(t.column("t_ns")[-1].as_py()) for t in tables.values() if t.num_rows),
                  default=-1)
-        ticks = fixed_rate_ticks(bucket, plan.bucket_ns, plan.rate_hz, lo, hi)
-        tick_pos = np.rint(ticks * plan.rate_hz / 1e9).astype(np.int64)
+        ctx = fixed_rate_ticks(lo_b - tick_margin, hi_b + tick_margin, plan.rate_hz, lo, hi)
+        ctx_pos = np.rint(ctx * plan.rate_hz / 1e9).astype(np.int64)
+    own = (ctx >= lo_b) & (ctx < hi_b)
+    ticks = ctx[own]
 
     m = len(ticks)
     cols = {
@@ -220,10 +238,20 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece]) -> pa.Tabl
         "bucket": pa.array(np.full(m, bucket), pa.int64()),
         "tick_ns": pa.array(ticks, pa.int64()),
         "tick_time": pa.array(ticks, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
-        "tick_pos": pa.array(tick_pos, pa.int64()),
+        "tick_pos": pa.array(ctx_pos[own], pa.int64()),
     }
     for sp in plan.streams:
-        cols.update(join_stream(sp, ticks, tables.get(sp.stream_id), meta.get(sp.stream_id)))
+        table = tables.get(sp.stream_id)
+        bounds = (extents or {}).get((plan.session_id, sp.stream_id))
+        if sp.policy == "one_to_one":
+            margin = sp.margin_ns()
+            sel = (ctx >= lo_b - margin) & (ctx < hi_b + margin)
+            out = join_stream(sp, ctx[sel], table, meta.get(sp.stream_id), bounds=bounds,
+                              context=(lo_b - margin, hi_b + margin))
+            keep = pa.array(own[sel])
+            cols.update({k: v.filter(keep) for k, v in out.items()})
+        else:
+            cols.update(join_stream(sp, ticks, table, meta.get(sp.stream_id), bounds=bounds))
     return pa.table({k: _plain(v) for k, v in cols.items()})
 
 
@@ -237,14 +265,14 @@ class AlignBucketFn(beam.DoFn):
     def __init__(self, plans: dict[str, SessionPlan]):
         self.plans = plans
 
-    def process(self, element):
+    def process(self, element, extents=None):
         (session_id, bucket), pieces = element
         pieces = list(pieces)
         for piece in pieces:
             if piece.role == "samples" and piece.owned:
                 beam.metrics.Metrics.counter("align", f"{piece.modality}.samples").inc(
                     piece.owned)
-        table = align_bucket(self.plans[session_id], bucket, pieces)
+        table = align_bucket(self.plans[session_id], bucket, pieces, extents)
         beam.metrics.Metrics.counter("align", "ticks").inc(table.num_rows)
         if table.num_rows:
             yield (session_id, bucket), table
@@ -253,14 +281,44 @@ class AlignBucketFn(beam.DoFn):
 class AlignBuckets(beam.PTransform):
     """((session, bucket), Piece) -> ((session, bucket), aligned table)."""
 
-    def __init__(self, plans: dict[str, SessionPlan]):
+    def __init__(self, plans: dict[str, SessionPlan], extents=None):
         super().__init__()
         self.plans = plans
+        self.extents = extents   # optional side input PCollection of ((session, stream), span)
 
     def expand(self, keyed_pieces):
+        side = {} if self.extents is None else {"extents": beam.pvalue.AsDict(self.extents)}
         return (keyed_pieces
                 | "GroupBucket" >> beam.GroupByKey()
-                | "JoinBucket" >> beam.ParDo(AlignBucketFn(self.plans)))
+                | "JoinBucket" >> beam.ParDo(AlignBucketFn(self.plans), **side))
+
+
+def chunk_extent(chunk) -> tuple[tuple[str, str], tuple[int, int]]:
+    """((session, stream), (first, last)) time a clocked chunk covers: segment ends for text,
+    the last block's end for audio."""
+    t = chunk.data.column("t_ns").to_numpy(zero_copy_only=False)
+    if chunk.modality == "text":
+        last = int(chunk.data.column("t_end_ns").to_numpy(zero_copy_only=False).max())
+    elif chunk.modality == "audio":
+        n = chunk.data.column("n_samples").to_numpy(zero_copy_only=False).astype(np.int64)
+        pos = chunk.data.column("pos").to_numpy(zero_copy_only=False)
+        last = int(ap.audio_blocks_end(t, pos, n, int(chunk.meta["sample_rate"]))[-1])
+    else:
+        last = int(t.max())
+    return chunk.key, (int(t.min()), last)
+
+
+class StreamExtents(beam.PTransform):
+    """Clocked chunks -> ((session, stream), (first, last)) over the whole stream (batch)."""
+
+    def expand(self, chunks):
+        def merge(spans):
+            spans = list(spans)
+            return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None
+
+        return (chunks
+                | "Extent" >> beam.Map(chunk_extent)
+                | "Span" >> beam.CombinePerKey(merge))
 
 
 def plan_from_manifest(manifest) -> SessionPlan:

@@ -79,8 +79,11 @@ def _with_src(chunk: Chunk) -> pa.RecordBatch:
     return data.append_column("src", src)
 
 
-def chunk_pieces(chunk: Chunk, *, bucket_ns: int, margin_ns: int, is_anchor: bool):
-    """Yield (bucket, Piece) for one clocked chunk (times sorted: validation guarantees it)."""
+def chunk_pieces(chunk: Chunk, *, bucket_ns: int, margin_ns: int, is_anchor: bool,
+                 tick_margin_ns: int = 0):
+    """Yield (bucket, Piece) for one clocked chunk (times sorted: validation guarantees it).
+    An anchor stream's rows are also ticks: each bucket gets its own ticks plus those within
+    ``tick_margin_ns`` of its edges (one-to-one association needs its neighbours' ticks)."""
     data = _with_src(chunk)
     t = data.column("t_ns").to_numpy(zero_copy_only=False)
     if chunk.modality == "text":
@@ -93,7 +96,7 @@ def chunk_pieces(chunk: Chunk, *, bucket_ns: int, margin_ns: int, is_anchor: boo
             yield b, Piece(chunk.stream_id, chunk.modality, "samples",
                            data.slice(lo, hi - lo), chunk.meta, owned)
     if is_anchor:
-        for b, lo, hi, owned in point_slices(t, bucket_ns, 0):
+        for b, lo, hi, owned in point_slices(t, bucket_ns, tick_margin_ns):
             yield b, Piece(chunk.stream_id, chunk.modality, "ticks",
                            data.slice(lo, hi - lo), chunk.meta, owned)
 
@@ -106,17 +109,20 @@ def bucket_close_us(b: int, bucket_ns: int, window_margin_ns: int) -> int:
 
 class AssignBucketsFn(beam.DoFn):
     def __init__(self, bucket_ns: int, margins: dict[tuple[str, str], int],
-                 anchors: dict[str, str | None], window_margin_ns: int):
+                 anchors: dict[str, str | None], tick_margins: dict[str, int],
+                 window_margin_ns: int):
         self.bucket_ns = bucket_ns
         self.margins = margins
         self.anchors = anchors
+        self.tick_margins = tick_margins
         self.window_margin_ns = window_margin_ns
 
     def process(self, chunk: Chunk):
         for b, piece in chunk_pieces(chunk, bucket_ns=self.bucket_ns,
                                      margin_ns=self.margins.get(chunk.key, 0),
                                      is_anchor=chunk.stream_id == self.anchors.get(
-                                         chunk.session_id)):
+                                         chunk.session_id),
+                                     tick_margin_ns=self.tick_margins.get(chunk.session_id, 0)):
             ts = Timestamp(micros=bucket_close_us(b, self.bucket_ns, self.window_margin_ns))
             yield TimestampedValue(((chunk.session_id, b), piece), ts)
 
@@ -124,17 +130,21 @@ class AssignBucketsFn(beam.DoFn):
 class AssignBuckets(beam.PTransform):
     """Clocked chunks -> ((session_id, bucket), Piece), windowed so a bucket closes after its
     margin. ``margins``: (session, stream) -> margin in ns (rounded up to whole microseconds);
-    ``anchors``: session -> anchor stream (or None for fixed-rate ticks)."""
+    ``anchors``: session -> anchor stream (or None for fixed-rate ticks); ``tick_margins``:
+    session -> how far beyond its edges a bucket needs the ticks."""
 
     def __init__(self, bucket_ns: int, margins: dict[tuple[str, str], int],
-                 anchors: dict[str, str | None]):
+                 anchors: dict[str, str | None], tick_margins: dict[str, int] | None = None):
         super().__init__()
         if bucket_ns % NS_PER_US:
             raise ValueError("bucket width must be a whole number of microseconds")
         self.bucket_ns = bucket_ns
         self.margins = {k: -(-v // NS_PER_US) * NS_PER_US for k, v in margins.items()}
         self.anchors = anchors
-        self.window_margin_ns = max(self.margins.values(), default=0)
+        self.tick_margins = tick_margins or {}
+        self.window_margin_ns = max([*self.margins.values(), *self.tick_margins.values()],
+                                    default=0)
+        self.window_margin_ns = -(-self.window_margin_ns // NS_PER_US) * NS_PER_US
         if self.window_margin_ns >= bucket_ns:
             raise ValueError(
                 f"alignment margin {self.window_margin_ns / 1e9:.3f} s is not smaller than the "
@@ -143,7 +153,8 @@ class AssignBuckets(beam.PTransform):
     def expand(self, chunks):
         return (chunks
                 | "SliceIntoBuckets" >> beam.ParDo(AssignBucketsFn(
-                    self.bucket_ns, self.margins, self.anchors, self.window_margin_ns))
+                    self.bucket_ns, self.margins, self.anchors, self.tick_margins,
+                    self.window_margin_ns))
                 | "BucketWindows" >> beam.WindowInto(FixedWindows(
                     Duration(micros=self.bucket_ns // NS_PER_US),
                     offset=Timestamp(micros=self.window_margin_ns // NS_PER_US))))
