@@ -64,7 +64,7 @@ def features(tmp, seed: int, clocks: dict, duration_s: float, n_events: int) -> 
     ts, frames = decode_grey(tmp / "v.mp4")
     return {"audio": audio_onset(audio_bins(tb, blocks, 16000, RATE), RATE),
             "imu": sensor_magnitude(sensor_bins(t_ns, acc, RATE), RATE),
-            "video": motion_energy([motion_part(ts + int(round(t_dev[0] * NS)), frames)], RATE)}
+            "video": motion_energy([motion_part(ts + round(t_dev[0] * NS), frames)], RATE)}
 
 
 def errors(result, dev_feature, dev_clock: Clock, ref_clock: Clock) -> tuple[float, float]:
@@ -114,7 +114,7 @@ def test_subtitles_against_speech_within_100_ms(tmp_path):
     audio_c, text_c = Clock(1.5, 120.0), Clock(-3.4, -170.0)
     cues = make_cues(8, 100.0, 120.0)
     t0, pcm = make_speech(tmp_path / "s.wav", cues, audio_c, 100.0, 120.0)
-    speech = speech_activity(audio_bins([int(round(t0 * NS))], [pcm], 16000, RATE), RATE)
+    speech = speech_activity(audio_bins([round(t0 * NS)], [pcm], 16000, RATE), RATE)
     dev = text_c.dev(cues)
     text = text_activity(np.rint(dev[:, 0] * NS).astype(np.int64),
                          np.rint(dev[:, 1] * NS).astype(np.int64), RATE)

@@ -8,6 +8,7 @@ test_sync_stage.py as well: a device with clock (offset, drift) records true tim
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from transforms.sync_features import (
     as_activity,
     audio_bins,
     audio_onset,
-    bin_sums,
     condition,
     merge_binned,
     motion_energy,
@@ -158,7 +158,7 @@ def decode_grey(path: Path, width: int = 32, height: int = 24):
     with av.open(str(path)) as c:
         vs = c.streams.video[0]
         for f in c.decode(vs):
-            ts.append(int(round(float(f.pts * vs.time_base) * NS)))
+            ts.append(round(float(f.pts * vs.time_base) * NS))
             p = f.planes[0]
             y = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
             frames.append(cv2.resize(y, (width, height), interpolation=cv2.INTER_AREA))
@@ -215,10 +215,10 @@ def test_video_motion_peaks_between_frames_at_events(tmp_path):
     t_dev = make_video(tmp_path / "v.mp4", ev, clock, 100.0, 40.0)
     ts, frames = decode_grey(tmp_path / "v.mp4")
     assert len(ts) == len(t_dev)
-    t_ns = ts + int(round(t_dev[0] * NS))
+    t_ns = ts + round(t_dev[0] * NS)
     whole = motion_energy([motion_part(t_ns, frames)], RATE)
     cut = [0, 7, 300, 301, 650, len(ts)]
-    parts = [motion_part(t_ns[a:b], frames[a:b]) for a, b in zip(cut[:-1], cut[1:])]
+    parts = [motion_part(t_ns[a:b], frames[a:b]) for a, b in itertools.pairwise(cut)]
     chunked = motion_energy(parts, RATE)
     np.testing.assert_allclose(chunked.values, whole.values, rtol=1e-6)
     found = peak_times_s(whole)
@@ -279,7 +279,7 @@ def test_activity_and_conditioning_are_scale_free():
     v = np.abs(rng.normal(0, 0.01, 2000))
     v[[300, 900, 1500]] = [5.0, 1.0, 3.0]
     f = Feature(v * 1000, 10, RATE, "impulse", "x")
-    dtw_in, land, _ = condition(f)
+    dtw_in, _land, _ = condition(f)
     assert dtw_in.min() >= 0 and dtw_in.max() <= 1
     np.testing.assert_allclose(condition(Feature(v, 10, RATE, "impulse", "x"))[0], dtw_in)
     act = as_activity(Feature(np.r_[np.zeros(500), np.ones(500)] * 7, 0, RATE, "impulse", "y"))

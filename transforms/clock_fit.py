@@ -71,7 +71,7 @@ def compose(outer: ClockModel, inner: ClockModel, source: str = "estimated") -> 
     """``outer(inner(t))`` as one model anchored at ``inner.anchor_ns``."""
     a, o_i, d_i = inner.anchor_ns, inner.offset_ns, inner.drift
     o = o_i + outer.offset_ns + outer.drift * (a + o_i - outer.anchor_ns)
-    return ClockModel(int(round(o)), d_i + outer.drift + d_i * outer.drift, a, source,
+    return ClockModel(round(o), d_i + outer.drift + d_i * outer.drift, a, source,
                       inner.confidence)
 
 
@@ -207,7 +207,7 @@ def estimate_clock(ref: Feature, dev: Feature, *, engine: str = "banded", band_s
     tol = tol_s if tol_s is not None else max(3.0 / rate, 0.04)
     r_dtw, r_land, r_raw = condition(ref)
     d_dtw, d_land, d_raw = condition(dev)
-    lag0 = int(round(prior_offset_ns / step_ns))
+    lag0 = round(prior_offset_ns / step_ns)
     span = int(np.ceil(max_offset_s * rate))
     lag, _ = coarse_lag(r_dtw, ref.start, d_dtw, dev.start, lag0 - span, lag0 + span)
     # overlap in absolute reference-grid indices
@@ -217,7 +217,7 @@ def estimate_clock(ref: Feature, dev: Feature, *, engine: str = "banded", band_s
         raise SyncError(f"the streams overlap for only {(b - a) / rate:.1f} s at the coarse "
                         f"offset; need {MIN_OVERLAP_S:.0f} s")
     ri, di = slice(a - ref.start, b - ref.start), slice(a - lag - dev.start, b - lag - dev.start)
-    half = max(1, int(round(band_s * rate)))
+    half = max(1, round(band_s * rate))
     res = run_dtw(r_dtw[ri], d_dtw[di], engine, half_width=half)
     r_pos, d_pos, n_side = match_landmarks(r_land[ri], r_raw[ri], d_land[di], d_raw[di],
                                            res.path_i, res.path_j, rate)
@@ -226,16 +226,16 @@ def estimate_clock(ref: Feature, dev: Feature, *, engine: str = "banded", band_s
     if len(t_dev) < 3:
         raise SyncError(f"only {len(t_dev)} landmarks matched between the streams (features "
                         f"{dev.name}, {ref.name}); they share too few events")
-    anchor = int(round(float(np.mean(t_dev))))
+    anchor = round(float(np.mean(t_dev)))
     x = (t_dev - anchor) / NS
     y = (t_ref - t_dev) / NS
     c, s, inl = ransac_line(x, y, tol)
     resid = y[inl] - c - s * x[inl]
     rms = float(np.sqrt(np.mean(resid ** 2))) if inl.any() else float("inf")
     conf = _confidence(int(inl.sum()), n_side, rms, tol)
-    model = ClockModel(int(round(c * NS)), s, anchor, "estimated", conf)
+    model = ClockModel(round(c * NS), s, anchor, "estimated", conf)
     return SyncResult(stream_id, reference, model, conf, False, "", engine,
-                      f"{dev.name}~{ref.name}", int(round(lag * step_ns)),
+                      f"{dev.name}~{ref.name}", round(lag * step_ns),
                       res.cost / max(1, len(res.path_i)), len(x), int(inl.sum()),
                       rms * 1e3, float(np.max(np.abs(resid))) * 1e3 if inl.any() else np.inf,
                       model)

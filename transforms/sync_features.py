@@ -224,7 +224,7 @@ def speech_activity(b: Binned, rate_hz: float, smooth_s: float = 0.25) -> Featur
 
 def two_level(v: np.ndarray, rate_hz: float, smooth_s: float) -> np.ndarray:
     """0/1: a moving average of ``v`` above the midpoint of its 10th and 90th percentiles."""
-    size = max(1, int(round(smooth_s * rate_hz)))
+    size = max(1, round(smooth_s * rate_hz))
     s = uniform_filter1d(v, size, mode="nearest")
     lo, hi = np.percentile(s, [10, 90])
     if not hi > lo:
@@ -250,7 +250,7 @@ def sensor_magnitude(b: Binned, rate_hz: float, highpass_s: float = 0.5) -> Feat
     """Rises of the RMS norm of (channels - their moving average over ``highpass_s``), taken
     between consecutive occupied fine bins, on the grid."""
     s1, s2, n = b.sums[:, :-1], b.sums[:, -1], b.count
-    size = max(3, int(round(highpass_s * rate_hz * FINE)) | 1)
+    size = max(3, round(highpass_s * rate_hz * FINE) | 1)
     w_n = uniform_filter1d(n, size, mode="nearest")
     w_s = uniform_filter1d(s1, size, axis=0, mode="nearest")
     base = w_s / np.maximum(w_n, 1e-12)[:, None]
