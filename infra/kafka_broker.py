@@ -264,9 +264,11 @@ class KafkaBroker:
                 raise InfraError(f"topic {name!r} already exists on {self.bootstrap_servers}") from exc
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                meta = admin.describe_topics([name])[0]
-                parts = meta.get("partitions") or []
-                if len(parts) == partitions and all(p.get("leader", -1) >= 0 for p in parts):
+                try:
+                    parts = admin.describe_topics([name])[0].get("partitions") or []
+                except KafkaError:  # metadata not propagated yet
+                    parts = []
+                if len(parts) == partitions and all(p["leader_id"] >= 0 for p in parts):
                     return
                 time.sleep(0.1)
             raise InfraError(f"topic {name!r} has no leaders after 30s on {self.bootstrap_servers}")

@@ -22,7 +22,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from deadletter.file_sink import WriteDeadLetters
 from schemas.calibration import load_calibration
 from schemas.manifest import Manifest, ManifestError, load_manifest
-from transforms.align import AlignBuckets, SessionPlan, StreamExtents, plan_from_manifest
+from transforms.align import (
+    AlignBuckets,
+    ApproxSetTicks,
+    SessionPlan,
+    StreamExtents,
+    plan_from_manifest,
+)
 from transforms.buckets import AssignBuckets
 from transforms.clock import ApplyClockFn, ClockModel
 from transforms.decode import DecodeStreams
@@ -90,6 +96,10 @@ def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
     anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
     tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
     extents = clocked | "Extents" >> StreamExtents()
+    if any(plan.sets for plan in job.plans.values()):
+        sets = clocked | "ApproxSets" >> ApproxSetTicks(
+            {s: p for s, p in job.plans.items() if p.sets})
+        clocked = (clocked, sets) | "WithSets" >> beam.Flatten()
     aligned = (clocked
                | "Buckets" >> AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
                | "Align" >> AlignBuckets(job.plans, extents))

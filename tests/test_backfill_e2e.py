@@ -205,3 +205,27 @@ def test_bucketed_join_equals_one_bucket_join(run, tmp_path):
     cam1_frames = len(run["gt"]["streams"]["cam1"]["frames"]["pos"])   # valid frames only
     assert "not_local" not in st and "taken" in st
     assert cam1_frames - 2 <= st.count("ok") <= cam1_frames
+
+
+def test_approximate_time_sets_as_ticks(run, tmp_path):
+    """Ticks = approximate-time sets of cam1 and imu: each member used once, span bounded."""
+    m = _variant(run["manifest"], tmp_path / "sets",
+                 top={"ticks": {"sets": {"streams": ["cam1", "imu"], "max_span_ms": 3.0,
+                                         "queue_size": 32}}})
+    summary = backfill.run([m], tmp_path / "o")
+    a = read_aligned(tmp_path / "o" / "aligned").to_pandas()
+    assert summary["aligned_rows"] == len(a) > 200
+    span = (a["cam1__t_ns"] - a["imu__t_ns"]).abs()
+    assert (span <= 3_000_000).all()
+    assert a["cam1__pos"].is_unique and a["imu__pos"].is_unique
+    assert (a["tick_ns"] == a[["cam1__t_ns", "imu__t_ns"]].max(axis=1)).all()
+    assert a["tick_ns"].is_monotonic_increasing
+    # the other streams are joined to the set ticks by their policies
+    assert (a["mic__status"] == "ok").mean() > 0.9
+    # every cam1 frame within 2.5 ms of an IMU sample (200 Hz) forms a set
+    gt = run["gt"]
+    cam1 = np.array(gt["streams"]["cam1"]["frames"]["t_true_ns"])
+    imu = np.sort(np.array(gt["streams"]["imu"]["rows"]["t_true_ns"]))
+    j = np.clip(np.searchsorted(imu, cam1), 1, len(imu) - 1)
+    near = np.minimum(np.abs(imu[j] - cam1), np.abs(imu[j - 1] - cam1))
+    assert len(a) >= int((near <= 2_500_000).sum()) - 3

@@ -28,6 +28,7 @@ from transforms import align_policies as ap
 from transforms.buckets import Piece
 
 SEP = "__"
+SETS_STREAM = "__sets__"   # the synthetic anchor stream whose rows are approximate-time sets
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class SessionPlan:
     streams: tuple[StreamPlan, ...]
     bucket_ns: int
     anchor: str | None = None          # tick source: an anchor stream ...
-    rate_hz: float | None = None       # ... or a fixed rate
+    rate_hz: float | None = None       # ... or a fixed rate ...
+    sets: tuple[str, ...] = ()         # ... or approximate-time sets of these streams
+    sets_max_span_ns: int = 0
+    sets_queue_size: int = 64
     params: dict = field(default_factory=dict, hash=False, compare=False)
 
     def margins(self) -> dict[str, int]:
@@ -68,7 +72,8 @@ def _concat(pieces: list[Piece]) -> pa.Table:
     t = t.sort_by([("t_ns", "ascending"), ("pos", "ascending")])
     if t.num_rows > 1:
         pos = t.column("pos").to_numpy()
-        src = t.column("src").cast(pa.string()).to_numpy(zero_copy_only=False)
+        src = (t.column("src").cast(pa.string()).to_numpy(zero_copy_only=False)
+               if "src" in t.column_names else np.zeros(t.num_rows, object))
         tt = t.column("t_ns").to_numpy()
         dup = np.zeros(t.num_rows, bool)
         dup[1:] = (pos[1:] == pos[:-1]) & (src[1:] == src[:-1]) & (tt[1:] == tt[:-1])
@@ -218,6 +223,7 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece],
     lo_b, hi_b = bucket * plan.bucket_ns, (bucket + 1) * plan.bucket_ns
     tick_margin = plan.tick_margin_ns()
 
+    tt = None
     if plan.anchor is not None:
         tt = _concat(tick_pieces) if tick_pieces else None
         ctx = tt.column("t_ns").to_numpy() if tt is not None else np.zeros(0, np.int64)
@@ -241,6 +247,9 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece],
         "tick_pos": pa.array(ctx_pos[own], pa.int64()),
     }
     for sp in plan.streams:
+        if sp.stream_id in plan.sets:
+            cols.update(set_member_columns(sp.stream_id, tt, own, ticks))
+            continue
         table = tables.get(sp.stream_id)
         bounds = (extents or {}).get((plan.session_id, sp.stream_id))
         if sp.policy == "one_to_one":
@@ -253,6 +262,85 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece],
         else:
             cols.update(join_stream(sp, ticks, table, meta.get(sp.stream_id), bounds=bounds))
     return pa.table({k: _plain(v) for k, v in cols.items()})
+
+
+def set_member_columns(stream_id: str, tick_table: pa.Table | None, own: np.ndarray,
+                       ticks: np.ndarray) -> dict:
+    """A set member stream's columns, read off the set ticks (every member is matched)."""
+    p = stream_id + SEP
+    m = len(ticks)
+    if tick_table is None or m == 0:
+        return {p + "status": pa.array([], pa.string()), p + "dt_ns": pa.array([], pa.int64()),
+                p + "t_ns": pa.array([], pa.int64()), p + "pos": pa.array([], pa.int64()),
+                p + "src": pa.array([], pa.string())}
+    keep = pa.array(own)
+    t = tick_table.column(p + "t_ns").combine_chunks().filter(keep)
+    return {p + "status": pa.array(["ok"] * m, pa.string()),
+            p + "dt_ns": pa.array(t.to_numpy() - ticks, pa.int64()),
+            p + "t_ns": t,
+            p + "pos": tick_table.column(p + "pos").combine_chunks().filter(keep),
+            p + "src": tick_table.column(p + "src").combine_chunks().filter(keep)}
+
+
+def approx_set_ticks(plan: SessionPlan, members: list[tuple[str, pa.Table]]):
+    """The session's approximate-time sets as one synthetic anchor chunk: tick = the set's
+    latest member time, plus each member's t_ns/pos/src. Sequential by definition (the ROS
+    policy decides set by set), so it runs per session, before bucketing."""
+    from schemas.envelope import Chunk
+    from transforms.approx_sets import approx_time_sets
+
+    by = defaultdict(list)
+    for stream_id, table in members:
+        by[stream_id].append(table)
+    tables = {s: pa.concat_tables(ts).sort_by([("t_ns", "ascending"), ("pos", "ascending")])
+              for s, ts in by.items()}
+    if any(s not in tables for s in plan.sets):
+        return None
+    times = [tables[s].column("t_ns").to_numpy() for s in plan.sets]
+    idx = approx_time_sets(times, plan.sets_max_span_ns, plan.sets_queue_size)
+    if len(idx) == 0:
+        return None
+    member_t = np.column_stack([times[j][idx[:, j]] for j in range(len(plan.sets))])
+    cols = {"t_ns": pa.array(member_t.max(axis=1), pa.int64()),
+            "pos": pa.array(np.arange(len(idx)), pa.int64())}
+    for j, s in enumerate(plan.sets):
+        take = pa.array(idx[:, j])
+        cols[s + SEP + "t_ns"] = pa.array(member_t[:, j], pa.int64())
+        cols[s + SEP + "pos"] = tables[s].column("pos").take(take)
+        cols[s + SEP + "src"] = tables[s].column("src").take(take).cast(pa.string())
+    batch = pa.table(cols).combine_chunks().to_batches()[0]
+    return Chunk(plan.session_id, SETS_STREAM, "sets", 0, "approximate-time-sets", batch,
+                 clock="reference")
+
+
+class ApproxSetTicks(beam.PTransform):
+    """Clocked chunks -> one synthetic anchor chunk per session holding its sets (for
+    sessions whose ticks are approximate-time sets)."""
+
+    def __init__(self, plans: dict[str, SessionPlan]):
+        super().__init__()
+        self.plans = plans
+
+    def expand(self, chunks):
+        plans = self.plans
+
+        def members(chunk):
+            plan = plans[chunk.session_id]
+            if chunk.stream_id in plan.sets:
+                data = chunk.data.select(["t_ns", "pos"]).append_column(
+                    "src", pa.array([chunk.source_uri] * chunk.num_records, pa.string()))
+                yield chunk.session_id, (chunk.stream_id, pa.Table.from_batches([data]))
+
+        def make(session_id, items):
+            chunk = approx_set_ticks(plans[session_id], list(items))
+            if chunk is not None:
+                beam.metrics.Metrics.counter("align", "sets").inc(chunk.num_records)
+                yield chunk
+
+        return (chunks
+                | "SetMembers" >> beam.FlatMap(members)
+                | "GroupSession" >> beam.GroupByKey()
+                | "MakeSets" >> beam.FlatMapTuple(make))
 
 
 def _plain(col: pa.Array) -> pa.Array:
@@ -335,7 +423,10 @@ def plan_from_manifest(manifest) -> SessionPlan:
     return SessionPlan(
         session_id=manifest.session, streams=tuple(streams),
         bucket_ns=round(manifest.alignment.bucket_s * 1e9) // 1000 * 1000,
-        anchor=t.anchor, rate_hz=t.rate_hz,
+        anchor=SETS_STREAM if t.sets else t.anchor, rate_hz=t.rate_hz,
+        sets=tuple(t.sets.streams) if t.sets else (),
+        sets_max_span_ns=round(t.sets.max_span_ms * 1e6) if t.sets else 0,
+        sets_queue_size=t.sets.queue_size if t.sets else 64,
         params={"ticks": t.model_dump(exclude_none=True),
                 "bucket_s": manifest.alignment.bucket_s,
                 "policies": {s.id: manifest.policy_for(s).model_dump() for s in manifest.streams}})

@@ -84,9 +84,11 @@ def chunk_pieces(chunk: Chunk, *, bucket_ns: int, margin_ns: int, is_anchor: boo
     """Yield (bucket, Piece) for one clocked chunk (times sorted: validation guarantees it).
     An anchor stream's rows are also ticks: each bucket gets its own ticks plus those within
     ``tick_margin_ns`` of its edges (one-to-one association needs its neighbours' ticks)."""
-    data = _with_src(chunk)
+    data = _with_src(chunk) if chunk.modality != "sets" else chunk.data
     t = data.column("t_ns").to_numpy(zero_copy_only=False)
-    if chunk.modality == "text":
+    if chunk.modality == "sets":   # synthetic tick stream (approximate-time sets): ticks only
+        pass
+    elif chunk.modality == "text":
         end = data.column("t_end_ns").to_numpy(zero_copy_only=False)
         for b, rows, owned in interval_buckets(t, end, bucket_ns, margin_ns):
             yield b, Piece(chunk.stream_id, chunk.modality, "samples",

@@ -53,11 +53,13 @@ class SyncResult:
     residual_rms_ms: float = float("nan")
     residual_max_ms: float = float("nan")
     estimate: ClockModel | None = None   # the fitted model, also when it was not used
+    warnings: tuple[str, ...] = ()       # input problems that were skipped (bad chunks)
 
     def as_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["model"] = self.model.as_dict()
         d["estimate"] = self.estimate.as_dict() if self.estimate else None
+        d["warnings"] = list(self.warnings)
         for k, v in d.items():
             if isinstance(v, float) and not np.isfinite(v):
                 d[k] = None
