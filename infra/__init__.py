@@ -168,9 +168,10 @@ class PidFile:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return None
-        if self.marker not in cmdline or stat.rsplit(")", 1)[1].split()[0] == "Z":
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
             return None
-        return pid
+        # An empty cmdline means the process is inside execve (the java launcher may re-exec).
+        return pid if (self.marker in cmdline or not cmdline) else None
 
     def write(self, pid: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@
    with the nearest stream landmark around where the warping path sends them, each refined to a
    fraction of a grid step (centroid around the peak);
 4. RANSAC then least squares fit ``t_ref - t_dev = offset + drift * (t_dev - anchor)`` to the
-   pairs. Confidence in [0, 1] = support * consistency * precision (see ``_confidence``).
+   pairs; then every landmark is re-paired along the fitted line (within the inlier tolerance)
+   and the line refitted, twice, so pairs where the path strayed between events are recovered. Confidence in [0, 1] = support * consistency * precision (see ``_confidence``).
 
 The fitted model maps the stream's device clock onto the *reference stream's device clock*;
 ``finalize`` composes it with the reference's own model, or falls back to the declared one.
@@ -121,32 +122,39 @@ def refine(raw: np.ndarray, peaks: np.ndarray, half: int = 2) -> np.ndarray:
     return np.where(tot > 0, c, peaks.astype(np.float64))
 
 
-def match_landmarks(ref_sig: np.ndarray, ref_raw: np.ndarray, dev_sig: np.ndarray,
-                    dev_raw: np.ndarray, path_i: np.ndarray, path_j: np.ndarray,
-                    rate_hz: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Pairs (ref position, dev position), fractional grid steps, of landmarks (peaks of the
-    ``*_sig``, located in the ``*_raw``) that the warping path links; and the number of
-    landmarks on the sparser side."""
-    rp, dp = _landmarks(ref_sig, rate_hz), _landmarks(dev_sig, rate_hz)
-    n_side = min(len(rp), len(dp))
-    if len(rp) == 0 or len(dp) == 0:
-        return np.zeros(0), np.zeros(0), n_side
-    a = np.searchsorted(path_i, rp, "left")
-    b = np.searchsorted(path_i, rp, "right") - 1
-    j0 = (path_j[a] + path_j[b]) / 2.0               # where the path sends each ref landmark
-    k = np.clip(np.searchsorted(dp, j0), 1, len(dp) - 1) if len(dp) > 1 else np.zeros(
-        len(j0), np.int64)
-    if len(dp) > 1:
-        k = np.where(np.abs(dp[k - 1] - j0) <= np.abs(dp[k] - j0), k - 1, k)
-    dist = np.abs(dp[k] - j0)
-    ok = dist <= max(3.0, LANDMARK_SEPARATION_S * rate_hz)
-    # one-to-one: a stream landmark goes to the closest of the reference landmarks claiming it
+def landmarks(sig: np.ndarray, raw: np.ndarray, rate_hz: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(peak indices, sub-sample positions) of the landmarks of a conditioned feature."""
+    peaks = _landmarks(sig, rate_hz)
+    return peaks, refine(raw, peaks)
+
+
+def nearest_pairs(pred: np.ndarray, target: np.ndarray, max_dist: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one pairs (i, k): ``target[k]`` nearest to ``pred[i]`` within ``max_dist``; a
+    target claimed twice goes to the closer prediction. ``target`` sorted."""
+    if len(pred) == 0 or len(target) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    k = np.clip(np.searchsorted(target, pred), 0, len(target) - 1)
+    km = np.clip(k - 1, 0, len(target) - 1)
+    k = np.where(np.abs(target[km] - pred) <= np.abs(target[k] - pred), km, k)
+    dist = np.abs(target[k] - pred)
     order = np.lexsort((dist, k))
     first = np.r_[True, k[order][1:] != k[order][:-1]]
     keep = np.zeros(len(k), bool)
     keep[order[first]] = True
-    ok &= keep
-    return refine(ref_raw, rp[ok]), refine(dev_raw, dp[k[ok]]), n_side
+    ok = keep & (dist <= max_dist)
+    return np.flatnonzero(ok), k[ok]
+
+
+def path_pairs(r_peaks: np.ndarray, d_pos: np.ndarray, path_i: np.ndarray,
+               path_j: np.ndarray, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, k) of reference landmark i and stream landmark k that the warping path links:
+    the stream landmark nearest to where the path sends the reference one."""
+    a = np.searchsorted(path_i, r_peaks, "left")
+    b = np.searchsorted(path_i, r_peaks, "right") - 1
+    j0 = (path_j[a] + path_j[b]) / 2.0
+    return nearest_pairs(j0, d_pos, max_dist)
 
 
 def ransac_line(x: np.ndarray, y: np.ndarray, tol: float, max_slope: float = MAX_DRIFT,
@@ -221,17 +229,27 @@ def estimate_clock(ref: Feature, dev: Feature, *, engine: str = "banded", band_s
     ri, di = slice(a - ref.start, b - ref.start), slice(a - lag - dev.start, b - lag - dev.start)
     half = max(1, round(band_s * rate))
     res = run_dtw(r_dtw[ri], d_dtw[di], engine, half_width=half)
-    r_pos, d_pos, n_side = match_landmarks(r_land[ri], r_raw[ri], d_land[di], d_raw[di],
-                                           res.path_i, res.path_j, rate)
-    t_ref = (a + r_pos) * step_ns
-    t_dev = (a - lag + d_pos) * step_ns
-    if len(t_dev) < 3:
-        raise SyncError(f"only {len(t_dev)} landmarks matched between the streams (features "
+    rp, r_pos = landmarks(r_land[ri], r_raw[ri], rate)
+    dp, d_pos = landmarks(d_land[di], d_raw[di], rate)
+    t_ref_all = (a + r_pos) * step_ns                  # device times, float ns
+    t_dev_all = (a - lag + d_pos) * step_ns
+    i, k = path_pairs(rp, d_pos, res.path_i, res.path_j,
+                      max(3.0, LANDMARK_SEPARATION_S * rate))
+    if len(i) < 3:
+        raise SyncError(f"only {len(i)} landmarks matched between the streams (features "
                         f"{dev.name}, {ref.name}); they share too few events")
-    anchor = round(float(np.mean(t_dev)))
-    x = (t_dev - anchor) / NS
-    y = (t_ref - t_dev) / NS
+    anchor = round(float(np.mean(t_dev_all[k])))
+    x, y = (t_dev_all[k] - anchor) / NS, (t_ref_all[i] - t_dev_all[k]) / NS
     c, s, inl = ransac_line(x, y, tol)
+    # re-pair every landmark along the fitted line (the path may have strayed between events)
+    xd = (t_dev_all - anchor) / NS
+    for _ in range(2):
+        k, i = nearest_pairs(xd * NS + anchor + (c + s * xd) * NS, t_ref_all, tol * NS)
+        if len(i) < 3:
+            break
+        x, y = (t_dev_all[k] - anchor) / NS, (t_ref_all[i] - t_dev_all[k]) / NS
+        c, s, inl = ransac_line(x, y, tol)
+    n_side = min(len(rp), len(dp))
     resid = y[inl] - c - s * x[inl]
     rms = float(np.sqrt(np.mean(resid ** 2))) if inl.any() else float("inf")
     conf = _confidence(int(inl.sum()), n_side, rms, tol)

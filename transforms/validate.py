@@ -17,6 +17,7 @@ counters ``validate.<modality>.valid`` / ``validate.<modality>.dead``.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import apache_beam as beam
@@ -53,17 +54,24 @@ _REASONS = {
 _CONTROL = "".join(chr(c) for c in range(32) if chr(c) not in "\n\t") + "\x7f"
 
 
-def _contract(chunk: Chunk, options: dict):
-    m = chunk.modality
-    if m == "video":
+@functools.lru_cache(maxsize=64)
+def _contract_for(modality: str, channels: tuple[str, ...] = (), max_abs: float = 0.0):
+    """Built once per process: pandera's schema construction is far costlier than a check."""
+    if modality == "video":
         return video_schema.VideoFrames.to_schema()
-    if m == "audio":
+    if modality == "audio":
         return audio_schema.AudioBlocks.to_schema()
-    if m == "text":
+    if modality == "text":
         return text_schema.TextSegments.to_schema()
-    channels = [c for c in chunk.data.schema.names if c not in ("t_ns", "pos")]
-    return sensor_schema.pandera_schema(
-        channels, float(options.get("max_abs", sensor_schema.MAX_ABS_VALUE)))
+    return sensor_schema.pandera_schema(list(channels), max_abs)
+
+
+def _contract(chunk: Chunk, options: dict):
+    if chunk.modality != "sensor":
+        return _contract_for(chunk.modality)
+    channels = tuple(c for c in chunk.data.schema.names if c not in ("t_ns", "pos"))
+    return _contract_for("sensor", channels,
+                         float(options.get("max_abs", sensor_schema.MAX_ABS_VALUE)))
 
 
 def _timestamp_order(t: np.ndarray, prev: int | None) -> tuple[np.ndarray, np.ndarray]:
