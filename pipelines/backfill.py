@@ -32,6 +32,7 @@ from transforms.align import (
 from transforms.buckets import AssignBuckets
 from transforms.clock import ApplyClockFn, ClockModel
 from transforms.decode import DecodeStreams
+from transforms.sync import EstimateClocks
 from transforms.parquet_sink import WriteAlignedFn, promote
 from transforms.validate import Validate
 
@@ -84,13 +85,53 @@ def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | Non
     return Job(manifests, plans, declared, Path(out), run_id or new_run_id(), sources)
 
 
+class WriteSyncResults(beam.PTransform):
+    """(session, stream, SyncResult) -> OUT/sync/session_id=<s>/sync.json (one per session)."""
+
+    def __init__(self, root: str):
+        super().__init__()
+        self.root = root
+
+    def expand(self, results):
+        root = self.root
+
+        def write(session_id, items):
+            from transforms.parquet_sink import session_dir
+            d = session_dir(root, session_id)
+            d.mkdir(parents=True, exist_ok=True)
+            body = {stream: r.as_dict() for stream, r in sorted(items)}
+            (d / "sync.json").write_text(json.dumps(body, indent=2, sort_keys=True))
+            return str(d / "sync.json")
+
+        return (results
+                | "BySession" >> beam.MapTuple(lambda s, st, r: (s, (st, r)))
+                | "Group" >> beam.GroupByKey()
+                | "Write" >> beam.MapTuple(write))
+
+
+def read_sync_results(out: str | Path) -> dict[str, dict]:
+    """{"<session>/<stream>": SyncResult dict} from a run's OUT/sync folder."""
+    found = {}
+    for f in sorted(Path(out, "sync").glob("session_id=*/sync.json")):
+        session = f.parent.name.split("=", 1)[1]
+        for stream, r in json.loads(f.read_text()).items():
+            found[f"{session}/{stream}"] = r
+    return found
+
+
 def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
     """Wire the backfill into pipeline ``p``; returns the named PCollections."""
     options = {s.id: s.options for m in job.manifests for s in m.streams}
     decoded = (p | "Sources" >> beam.Create(job.sources, reshuffle=True)
                | "Decode" >> DecodeStreams())
     valid = decoded.chunks | "Validate" >> Validate(options, job.run_id)
-    clocked = valid.chunks | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
+    estimated = {}
+    if any(s.sync for m in job.manifests for s in m.streams):
+        results = valid.chunks | "Sync" >> EstimateClocks(job.manifests, job.declared)
+        results | "WriteSync" >> WriteSyncResults(str(staging / "sync"))
+        estimated = {"estimated": beam.pvalue.AsDict(
+            results | "Models" >> beam.MapTuple(lambda s, st, r: ((s, st), r.model)))}
+    clocked = valid.chunks | "Clock" >> beam.ParDo(ApplyClockFn(job.declared), **estimated)
     margins = {(sid, st.stream_id): st.margin_ns()
                for sid, plan in job.plans.items() for st in plan.streams}
     anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
@@ -124,7 +165,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
     result = p.result
     elapsed = time.perf_counter() - t0
     sessions = list(job.plans)
-    for sub in ("aligned", "deadletter"):
+    for sub in ("aligned", "deadletter", "sync"):
         promote(staging / sub, job.out / sub, sessions)
     shutil.rmtree(staging, ignore_errors=True)
     if not any((job.out / ".staging").iterdir()):

@@ -44,6 +44,8 @@ def accounting(cnt: dict[str, int]) -> dict[str, dict]:
 
 
 def summarize(job, result, elapsed_s: float) -> dict:
+    from pipelines.backfill import read_sync_results
+
     aligned = read_aligned(job.out / "aligned")
     dead = read_dead_letters(job.out / "deadletter")
     cnt = counters(result)
@@ -73,6 +75,7 @@ def summarize(job, result, elapsed_s: float) -> dict:
         "accounting": accounting(cnt),
         "counters": dict(sorted(cnt.items())),
         "clocks": {f"{k[0]}/{k[1]}": m.as_dict() for k, m in job.declared.items()},
+        "sync": read_sync_results(job.out),
     }
 
 
@@ -91,6 +94,11 @@ def render(summary: dict) -> str:
         mark = "ok" if a["balanced"] else "MISMATCH"
         lines.append(f"  {m:7s} in {a['records_in']:8d} = aligned {a['aligned']:8d} + dead "
                      f"{a['dead']:5d}  [{mark}]")
+    for key, r in summary.get("sync", {}).items():
+        m = r["model"]
+        state = f"FELL BACK ({r['reason']})" if r["fell_back"] else "estimated"
+        lines.append(f"  clock {key}: offset {m['offset_ns'] / 1e6:+.1f} ms, drift "
+                     f"{m['drift_ppm']:+.1f} ppm, confidence {r['confidence']:.2f} [{state}]")
     for s, st in summary["status_by_stream"].items():
         parts = ", ".join(f"{k} {v}" for k, v in sorted(st.items(), key=lambda kv: -kv[1]))
         lines.append(f"  {s:12s} {parts}")

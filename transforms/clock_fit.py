@@ -9,7 +9,8 @@
    fraction of a grid step (centroid around the peak);
 4. RANSAC then least squares fit ``t_ref - t_dev = offset + drift * (t_dev - anchor)`` to the
    pairs; then every landmark is re-paired along the fitted line (within the inlier tolerance)
-   and the line refitted, twice, so pairs where the path strayed between events are recovered. Confidence in [0, 1] = support * consistency * precision (see ``_confidence``).
+   and the line refitted, twice, so pairs where the path strayed between events are recovered.
+   Confidence in [0, 1] = support * consistency * precision (see ``_confidence``).
 
 The fitted model maps the stream's device clock onto the *reference stream's device clock*;
 ``finalize`` composes it with the reference's own model, or falls back to the declared one.
