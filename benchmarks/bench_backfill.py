@@ -19,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import backfill  # noqa: E402
 from pipelines.sample_recording import generate_recording  # noqa: E402
+from schemas.envelope import Chunk  # noqa: E402
 from transforms.align import align_bucket  # noqa: E402
 from transforms.buckets import chunk_pieces  # noqa: E402
 from transforms.clock import apply_clock  # noqa: E402
 from transforms.decode import decode_file  # noqa: E402
 from transforms.validate import validate_chunk  # noqa: E402
-from schemas.envelope import Chunk  # noqa: E402
 
 
 def plain_loop(manifest: Path) -> tuple[int, int]:

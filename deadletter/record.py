@@ -42,11 +42,11 @@ class DeadLetter:
             raise ValueError(f"dead letter stage {self.stage!r} is not one of {STAGES}")
 
     @classmethod
-    def from_exception(cls, stage: str, exc: BaseException, reason: str, **kw) -> "DeadLetter":
+    def from_exception(cls, stage: str, exc: BaseException, reason: str, **kw) -> DeadLetter:
         return cls(stage=stage, error_class=type(exc).__name__, reason=reason,
                    message=str(exc) or type(exc).__name__, **kw)
 
-    def with_run(self, run_id: str) -> "DeadLetter":
+    def with_run(self, run_id: str) -> DeadLetter:
         from dataclasses import replace
         return replace(self, run_id=run_id)
 
@@ -60,7 +60,7 @@ class DeadLetter:
         return row
 
     @classmethod
-    def from_row(cls, row: dict) -> "DeadLetter":
+    def from_row(cls, row: dict) -> DeadLetter:
         row = dict(row)
         row["attrs"] = json.loads(row.get("attrs") or "{}")
         return cls(**row)

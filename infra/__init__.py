@@ -166,9 +166,9 @@ class PidFile:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             stat = Path(f"/proc/{pid}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z" and len(os.listdir(f"/proc/{pid}/task")) <= 1:
+                return None  # dead, not yet reaped (a zombie leader with live threads is alive)
         except OSError:
-            return None
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
             return None
         # An empty cmdline means the process is inside execve (the java launcher may re-exec).
         return pid if (self.marker in cmdline or not cmdline) else None

@@ -32,8 +32,8 @@ from transforms.align import (
 from transforms.buckets import AssignBuckets
 from transforms.clock import ApplyClockFn, ClockModel
 from transforms.decode import DecodeStreams
-from transforms.sync import EstimateClocks
 from transforms.parquet_sink import WriteAlignedFn, promote
+from transforms.sync import EstimateClocks
 from transforms.validate import Validate
 
 
@@ -119,6 +119,17 @@ def read_sync_results(out: str | Path) -> dict[str, dict]:
     return found
 
 
+def post_align_stages(job: Job) -> list[tuple[str, beam.PTransform]]:
+    """The stages that run on aligned tables before they are written, in order.
+
+    Each is a PTransform from ((session, bucket), table) to a tagged output: main = the same
+    keys with the table enriched (new columns), ``dead`` = DeadLetter records. The backfill
+    and the streaming job both run exactly this list (spatial registration, then encoders,
+    when the manifest configures them).
+    """
+    return []
+
+
 def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
     """Wire the backfill into pipeline ``p``; returns the named PCollections."""
     options = {s.id: s.options for m in job.manifests for s in m.streams}
@@ -144,9 +155,14 @@ def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
     aligned = (clocked
                | "Buckets" >> AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
                | "Align" >> AlignBuckets(job.plans, extents))
+    stage_dead = []
+    for name, stage in post_align_stages(job):
+        out = aligned | name >> stage
+        aligned = out.main
+        stage_dead.append(out.dead)
     written = aligned | "WriteAligned" >> beam.ParDo(
         WriteAlignedFn(str(staging / "aligned"), job.metadata()))
-    dead = ((decoded.dead, valid.dead) | "AllDead" >> beam.Flatten()
+    dead = ((decoded.dead, valid.dead, *stage_dead) | "AllDead" >> beam.Flatten()
             | "WriteDead" >> WriteDeadLetters(str(staging / "deadletter"), job.run_id))
     return {"aligned": aligned, "written": written, "dead": dead}
 

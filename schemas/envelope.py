@@ -48,7 +48,7 @@ class Chunk:
     def key(self) -> tuple[str, str]:
         return (self.session_id, self.stream_id)
 
-    def with_data(self, data: pa.RecordBatch, **changes) -> "Chunk":
+    def with_data(self, data: pa.RecordBatch, **changes) -> Chunk:
         return dataclasses.replace(self, data=data, **changes)
 
     def t_ns(self):

@@ -428,7 +428,8 @@ def test_edge_cases_all_samples_on_bucket_edges():
     t = np.arange(0, 10_001, B, dtype=np.int64)          # every sample on a bucket edge
     ticks = np.arange(0, 10_000, 250, dtype=np.int64)
     v = t.astype(float)[:, None]
-    for policy, fn in (("nearest", lambda tk, s, lo, hi: ap.nearest(tk, s, 500, bounds=(0, 10_000))),
+    for policy, fn in (("nearest",
+                        lambda tk, s, lo, hi: ap.nearest(tk, s, 500, bounds=(0, 10_000))),
                        ("interpolate", lambda tk, s, lo, hi: ap.interpolate(
                            tk, s, v[lo:hi], 1000, bounds=(0, 10_000)))):
         whole = fn(ticks, t, 0, t.size)

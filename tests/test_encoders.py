@@ -15,7 +15,7 @@ import torch
 from encoders import audio, sensor, video
 from encoders.device import inference_context, select_device
 from encoders.fusion import embeddings_schema, embeddings_table, fuse
-from encoders.handlers import EncodeRequest, Embedding, encode_requests, load_runner
+from encoders.handlers import Embedding, EncodeRequest, encode_requests, load_runner
 from encoders.registry import EncoderConfig, EncoderError, build_encoder
 from encoders.text import tick_text
 

@@ -28,7 +28,8 @@ sweep reaches the pivot; when the latest front minus P is already >= the best sp
 later candidate holds P and fronts at least as late); or, while streams wait for samples, when
 continuing the sweep over the known fronts proves the same (``_proved_by_known_fronts``, the
 counterpart of ROS's virtual moves; otherwise a sample landing inside the known fronts could
-still be tighter, so waiting is necessary). The emitted sets do not depend on how arrivals interleave across streams. Bounded
+still be tighter, so waiting is necessary). The emitted sets do not depend on how arrivals
+interleave across streams. Bounded
 queues: a stream holding more than ``queue_size`` samples (used in the pending search or not)
 drops its oldest (reason ``queue_overflow``) and the pending search restarts; only then can
 the result depend on the arrival order (as in ROS). Cost: O(N) per sweep step, Python, since

@@ -82,6 +82,13 @@ def parse_numbers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     s = strings.to_pandas().astype(object)
     vals = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     nan = np.isnan(vals)
+    # pandas' parser may differ from the decimal text in the last bit; Python's float is exact
+    # (this path runs only for blocks that hold a bad field)
+    for i in np.flatnonzero(~nan):
+        try:
+            vals[i] = float(s.iat[i])
+        except (TypeError, ValueError):
+            pass
     if not nan.any():
         return vals, nan
     tokens = pd.Series(s[nan]).astype(str).str.strip().str.lower()
