@@ -50,6 +50,7 @@ class Job:
     out: Path
     run_id: str
     sources: list[tuple[str, object, str]] = field(default_factory=list)
+    manifest_paths: list[str] = field(default_factory=list)
 
     @property
     def bucket_ns(self) -> int:
@@ -82,7 +83,8 @@ def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | Non
             declared[(m.session, s.id)] = cal.clock(s.clock_domain)
             for i, f in enumerate(s.files):
                 sources.append((m.session, s, str(m.resolve(f, f"streams[{s.id}].files[{i}]"))))
-    return Job(manifests, plans, declared, Path(out), run_id or new_run_id(), sources)
+    return Job(manifests, plans, declared, Path(out), run_id or new_run_id(), sources,
+               [str(Path(p).resolve()) for p in manifest_paths])
 
 
 class WriteSyncResults(beam.PTransform):

@@ -64,6 +64,7 @@ def summarize(job, result, elapsed_s: float) -> dict:
         "run_id": job.run_id,
         "elapsed_s": round(elapsed_s, 3),
         "sessions": sorted(job.plans),
+        "manifests": list(job.manifest_paths),
         "streams": streams,
         "aligned_dir": str(job.out / "aligned"),
         "deadletter_dir": str(job.out / "deadletter"),

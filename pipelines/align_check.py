@@ -1,0 +1,590 @@
+"""align-check: how well a recording or a backfill output is aligned, for a person or a CI gate.
+
+    align-check PATH [--json] [--plot FILE.png] [--config FILE] [--max-offset-ms 40] ...
+
+PATH is a recording manifest (every stream decoded and validated here without Beam, clocks
+estimated with DTW-sync's plain functions, the alignment previewed with the align kernels on
+the clocks the backfill would use) or a backfill output folder (aligned Parquet, dead letters,
+sync results, and the great-expectations suite over the aligned rows).
+
+Exit codes: 0 every check holds; 1 a check failed (the failing checks are listed);
+2 bad input (one sentence naming the file and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from pydantic import ValidationError
+
+from pipelines.align_plot import Lane
+from pipelines.align_report import (
+    EXIT_BAD_INPUT,
+    FAIL,
+    MISSING_OK,
+    PASS,
+    Check,
+    Inspection,
+    Thresholds,
+    alignment_checks,
+    alignment_stats,
+    build_report,
+    clock_checks,
+    clock_dict,
+    clock_error_ms,
+    dead_letter_stats,
+    missing_spans,
+    registration_checks,
+    registration_stats,
+    stream_checks,
+    stream_stats,
+)
+from transforms.clock import ClockModel
+
+PAYLOAD_COLUMNS = ("image", "pcm")        # dropped from the in-memory copy of each stream
+
+
+class BadInput(ValueError):
+    """PATH or the config cannot be checked; the message is the one sentence shown."""
+
+
+@contextmanager
+def _progress(enabled: bool):
+    """A rich progress display on stderr (transient), or nothing."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[note]}"), console=Console(stderr=True),
+                  transient=True, disable=not enabled) as p:
+        yield p
+
+
+# ---------------------------------------------------------------- a recording (manifest)
+
+
+def _reference_domain(m) -> str:
+    t = m.alignment.ticks
+    sid = t.anchor or (t.sets.streams[0] if t.sets else m.streams[0].id)
+    return m.stream(sid).clock_domain
+
+
+def _check_reference(m, stream, ref_domain: str) -> str | None:
+    """The stream on the reference clock to estimate ``stream`` against: same modality first,
+    then audio (the sharpest events), then video, then any."""
+    cands = [s for s in m.streams if s.clock_domain == ref_domain and s.id != stream.id]
+    for want in (stream.modality, "audio", "video"):
+        for s in cands:
+            if s.modality == want:
+                return s.id
+    return cands[0].id if cands else None
+
+
+def _sync_plan(m, declared: dict, ref_domain: str, estimate: bool):
+    """The manifest's sync specs plus, for the check, one per stream off the reference clock."""
+    from schemas.manifest import SyncSpec
+    from transforms.sync import plan_sync
+
+    streams, check_only = [], set()
+    for s in m.streams:
+        if s.sync is None and estimate and s.clock_domain != ref_domain:
+            ref = _check_reference(m, s, ref_domain)
+            if ref is not None:
+                s = s.model_copy(update={"sync": SyncSpec(reference=ref)})
+                check_only.add(s.id)
+        streams.append(s)
+    plan = plan_sync(m.model_copy(update={"streams": streams}), declared)
+    return plan, check_only
+
+
+def _slim(chunk) -> pa.Table:
+    """The chunk's scalar columns (payloads dropped) + ``src``, as a table."""
+    d = chunk.data
+    keep = [n for n in d.schema.names if n not in PAYLOAD_COLUMNS]
+    t = pa.Table.from_batches([d.select(keep)])
+    return t.append_column("src", pa.array([chunk.source_uri] * t.num_rows, pa.string()))
+
+
+def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
+                      progress: bool = False) -> Inspection:
+    """Decode + validate every stream (no Beam), estimate clocks, preview the alignment."""
+    from deadletter.record import DeadLetter
+    from schemas.calibration import Calibration, load_calibration
+    from schemas.camera_calibration import load_camera_calibration
+    from schemas.manifest import ManifestError, load_manifest
+    from transforms.align import fixed_rate_ticks, join_stream, plan_from_manifest
+    from transforms.decode import decode_file
+    from transforms.sync import chunk_partial, stream_features, sync_session
+    from transforms.sync_features import FeatureError
+    from transforms.validate import validate_chunk
+
+    try:
+        m = load_manifest(path)
+    except ManifestError as e:
+        raise BadInput(str(e)) from None
+    ins = Inspection("recording", str(path), [m.session])
+    cal = Calibration()
+    if m.calibration:
+        cal_path = m.resolve(m.calibration, "calibration")
+        try:
+            cal = load_calibration(cal_path)
+            rig = load_camera_calibration(cal_path)
+            ins.checks.append(Check("calibration", PASS, f"{cal_path.name}: {len(cal.clocks)} "
+                                    f"clock(s), {len(rig.cameras)} camera(s) valid"))
+        except ManifestError as e:
+            ins.checks.append(Check("calibration", FAIL, str(e)))
+    declared = {s.id: cal.clock(s.clock_domain) for s in m.streams}
+    ref_domain = _reference_domain(m)
+    plan, check_only = _sync_plan(m, declared, ref_domain, estimate)
+
+    tables: dict[str, list[pa.Table]] = defaultdict(list)
+    metas: dict[str, dict] = {}
+    parts: dict[tuple[str, float], list] = defaultdict(list)
+    dead: list[DeadLetter] = []
+    with _progress(progress) as bar:
+        task = bar.add_task("decoding", total=sum(len(s.files) for s in m.streams), note="")
+        for s in m.streams:
+            need = plan.needs.get(s.id)
+            for f in s.files:
+                for i, out in enumerate(decode_file(s, m.resolve(f), session_id=m.session)):
+                    bar.update(task, note=f"{s.id}: chunk {i + 1}")
+                    if isinstance(out, DeadLetter):
+                        dead.append(out)
+                        continue
+                    good, letters = validate_chunk(out, s.options)
+                    dead += letters
+                    if good is None:
+                        continue
+                    for rate in (need.families if need else ()):
+                        try:
+                            part = chunk_partial(good, need, rate)
+                        except FeatureError as e:
+                            part = ("error", f"chunk {good.seq} of {good.source_uri}: {e}")
+                        if part is not None:
+                            parts[(s.id, rate)].append(part)
+                    tables[s.id].append(_slim(good))
+                    metas.setdefault(s.id, good.meta)
+                bar.advance(task)
+
+    results = {}
+    if plan.specs:
+        feats, warns = {}, {}
+        for (sid, rate), ps in parts.items():
+            need = plan.needs[sid]
+            feats[(sid, rate)], warns[(sid, rate)] = stream_features(
+                need.modality, rate, need.families[rate], ps)
+        results = {r.stream_id: r for r in sync_session(plan, feats, warns)}
+
+    used: dict[str, ClockModel] = {}
+    whole: dict[str, pa.Table] = {}
+    dead_by_stream = defaultdict(list)
+    for d in dead:
+        dead_by_stream[d.stream_id].append(d)
+    for s in m.streams:
+        t = (pa.concat_tables(tables[s.id]).sort_by("t_ns") if tables[s.id] else None)
+        whole[s.id] = t
+        t_dev = t.column("t_ns").to_numpy() if t is not None else np.zeros(0, np.int64)
+        meta = metas.get(s.id, {})
+        st = stream_stats(t_dev, s.modality,
+                          n_samples=t.column("n_samples").to_numpy()
+                          if t is not None and "n_samples" in t.column_names else None,
+                          sample_rate=meta.get("sample_rate"))
+        reasons = [d.reason for d in dead_by_stream[s.id]]
+        decl = declared[s.id]
+        r = results.get(s.id)
+        model = r.model if (r is not None and s.id not in check_only) else decl
+        used[s.id] = model
+        ins.streams.append({"session": m.session, "stream": s.id, "modality": s.modality,
+                            **{k: v for k, v in st.items() if k != "gap_spans"},
+                            "duplicates": reasons.count("duplicate_timestamp"),
+                            "out_of_order": reasons.count("out_of_order"),
+                            "dead": len(reasons)})
+        ins.clocks.append(_clock_row(m.session, s, decl, r, s.id in check_only,
+                                     s.clock_domain == ref_domain, cal, t_dev, th, estimate))
+        spans = [(int(model.to_ref([a])[0]), int(model.to_ref([b])[0]))
+                 for a, b in st["gap_spans"]]
+        ev = [d.event_time_ns for d in dead_by_stream[s.id] if d.event_time_ns is not None]
+        ins.lanes.append(Lane(m.session, s.id, s.modality, model.to_ref(t_dev), spans,
+                              dead_ns=model.to_ref(np.asarray(ev, np.int64)),
+                              clock_note=_clock_note(ins.clocks[-1])))
+    records_in = sum(t.num_rows for t in whole.values() if t is not None) + len(dead)
+    ins.dead = dead_letter_stats([d.stage for d in dead], [d.reason for d in dead],
+                                 [d.stream_id for d in dead], records_in)
+
+    # alignment preview: the align kernels over whole streams on the clocks the backfill uses
+    splan = plan_from_manifest(m)
+    clocked = {sid: _to_ref(t, used[sid]) for sid, t in whole.items()}
+    ticks = None
+    if splan.anchor and splan.anchor in clocked:
+        a = clocked[splan.anchor]
+        ticks = np.unique(a.column("t_ns").to_numpy()) if a is not None else np.zeros(0, np.int64)
+    elif splan.rate_hz:
+        ext = [(int(pa.compute.min(t.column("t_ns")).as_py()),
+                int(pa.compute.max(t.column("t_ns")).as_py()))
+               for t in clocked.values() if t is not None and t.num_rows]
+        lo, hi = (min(e[0] for e in ext), max(e[1] for e in ext)) if ext else (0, -1)
+        ticks = fixed_rate_ticks(lo, hi + 1, splan.rate_hz, lo, hi)
+    if ticks is None:
+        ins.alignment_note = ("approximate-time set ticks are not previewed; check the backfill "
+                              "output")
+    else:
+        ins.alignment_note = "preview on the recording"
+        cols: dict[str, pa.Array] = {"tick_ns": pa.array(ticks, pa.int64())}
+        for sp in splan.streams:
+            cols.update(join_stream(sp, ticks, clocked.get(sp.stream_id),
+                                    metas.get(sp.stream_id)))
+        aligned = pa.table({k: v for k, v in cols.items()
+                            if k == "tick_ns" or k.endswith(("__status", "__dt_ns"))})
+        ins.alignment = alignment_stats(aligned, splan.params["policies"], m.session)
+        for lane in ins.lanes:
+            st_col = aligned.column(f"{lane.stream}__status").cast(pa.string()).to_pylist()
+            ok = np.isin(np.asarray(st_col, object), MISSING_OK)
+            lane.missing_ns = ticks[~ok]
+    ins.registration = {"state": "not run", "reason": "registration runs in the backfill; "
+                        "check its output folder", "cameras": []}
+    ins.expectations = {"state": "not run", "reason": "the suite runs on an output folder"}
+    ins.checks += (stream_checks(ins.streams, th) + clock_checks(ins.clocks, th)
+                   + alignment_checks(ins.alignment, th))
+    return ins
+
+
+def _to_ref(t: pa.Table | None, model: ClockModel) -> pa.Table | None:
+    if t is None or t.num_rows == 0:
+        return None
+    for name in ("t_ns", "t_end_ns"):
+        if name in t.column_names:
+            i = t.column_names.index(name)
+            t = t.set_column(i, name, pa.array(model.to_ref(t.column(name).to_numpy()),
+                                               pa.int64()))
+    return t.sort_by("t_ns")
+
+
+def _clock_row(session: str, s, decl: ClockModel, r, check_only: bool, on_ref: bool, cal,
+               t_dev: np.ndarray, th: Thresholds, estimate: bool) -> dict:
+    """Declared vs estimated clock of one stream, and what the backfill uses."""
+    t_mid = int(t_dev[len(t_dev) // 2]) if t_dev.size else 0
+    has_decl = s.clock_domain in cal.clocks
+    row = {"session": session, "stream": s.id, "reference": None,
+           "declared": clock_dict(decl, t_mid) if has_decl else None, "estimated": None,
+           "confidence": None, "error_ms": None, "used": "declared" if has_decl else "identity",
+           "state": "not estimated", "reason": ""}
+    if on_ref:
+        row.update(state="reference", used="reference")
+        return row
+    if r is None:
+        row["reason"] = ("--no-estimate" if not estimate else
+                         "no stream on the reference clock to estimate against")
+        return row
+    row.update(reference=r.reference, confidence=round(float(r.confidence), 3))
+    confident = not r.fell_back and r.confidence >= th.min_confidence
+    if confident:
+        row["estimated"] = clock_dict(r.model, t_mid)
+        ends = t_dev[[0, len(t_dev) // 2, -1]] if t_dev.size else np.zeros(1, np.int64)
+        row["error_ms"] = round(clock_error_ms(decl, r.model, ends), 3)
+    if check_only:
+        if confident:
+            row["state"] = "compared"
+        else:
+            row["reason"] = r.reason or f"confidence {r.confidence:.2f} < {th.min_confidence}"
+        return row
+    if not r.fell_back:
+        row.update(state="estimated", used="estimated")
+    elif has_decl:
+        row.update(state="fallback", used="declared", reason=r.reason)
+    else:
+        row.update(state="unsynchronised", used="identity", reason=r.reason)
+    return row
+
+
+def _clock_note(c: dict) -> str:
+    if c["state"] == "reference":
+        return "reference clock"
+    parts = []
+    if c["declared"]:
+        parts.append(f"decl {c['declared']['offset_ms']:+.1f} ms")
+    if c["estimated"]:
+        parts.append(f"est {c['estimated']['offset_ms']:+.1f} ms (conf {c['confidence']:.2f})")
+    return ", ".join(parts) or c["state"]
+
+
+# ---------------------------------------------------------------- an output folder
+
+
+def _session_params(aligned_dir: Path) -> dict[str, dict]:
+    """The ``mmalign`` Parquet metadata of each session's first part file."""
+    import pyarrow.parquet as pq
+
+    from transforms.parquet_sink import METADATA_KEY
+
+    out = {}
+    for d in sorted(aligned_dir.glob("session_id=*")):
+        files = sorted(d.glob("part-*.parquet"))
+        if files:
+            meta = pq.read_schema(files[0]).metadata or {}
+            out[d.name.split("=", 1)[1]] = json.loads(meta.get(METADATA_KEY, b"{}"))
+    return out
+
+
+_MODALITY_OF_POLICY = {"audio_window": "audio", "text_overlap": "text", "interpolate": "sensor"}
+
+
+def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
+                   progress: bool = False) -> Inspection:
+    """Aligned Parquet, dead letters, sync results and the GX suite of a backfill output."""
+    import pyarrow.compute as pc
+
+    from deadletter.file_sink import read_dead_letters
+    from pipelines.backfill import read_sync_results
+    from transforms.parquet_sink import read_aligned
+
+    try:
+        aligned = read_aligned(out / "aligned")
+        dead = read_dead_letters(out / "deadletter")
+        params = _session_params(out / "aligned")
+        summary = (json.loads((out / "summary.json").read_text())
+                   if (out / "summary.json").is_file() else {})
+        sync = summary.get("sync") or read_sync_results(out)
+    except (pa.ArrowException, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(f"{out} is not a readable backfill output ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200]}); rerun the backfill into it") from None
+    if aligned.num_rows == 0 or "session_id" not in aligned.column_names:
+        raise BadInput(f"{out / 'aligned'} holds no aligned rows; rerun the backfill or check "
+                       "its dead letters")
+    ins = Inspection("output", str(out), sorted(set(aligned.column("session_id").to_pylist())))
+    dead_rows = dead.select(["session_id", "stream_id", "modality", "stage", "reason",
+                             "event_time_ns"]).to_pylist()
+    records_in = (sum(a["records_in"] for a in summary["accounting"].values())
+                  if summary.get("accounting") else None)
+    ins.dead = dead_letter_stats([d["stage"] for d in dead_rows], [d["reason"] for d in dead_rows],
+                                 [d["stream_id"] for d in dead_rows], records_in)
+    cams = []
+    policies_by_session = {}
+    for session in ins.sessions:
+        part = aligned.filter(pc.equal(aligned.column("session_id"), session))
+        meta = params.get(session, {})
+        policies = meta.get("sessions", {}).get(session, {}).get("policies", {})
+        policies_by_session[session] = policies
+        clocks = meta.get("clocks", {})
+        ticks = part.column("tick_ns").to_numpy()
+        t_mid = int(ticks[len(ticks) // 2]) if ticks.size else 0
+        mine = [d for d in dead_rows if d["session_id"] == session]
+        rows = alignment_stats(part, policies, session)
+        ins.alignment += rows
+        for a in rows:
+            s = a["stream"]
+            reasons = [d["reason"] for d in mine if d["stream_id"] == s]
+            mods = {d["modality"] for d in mine if d["stream_id"] == s and d["modality"]}
+            used = _distinct_used(part, s)
+            ins.streams.append({
+                "session": session, "stream": s,
+                "modality": mods.pop() if len(mods) == 1 else
+                _MODALITY_OF_POLICY.get(a["policy"], "-"),
+                "samples": used, "duration_s": None, "rate_hz": None, "gaps": None,
+                "dropped": None, "drop_rate": None,
+                "duplicates": reasons.count("duplicate_timestamp"),
+                "out_of_order": reasons.count("out_of_order"), "dead": len(reasons)})
+            c = _output_clock(session, s, clocks.get(f"{session}/{s}"),
+                              sync.get(f"{session}/{s}"), t_mid)
+            ins.clocks.append(c)
+            st = part.column(f"{s}__status").cast(pa.string()).to_pylist()
+            ok = np.isin(np.asarray(st, object), MISSING_OK)
+            decl = clocks.get(f"{session}/{s}") or {}
+            model = ClockModel(int(decl.get("offset_ns", 0)),
+                               float(decl.get("drift_ppm", 0.0)) * 1e-6,
+                               int(decl.get("anchor_ns", 0)))
+            ev = np.asarray([d["event_time_ns"] for d in mine if d["stream_id"] == s
+                             and d["event_time_ns"] is not None], np.int64)
+            ins.lanes.append(Lane(session, s, ins.streams[-1]["modality"], ticks[ok],
+                                  missing_spans(ticks, ok), ticks[~ok], model.to_ref(ev),
+                                  _clock_note(c)))
+        cams += registration_stats(part, session)
+    ins.alignment_note = "from the aligned Parquet"
+    ins.registration = ({"state": "run", "reason": "", "cameras": cams} if cams else
+                        {"state": "not run", "reason": "no <camera>__reg_status columns in the "
+                         "aligned rows: the registration stage did not run", "cameras": []})
+    ins.checks += (clock_checks(ins.clocks, th) + alignment_checks(ins.alignment, th)
+                   + registration_checks(ins.registration, th))
+    if expectations:
+        from schemas.expectations import validate_aligned
+        with _progress(progress) as bar:
+            bar.add_task("great-expectations suite", total=None, note="")
+            ins.expectations = validate_aligned(aligned, policies_by_session, th.max_missing)
+        ex = ins.expectations
+        ins.checks.append(Check("expectations", PASS if ex["success"] else FAIL,
+                                f"{ex['evaluated'] - ex['failed']} of {ex['evaluated']} "
+                                "expectations hold on the aligned rows"))
+    else:
+        ins.expectations = {"state": "not run", "reason": "--no-expectations"}
+    return ins
+
+
+def _distinct_used(part: pa.Table, s: str) -> int | None:
+    """How many distinct source samples the stream's ticks used (``__src``, ``__pos``)."""
+    names = [c for c in (f"{s}__pos", f"{s}__sample_start") if c in part.column_names]
+    if not names:
+        return None
+    keys = [part.column(names[0])]
+    if f"{s}__src" in part.column_names:
+        keys.append(part.column(f"{s}__src").cast(pa.string()))
+    t = pa.table({f"k{i}": k for i, k in enumerate(keys)}).drop_null()
+    return t.group_by([f"k{i}" for i in range(len(keys))]).aggregate([]).num_rows
+
+
+def _output_clock(session: str, s: str, decl: dict | None, r: dict | None,
+                  t_mid: int) -> dict:
+    def model(d):
+        return ClockModel(int(d["offset_ns"]), float(d["drift_ppm"]) * 1e-6,
+                          int(d.get("anchor_ns", 0)), d.get("source", "declared"))
+
+    declared = model(decl) if decl and decl.get("source") != "identity" else None
+    row = {"session": session, "stream": s, "reference": None,
+           "declared": clock_dict(declared, t_mid) if declared else None, "estimated": None,
+           "confidence": None, "error_ms": None,
+           "used": "declared" if declared else "identity", "state": "not estimated",
+           "reason": "no sync spec for the stream"}
+    if r is None:
+        return row
+    row.update(reference=r["reference"], confidence=r["confidence"], reason=r["reason"])
+    if not r["fell_back"]:
+        est = model(r["model"])
+        row.update(estimated=clock_dict(est, t_mid), state="estimated", used="estimated")
+        if declared:
+            row["error_ms"] = round(clock_error_ms(declared, est, [t_mid]), 3)
+    elif declared:
+        row.update(state="fallback", used="declared")
+    else:
+        row.update(state="unsynchronised", used="identity")
+    return row
+
+
+# ---------------------------------------------------------------- config + CLI
+
+
+def load_thresholds(config: str | None, overrides: dict) -> Thresholds:
+    """Defaults, then the config file (top level or under ``align_check:``), then options."""
+    data: dict = {}
+    if config:
+        from schemas.manifest import ManifestError, _read_mapping
+        try:
+            raw = _read_mapping(Path(config), "config file")
+        except ManifestError as e:
+            raise BadInput(str(e)) from None
+        data = dict(raw.get("align_check", raw))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Thresholds.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = f"config file {config}" if config else "the options"
+        raise BadInput(f"{where}: threshold '{'.'.join(map(str, err['loc']))}': {err['msg']}; "
+                       f"use one of {sorted(Thresholds.model_fields)} with a valid value") \
+            from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="align-check",
+        description="How well a recording (manifest) or a backfill output folder is aligned. "
+                    "Exit 0: all checks hold; 1: a check failed; 2: bad input.")
+    p.add_argument("path", help="a recording manifest (.yaml/.json) or a backfill --out folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON "
+                   "(schemas/align_report.schema.json) instead of tables")
+    p.add_argument("--plot", metavar="FILE.png", help="write a timeline picture of the streams")
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON thresholds (keys as the "
+                   "options below, top level or under align_check:)")
+    p.add_argument("--no-expectations", action="store_true",
+                   help="skip the great-expectations suite on an output folder")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="recording: do not estimate clocks by DTW (declared clocks only)")
+    p.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
+    for name, f in Thresholds.model_fields.items():
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
+                       help=f"{f.description} (default {f.default})")
+    return p
+
+
+def run_check(path: str, th: Thresholds, *, expectations: bool = True, estimate: bool = True,
+              progress: bool = False, plot: str | None = None) -> dict:
+    """The report for PATH (raises BadInput when PATH cannot be checked)."""
+    t0 = time.perf_counter()
+    p = Path(path)
+    if p.is_dir():
+        if not ((p / "aligned").is_dir() or (p / "summary.json").is_file()):
+            raise BadInput(f"{p} is a folder without aligned/ or summary.json; give a backfill "
+                           "--out folder or a manifest file")
+        ins = inspect_output(p, th, expectations=expectations, progress=progress)
+    elif p.is_file():
+        ins = inspect_recording(p, th, estimate=estimate, progress=progress)
+    else:
+        raise BadInput(f"{p} does not exist; give a manifest file or a backfill --out folder")
+    report = build_report(ins, th, time.perf_counter() - t0)
+    if plot:
+        from pipelines.align_plot import plot_timeline
+        failed = {n.split(":", 1)[1] for n in report["failed"] if ":" in n}
+        for lane in ins.lanes:
+            lane.failed = lane.stream in failed
+        try:
+            plot_timeline(ins.lanes, plot, title=f"align-check {ins.kind} {ins.path}")
+        except OSError as e:
+            raise BadInput(f"cannot write the plot {plot} ({e.strerror}); give a writable "
+                           "path") from None
+        report["plot"] = str(plot)
+    return report
+
+
+def _json_default(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return None if not math.isfinite(v) else float(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def _clean(v):
+    """NaN/inf -> None so the JSON is strict."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False)
+    overrides = {k: getattr(args, k) for k in Thresholds.model_fields}
+    try:
+        th = load_thresholds(args.config, overrides)
+        report = run_check(args.path, th, expectations=not args.no_expectations,
+                           estimate=not args.no_estimate,
+                           progress=not args.json and err.is_terminal, plot=args.plot)
+    except BadInput as e:
+        err.print(f"align-check: {e}", markup=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    report = _clean(report)
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2, default=_json_default) + "\n")
+    else:
+        from pipelines.align_report import render
+        out = Console(no_color=args.no_color, highlight=False)
+        if not out.is_terminal:
+            out = Console(no_color=args.no_color, highlight=False, width=150)
+        render(report, out)
+    return report["exit_code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""align-check as a user runs it: generated recordings (good, wrong declared offset, heavy drops,
+broken calibration), garbage input, and a backfill output with its great-expectations suite."""
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from pipelines.align_check import BadInput, load_thresholds, main
+from pipelines.align_report import (
+    FAIL,
+    PASS,
+    SKIP,
+    Thresholds,
+    check,
+    missing_spans,
+    registration_stats,
+    stream_stats,
+)
+from pipelines.sample_recording import generate_recording
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "schemas" / "align_report.schema.json").read_text())
+SCRIPT = Path(sys.executable).parent / "align-check"
+
+
+def align_check(*args, script: bool = False) -> subprocess.CompletedProcess:
+    cmd = [str(SCRIPT)] if script else [sys.executable, "-m", "pipelines.align_check"]
+    return subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def report_of(p: subprocess.CompletedProcess) -> dict:
+    rep = json.loads(p.stdout)
+    jsonschema.validate(rep, SCHEMA)
+    assert rep["exit_code"] == p.returncode
+    return rep
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("aligncheck")
+    return generate_recording(root / "good", seed=5, duration_s=6.0).parent
+
+
+def variant(rec: Path, tmp_path: Path, name: str) -> Path:
+    dest = tmp_path / name
+    shutil.copytree(rec, dest)
+    return dest
+
+
+# ---------------------------------------------------------------- the plain measurements
+
+
+def test_stream_stats_counts_gaps_and_drops():
+    t = np.arange(100, dtype=np.int64) * 10_000_000          # 100 Hz
+    t = np.delete(t, [10, 11, 12, 50])                       # a 3-sample hole and a 1-sample one
+    s = stream_stats(t, "video")
+    assert s["samples"] == 96 and s["gaps"] == 2 and s["dropped"] == 4
+    assert s["rate_hz"] == pytest.approx(100.0)
+    assert s["drop_rate"] == pytest.approx(4 / 100)
+    assert s["gap_spans"][0] == (90_000_000, 130_000_000)
+
+
+def test_stream_stats_audio_holes_in_samples():
+    sr, n = 16000, 1024
+    starts = np.arange(10, dtype=np.int64) * round(n / sr * 1e9)
+    starts[5:] += 32_000_000                                 # 32 ms = 512 samples missing
+    s = stream_stats(starts, "audio", n_samples=np.full(10, n), sample_rate=sr)
+    assert s["samples"] == 10 * n and s["gaps"] == 1
+    assert s["dropped"] == 512 and s["rate_hz"] == sr
+
+
+def test_registration_stats_and_missing_spans():
+    t = pa.table({"cam1__reg_status": ["ok", "ok", "flagged", None, "failed_no_features"],
+                  "cam1__reg_inlier_ratio": [0.8, 0.6, 0.2, None, None],
+                  "cam1__reg_rmse_px": [0.5, 1.5, 4.0, None, None]})
+    (c,) = registration_stats(t, "s")
+    assert (c["ok"], c["flagged"], c["failed"], c["pairs"]) == (2, 1, 1, 4)
+    assert c["inlier_ratio"]["median"] == pytest.approx(0.6)
+    assert c["rmse_px"]["max"] == pytest.approx(4.0)
+    ticks = np.arange(8, dtype=np.int64) * 10
+    ok = np.array([1, 0, 0, 1, 1, 0, 1, 0], bool)
+    assert missing_spans(ticks, ok) == [(0, 30), (40, 60)]   # the trailing miss has no end
+
+
+def test_check_directions_and_skip():
+    assert check("a", 5.0, 5.0, what="x").status == PASS
+    assert check("a", 5.1, 5.0, what="x").status == FAIL
+    assert check("a", 0.2, 0.3, upper=False, what="x").status == FAIL
+    assert check("a", None, 0.3, what="x").status == SKIP
+
+
+def test_thresholds_defaults_config_then_options(tmp_path):
+    cfg = tmp_path / "gate.yaml"
+    cfg.write_text("align_check:\n  max_offset_ms: 10\n  max_missing: 0.2\n")
+    th = load_thresholds(str(cfg), {"max_missing": 0.05, "max_drop_rate": None})
+    assert (th.max_offset_ms, th.max_missing) == (10, 0.05)
+    assert th.max_drop_rate == Thresholds().max_drop_rate
+    cfg.write_text("max_ofset_ms: 10\n")
+    with pytest.raises(BadInput, match="max_ofset_ms"):
+        load_thresholds(str(cfg), {})
+
+
+# ---------------------------------------------------------------- as a user runs it
+
+
+@pytest.fixture(scope="module")
+def good(rec, tmp_path_factory):
+    png = tmp_path_factory.mktemp("plot") / "timeline.png"
+    p = align_check(rec / "manifest.yaml", "--json", "--plot", png)
+    return p, png
+
+
+@pytest.mark.slow
+def test_good_recording_passes(good):
+    p, png = good
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rep = report_of(p)
+    assert rep["ok"] and rep["failed"] == [] and rep["kind"] == "recording"
+    clocks = {c["stream"]: c for c in rep["clocks"]}
+    assert clocks["cam0"]["state"] == "reference"
+    compared = [s for s, c in clocks.items() if c["state"] == "compared"]
+    assert {"mic", "imu"} <= set(compared)       # estimated by DTW, checked vs the calibration
+    for s in compared:
+        assert clocks[s]["error_ms"] <= rep["thresholds"]["max_offset_ms"]
+    streams = {s["stream"]: s for s in rep["streams"]}
+    assert streams["imu"]["duplicates"] == 1 and streams["imu"]["out_of_order"] == 1
+    assert streams["imu"]["rate_hz"] == pytest.approx(200, rel=0.02)
+    assert {c["name"] for c in rep["checks"]} >= {"calibration", "drops:cam1", "clock:mic",
+                                                  "missing:cam1", "dead_letters"}
+    assert png_size(png) == (1400, 800)
+
+
+@pytest.mark.slow
+def test_wrong_declared_offset_fails_clock_check(rec, tmp_path):
+    d = variant(rec, tmp_path, "offset")
+    cal = yaml.safe_load((d / "calibration.yaml").read_text())
+    cal["clocks"]["mic"]["offset_ns"] += 300_000_000          # 300 ms off
+    (d / "calibration.yaml").write_text(yaml.safe_dump(cal))
+    p = align_check(d / "manifest.yaml", "--no-color")
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "FAILED" in p.stdout and "clock:mic" in p.stdout.splitlines()[-1]
+    line = next(x for x in p.stdout.splitlines() if x.startswith("clock:mic"))
+    assert "FAIL" in line and "> 40 ms" in line
+
+
+@pytest.mark.slow
+def test_heavy_drops_and_broken_calibration_fail_their_checks(rec, tmp_path):
+    d = variant(rec, tmp_path, "drops")
+    idx = d / "cam1" / "timestamps.txt"
+    lines = idx.read_text().splitlines()
+    keep = [x for i, x in enumerate(lines) if not (20 <= i < 80 and i % 3)]   # 40 of 60 gone
+    idx.write_text("\n".join(keep) + "\n")
+    cal = yaml.safe_load((d / "calibration.yaml").read_text())
+    cal["cameras"] = {"cam1": {
+        "intrinsics": {"image_size": [320, 240], "K": [[300, 0, 160], [0, 300, 120], [0, 0, 1]]},
+        "extrinsics": {"frame": "rig", "rotation": [[1, 0, 0], [0, 1, 0], [0, 0, 2]],
+                       "translation": [0, 0, 0]}}}
+    (d / "calibration.yaml").write_text(yaml.safe_dump(cal))
+    p = align_check(d / "manifest.yaml", "--json", "--no-estimate")
+    assert p.returncode == 1, p.stderr[-3000:]
+    rep = report_of(p)
+    assert "drops:cam1" in rep["failed"] and "calibration" in rep["failed"]
+    assert "drops:cam0" not in rep["failed"] and "drops:imu" not in rep["failed"]
+    cam1 = next(s for s in rep["streams"] if s["stream"] == "cam1")
+    assert cam1["dropped"] >= 40
+    msg = next(c["message"] for c in rep["checks"] if c["name"] == "calibration")
+    assert "calibration.yaml" in msg and "rotation" in msg
+    assert all(c["state"] in ("reference", "not estimated") for c in rep["clocks"])
+
+
+@pytest.mark.slow
+def test_garbage_input_exits_2_with_one_sentence(tmp_path):
+    junk = tmp_path / "junk.yaml"
+    junk.write_bytes(bytes(range(256)) * 4)
+    p = align_check(junk)
+    assert p.returncode == 2 and p.stdout == ""
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("align-check: ") and str(junk) in err[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_bad_paths_and_options_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 2                       # a folder that is no output
+    assert "without aligned/" in capsys.readouterr().err
+    (tmp_path / "m.yaml").write_text("session: s\nstreams: []\n")
+    assert main([str(tmp_path / "m.yaml")]) == 2
+    assert "field" in capsys.readouterr().err
+    assert main([str(tmp_path / "m.yaml"), "--max-missing", "2"]) == 2
+    assert "max_missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_backfill_output_passes_with_expectations(rec, good, tmp_path):
+    from pipelines import backfill
+
+    out = tmp_path / "out"
+    backfill.run([rec / "manifest.yaml"], out, run_id="align-check-test")
+    p = align_check(out, "--json", script=SCRIPT.exists())
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rep = report_of(p)
+    ex = rep["expectations"]
+    assert ex["state"] == "run" and ex["success"] and ex["evaluated"] > 20
+    assert {r["expectation"] for r in ex["results"]} >= {
+        "expect_column_values_to_be_increasing", "expect_column_values_to_be_in_type_list",
+        "expect_column_values_to_be_between", "expect_column_values_to_be_in_set"}
+    assert rep["registration"]["state"] == "not run"
+    assert "Calculating Metrics" not in p.stderr              # GX kept quiet
+    # the recording's preview (align kernels on the declared clocks) equals the backfill
+    preview = {a["stream"]: a["status"] for a in report_of(good[0])["alignment"]}
+    assert {a["stream"]: a["status"] for a in rep["alignment"]} == preview
