@@ -634,8 +634,12 @@ def generate_recording(out_dir: str | Path, *, seed: int = 0, duration_s: float 
                        size: tuple[int, int] = (320, 240), fps: float = 30.0,
                        imu_hz: float = 200.0, mic_rate: int = 16000,
                        clocks: dict | None = None, declare_clocks: bool = True,
-                       bad_records: bool = True, session: str = "demo-001") -> Path:
-    """Write a recording with known ground truth into ``out_dir``; returns the manifest path."""
+                       bad_records: bool = True, session: str = "demo-001",
+                       registration: bool = False, sync: dict | None = None) -> Path:
+    """Write a recording with known ground truth into ``out_dir``; returns the manifest path.
+    ``registration`` adds a ``registration:`` section (cam1 onto cam0) to the manifest.
+    ``sync`` ({stream: {field: value}}, with ``declare_clocks=False``) overrides fields of the
+    manifest's DTW-sync specs, e.g. ``{"cam1": {"reference": "cam0_audio"}}``."""
     _check_params(duration_s, tuple(size), fps, imu_hz, mic_rate, session)
     size = (int(size[0]), int(size[1]))
     models = clock_models(clocks)
@@ -669,6 +673,14 @@ def generate_recording(out_dir: str | Path, *, seed: int = 0, duration_s: float 
         "# clock models: t_ref = t_dev + offset + drift * t_dev (cam0 is the reference)\n"
         + yaml.safe_dump(calib, sort_keys=False), encoding="utf-8")
     manifest = _manifest(session, mic["first_sample_t_dev_ns"], imu_hz, declare_clocks)
+    if registration:
+        manifest["registration"] = {"reference": "cam0", "cameras": ["cam1"]}
+    for s in manifest["streams"]:
+        s.get("sync", {}).update((sync or {}).get(s["id"], {}))
+    unknown = set(sync or {}) - {s["id"] for s in manifest["streams"] if "sync" in s}
+    if unknown:
+        raise ValueError(f"sync: streams {sorted(unknown)} have no sync spec (only "
+                         f"{list(STREAM_CLOCKS)} do, with declare_clocks=False)")
     manifest_path = out / "manifest.yaml"
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
 
@@ -712,11 +724,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave clocks out of calibration.yaml; the manifest asks for DTW-sync")
     p.add_argument("--no-bad-records", action="store_true", help="plant no bad records")
     p.add_argument("--session", default="demo-001")
+    p.add_argument("--registration", action="store_true",
+                   help="add a registration section (cam1 onto cam0) to the manifest")
     a = p.parse_args(argv)
     try:
         path = generate_recording(a.out_dir, seed=a.seed, duration_s=a.duration,
                                   declare_clocks=not a.undeclared_clocks,
-                                  bad_records=not a.no_bad_records, session=a.session)
+                                  bad_records=not a.no_bad_records, session=a.session,
+                                  registration=a.registration)
     except ValueError as e:
         p.error(str(e))
     print(path)

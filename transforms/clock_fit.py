@@ -112,7 +112,7 @@ def _landmarks(sig: np.ndarray, rate_hz: float) -> np.ndarray:
     return peaks.astype(np.int64)
 
 
-def refine(raw: np.ndarray, peaks: np.ndarray, half: int = 2) -> np.ndarray:
+def refine(raw: np.ndarray, peaks: np.ndarray, half: int = 1) -> np.ndarray:
     """Sub-sample landmark positions: centroid of ``raw`` within +-``half`` of each peak."""
     offs = np.arange(-half, half + 1)
     idx = np.clip(peaks[:, None] + offs[None, :], 0, len(raw) - 1)

@@ -27,8 +27,14 @@ import pyarrow as pa
 from schemas.envelope import Chunk
 from schemas.manifest import Manifest, ManifestError, SyncSpec
 from transforms.clock import ClockModel
-from transforms.clock_fit import SyncError, SyncResult, estimate_clock, failed, finalize, \
-    prior_offset_ns
+from transforms.clock_fit import (
+    SyncError,
+    SyncResult,
+    estimate_clock,
+    failed,
+    finalize,
+    prior_offset_ns,
+)
 from transforms.sync_features import (
     FAMILIES,
     Feature,

@@ -32,6 +32,7 @@ FAMILIES = ("events", "activity")
 FINE = 10                          # fine bins per grid step for audio power and sensor samples
 MAX_GRID = 24 * 3600 * 2000        # refuse grids longer than a day at 2 kHz (bad timestamps)
 NS = 1_000_000_000
+HOLD_S = 0.05                      # decay of the onset envelope (``peak_hold``)
 
 
 class FeatureError(ValueError):
@@ -157,6 +158,19 @@ def rises(t_ns, values) -> tuple[np.ndarray, np.ndarray]:
     return (t[1:] + t[:-1]) / 2, np.maximum(np.diff(v), 0.0)
 
 
+def peak_hold(t_ns, values, tau_s: float = HOLD_S) -> np.ndarray:
+    """Envelope that jumps to each new maximum and decays as exp(-t / ``tau_s``) between them:
+    ``h[k] = max_{j <= k} v[j] * exp(-(t[k] - t[j]) / tau)`` (``values`` >= 0, ``t_ns`` sorted).
+
+    Its rises are the onsets only: the ringing inside one impact (an oscillating click or
+    spike, whose later lobes are lower than the decayed hold) adds none, so an event's rise
+    mass sits at its first sample instead of being smeared over the ringing."""
+    t = (np.asarray(t_ns, np.float64) - float(t_ns[0])) / (tau_s * NS)
+    v = np.asarray(values, np.float64)
+    with np.errstate(divide="ignore"):
+        return np.exp(np.maximum.accumulate(np.log(v) + t) - t)
+
+
 def _impulses(t_ns, values, rate_hz: float, name: str) -> Feature:
     if len(t_ns) < 2:
         raise FeatureError(f"{name} needs at least 2 samples")
@@ -210,7 +224,8 @@ def _mean_power(b: Binned) -> np.ndarray:
 
 def audio_onset(b: Binned, rate_hz: float) -> Feature:
     """Rises of the fine-bin mean power, on the grid: a peak at each sound onset."""
-    t, r = rises(_fine_times(b, rate_hz), _mean_power(b))
+    t = _fine_times(b, rate_hz)
+    t, r = rises(t, peak_hold(t, _mean_power(b)))
     return _impulses(t, r, rate_hz, "audio_onset")
 
 
@@ -260,7 +275,8 @@ def sensor_magnitude(b: Binned, rate_hz: float, highpass_s: float = 0.5) -> Feat
     power = ((s2[occ] - 2 * np.sum(base[occ] * s1[occ], axis=1)) / n[occ]
              + np.sum(base[occ] ** 2, axis=1))
     mag = np.sqrt(np.maximum(power, 0.0))
-    t, r = rises(_fine_times(b, rate_hz)[occ], mag)
+    t = _fine_times(b, rate_hz)[occ]
+    t, r = rises(t, peak_hold(t, mag))
     return _impulses(t, r, rate_hz, "sensor_magnitude")
 
 
