@@ -1,11 +1,10 @@
 """Per-tick embedding rows: each stream's embedding + model id, an optional fused vector
 (concatenation or mean of the present streams) with a presence mask, and the Arrow/Parquet
-schema of those rows (embeddings as fixed-size lists of float32)."""
+columns of those rows (embeddings as fixed-size lists of float32)."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -16,12 +15,22 @@ import pyarrow as pa
 from encoders.handlers import Embedding
 
 Fusion = Literal["concat", "mean"]
-FUSED, MASK = "fused_emb", "fused_mask"
+FUSED, MASK = "fused__emb", "fused__mask"
+OK = "ok"
 
 
-def column_prefix(stream_id: str) -> str:
-    """Column-safe stream name: characters other than letters, digits and _ become _."""
-    return re.sub(r"\W", "_", stream_id)
+def emb_col(stream_id: str) -> str:
+    """Column of a stream's embedding; ``model_col``/``status_col`` hold its model id and
+    status, as in the aligned table's ``<stream>__<name>`` convention."""
+    return f"{stream_id}__emb"
+
+
+def model_col(stream_id: str) -> str:
+    return f"{stream_id}__model_id"
+
+
+def status_col(stream_id: str) -> str:
+    return f"{stream_id}__emb_status"
 
 
 def fused_dim(dims: Sequence[int], how: Fusion) -> int:
@@ -54,38 +63,66 @@ def fuse(per_stream: Sequence[np.ndarray], how: Fusion) -> tuple[np.ndarray, np.
     return fused.astype(np.float32).reshape(n, dim), mask
 
 
+def stream_fields(stream_id: str, dim: int) -> list[pa.Field]:
+    """``<s>__emb`` fixed_size_list<float32>[dim] (all-NaN when the stream has no embedding
+    at a tick: pyarrow 25 cannot read null fixed-size-list slots back from Parquet),
+    ``<s>__model_id`` (null when absent), ``<s>__emb_status`` ("ok" or why not)."""
+    return [pa.field(emb_col(stream_id), pa.list_(pa.float32(), int(dim)), nullable=False),
+            pa.field(model_col(stream_id), pa.string()),
+            pa.field(status_col(stream_id), pa.string(), nullable=False)]
+
+
+def fusion_fields(dims: Sequence[int], how: Fusion) -> list[pa.Field]:
+    """``fused__emb`` (fixed_size_list<float32>) and ``fused__mask`` (one bool per stream)."""
+    return [pa.field(FUSED, pa.list_(pa.float32(), fused_dim(dims, how)), nullable=False),
+            pa.field(MASK, pa.list_(pa.bool_(), len(dims)), nullable=False)]
+
+
 def embeddings_schema(streams: dict[str, int], fusion: Fusion | None = None) -> pa.Schema:
-    """Arrow schema of the per-tick rows. ``streams`` maps stream id -> embedding dim.
-    Columns: session_id, tick_ns, event_timestamp (timestamp[ns, UTC] = tick time), per
-    stream ``<s>_emb`` (fixed_size_list<float32>[dim]; all-NaN when the stream is absent,
-    because pyarrow 25 cannot read back null fixed-size-list slots from Parquet),
-    ``<s>_model_id`` (null when absent), ``<s>_missing`` (the reason, null when present);
-    with fusion, ``fused_emb`` and ``fused_mask`` (one bool per stream, ``streams`` order)."""
+    """Arrow schema of standalone per-tick embedding rows. ``streams`` maps stream id -> dim.
+    Columns: session_id, tick_ns, tick_time (timestamp[ns, UTC]), ``stream_fields`` per
+    stream, ``fusion_fields`` (streams in ``streams`` order) with fusion. The encode stage
+    adds the same columns to the aligned table."""
     fields = [pa.field("session_id", pa.string(), nullable=False),
               pa.field("tick_ns", pa.int64(), nullable=False),
-              pa.field("event_timestamp", pa.timestamp("ns", tz="UTC"), nullable=False)]
+              pa.field("tick_time", pa.timestamp("ns", tz="UTC"), nullable=False)]
     for s, dim in streams.items():
-        c = column_prefix(s)
-        fields += [pa.field(f"{c}_emb", pa.list_(pa.float32(), int(dim)), nullable=False),
-                   pa.field(f"{c}_model_id", pa.string()),
-                   pa.field(f"{c}_missing", pa.string())]
+        fields += stream_fields(s, dim)
     if fusion is not None:
-        dim = fused_dim(list(streams.values()), fusion)
-        fields += [pa.field(FUSED, pa.list_(pa.float32(), dim), nullable=False),
-                   pa.field(MASK, pa.list_(pa.bool_(), len(streams)), nullable=False)]
+        fields += fusion_fields(list(streams.values()), fusion)
     meta = {"mmalign.streams": json.dumps(streams), "mmalign.fusion": fusion or ""}
     return pa.schema(fields, metadata=meta)
 
 
-def _fixed_list(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
-    values = pa.array(np.ascontiguousarray(mat).reshape(-1), type=typ.value_type)
+def fixed_list(mat: np.ndarray, value_type: pa.DataType = pa.float32()) -> pa.Array:
+    """(N, D) array -> fixed_size_list<value_type>[D] array of N rows."""
+    values = pa.array(np.ascontiguousarray(mat).reshape(-1), type=value_type)
     return pa.FixedSizeListArray.from_arrays(values, mat.shape[1])
+
+
+def stream_columns(stream_id: str, mat: np.ndarray, model_ids: Sequence[str | None],
+                   status: Sequence[str]) -> dict[str, pa.Array]:
+    """The ``stream_fields`` columns from an (N, D) float32 matrix (NaN rows = absent)."""
+    return {emb_col(stream_id): fixed_list(mat.astype(np.float32, copy=False)),
+            model_col(stream_id): pa.array(list(model_ids), pa.string()),
+            status_col(stream_id): pa.array(list(status), pa.string())}
+
+
+def fusion_columns(mats: Sequence[np.ndarray], how: Fusion) -> dict[str, pa.Array]:
+    """The ``fusion_fields`` columns of M streams' (N, D_i) matrices (NaN rows = absent)."""
+    n = mats[0].shape[0]
+    if n:
+        fused, mask = fuse(mats, how)
+    else:
+        fused = np.zeros((0, fused_dim([m.shape[1] for m in mats], how)), np.float32)
+        mask = np.zeros((0, len(mats)), bool)
+    return {FUSED: fixed_list(fused), MASK: fixed_list(mask, pa.bool_())}
 
 
 def embeddings_table(embeddings: Iterable[Embedding], streams: dict[str, int],
                      fusion: Fusion | None = None) -> pa.Table:
     """Embedding records -> one row per (session, tick), sorted, in ``embeddings_schema``.
-    A stream with no record at a tick is NaN with reason "no_embedding"; records of streams
+    A stream with no record at a tick is NaN with status "no_embedding"; records of streams
     not in ``streams`` or with the wrong dim raise ValueError."""
     ticks: dict[tuple[str, int], dict[str, Embedding]] = {}
     for e in embeddings:
@@ -103,31 +140,24 @@ def embeddings_table(embeddings: Iterable[Embedding], streams: dict[str, int],
     cols: dict[str, pa.Array] = {
         "session_id": pa.array([k[0] for k in keys], pa.string()),
         "tick_ns": pa.array(tick_ns),
-        "event_timestamp": pa.array(tick_ns, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+        "tick_time": pa.array(tick_ns, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
     }
     mats = []
     for s, dim in streams.items():
-        c = column_prefix(s)
         mat = np.full((n, dim), np.nan, np.float32)
-        ids, missing = [None] * n, ["no_embedding"] * n
+        ids, status = [None] * n, ["no_embedding"] * n
         for i, k in enumerate(keys):
             e = ticks[k].get(s)
             if e is None:
                 continue
             if e.vector is None:
-                missing[i] = e.missing_reason or "missing"
+                status[i] = e.missing_reason or "missing"
             else:
-                mat[i], ids[i], missing[i] = e.vector, e.model_id, None
-        cols[f"{c}_emb"] = _fixed_list(mat, schema.field(f"{c}_emb").type)
-        cols[f"{c}_model_id"] = pa.array(ids, pa.string())
-        cols[f"{c}_missing"] = pa.array(missing, pa.string())
+                mat[i], ids[i], status[i] = e.vector, e.model_id, OK
+        cols.update(stream_columns(s, mat, ids, status))
         mats.append(mat)
     if fusion is not None:
-        fused, mask = fuse(mats, fusion) if n else (
-            np.zeros((0, schema.field(FUSED).type.list_size), np.float32),
-            np.zeros((0, len(streams)), bool))
-        cols[FUSED] = _fixed_list(fused, schema.field(FUSED).type)
-        cols[MASK] = _fixed_list(mask, schema.field(MASK).type)
+        cols.update(fusion_columns(mats, fusion))
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 

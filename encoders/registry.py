@@ -8,63 +8,21 @@ import hashlib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from encoders import audio, sensor, video
+from encoders.config import EncoderConfig
 
-Source = Literal["default", "module", "torchscript", "state_dict"]
 DEFAULT_NAMES = {"video": "video-cnn", "audio": "audio-logmel-cnn", "text": "all-MiniLM-L6-v2",
                  "sensor": "sensor-conv1d"}
 
 
 class EncoderError(ValueError):
     """An encoder config that cannot be loaded; the message names the field and the fix."""
-
-
-class EncoderConfig(BaseModel):
-    """How to build and run one modality's encoder.
-
-    ``source``: "default" (built-in architecture; weights from ``seed``), "module"
-    (``target`` = "package.module:factory", called with ``kwargs``), "torchscript" (``path``
-    to a scripted/traced file) or "state_dict" (``path`` to weights for the default
-    architecture, or for ``target`` when given). ``preprocess`` overrides preprocessing
-    options (video: size, ref_size; audio: window_s, n_mels; sensor: length, channels, mean,
-    std). Batching and device fields go to the RunInference model handler.
-    """
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    modality: Literal["video", "audio", "text", "sensor"]
-    source: Source = "default"
-    target: str | None = None
-    path: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = None
-    seed: int = 0
-    preprocess: dict[str, Any] = Field(default_factory=dict)
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    min_batch_size: int = Field(1, ge=1)
-    max_batch_size: int = Field(64, ge=1)
-    max_batch_duration_secs: int | None = Field(None, ge=1)
-    share_across_processes: bool = False
-    model_copies: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.source == "module" and not self.target:
-            raise ValueError("source 'module' needs target: 'package.module:factory'")
-        if self.source in ("torchscript", "state_dict") and not self.path:
-            raise ValueError(f"source {self.source!r} needs path: the weights file")
-        if self.target and ":" not in self.target:
-            raise ValueError(f"target {self.target!r} must look like 'package.module:factory'")
-        if self.min_batch_size > self.max_batch_size:
-            raise ValueError("min_batch_size is larger than max_batch_size")
-        return self
 
 
 @dataclass

@@ -1,24 +1,24 @@
 """Feast definitions for mmalign: entity ``session`` and feature view ``tick_embeddings`` over
-the embeddings Parquet (``MMALIGN_EMBEDDINGS_PATH``, a file or folder; default data/embeddings).
+the aligned Parquet of a backfill with encoders (``MMALIGN_ALIGNED_PATH``: OUT/aligned, a
+folder or one file; default data/aligned).
 
-Streams and fusion are read from the Parquet's schema metadata; before any data exists they
-come from ``MMALIGN_STREAMS`` (JSON {stream: dim}) and ``MMALIGN_FUSION`` ("concat"/"mean").
+The encoded streams and fusion are read from the Parquet columns (``<stream>__emb``,
+``fused__emb``); before any data exists they come from ``MMALIGN_STREAMS`` (comma-separated
+stream ids) and ``MMALIGN_FUSION`` (1 = fused columns).
 """
 
-import json
 import os
 from pathlib import Path
 
-from encoders.feature_store import feature_definitions, streams_from_parquet
+from encoders.feature_store import embedded_streams, feature_definitions
 
-SOURCE = os.environ.get("MMALIGN_EMBEDDINGS_PATH",
-                        str(Path(__file__).resolve().parent / "data" / "embeddings"))
-DEFAULT_STREAMS = {"video": 128, "audio": 128, "text": 384, "sensor": 64}
+SOURCE = os.environ.get("MMALIGN_ALIGNED_PATH",
+                        str(Path(__file__).resolve().parent / "data" / "aligned"))
 
 if Path(SOURCE).exists():
-    STREAMS, FUSION = streams_from_parquet(SOURCE)
+    STREAMS, FUSION = embedded_streams(SOURCE)
 else:
-    STREAMS = json.loads(os.environ.get("MMALIGN_STREAMS", json.dumps(DEFAULT_STREAMS)))
-    FUSION = os.environ.get("MMALIGN_FUSION") or None
+    STREAMS = [s for s in os.environ.get("MMALIGN_STREAMS", "").split(",") if s]
+    FUSION = os.environ.get("MMALIGN_FUSION", "") == "1"
 
 session, tick_embeddings = feature_definitions(SOURCE, STREAMS, FUSION)

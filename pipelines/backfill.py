@@ -18,6 +18,7 @@ from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
 
 from deadletter.file_sink import WriteDeadLetters
 from schemas.calibration import load_calibration
@@ -129,7 +130,12 @@ def post_align_stages(job: Job) -> list[tuple[str, beam.PTransform]]:
     and the streaming job both run exactly this list (spatial registration, then encoders,
     when the manifest configures them).
     """
-    return []
+    stages: list[tuple[str, beam.PTransform]] = []
+    from encoders.stage import encode_stage
+    encode = encode_stage(job.manifests, job.run_id)          # encoders
+    if encode is not None:
+        stages.append(("Encode", encode))
+    return stages
 
 
 def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
@@ -161,9 +167,14 @@ def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
     for name, stage in post_align_stages(job):
         out = aligned | name >> stage
         aligned = out.main
-        stage_dead.append(out.dead)
+        # dead letters leave the stage in its windows; the dead-letter sink is global
+        stage_dead.append(out.dead | f"{name}DeadGlobal" >> beam.WindowInto(GlobalWindows()))
     written = aligned | "WriteAligned" >> beam.ParDo(
         WriteAlignedFn(str(staging / "aligned"), job.metadata()))
+    from encoders.feature_store import feature_store_sink
+    sink = feature_store_sink(job.manifests, job.out, job.run_id)
+    if sink is not None:                    # Feast online store, after the Parquet write
+        stage_dead.append((written | "WriteOnline" >> sink).dead)
     dead = ((decoded.dead, valid.dead, *stage_dead) | "AllDead" >> beam.Flatten()
             | "WriteDead" >> WriteDeadLetters(str(staging / "deadletter"), job.run_id))
     return {"aligned": aligned, "written": written, "dead": dead}

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=12.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_generate)
+
+    from pipelines.features_cli import add_parser as add_features
+    add_features(sub)
     return ap
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from encoders.config import EncodersConfig
 from schemas.envelope import MODALITIES
 
 ID = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -95,6 +96,7 @@ class Manifest(_Strict):
     calibration: str | None = None
     alignment: Alignment
     allowed_roots: list[str] = Field(default_factory=list)
+    encoders: EncodersConfig | None = Field(None, description="encoders + feature store")
     # filled in by load_manifest, not by the user
     base_dir: str = ""
 

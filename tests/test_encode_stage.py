@@ -146,11 +146,11 @@ def test_two_modalities_fused_into_tick_tables():
         assert len(tables) == 1
         t = tables[0]
         assert t.schema.equals(direct.schema)
-        assert t.column("imu_missing").to_pylist() == [None, "no_embedding", None]
-        assert t.column("fused_mask").to_pylist() == [[True, True], [True, False],
+        assert t.column("imu__emb_status").to_pylist() == ["ok", "no_embedding", "ok"]
+        assert t.column("fused__mask").to_pylist() == [[True, True], [True, False],
                                                        [True, True]]
-        np.testing.assert_allclose(np.array(t.column("fused_emb").to_pylist()),
-                                   np.array(direct.column("fused_emb").to_pylist()),
+        np.testing.assert_allclose(np.array(t.column("fused__emb").to_pylist()),
+                                   np.array(direct.column("fused__emb").to_pylist()),
                                    rtol=1e-5, atol=1e-6)
 
     with beam.Pipeline() as p:

@@ -291,14 +291,14 @@ def test_embeddings_table_parquet_roundtrip(tmp_path):
             Embedding("s", "mic", "audio", 20, None, None, 0, "no_audio_data")]
     t = embeddings_table(embs, streams, "concat")
     assert t.schema.equals(embeddings_schema(streams, "concat"))
-    assert t.schema.field("cam_0_emb").type == pa.list_(pa.float32(), 3)
+    assert t.schema.field("cam-0__emb").type == pa.list_(pa.float32(), 3)
     pq.write_table(t, tmp_path / "e.parquet")
     back = pq.read_table(tmp_path / "e.parquet")
     assert back.column("tick_ns").to_pylist() == [10, 20]
-    assert back.column("mic_missing").to_pylist() == [None, "no_audio_data"]
-    assert back.column("mic_model_id").to_pylist() == ["a@1", None]
-    assert back.column("fused_emb").to_pylist()[0] == [0, 0, 0, 2, 2]
-    assert back.column("fused_mask").to_pylist() == [[True, True], [True, False]]
+    assert back.column("mic__emb_status").to_pylist() == ["ok", "no_audio_data"]
+    assert back.column("mic__model_id").to_pylist() == ["a@1", None]
+    assert back.column("fused__emb").to_pylist()[0] == [0, 0, 0, 2, 2]
+    assert back.column("fused__mask").to_pylist() == [[True, True], [True, False]]
     with pytest.raises(ValueError, match="not in streams"):
         embeddings_table([Embedding("s", "x", "video", 1, np.ones(3, np.float32), "m", 3)],
                          streams)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -52,17 +53,24 @@ def _row(table, session, tick):
 
 
 def _check_online(store, table):
-    assert fs.write_online(store, table) == table.num_rows
-    got = fs.read_online(store, ["s1", "s2", "unknown"], STREAMS, "concat")
     last = T0 + 4 * 100_000_000
+    early = table.filter(pc.less(table.column("tick_ns"), T0 + 300_000_000))
+    assert fs.write_online(store, early) == early.num_rows
+    got = fs.read_online(store, ["s1"])          # streams/fusion from the registered view
+    assert got["tick_ns"] == [T0 + 200_000_000]
+    assert got["mic__emb"] == [None] and got["mic__emb_status"] == ["no_embedding"]
+    assert fs.write_online(store, table) == 4    # only the ticks newer than what is online
+    assert fs.write_online(store, early) == 0    # an older bucket never replaces a newer one
+    got = fs.read_online(store, ["s1", "s2", "unknown"], list(STREAMS), True)
     assert got["tick_ns"] == [last, last, None]
     for i, s in enumerate(("s1", "s2")):
         want = _row(table, s, last)
-        np.testing.assert_allclose(got["cam0_emb"][i], want["cam0_emb"], rtol=1e-6)
-        np.testing.assert_allclose(got["fused_emb"][i], want["fused_emb"], rtol=1e-6)
-        assert got["cam0_model_id"][i] == "video-cnn@ab" and got["mic_model_id"][i] == "mel@cd"
-        assert got["fused_mask"][i] == [True, True]
-    assert got["cam0_emb"][2] is None
+        np.testing.assert_allclose(got["cam0__emb"][i], want["cam0__emb"], rtol=1e-6)
+        np.testing.assert_allclose(got["fused__emb"][i], want["fused__emb"], rtol=1e-6)
+        assert got["cam0__model_id"][i] == "video-cnn@ab"
+        assert got["mic__model_id"][i] == "mel@cd"
+        assert got["fused__mask"][i] == [True, True]
+    assert got["cam0__emb"][2] is None
 
 
 def test_sqlite_online_write_and_read(data, tmp_path):
@@ -79,29 +87,29 @@ def test_historical_point_in_time(data, tmp_path):
         "session_id": ["s1", "s1", "s2", "s2"],
         "event_timestamp": pd.to_datetime([T0 + 150_000_000, T0 + 250_000_000, T0,
                                            T0 + 10**12], utc=True)})
-    df = fs.read_historical(store, entity_df, STREAMS, "concat")
+    df = fs.read_historical(store, entity_df)
     df = df.sort_values(["session_id", "event_timestamp"]).reset_index(drop=True)
     # latest tick at or before each requested time
     assert df["tick_ns"].tolist() == [T0 + 100_000_000, T0 + 200_000_000, T0,
                                       T0 + 400_000_000]
     row = df.iloc[1]                       # s1 at tick 2: the mic had no embedding
-    assert row["mic_missing"] == "no_embedding" and np.isnan(row["mic_emb"]).all()
-    assert list(row["fused_mask"]) == [True, False]
-    np.testing.assert_allclose(row["cam0_emb"], _row(table, "s1", T0 + 200_000_000)["cam0_emb"],
-                               rtol=1e-6)
+    assert row["mic__emb_status"] == "no_embedding" and np.isnan(row["mic__emb"]).all()
+    assert list(row["fused__mask"]) == [True, False]
+    np.testing.assert_allclose(row["cam0__emb"],
+                               _row(table, "s1", T0 + 200_000_000)["cam0__emb"], rtol=1e-6)
     with pytest.raises(ValueError, match="event_timestamp"):
-        fs.read_historical(store, entity_df[["session_id"]], STREAMS, "concat")
+        fs.read_historical(store, entity_df[["session_id"]])
 
 
 def test_shipped_feature_repo_definitions(data, monkeypatch):
     root, _ = data
     repo = Path(__file__).resolve().parents[1] / "feature_repo"
     assert (repo / "feature_store.yaml").is_file() and (repo / "feature_store.redis.yaml").is_file()
-    monkeypatch.setenv("MMALIGN_EMBEDDINGS_PATH", str(root / "embeddings"))
+    monkeypatch.setenv("MMALIGN_ALIGNED_PATH", str(root / "embeddings"))
     defs = runpy.run_path(str(repo / "features.py"))
     view = defs["tick_embeddings"]
-    assert defs["STREAMS"] == STREAMS and defs["FUSION"] == "concat"
-    assert {f.name for f in view.schema} >= {"cam0_emb", "mic_model_id", "fused_mask"}
+    assert defs["STREAMS"] == list(STREAMS) and defs["FUSION"] is True
+    assert {f.name for f in view.schema} >= {"cam0__emb", "mic__model_id", "fused__mask"}
     assert view.batch_source.path == str(root / "embeddings")
 
 

@@ -1,0 +1,438 @@
+"""The encode stage after alignment: ((session, bucket), aligned table) -> the same table with
+per-stream embedding columns (+ fused), failures as DeadLetters of stage "encode".
+
+Inputs per tick come from the aligned row's references, loaded once per bucket and stream:
+video frames by ``<s>__pos`` from ``<s>__src`` (``load_frames``, in batches; warped with the
+registration's ``<s>__H`` when the spec says ``warp``), audio samples ``<s>__sample_start`` ..
+``__sample_end`` (one ``load_audio`` per source file and bucket), text ``<s>__text``, sensor
+windows re-read from the source file: the decoder's own rows (same ``pos`` numbering), the rows
+whose device time lies within ``window_ms`` of the tick's neighbours ``<s>__pos`` /
+``__pos_right`` (a file's rows are decoded once per worker and cached).
+
+A tick without input keeps NaN + status ``no_input:<align status>``; a failed load,
+preprocessing or inference keeps NaN + the failure's reason and emits a DeadLetter.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.utils import shared
+
+from deadletter.record import DeadLetter
+from encoders.config import EncoderConfig, EncodersConfig
+from encoders.fusion import OK, fusion_columns, stream_columns
+from encoders.handlers import EncodeFailure, EncodeRequest, preprocess_request, run_batch
+from schemas.manifest import Manifest, ManifestError, Stream
+
+DEAD = "dead"
+SENSOR_CACHE_FILES = 4
+
+
+@dataclass(frozen=True)
+class StreamEncode:
+    """How one stream of a session is encoded."""
+    stream: Stream
+    cfg: EncoderConfig
+    warp: bool = False
+    window_ns: int = 200_000_000
+    channels: tuple[str, ...] = ()
+
+    @property
+    def stream_id(self) -> str:
+        return self.stream.id
+
+    @property
+    def key(self) -> str:
+        """Streams with equal keys share one loaded model."""
+        return self.cfg.model_dump_json()
+
+
+@dataclass(frozen=True)
+class SessionEncode:
+    session_id: str
+    streams: tuple[StreamEncode, ...]
+    fusion: str | None
+
+
+def _where(m: Manifest, field: str) -> str:
+    return f"manifest in {m.base_dir}: field '{field}'"
+
+
+def plan_encoders(m: Manifest) -> SessionEncode | None:
+    """The session's encode plan from ``m.encoders`` (None when absent or nothing to encode).
+    Raises ManifestError naming the field and the fix."""
+    cfg: EncodersConfig | None = m.encoders
+    if cfg is None:
+        return None
+    ids = [s.id for s in m.streams]
+    for sid in cfg.streams:
+        if sid not in ids:
+            raise ManifestError(f"{_where(m, f'encoders.streams.{sid}')} names no stream of "
+                                f"this manifest {ids}; use a stream id")
+    out = []
+    for s in m.streams:
+        field = f"encoders.streams.{s.id}" if s.id in cfg.streams else f"encoders.{s.modality}"
+        try:
+            spec = cfg.spec_for(s.id, s.modality)
+            if spec is None:
+                continue
+            if spec.modality not in (None, s.modality):
+                raise ValueError(f"modality {spec.modality!r} is not the stream's "
+                                 f"{s.modality!r}")
+            enc = spec.for_modality(s.modality, m.base_dir)
+        except ValueError as e:
+            msg = str(e).splitlines()[-1] if "validation error" in str(e) else str(e)
+            raise ManifestError(f"{_where(m, field)}: {msg}; correct it") from None
+        if enc.path and not Path(enc.path).is_file():
+            raise ManifestError(f"{_where(m, field + '.path')}: {enc.path} does not exist; "
+                                "give the weights file's path (relative to the manifest)")
+        channels: tuple[str, ...] = ()
+        if s.modality == "sensor":
+            channels = tuple(s.options.get("channels") or ())
+            has = "channels" in enc.kwargs or "channels" in enc.preprocess
+            if not channels and not has:
+                raise ManifestError(f"{_where(m, f'streams[{s.id}].options.channels')}: the "
+                                    "sensor encoder needs the channel list; list the channels "
+                                    "to encode")
+            if channels and not has:
+                enc = enc.model_copy(update={"preprocess": {**enc.preprocess,
+                                                            "channels": len(channels)}})
+        out.append(StreamEncode(s, enc, spec.warp, round(spec.window_ms * 1e6), channels))
+    if not out:
+        return None
+    fusion = None if cfg.fusion == "none" else cfg.fusion
+    return SessionEncode(m.session, tuple(out), fusion)
+
+
+# ---------------------------------------------------------------- inputs per tick
+
+def _col(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist() if name in table.column_names else \
+        [None] * table.num_rows
+
+
+def video_kind(stream: Stream, uri: str) -> str:
+    from transforms.decode import VIDEO_CONTAINERS
+    if stream.format in ("container", "image_sequence"):
+        return stream.format
+    fmt = (stream.format or Path(uri).suffix.lstrip(".")).lower()
+    return "container" if f".{fmt}" in VIDEO_CONTAINERS else "image_sequence"
+
+
+def _homography(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    h = np.asarray(value, dtype=np.float64)
+    if h.size != 9:
+        raise ValueError(f"homography has {h.size} values, expected 9")
+    return h.reshape(3, 3)
+
+
+def video_inputs(table: pa.Table, se: StreamEncode, batch: int) -> list:
+    """Per row: an EncodeRequest-ready (frame, homography), an exception, or None."""
+    from transforms.decode_video import load_frames
+    s = se.stream_id
+    pos, src = _col(table, f"{s}__pos"), _col(table, f"{s}__src")
+    hs = _col(table, f"{s}__H") if se.warp else [None] * table.num_rows
+    out: list = [None] * table.num_rows
+    by_src: dict[str, list[int]] = {}
+    for i, (p, u) in enumerate(zip(pos, src)):
+        if p is not None and u is not None:
+            by_src.setdefault(u, []).append(i)
+    image_dir = se.stream.options.get("image_dir")
+    for uri, rows in by_src.items():
+        kind = video_kind(se.stream, uri)
+        rows = sorted(rows, key=lambda i: pos[i])
+        for k in range(0, len(rows), batch):
+            part = rows[k:k + batch]
+            try:
+                frames = list(load_frames(uri, [pos[i] for i in part], kind=kind,
+                                          image_dir=image_dir))
+            except Exception:  # noqa: BLE001 - find the bad frame(s) one by one
+                frames = []
+                for i in part:
+                    try:
+                        frames.append(load_frames(uri, [pos[i]], kind=kind,
+                                                  image_dir=image_dir)[0])
+                    except Exception as e:  # noqa: BLE001
+                        frames.append(e)
+            for i, f in zip(part, frames):
+                try:
+                    out[i] = f if isinstance(f, Exception) else (f, _homography(hs[i]))
+                except ValueError as e:
+                    out[i] = e
+    return out
+
+
+def audio_inputs(table: pa.Table, se: StreamEncode) -> list:
+    """Per row: (samples float32, sample_rate), an exception, or None."""
+    from transforms.decode import AUDIO_FILES
+    from transforms.decode_audio import load_audio
+    s = se.stream_id
+    s0, s1 = _col(table, f"{s}__sample_start"), _col(table, f"{s}__sample_end")
+    sr, src = _col(table, f"{s}__sample_rate"), _col(table, f"{s}__src")
+    out: list = [None] * table.num_rows
+    by_src: dict[str, list[int]] = {}
+    for i in range(table.num_rows):
+        if s0[i] is not None and s1[i] is not None and src[i] is not None:
+            by_src.setdefault(src[i], []).append(i)
+    for uri, rows in by_src.items():
+        lo, hi = min(s0[i] for i in rows), max(s1[i] for i in rows)
+        kind = "file" if Path(uri).suffix.lower() in AUDIO_FILES else "track"
+        try:
+            pcm = load_audio(uri, lo, hi, kind)
+        except Exception as e:  # noqa: BLE001 - every tick of this file fails alike
+            for i in rows:
+                out[i] = e
+            continue
+        for i in rows:
+            out[i] = (pcm[s0[i] - lo:s1[i] - lo], sr[i])
+    return out
+
+
+def text_inputs(table: pa.Table, se: StreamEncode) -> list:
+    return [None if t is None else t.split("\n") for t in _col(table, f"{se.stream_id}__text")]
+
+
+@dataclass
+class SensorRows:
+    """A sensor file's decoded rows: pos, device time (sorted by time) and channel values."""
+    pos: np.ndarray
+    t_ns: np.ndarray
+    values: np.ndarray
+
+    def window(self, pos_left: int, pos_right: int, half_ns: int) -> np.ndarray:
+        by_pos = np.argsort(self.pos, kind="stable")
+        sorted_pos = self.pos[by_pos]
+        idx = []
+        for p in (pos_left, pos_right):
+            j = int(np.searchsorted(sorted_pos, p))
+            if j >= len(sorted_pos) or sorted_pos[j] != p:
+                raise ValueError(f"row {p} is not among the decoded rows")
+            idx.append(by_pos[j])
+        centre = (int(self.t_ns[idx[0]]) + int(self.t_ns[idx[1]])) // 2
+        a = np.searchsorted(self.t_ns, centre - half_ns, side="left")
+        b = np.searchsorted(self.t_ns, centre + half_ns, side="right")
+        w = self.values[a:b]
+        return w[np.isfinite(w).all(axis=1)]
+
+
+def read_sensor_rows(stream: Stream, uri: str, session_id: str,
+                     channels: tuple[str, ...]) -> SensorRows:
+    """Decode ``uri`` with the stream's own decoder and options (rows the decoder rejected
+    are absent, as they were for the aligner)."""
+    from schemas.envelope import Chunk
+    from transforms.decode import decode_file
+    pos, t, vals = [], [], []
+    for item in decode_file(stream, uri, session_id=session_id):
+        if not isinstance(item, Chunk):
+            continue
+        data = item.data
+        names = list(channels) or [c for c in data.schema.names
+                                   if c not in ("t_ns", "pos", "src", "t_dev_ns")]
+        pos.append(data.column("pos").to_numpy(zero_copy_only=False))
+        t.append(data.column("t_ns").to_numpy(zero_copy_only=False))
+        vals.append(np.column_stack([data.column(c).to_numpy(zero_copy_only=False)
+                                     .astype(np.float64) for c in names]))
+    if not pos:
+        raise ValueError(f"{uri}: the decoder yields no sensor rows")
+    p, tt, v = np.concatenate(pos), np.concatenate(t).astype(np.int64), np.concatenate(vals)
+    order = np.argsort(tt, kind="stable")
+    return SensorRows(p[order], tt[order], v[order])
+
+
+def sensor_inputs(table: pa.Table, se: StreamEncode, load) -> list:
+    """Per row: a (w, c) window, an exception, or None. ``load(uri)`` gives SensorRows."""
+    s = se.stream_id
+    pos, src = _col(table, f"{s}__pos"), _col(table, f"{s}__src")
+    right = _col(table, f"{s}__pos_right") if f"{s}__pos_right" in table.column_names else pos
+    out: list = [None] * table.num_rows
+    for i in range(table.num_rows):
+        if pos[i] is None or src[i] is None:
+            continue
+        try:
+            rows = load(src[i])
+            out[i] = rows.window(pos[i], right[i] if right[i] is not None else pos[i],
+                                 se.window_ns // 2)
+        except Exception as e:  # noqa: BLE001
+            out[i] = e
+    return out
+
+
+# ---------------------------------------------------------------- encoding one stream
+
+def _position(se: StreamEncode, table: pa.Table, i: int) -> str:
+    s, m = se.stream_id, se.stream.modality
+    if m == "audio":
+        return (f"samples={table.column(f'{s}__sample_start')[i].as_py()}.."
+                f"{table.column(f'{s}__sample_end')[i].as_py()}")
+    if m in ("video", "sensor") and f"{s}__pos" in table.column_names:
+        return f"{'frame' if m == 'video' else 'row'}={table.column(f'{s}__pos')[i].as_py()}"
+    return f"tick={table.column('tick_ns')[i].as_py()}"
+
+
+def _request(se: StreamEncode, session_id: str, tick: int, value: Any) -> EncodeRequest:
+    m = se.stream.modality
+    if m == "video":
+        frame, h = value
+        return EncodeRequest(session_id, se.stream_id, m, tick, frame, homography=h)
+    if m == "audio":
+        pcm, sr = value
+        return EncodeRequest(session_id, se.stream_id, m, tick, pcm, sample_rate=sr)
+    return EncodeRequest(session_id, se.stream_id, m, tick, value)
+
+
+def encode_stream(table: pa.Table, se: StreamEncode, runner, inputs: list, opts: dict,
+                  run_id: str = "") -> tuple[dict[str, pa.Array], np.ndarray, list[DeadLetter]]:
+    """One stream's columns for the bucket: (columns, (N, D) matrix, dead letters)."""
+    n, dim = table.num_rows, runner.encoder.dim
+    session_id = table.column("session_id")[0].as_py() if n else ""
+    ticks = table.column("tick_ns").to_pylist()
+    align_status = _col(table, f"{se.stream_id}__status")
+    mat = np.full((n, dim), np.nan, np.float32)
+    ids: list[str | None] = [None] * n
+    status: list[str] = [f"no_input:{align_status[i] or 'missing'}" for i in range(n)]
+    dead: list[DeadLetter] = []
+
+    def fail(i: int, exc_class: str, reason: str, message: str) -> None:
+        status[i] = reason
+        dead.append(DeadLetter(
+            stage="encode", error_class=exc_class, reason=reason, message=message,
+            run_id=run_id, session_id=session_id, stream_id=se.stream_id,
+            modality=se.stream.modality, source_uri=_col(table, f"{se.stream_id}__src")[i],
+            position=_position(se, table, i), event_time_ns=ticks[i]))
+
+    todo: list[tuple[int, Any]] = []
+    for i, value in enumerate(inputs):
+        if value is None:
+            continue
+        if isinstance(value, Exception):
+            fail(i, type(value).__name__, "load_failed", str(value))
+            continue
+        try:
+            x = preprocess_request(_request(se, session_id, ticks[i], value), opts)
+        except Exception as e:  # noqa: BLE001
+            fail(i, type(e).__name__, "preprocess_failed", str(e))
+            continue
+        if x is None:
+            status[i] = "no_input:empty"
+        else:
+            todo.append((i, x))
+    batch = se.cfg.max_batch_size
+    for k in range(0, len(todo), batch):
+        part = todo[k:k + batch]
+        for (i, _), row in zip(part, run_batch(runner, [x for _, x in part])):
+            if isinstance(row, EncodeFailure):
+                fail(i, row.error_class, row.reason, row.message)
+            else:
+                mat[i], ids[i], status[i] = row, runner.model_id, OK
+    return stream_columns(se.stream_id, mat, ids, status), mat, dead
+
+
+def encode_table(table: pa.Table, plan: SessionEncode, runners: dict[str, Any],
+                 sensor_rows, run_id: str = "") -> tuple[pa.Table, list[DeadLetter]]:
+    """The aligned ``table`` with every planned stream's columns (+ fusion) appended."""
+    from encoders.registry import preprocess_options
+    cols: dict[str, pa.Array] = {}
+    mats, dead = [], []
+    for se in plan.streams:
+        runner = runners[se.key]
+        m = se.stream.modality
+        if m == "video":
+            inputs = video_inputs(table, se, se.cfg.max_batch_size)
+        elif m == "audio":
+            inputs = audio_inputs(table, se)
+        elif m == "text":
+            inputs = text_inputs(table, se)
+        else:
+            inputs = sensor_inputs(table, se, lambda uri, se=se: sensor_rows(se, uri))
+        c, mat, d = encode_stream(table, se, runner, inputs, preprocess_options(se.cfg),
+                                  run_id)
+        cols.update(c)
+        mats.append(mat)
+        dead += d
+    if plan.fusion is not None:
+        cols.update(fusion_columns(mats, plan.fusion))
+    for name, arr in cols.items():
+        table = table.append_column(name, arr)
+    return table, dead
+
+
+# ---------------------------------------------------------------- Beam shell
+
+class _Holder:
+    """Weak-referenceable box for a Shared model."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+
+class EncodeAlignedFn(beam.DoFn):
+    """((session, bucket), table) -> same key, table + embedding columns; ``dead`` output.
+    Models load in setup(), one per distinct config, shared by the process's threads."""
+
+    def __init__(self, plans: dict[str, SessionEncode], run_id: str = ""):
+        self.plans, self.run_id = plans, run_id
+        keys = {se.key: se.cfg for p in plans.values() for se in p.streams}
+        self._cfgs = keys
+        self._shared = {k: shared.Shared() for k in keys}
+        self._lock = threading.Lock()
+
+    def setup(self):
+        from encoders.handlers import load_runner
+        self._holders = {k: self._shared[k].acquire(
+            lambda cfg=cfg: _Holder(load_runner(cfg)), tag=k) for k, cfg in self._cfgs.items()}
+        self.runners = {k: h.runner for k, h in self._holders.items()}
+        self._sensor_cache: OrderedDict = OrderedDict()
+
+    def _sensor_rows(self, se: StreamEncode, uri: str) -> SensorRows:
+        key = (se.stream_id, uri)
+        with self._lock:
+            if key in self._sensor_cache:
+                self._sensor_cache.move_to_end(key)
+                return self._sensor_cache[key]
+        rows = read_sensor_rows(se.stream, uri, "", se.channels)
+        with self._lock:
+            self._sensor_cache[key] = rows
+            while len(self._sensor_cache) > SENSOR_CACHE_FILES:
+                self._sensor_cache.popitem(last=False)
+        return rows
+
+    def process(self, element):
+        (session_id, bucket), table = element
+        plan = self.plans.get(session_id)
+        if plan is None or table.num_rows == 0:
+            yield (session_id, bucket), table
+            return
+        out, dead = encode_table(table, plan, self.runners, self._sensor_rows, self.run_id)
+        for se in plan.streams:
+            st = out.column(f"{se.stream_id}__emb_status").to_pylist()
+            ok = sum(s == OK for s in st)
+            missing = sum(s.startswith("no_input") for s in st)
+            m = se.stream.modality
+            beam.metrics.Metrics.counter("encode", f"{m}.ok").inc(ok)
+            beam.metrics.Metrics.counter("encode", f"{m}.no_input").inc(missing)
+            beam.metrics.Metrics.counter("encode", f"{m}.failed").inc(len(st) - ok - missing)
+        for d in dead:
+            yield beam.pvalue.TaggedOutput(DEAD, d)
+        yield (session_id, bucket), out
+
+
+def encode_stage(manifests: list[Manifest], run_id: str = "") -> beam.PTransform | None:
+    """The post-align encode stage for these manifests (None when none configures encoders)."""
+    plans = {m.session: p for m in manifests if (p := plan_encoders(m)) is not None}
+    if not plans:
+        return None
+    return beam.ParDo(EncodeAlignedFn(plans, run_id)).with_outputs(DEAD, main="main")
+
+
+__all__ = ["EncodeAlignedFn", "SessionEncode", "StreamEncode", "encode_stage", "encode_table",
+           "plan_encoders", "read_sensor_rows"]
