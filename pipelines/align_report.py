@@ -194,13 +194,18 @@ def registration_stats(table: pa.Table, session: str) -> list[dict]:
                 return {"median": None, "min": None, "max": None}
             return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
 
+        # transforms/register_stage.py statuses: ok; stale_transform / no_good_transform are
+        # flagged (the tick kept the last good or no transform); failed:<reason> failed;
+        # no_frame is missing data (the camera had no frame at the tick), not a failure
         ok = st.get("ok", 0)
-        flagged = st.get("flagged", 0)
+        flagged = st.get("stale_transform", 0) + st.get("no_good_transform", 0)
         ref = st.get("reference", 0)
+        no_frame = st.get("no_frame", 0)
+        failed = sum(n for s, n in st.items() if s.startswith("failed"))
         out.append({"session": session, "camera": cam,
                     "reference": ref > 0 and ref == sum(st.values()),
-                    "pairs": sum(st.values()) - ref, "ok": ok, "flagged": flagged,
-                    "failed": sum(st.values()) - ref - ok - flagged, "status": dict(st),
+                    "pairs": sum(st.values()) - ref - no_frame, "ok": ok, "flagged": flagged,
+                    "failed": failed, "no_frame": no_frame, "status": dict(st),
                     "inlier_ratio": summary("reg_inlier_ratio"),
                     "rmse_px": summary("reg_rmse_px")})
     return out

@@ -130,9 +130,10 @@ def post_align_stages(job: Job) -> list[tuple[str, beam.PTransform]]:
     and the streaming job both run exactly this list (spatial registration, then encoders,
     when the manifest configures them).
     """
-    stages: list[tuple[str, beam.PTransform]] = []
+    from transforms.register_stage import registration_stages
+    stages = registration_stages(job.manifests, job.run_id)   # first: spatial registration
     from encoders.stage import encode_stage
-    encode = encode_stage(job.manifests, job.run_id)          # encoders
+    encode = encode_stage(job.manifests, job.run_id)          # then: encoders
     if encode is not None:
         stages.append(("Encode", encode))
     return stages

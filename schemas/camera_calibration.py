@@ -63,7 +63,8 @@ class Distortion(_Strict):
     def _count(self):
         allowed = DISTORTION_COEFFS[self.model]
         if len(self.coeffs) not in allowed:
-            raise ValueError(f"distortion model {self.model!r} takes {' or '.join(map(str, allowed))}"
+            counts = " or ".join(map(str, allowed))
+            raise ValueError(f"distortion model {self.model!r} takes {counts}"
                              f" coefficients, got {len(self.coeffs)}; fix coeffs or the model")
         _finite(np.asarray(self.coeffs, dtype=np.float64), "distortion coeffs")
         return self
@@ -90,7 +91,8 @@ class CameraIntrinsics(_Strict):
     def _k(cls, v):
         k = np.asarray(v, dtype=np.float64)
         if k.shape != (3, 3):
-            raise ValueError(f"K must be 3x3, got shape {k.shape}; give [[fx,0,cx],[0,fy,cy],[0,0,1]]")
+            raise ValueError(f"K must be 3x3, got shape {k.shape}; "
+                             f"give [[fx,0,cx],[0,fy,cy],[0,0,1]]")
         _finite(k, "K")
         if k[0, 0] <= 0 or k[1, 1] <= 0:
             raise ValueError(f"K focal lengths fx={k[0, 0]}, fy={k[1, 1]} must be > 0")
@@ -177,7 +179,8 @@ class Extrinsics(_Strict):
         if ortho > ROTATION_TOL or abs(det - 1) > ROTATION_TOL:
             raise ValueError(f"rotation is not a rotation (max |R^T R - I| = {ortho:.3g}, "
                              f"det = {det:.6g}); give an orthonormal matrix with det +1 "
-                             f"(a reflection or scaled matrix is not allowed), or use rotation_rvec")
+                             f"(a reflection or scaled matrix is not allowed), or use "
+                             f"rotation_rvec")
         return v
 
     @field_validator("rotation_rvec", "translation")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from encoders.config import EncodersConfig
 from schemas.envelope import MODALITIES
+from schemas.registration_spec import RegistrationSpec
 
 ID = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
@@ -96,6 +97,7 @@ class Manifest(_Strict):
     calibration: str | None = None
     alignment: Alignment
     allowed_roots: list[str] = Field(default_factory=list)
+    registration: RegistrationSpec | None = Field(None, description="camera registration")
     encoders: EncodersConfig | None = Field(None, description="encoders + feature store")
     # filled in by load_manifest, not by the user
     base_dir: str = ""

@@ -86,11 +86,13 @@ def test_stream_stats_audio_holes_in_samples():
 
 
 def test_registration_stats_and_missing_spans():
-    t = pa.table({"cam1__reg_status": ["ok", "ok", "flagged", None, "failed_no_features"],
-                  "cam1__reg_inlier_ratio": [0.8, 0.6, 0.2, None, None],
-                  "cam1__reg_rmse_px": [0.5, 1.5, 4.0, None, None]})
+    # the statuses transforms/register_stage.py writes
+    t = pa.table({"cam1__reg_status": ["ok", "ok", "stale_transform", None,
+                                       "failed:no_features", "no_frame"],
+                  "cam1__reg_inlier_ratio": [0.8, 0.6, 0.2, None, None, None],
+                  "cam1__reg_rmse_px": [0.5, 1.5, 4.0, None, None, None]})
     (c,) = registration_stats(t, "s")
-    assert (c["ok"], c["flagged"], c["failed"], c["pairs"]) == (2, 1, 1, 4)
+    assert (c["ok"], c["flagged"], c["failed"], c["no_frame"], c["pairs"]) == (2, 1, 1, 1, 4)
     assert c["inlier_ratio"]["median"] == pytest.approx(0.6)
     assert c["rmse_px"]["max"] == pytest.approx(4.0)
     ticks = np.arange(8, dtype=np.int64) * 10

@@ -201,6 +201,18 @@ def test_tracker_keeps_last_good_transform(pair):
     assert np.allclose(again.last_good["cam1"][0], first.H)
 
 
+def test_small_patch_is_flagged_for_coverage(pair):
+    """Enough inliers on one small patch pass the count/ratio/RMSE gates but extrapolate
+    badly to the image corners: the coverage gate flags them."""
+    src, ref = pair
+    full = register_pair(src, ref, RegistrationConfig(refine="none"))
+    patch = register_pair(_patch_only(src), ref, RegistrationConfig(refine="none", min_inliers=4))
+    print(f"\ncoverage: full frame {full.coverage:.2f}, 120x120 patch {patch.coverage:.3f}")
+    assert full.good and full.coverage > 0.5
+    assert patch.coverage < 120 * 120 / (W * H) and "low_coverage" in patch.flags
+    assert set(patch.flags) == {"low_coverage"}       # the other gates pass
+
+
 def test_session_mode_registers_once(pair):
     src, ref = pair
     tr = RegistrationTracker(RegistrationConfig(refine="none", mode="session"))

@@ -5,7 +5,8 @@ camera's intrinsics and every camera/sensor pose in the reference frame; project
 (cv2.projectPoints, or cv2.fisheye.projectPoints for the fisheye model) with distortion.
 A projected point is *visible* when it is in front of the camera (depth > min_depth), within the
 angles where the camera model maps monotonically onto the image (so a distortion polynomial
-cannot fold far-off points back into it) and inside the image: 0 <= u < width, 0 <= v < height (pixel centres at integers).
+cannot fold far-off points back into it) and inside the image: 0 <= u < width,
+0 <= v < height (pixel centres at integers).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ present), match with Lowe's ratio test, fit a homography robustly (USAC MAGSAC b
 optionally refine it with ECC (cv2.findTransformECC, MOTION_HOMOGRAPHY, coarse-to-fine pyramid)
 restricted to pixels that agree after the feature fit, so that objects off the plane (a parked car,
 a person) do not pull the fit. Quality: inlier count, inlier ratio, reprojection RMSE on the
-inliers and the ECC correlation. ``RegistrationTracker`` keeps the last good transform per camera.
+inliers, the inliers' coverage of the image (a small patch extrapolates badly) and
+the ECC correlation. ``RegistrationTracker`` keeps the last good transform per camera.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class RegistrationConfig(BaseModel):
     min_inliers: int = Field(15, ge=4, description="below: flagged")
     min_inlier_ratio: float = Field(0.2, ge=0, le=1, description="below: flagged")
     max_rmse_px: float = Field(2.5, gt=0, description="above: flagged")
+    min_coverage: float = Field(0.15, ge=0, le=1, description="below: flagged (inliers' convex "
+                                "hull / source image area: a small patch extrapolates badly)")
     mode: Literal["tick", "session"] = Field(
         "tick", description="register every tick, or once per session then reuse")
 
@@ -91,6 +94,7 @@ class Registration:
     ecc_cc: float | None      # ECC correlation after refinement (None: not refined)
     refined: bool
     flags: tuple[str, ...] = ()   # quality problems, e.g. ("few_inliers",); empty = good
+    coverage: float = float("nan")  # convex hull of the inliers / source image area
 
     @property
     def good(self) -> bool:
@@ -99,7 +103,7 @@ class Registration:
     def quality(self) -> dict:
         return {"n_matches": self.n_matches, "n_inliers": self.n_inliers,
                 "inlier_ratio": self.inlier_ratio, "rmse_px": self.rmse_px,
-                "ecc_cc": self.ecc_cc, "refined": self.refined}
+                "ecc_cc": self.ecc_cc, "refined": self.refined, "coverage": self.coverage}
 
 
 def to_gray(frame: np.ndarray, what: str = "frame") -> np.ndarray:
@@ -216,6 +220,14 @@ def estimate_homography(src_pts: np.ndarray, ref_pts: np.ndarray,
     if H is None or mask is None:
         return None, np.zeros(len(src_pts), bool)
     return H / H[2, 2], mask.ravel().astype(bool)
+
+
+def inlier_coverage(pts: np.ndarray, size: tuple[int, int]) -> float:
+    """Area of the convex hull of (N, 2) points over the image area (0 for < 3 points)."""
+    if len(pts) < 3:
+        return 0.0
+    hull = cv2.convexHull(np.asarray(pts, dtype=np.float32).reshape(-1, 1, 2))
+    return float(cv2.contourArea(hull)) / float(size[0] * size[1])
 
 
 def reprojection_rmse(H: np.ndarray, src_pts: np.ndarray, ref_pts: np.ndarray) -> float:
@@ -349,6 +361,7 @@ def register_pair(src_frame: np.ndarray, ref_frame: np.ndarray,
     n_in = int(inl.sum())
     ratio = n_in / len(ps)
     rmse = reprojection_rmse(H, ps[inl], pr[inl])
+    coverage = inlier_coverage(ps[inl], size)
     flags = []
     if n_in < cfg.min_inliers:
         flags.append("few_inliers")
@@ -356,8 +369,11 @@ def register_pair(src_frame: np.ndarray, ref_frame: np.ndarray,
         flags.append("low_inlier_ratio")
     if not rmse <= cfg.max_rmse_px:
         flags.append("high_rmse")
+    if coverage < cfg.min_coverage:
+        flags.append("low_coverage")
     return Registration(H=H, n_matches=len(ps), n_inliers=n_in, inlier_ratio=ratio,
-                        rmse_px=rmse, ecc_cc=ecc_cc, refined=refined, flags=tuple(flags))
+                        rmse_px=rmse, ecc_cc=ecc_cc, refined=refined, flags=tuple(flags),
+                        coverage=coverage)
 
 
 def warp_to_reference(frame: np.ndarray, H: np.ndarray, ref_size: tuple[int, int],
