@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv system-deps infra bench lint clean
+.PHONY: demo test test-fast venv system-deps infra kafka-up kafka-down bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,19 @@ system-deps:
 demo: $(STAMP)
 	$(VENV)/bin/mmalign demo --out out/demo
 
-test: $(STAMP) system-deps
+# Kafka and the Flink job server jars from Maven Central (cached under .cache/); the test
+# fixtures start and stop the servers themselves.
+infra: $(STAMP)
+	$(PY) -m infra.kafka_broker fetch
+	$(PY) -m infra.flink_jobserver fetch
+
+kafka-up: infra
+	$(PY) -m infra.kafka_broker start
+
+kafka-down:
+	$(PY) -m infra.kafka_broker stop
+
+test: $(STAMP) system-deps infra
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

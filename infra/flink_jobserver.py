@@ -40,6 +40,7 @@ BEAM_JAVA_VERSION = os.environ.get("MMALIGN_BEAM_JAVA_VERSION", "2.62.0")
 FLINK_MINOR = os.environ.get("MMALIGN_FLINK_MINOR", "1.19")
 SLF4J_VERSION = "2.0.16"
 HOST = "127.0.0.1"
+DEFAULT_JOB_PORT = 8099   # Beam's usual job port; docker-compose publishes the same
 MAIN_CLASS = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 # The module opens Flink's own launch scripts pass on Java 17, plus a modest heap.
 JVM_OPTS = [
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=None,
                         help="state dir (default <cache>/run/flink)")  # fmt: skip
     parser.add_argument("--job-port", type=int,
-                        default=int(os.environ.get("MMALIGN_FLINK_JOB_PORT", 8099)),
+                        default=int(os.environ.get("MMALIGN_FLINK_JOB_PORT", DEFAULT_JOB_PORT)),
                         help="JobService port for a new state dir (default 8099; artifact and "
                              "expansion services take the next two)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print status as JSON")
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             server.start()
             print(f"beam {BEAM_JAVA_VERSION} flink {FLINK_MINOR} job server on {server.endpoint} "
-                  f"(pid {server.pid}, {time.monotonic() - t0:.1f}s, log {server.log_file})")  # fmt: skip
+                  f"(pid {server.pid}, {time.monotonic() - t0:.1f}s, log {server.log_file})")
         elif args.command == "stop":
             print("stopped" if server.stop() else "not running")
         else:

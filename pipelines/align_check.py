@@ -407,6 +407,7 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
                                   missing_spans(ticks, ok), ticks[~ok], model.to_ref(ev),
                                   _clock_note(c)))
         cams += registration_stats(part, session)
+    _merge_recording_stats(ins, summary.get("manifests") or [], th, progress)
     ins.alignment_note = "from the aligned Parquet"
     ins.registration = ({"state": "run", "reason": "", "cameras": cams} if cams else
                         {"state": "not run", "reason": "no <camera>__reg_status columns in the "
@@ -425,6 +426,32 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
     else:
         ins.expectations = {"state": "not run", "reason": "--no-expectations"}
     return ins
+
+
+_RECORDING_FIELDS = ("duration_s", "rate_hz", "gaps", "dropped", "drop_rate")
+
+
+def _merge_recording_stats(ins: Inspection, manifests: list[str], th: Thresholds,
+                           progress: bool) -> None:
+    """Per-stream duration, rate, gaps and drops from the recordings the summary names (when
+    they are still on disk), and their drop checks; clocks stay the output's own."""
+    rows = {(r["session"], r["stream"]): r for r in ins.streams}
+    measured = []
+    for m in manifests:
+        if not Path(m).is_file():
+            continue
+        try:
+            rec = inspect_recording(Path(m), th, estimate=False, progress=progress)
+        except BadInput:
+            continue
+        for r in rec.streams:
+            mine = rows.get((r["session"], r["stream"]))
+            if mine is not None:
+                mine.update({k: r.get(k) for k in _RECORDING_FIELDS})
+                if mine.get("modality") in (None, "-"):
+                    mine["modality"] = r["modality"]
+                measured.append(r)
+    ins.checks += stream_checks(measured, th)
 
 
 def _distinct_used(part: pa.Table, s: str) -> int | None:

@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
 from deadletter.file_sink import WriteDeadLetters
+from pipelines.runners import with_stage_hints
 from schemas.calibration import load_calibration
 from schemas.manifest import Manifest, ManifestError, load_manifest
 from transforms.align import (
@@ -166,7 +167,7 @@ def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
                | "Align" >> AlignBuckets(job.plans, extents))
     stage_dead = []
     for name, stage in post_align_stages(job):
-        out = aligned | name >> stage
+        out = aligned | name >> with_stage_hints(p.options, name, stage)   # GPU: encoder only
         aligned = out.main
         # dead letters leave the stage in its windows; the dead-letter sink is global
         stage_dead.append(out.dead | f"{name}DeadGlobal" >> beam.WindowInto(GlobalWindows()))

@@ -24,8 +24,10 @@ def _quiet_logs(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _runner_args(ns) -> tuple[str, list[str]]:
-    return ns.runner, list(ns.pipeline_args or [])
+def _runner_args(ns):
+    """Context manager -> (Beam runner, pipeline args) for ``--runner`` (pipelines/runners.py)."""
+    from pipelines.runners import runner_session
+    return runner_session(ns.runner, ns.pipeline_args)
 
 
 def cmd_generate(ns) -> int:
@@ -44,9 +46,9 @@ def _report(summary: dict, as_json: bool) -> int:
 
 def cmd_backfill(ns) -> int:
     from pipelines import backfill
-    runner, args = _runner_args(ns)
-    summary = backfill.run(ns.manifest, ns.out, runner=runner, pipeline_args=args,
-                           run_id=ns.run_id)
+    with _runner_args(ns) as (runner, args):
+        summary = backfill.run(ns.manifest, ns.out, runner=runner, pipeline_args=args,
+                               run_id=ns.run_id)
     return _report(summary, ns.json)
 
 
@@ -58,8 +60,8 @@ def cmd_demo(ns) -> int:
     print(f"generating a {ns.duration:.0f} s sample recording in {rec} ...", flush=True)
     manifest = generate_recording(rec, seed=ns.seed, duration_s=ns.duration)
     print(f"running the backfill on Beam's {ns.runner} ...", flush=True)
-    runner, args = _runner_args(ns)
-    summary = backfill.run([manifest], out, runner=runner, pipeline_args=args)
+    with _runner_args(ns) as (runner, args):
+        summary = backfill.run([manifest], out, runner=runner, pipeline_args=args)
     code = _report(summary, ns.json)
     if not ns.json:
         print(f"ground truth: {rec / 'ground_truth.json'}; summary: {out / 'summary.json'}")
@@ -73,10 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runner_opts(p):
         p.add_argument("--runner", default="DirectRunner",
-                       help="Beam runner (DirectRunner = local; FlinkRunner, DataflowRunner)")
+                       help="local (DirectRunner), prism, flink (embedded, or -- "
+                            "--job_endpoint=H:P), dataflow (-- --project --region "
+                            "--temp_location), or a Beam runner class name")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
         p.add_argument("pipeline_args", nargs="*",
-                       help="extra Beam pipeline options after --, e.g. -- --flink_master=...")
+                       help="extra Beam pipeline options after --, e.g. -- --job_endpoint=...")
 
     p = sub.add_parser("demo", help="generate a sample recording and backfill it (no servers)")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
@@ -105,15 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from infra import InfraError
+    from pipelines.runners import RunnerConfigError
     from schemas.manifest import ManifestError
     ns = build_parser().parse_args(argv)
     _quiet_logs(ns.verbose)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:
         return ns.fn(ns)
-    except ManifestError as e:
+    except (ManifestError, RunnerConfigError) as e:
         print(f"mmalign: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except InfraError as e:   # a runner's server (e.g. the Flink job server) did not start
+        print(f"mmalign: {e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -63,6 +63,12 @@ class Alignment(_Strict):
     bucket_s: float = Field(10.0, gt=0, le=3600, description="time bucket width for the join")
     policies: dict[ID, AlignPolicy] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _whole_ms_buckets(self):
+        if abs(self.bucket_s * 1000 - round(self.bucket_s * 1000)) > 1e-6 or self.bucket_s < 1e-3:
+            raise ValueError("bucket_s must be a whole number of milliseconds (e.g. 10 or 2.5)")
+        return self
+
 
 class SyncSpec(_Strict):
     """Estimate this stream's clock against a reference stream from the signals (DTW-sync)."""

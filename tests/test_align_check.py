@@ -225,6 +225,10 @@ def test_backfill_output_passes_with_expectations(rec, good, tmp_path):
         "expect_column_values_to_be_between", "expect_column_values_to_be_in_set"}
     assert rep["registration"]["state"] == "not run"
     assert "Calculating Metrics" not in p.stderr              # GX kept quiet
+    # the summary names the manifest: the recording's own rates and drops are in the report
+    streams = {s["stream"]: s for s in rep["streams"]}
+    assert streams["imu"]["rate_hz"] > 0 and streams["cam1"]["dropped"] is not None
+    assert any(c["name"] == "drops:cam1" for c in rep["checks"])
     # the recording's preview (align kernels on the declared clocks) equals the backfill
     preview = {a["stream"]: a["status"] for a in report_of(good[0])["alignment"]}
     assert {a["stream"]: a["status"] for a in rep["alignment"]} == preview

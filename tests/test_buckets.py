@@ -33,3 +33,4 @@ def test_bucket_close_is_inside_the_bucket_window():
     for b in (-2, 0, 3):
         close = bucket_close_us(b, B, M) * 1000
         assert b * B + M <= close < (b + 1) * B + M
+        assert close % 1_000_000 == 0        # whole ms: Flink/Dataflow keep ms timestamps

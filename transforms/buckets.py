@@ -25,6 +25,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from schemas.envelope import Chunk
 
 NS_PER_US = 1000
+NS_PER_MS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,11 @@ def chunk_pieces(chunk: Chunk, *, bucket_ns: int, margin_ns: int, is_anchor: boo
 
 
 def bucket_close_us(b: int, bucket_ns: int, window_margin_ns: int) -> int:
-    """The event time (Beam micros) a bucket's elements carry: the last microsecond of its
-    window [b*B + M, (b+1)*B + M)."""
-    return ((b + 1) * bucket_ns + window_margin_ns) // NS_PER_US - 1
+    """The event time (Beam micros) a bucket's elements carry: the last millisecond of its
+    window [b*B + M, (b+1)*B + M). Milliseconds, because Beam's Java runners (Flink, Dataflow)
+    keep timestamps in ms: a µs stamp would be moved out of its window there."""
+    close_ms = ((b + 1) * bucket_ns + window_margin_ns) // NS_PER_MS
+    return (close_ms - 1) * 1000
 
 
 class AssignBucketsFn(beam.DoFn):
@@ -138,15 +141,16 @@ class AssignBuckets(beam.PTransform):
     def __init__(self, bucket_ns: int, margins: dict[tuple[str, str], int],
                  anchors: dict[str, str | None], tick_margins: dict[str, int] | None = None):
         super().__init__()
-        if bucket_ns % NS_PER_US:
-            raise ValueError("bucket width must be a whole number of microseconds")
+        if bucket_ns % NS_PER_MS:
+            raise ValueError("bucket width must be a whole number of milliseconds")
         self.bucket_ns = bucket_ns
         self.margins = {k: -(-v // NS_PER_US) * NS_PER_US for k, v in margins.items()}
         self.anchors = anchors
         self.tick_margins = tick_margins or {}
         self.window_margin_ns = max([*self.margins.values(), *self.tick_margins.values()],
                                     default=0)
-        self.window_margin_ns = -(-self.window_margin_ns // NS_PER_US) * NS_PER_US
+        # whole ms, so windows and stamps are exact on runners with ms timestamps
+        self.window_margin_ns = -(-self.window_margin_ns // NS_PER_MS) * NS_PER_MS
         if self.window_margin_ns >= bucket_ns:
             raise ValueError(
                 f"alignment margin {self.window_margin_ns / 1e9:.3f} s is not smaller than the "

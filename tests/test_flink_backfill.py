@@ -1,0 +1,133 @@
+"""The backfill on Apache Flink (Beam's portable Flink runner, LOOPBACK) equals the local run.
+
+Two generated recordings in one run: one with declared clocks, one whose clocks are estimated
+by DTW-sync (an AsDict side input into the clock stage), several buckets each (GroupByKey of
+buckets with margins). `mmalign backfill --runner flink` (which starts an embedded Flink job
+server for the run) is compared file by file and row for row with the DirectRunner's output.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from deadletter.file_sink import read_dead_letters
+from pipelines import backfill
+from pipelines.runners import RunnerConfigError, flink_args, runner_session
+from pipelines.sample_recording import generate_recording
+from transforms.parquet_sink import METADATA_KEY, read_aligned
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_ID = "flink-vs-local"
+
+
+def _files(out: Path) -> dict[str, bytes | dict]:
+    """Relative path -> content: Parquet files by their table + mmalign metadata, JSON as data."""
+    found: dict[str, bytes | dict] = {}
+    for f in sorted(out.rglob("*")):
+        rel = str(f.relative_to(out))
+        if f.is_dir() or rel == "summary.json":
+            continue
+        if f.suffix == ".json":
+            found[rel] = json.loads(f.read_text())
+        elif f.suffix == ".parquet":
+            meta = pq.read_schema(f).metadata or {}
+            found[rel] = {"rows": pq.read_table(f).num_rows,
+                          "mmalign": json.loads(meta.get(METADATA_KEY, b"null"))}
+        else:
+            found[rel] = f.read_bytes()
+    return found
+
+
+def _ours(counters: dict[str, int]) -> dict[str, int]:
+    """The pipeline's own counters (a portable runner adds Beam's system metrics)."""
+    return {k: v for k, v in counters.items() if not k.startswith("beam.")}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flink_backfill")
+    manifests = [
+        generate_recording(tmp / "rec_a", seed=3, duration_s=4.5, session="flink-a"),
+        generate_recording(tmp / "rec_b", seed=5, duration_s=6.0, declare_clocks=False,
+                           session="flink-b"),
+    ]
+    local = backfill.run(manifests, tmp / "local", run_id=RUN_ID)
+    cmd = [sys.executable, "-m", "pipelines.cli", "backfill", "--json", "--run-id", RUN_ID,
+           "--out", str(tmp / "flink"), "--runner", "flink"]
+    for m in manifests:
+        cmd += ["--manifest", str(m)]
+    cmd += ["--", "--parallelism=2"]      # no --job_endpoint: an embedded Flink for the run
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"tmp": tmp, "local": local, "flink": json.loads(proc.stdout)}
+
+
+@pytest.mark.slow
+def test_flink_aligned_rows_equal_local_row_for_row(runs) -> None:
+    tmp = runs["tmp"]
+    local, flink = read_aligned(tmp / "local" / "aligned"), read_aligned(tmp / "flink" / "aligned")
+    assert set(local.column("session_id").to_pylist()) == {"flink-a", "flink-b"}
+    assert local.num_rows > 250 and len(set(local.column("bucket").to_pylist())) >= 2
+    assert flink.schema.equals(local.schema)
+    assert flink.num_rows == local.num_rows
+    for name in local.column_names:
+        assert flink.column(name).equals(local.column(name)), name
+
+
+@pytest.mark.slow
+def test_flink_writes_the_same_files(runs) -> None:
+    tmp = runs["tmp"]
+    local, flink = _files(tmp / "local"), _files(tmp / "flink")
+    assert any(k.startswith("sync/session_id=flink-b") for k in local)  # the side-input path ran
+    assert sorted(flink) == sorted(local)
+    for rel in local:
+        assert flink[rel] == local[rel], rel
+
+
+@pytest.mark.slow
+def test_flink_dead_letters_and_accounting_equal_local(runs) -> None:
+    tmp = runs["tmp"]
+    drop = ["created_at_ns"]
+    local = read_dead_letters(tmp / "local" / "deadletter").drop_columns(drop)
+    flink = read_dead_letters(tmp / "flink" / "deadletter").drop_columns(drop)
+    assert local.num_rows >= 10
+    assert flink.equals(local)
+    lo, fl = runs["local"], runs["flink"]
+    for key in ("aligned_rows", "dead_letters", "dead_letters_by_reason", "status_by_stream",
+                "accounting", "sync"):
+        assert fl[key] == lo[key], key
+    assert all(a["balanced"] for a in fl["accounting"].values())
+    assert _ours(fl["counters"]) == _ours(lo["counters"])
+
+
+def test_flink_preset_args_and_errors() -> None:
+    args = flink_args("jobserver:8099", parallelism=2)
+    assert args == ["--job_endpoint=jobserver:8099", "--environment_type=LOOPBACK",
+                    "--parallelism=2"]
+    ext = flink_args("localhost:8099", environment="external", environment_config="localhost:50000")
+    assert "--environment_type=EXTERNAL" in ext and "--environment_config=localhost:50000" in ext
+    with pytest.raises(RunnerConfigError, match="environment_config"):
+        flink_args("localhost:8099", environment="EXTERNAL")
+    with runner_session("flink", ["--job_endpoint=h:1"]) as (runner, resolved):
+        assert runner == "PortableRunner"
+        assert resolved == ["--job_endpoint=h:1", "--environment_type=LOOPBACK"]
+    with pytest.raises(RunnerConfigError, match="job_endpoint"):
+        with runner_session("flink", ["--flink_master=localhost:8081"]):
+            pass
+    with runner_session("local", []) as (runner, resolved):
+        assert (runner, resolved) == ("DirectRunner", [])
+
+
+def test_cli_rejects_flink_master_with_exit_code_2(tmp_path: Path, capsys) -> None:
+    from pipelines.cli import main
+
+    code = main(["backfill", "--manifest", str(tmp_path / "m.yaml"), "--out", str(tmp_path),
+                 "--runner", "flink", "--", "--flink_master=localhost:8081"])
+    assert code == 2
+    assert "--job_endpoint" in capsys.readouterr().err
