@@ -214,7 +214,11 @@ def test_backfill_output_passes_with_expectations(rec, good, tmp_path):
     from pipelines import backfill
 
     out = tmp_path / "out"
-    backfill.run([rec / "manifest.yaml"], out, run_id="align-check-test")
+    # the same recording with spatial registration of cam1 onto cam0 (the backfill's stage)
+    m = yaml.safe_load((rec / "manifest.yaml").read_text())
+    m["registration"] = {"reference": "cam0", "cameras": ["cam1"]}
+    (rec / "manifest_reg.yaml").write_text(yaml.safe_dump(m))
+    backfill.run([rec / "manifest_reg.yaml"], out, run_id="align-check-test")
     p = align_check(out, "--json", script=SCRIPT.exists())
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rep = report_of(p)
@@ -223,7 +227,10 @@ def test_backfill_output_passes_with_expectations(rec, good, tmp_path):
     assert {r["expectation"] for r in ex["results"]} >= {
         "expect_column_values_to_be_increasing", "expect_column_values_to_be_in_type_list",
         "expect_column_values_to_be_between", "expect_column_values_to_be_in_set"}
-    assert rep["registration"]["state"] == "not run"
+    reg = rep["registration"]
+    assert reg["state"] == "run" and [c["camera"] for c in reg["cameras"]] == ["cam1"]
+    assert reg["cameras"][0]["ok"] > 0 and reg["cameras"][0]["failed"] == 0
+    assert {c["name"]: c["status"] for c in rep["checks"]}["reg_rmse:cam1"] == "pass"
     assert "Calculating Metrics" not in p.stderr              # GX kept quiet
     # the summary names the manifest: the recording's own rates and drops are in the report
     streams = {s["stream"]: s for s in rep["streams"]}
