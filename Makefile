@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv system-deps infra kafka-up kafka-down bench lint clean
+.PHONY: demo test test-fast venv system-deps infra kafka-up kafka-down prism bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,12 +29,17 @@ demo: $(STAMP)
 infra: $(STAMP)
 	$(PY) -m infra.kafka_broker fetch
 	$(PY) -m infra.flink_jobserver fetch
+	$(PY) -m infra.prism fetch
 
 kafka-up: infra
 	$(PY) -m infra.kafka_broker start
 
 kafka-down:
 	$(PY) -m infra.kafka_broker stop
+
+# Beam Prism (the streaming job's runner), built with Go from the Beam module
+prism: $(STAMP)
+	$(PY) -m infra.prism fetch
 
 test: $(STAMP) system-deps infra
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

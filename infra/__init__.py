@@ -118,7 +118,8 @@ def maven_fetch(
     lib = root / "lib"
     done = root / "fetched.json"
     with file_lock(cache_dir() / f".{name}.lock"):
-        if done.exists() and json.loads(done.read_text()).get("deps") == list(deps) and lib.is_dir():
+        same = done.exists() and json.loads(done.read_text()).get("deps") == list(deps)
+        if same and lib.is_dir():
             return lib
         mvn = require_tool("mvn", "install Maven (Debian: apt-get install maven) and Java 17.")
         require_tool("java", "install Java 17 (Debian: apt-get install openjdk-17-jre-headless).")
@@ -166,7 +167,8 @@ class PidFile:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             stat = Path(f"/proc/{pid}/stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] == "Z" and len(os.listdir(f"/proc/{pid}/task")) <= 1:
+            zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
+            if zombie and len(os.listdir(f"/proc/{pid}/task")) <= 1:
                 return None  # dead, not yet reaped (a zombie leader with live threads is alive)
         except OSError:
             return None

@@ -72,7 +72,8 @@ logger.apache.level = info
 """
 
 
-def _server_properties(data: Path, broker_port: int, controller_port: int, auto_create: bool) -> str:
+def _server_properties(data: Path, broker_port: int, controller_port: int,
+                       auto_create: bool) -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -261,7 +262,8 @@ class KafkaBroker:
             try:
                 admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
             except TopicAlreadyExistsError as exc:
-                raise InfraError(f"topic {name!r} already exists on {self.bootstrap_servers}") from exc
+                raise InfraError(
+                    f"topic {name!r} already exists on {self.bootstrap_servers}") from exc
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 try:
@@ -315,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             broker.start()
             print(f"kafka {KAFKA_VERSION} up on {broker.bootstrap_servers} "
-                  f"(pid {broker.pid}, {time.monotonic() - t0:.1f}s, log {broker.log_file})")  # fmt: skip
+                  f"(pid {broker.pid}, {time.monotonic() - t0:.1f}s, "
+                  f"log {broker.log_file})")
         elif args.command == "stop":
             print("stopped" if broker.stop() else "not running")
         else:

@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pipelines.features_cli import add_parser as add_features
     add_features(sub)
+    from pipelines.kafka_config import add_kafka_commands  # publish, stream, deadletter
+    add_kafka_commands(sub)
     return ap
 
 

@@ -518,7 +518,7 @@ def _write_transcript(path: Path, world: World, clock: ClockModel,
         if len(slots) == 1:
             slots[next(iter(slots))] = kinds
         else:
-            for (g, lst), kind in zip(slots.items(), kinds):
+            for lst, kind in zip(slots.values(), kinds):
                 lst.append(kind)
         for g, lst in slots.items():
             a, b = int(gaps[g][0]), int(gaps[g][1])
@@ -715,8 +715,9 @@ def generate_recording(out_dir: str | Path, *, seed: int = 0, duration_s: float 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Write a synthetic multimodal recording with known "
-                                            "ground truth (manifest.yaml, media, ground_truth.json).")
+    p = argparse.ArgumentParser(
+        description="Write a synthetic multimodal recording with known ground truth "
+                    "(manifest.yaml, media, ground_truth.json).")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, default=12.0, help="seconds (default 12)")

@@ -349,13 +349,26 @@ def _plain(col: pa.Array) -> pa.Array:
     return col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
 
 
+def meta_extents(session_id: str, pieces: list[Piece]) -> dict | None:
+    """Extents declared in the pieces' meta (``stream_extents``: {stream: (first, last)}, set
+    by a streaming producer that knows them; schemas/message.py), keyed like the side input."""
+    for piece in pieces:
+        declared = piece.meta.get("stream_extents")
+        if declared:
+            return {(session_id, s): (int(a), int(b)) for s, (a, b) in declared.items()}
+    return None
+
+
 class AlignBucketFn(beam.DoFn):
-    def __init__(self, plans: dict[str, SessionPlan]):
+    def __init__(self, plans: dict[str, SessionPlan], extents_from_meta: bool = False):
         self.plans = plans
+        self.extents_from_meta = extents_from_meta
 
     def process(self, element, extents=None):
         (session_id, bucket), pieces = element
         pieces = list(pieces)
+        if extents is None and self.extents_from_meta:
+            extents = meta_extents(session_id, pieces)
         for piece in pieces:
             if piece.role == "samples" and piece.owned:
                 beam.metrics.Metrics.counter("align", f"{piece.modality}.samples").inc(
@@ -369,16 +382,19 @@ class AlignBucketFn(beam.DoFn):
 class AlignBuckets(beam.PTransform):
     """((session, bucket), Piece) -> ((session, bucket), aligned table)."""
 
-    def __init__(self, plans: dict[str, SessionPlan], extents=None):
+    def __init__(self, plans: dict[str, SessionPlan], extents=None,
+                 extents_from_meta: bool = False):
         super().__init__()
         self.plans = plans
         self.extents = extents   # optional side input PCollection of ((session, stream), span)
+        self.extents_from_meta = extents_from_meta   # streaming: extents declared in meta
 
     def expand(self, keyed_pieces):
         side = {} if self.extents is None else {"extents": beam.pvalue.AsDict(self.extents)}
         return (keyed_pieces
                 | "GroupBucket" >> beam.GroupByKey()
-                | "JoinBucket" >> beam.ParDo(AlignBucketFn(self.plans), **side))
+                | "JoinBucket" >> beam.ParDo(AlignBucketFn(self.plans, self.extents_from_meta),
+                                             **side))
 
 
 def chunk_extent(chunk) -> tuple[tuple[str, str], tuple[int, int]]:

@@ -51,6 +51,10 @@ _REASONS = {
     "dtype": "wrong_type",
 }
 
+# Chunk.meta key whose dict (e.g. the Kafka topic/partition/offset a chunk came from) is
+# copied into the attrs of every dead letter the chunk yields.
+ORIGIN_META_KEY = "origin"
+
 _CONTROL = "".join(chr(c) for c in range(32) if chr(c) not in "\n\t") + "\x7f"
 
 
@@ -177,7 +181,8 @@ def validate_chunk(chunk: Chunk, options: dict | None = None,
             run_id=run_id, session_id=chunk.session_id, stream_id=chunk.stream_id,
             modality=chunk.modality, source_uri=chunk.source_uri, position=chunk.position(r),
             event_time_ns=int(t[r]) if t[r] != np.iinfo(np.int64).min else None,
-            payload=_row_payload(scalars, r), payload_format="json"))
+            payload=_row_payload(scalars, r), payload_format="json",
+            attrs=dict(chunk.meta.get(ORIGIN_META_KEY) or {})))
     keep = np.ones(n, bool)
     keep[list(reasons)] = False
     good = chunk.data.filter(pa.array(keep))
@@ -199,7 +204,8 @@ class ValidateFn(beam.DoFn):
                 "validate", e, "validator_error", run_id=self.run_id,
                 session_id=chunk.session_id, stream_id=chunk.stream_id, modality=m,
                 source_uri=chunk.source_uri, position=f"chunk={chunk.seq}",
-                attrs={"rows": str(chunk.num_records)})]
+                attrs={"rows": str(chunk.num_records),
+                       **(chunk.meta.get(ORIGIN_META_KEY) or {})})]
             good = None
             beam.metrics.Metrics.counter("validate", f"{m}.dead").inc(chunk.num_records)
         else:

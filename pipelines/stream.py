@@ -1,0 +1,256 @@
+"""The always-on streaming job: Kafka topics -> aligned Parquet + the dead-letter topic.
+
+    topics -> ReadKafka (SDF over all partitions, event time, watermark) -> ingest (envelope ->
+    Chunk) -> Validate -> ApplyClockFn -> AssignBuckets -> AlignBuckets -> post-align stages
+    -> Parquet (OUT/aligned, one file per bucket, deterministic names)
+    bad/late records at every stage -> dead-letter topic (Kafka Connect headers)
+
+The transforms after ingest are the backfill's own (pipelines/backfill.py). Differences:
+clocks are the declared ones (DTW-sync needs a whole recording), stream extents come from
+the producer's declaration in the envelope, and allowed lateness is realised by holding the
+watermark back (``max event time - max_out_of_orderness - allowed_lateness - clock slack``)
+so every accepted record is on time for its bucket window and records later than that are
+dead letters (``ingest/too_late``), never silent drops.
+
+Offsets: the job reads from the consumer group's committed offsets (earliest when none) and
+commits, when it stops after draining, the next offset of every partition it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from deadletter.kafka_topic import WriteDeadLettersToKafkaFn
+from pipelines.backfill import Job, new_run_id, post_align_stages, prepare
+from pipelines.kafka_config import KafkaSettings
+from schemas.envelope import Chunk
+from schemas.manifest import ManifestError
+from schemas.message import MessageError, decode_chunk, split
+from transforms.align import AlignBuckets
+from transforms.buckets import AssignBuckets
+from transforms.clock import ApplyClockFn
+from transforms.kafka_io import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
+from transforms.parquet_sink import WriteAlignedFn
+from transforms.validate import ORIGIN_META_KEY, Validate
+
+DRIFT_BUDGET_S = 3600.0   # clock slack covers drift over this much recording time
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    group_id: str = "mmalign-stream"
+    max_out_of_orderness_s: float = 2.0
+    allowed_lateness_s: float = 2.0
+    stop_after_idle_s: float | None = None
+    payload_roots: tuple[str, ...] = ()
+    poll_ms: int = 300
+
+
+def clock_slack_ns(job: Job) -> int:
+    """How far a declared clock can move a sample *earlier* (reference < device time)."""
+    worst = 0
+    for m in job.declared.values():
+        worst = max(worst, -m.offset_ns + int(abs(m.drift) * DRIFT_BUDGET_S * 1e9))
+    return max(0, worst)
+
+
+class IngestFn(beam.DoFn):
+    """KafkaRecord -> Chunk (with its Kafka origin in meta) or a DeadLetter (stage ingest)."""
+
+    def __init__(self, streams: dict[tuple[str, str], str], payload_roots: tuple[str, ...],
+                 run_id: str):
+        self.streams = streams            # (session, stream) -> modality
+        self.payload_roots = payload_roots
+        self.run_id = run_id
+
+    def process(self, rec: KafkaRecord):
+        try:
+            chunk = decode_chunk(rec.value, self.payload_roots)
+        except MessageError as e:
+            try:
+                header, _ = split(rec.value)
+            except MessageError:
+                header = None
+            beam.metrics.Metrics.counter("ingest", "dead").inc()
+            yield beam.pvalue.TaggedOutput("dead", rec.dead(
+                "ingest", e.reason, "PoisonMessage", str(e), header).with_run(self.run_id))
+            return
+        modality = self.streams.get(chunk.key)
+        if modality != chunk.modality:
+            why = ("is not in the job's manifests" if modality is None
+                   else f"is {modality} in the manifest, not {chunk.modality}")
+            yield beam.pvalue.TaggedOutput("dead", rec.dead(
+                "ingest", "unknown_stream", "UnknownStream",
+                f"stream {chunk.session_id}/{chunk.stream_id} {why}",
+                {"session": chunk.session_id, "stream": chunk.stream_id,
+                 "modality": chunk.modality}).with_run(self.run_id))
+            return
+        beam.metrics.Metrics.counter("ingest", f"{chunk.modality}.records").inc(
+            chunk.num_records)
+        yield Chunk(**{**chunk.__dict__, "meta": {**chunk.meta, ORIGIN_META_KEY: rec.attrs()}})
+
+
+def partition_specs(settings: KafkaSettings, topics: list[str], group_id: str
+                    ) -> list[PartitionSpec]:
+    """One spec per partition of ``topics``, starting at the group's committed offset."""
+    from kafka import KafkaConsumer, TopicPartition
+    consumer = KafkaConsumer(**settings.common(), group_id=group_id, enable_auto_commit=False)
+    try:
+        specs = []
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                raise ManifestError(f"Kafka topic {topic!r} does not exist on "
+                                    f"{settings.bootstrap_servers}; publish to it first or "
+                                    f"create it")
+            for p in sorted(parts):
+                tp = TopicPartition(topic, p)
+                committed = consumer.committed(tp)
+                if committed is None:
+                    committed = consumer.beginning_offsets([tp])[tp]
+                specs.append(PartitionSpec(topic, p, int(committed)))
+        return specs
+    finally:
+        consumer.close()
+
+
+def commit_offsets(settings: KafkaSettings, group_id: str, progress_dir: Path) -> dict:
+    """Commit each finished partition's next offset for ``group_id``; returns them."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+    done = {}
+    for f in sorted(progress_dir.glob("*.done.json")):
+        topic, _, part = f.name[:-len(".done.json")].rpartition("-")
+        done[TopicPartition(topic, int(part))] = json.loads(f.read_text())["next"]
+    if done:
+        consumer = KafkaConsumer(**settings.common(), group_id=group_id,
+                                 enable_auto_commit=False)
+        try:
+            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in done.items()})
+        finally:
+            consumer.close()
+    return {f"{tp.topic}/{tp.partition}": o for tp, o in done.items()}
+
+
+def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, specs: list[PartitionSpec],
+          opts: StreamOptions, progress_dir: Path) -> dict:
+    """Wire the streaming job into ``p``; returns the named PCollections."""
+    options = {s.id: s.options for m in job.manifests for s in m.streams}
+    streams = {(m.session, s.id): s.modality for m in job.manifests for s in m.streams}
+    bound = round(opts.max_out_of_orderness_s * 1e9)
+    lateness = round(opts.allowed_lateness_s * 1e9)
+    reader = ReadKafkaFn(
+        settings, max_out_of_orderness_ns=bound,
+        allowed_lateness_ns=lateness, clock_slack_ns=clock_slack_ns(job),
+        progress_dir=str(progress_dir),
+        stop_after_idle_s=opts.stop_after_idle_s, poll_ms=opts.poll_ms)
+    read = p | "ReadKafka" >> ReadKafka(specs, reader)
+    ingested = read.records | "Ingest" >> beam.ParDo(
+        IngestFn(streams, opts.payload_roots, job.run_id)).with_outputs("dead", main="chunks")
+    valid = ingested.chunks | "Validate" >> Validate(options, job.run_id)
+    clocked = valid.chunks | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
+    margins = {(sid, st.stream_id): st.margin_ns()
+               for sid, plan in job.plans.items() for st in plan.streams}
+    anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
+    tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
+    aligned = (clocked
+               | "Buckets" >> AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
+               | "Align" >> AlignBuckets(job.plans, extents_from_meta=True))
+    stage_dead = []
+    for name, stage in post_align_stages(job):
+        out = aligned | name >> stage
+        aligned = out.main
+        stage_dead.append(out.dead)
+    written = aligned | "WriteAligned" >> beam.ParDo(
+        WriteAlignedFn(str(job.out / "aligned"), job.metadata()))
+    dead = ((read.dead, ingested.dead, valid.dead, *stage_dead) | "AllDead" >> beam.Flatten()
+            | "DeadLetterTopic" >> beam.ParDo(WriteDeadLettersToKafkaFn(settings, job.run_id)))
+    return {"aligned": aligned, "written": written, "dead": dead}
+
+
+def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettings,
+        opts: StreamOptions, *, pipeline_args: list[str] | None = None,
+        run_id: str | None = None) -> dict:
+    """Run the streaming job until it stops (``stop_after_idle_s``) or is cancelled."""
+    job = prepare(manifest_paths, out, run_id or new_run_id())
+    if any(s.sync for m in job.manifests for s in m.streams):
+        raise ManifestError("streams with 'sync' (DTW clock estimation) need a whole "
+                            "recording; run them with `mmalign backfill`, or declare their "
+                            "clocks in the calibration for streaming")
+    if any(plan.sets for plan in job.plans.values()):
+        raise ManifestError("alignment.ticks.sets (approximate-time sets) is batch-only; use "
+                            "an anchor stream or rate_hz for streaming")
+    modalities = sorted({s.modality for m in job.manifests for s in m.streams})
+    topics = [settings.topic_for(mod) for mod in modalities]
+    specs = partition_specs(settings, topics, opts.group_id)
+    progress = job.out / "_stream" / job.run_id
+    progress.mkdir(parents=True, exist_ok=True)
+    args = pipeline_args
+    if args is None:
+        from infra.prism import pipeline_args as prism_args
+        args = prism_args(streaming=True)
+    t0 = time.perf_counter()
+    with beam.Pipeline(options=PipelineOptions(args)) as p:
+        build(p, job, settings, specs, opts, progress)
+    committed = commit_offsets(settings, opts.group_id, progress)
+    summary = {"run_id": job.run_id, "elapsed_s": round(time.perf_counter() - t0, 3),
+               "started_at": {f"{s.topic}/{s.partition}": s.start for s in specs},
+               "committed": committed, "kafka": settings.redacted(),
+               "counters": _counters(p.result)}
+    (job.out / "_stream" / f"{job.run_id}.json").write_text(
+        json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def _counters(result) -> dict[str, int]:
+    try:
+        found = result.metrics().query()["counters"]
+    except Exception:  # noqa: BLE001 -- some runners report no metrics; the run still counts
+        return {}
+    out: dict[str, int] = {}
+    for c in found:
+        name = f"{c.key.metric.namespace}.{c.key.metric.name}"
+        out[name] = out.get(name, 0) + int(c.committed or c.attempted or 0)
+    return dict(sorted(out.items()))
+
+
+
+def cmd_stream(ns) -> int:
+    """`mmalign stream`: exit 0 stopped cleanly, 1 Kafka/runner failure, 2 bad input."""
+    import sys
+
+    from kafka.errors import KafkaError
+
+    from infra import InfraError
+    from pipelines.kafka_config import KafkaConfigError, settings_from_args
+    try:
+        settings = settings_from_args(ns)
+        opts = StreamOptions(group_id=ns.group_id, max_out_of_orderness_s=ns.out_of_orderness,
+                             allowed_lateness_s=ns.allowed_lateness,
+                             stop_after_idle_s=ns.stop_after_idle,
+                             payload_roots=tuple(ns.payload_root or ()))
+        summary = run(ns.manifest, ns.out, settings, opts,
+                      pipeline_args=ns.pipeline_args or None, run_id=ns.run_id)
+    except KafkaConfigError as e:
+        print(f"mmalign stream: {e}", file=sys.stderr)
+        return 2
+    except (KafkaError, InfraError) as e:
+        print(f"mmalign stream: {type(e).__name__}: {e}; is the broker up (make kafka-up)?",
+              file=sys.stderr)
+        return 1
+    if ns.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        c = summary["counters"]
+        print(f"stream run {summary['run_id']} stopped after {summary['elapsed_s']:.1f} s: "
+              f"{c.get('sink.aligned.rows', 0)} aligned rows -> {Path(ns.out) / 'aligned'}, "
+              f"{sum(v for k, v in c.items() if k.startswith('deadletter.kafka.'))} dead "
+              f"letters -> {settings.deadletter_topic}; committed offsets "
+              f"{summary['committed']} for group {opts.group_id}")
+    return 0

@@ -1,0 +1,122 @@
+"""`mmalign publish` and `mmalign deadletter inspect|replay` run as a user runs them, on a real
+broker."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from deadletter.kafka_topic import H
+from pipelines.kafka_config import MODALITY_TOPICS
+from pipelines.sample_recording import generate_recording
+from schemas.message import decode_chunk
+from transforms.decode import decode_file
+
+pytestmark = pytest.mark.slow
+
+
+def _mmalign(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def _read_all(bootstrap: str, topic: str) -> list:
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                      enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, 0)
+        c.assign([tp])
+        end = c.end_offsets([tp])[tp]
+        out = []
+        while len(out) < end:
+            for msgs in c.poll(timeout_ms=2000).values():
+                out.extend(msgs)
+        return out
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def published(kafka_broker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("publish")
+    manifest = generate_recording(tmp / "rec", seed=3, duration_s=4.0)
+    tag = uuid.uuid4().hex[:8]
+    topics = {"MMALIGN_KAFKA_DEADLETTER_TOPIC": f"dlq.{tag}",
+              **{f"MMALIGN_KAFKA_TOPIC_{m.upper()}": f"{t}.{tag}"
+                 for m, t in MODALITY_TOPICS.items()}}
+    for t in topics.values():
+        kafka_broker.create_topic(t, 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMALIGN_KAFKA_")}
+    env.update(topics)
+    boot = ["--bootstrap-servers", kafka_broker.bootstrap_servers]
+    proc = _mmalign("publish", "--manifest", str(manifest), "--json", *boot, env=env)
+    return {"tmp": tmp, "manifest": manifest, "env": env, "boot": boot, "proc": proc,
+            "tag": tag}
+
+
+def test_publish_sends_every_decoded_chunk_keyed_by_session(kafka_broker, published):
+    proc = published["proc"]
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    from schemas.manifest import load_manifest
+    m = load_manifest(published["manifest"])
+    expected = collections.Counter()
+    rows = collections.Counter()
+    for s in m.streams:
+        for f in s.files:
+            for out in decode_file(s, m.resolve(f, "f"), session_id=m.session):
+                if hasattr(out, "num_records") and out.num_records:
+                    expected[s.modality] += 1
+                    rows[s.id] += out.num_records
+    got_rows = collections.Counter()
+    for modality, n in expected.items():
+        topic = published["env"][f"MMALIGN_KAFKA_TOPIC_{modality.upper()}"]
+        assert report["messages"][topic] == n
+        records = _read_all(kafka_broker.bootstrap_servers, topic)
+        assert len(records) == n
+        for r in records:
+            assert r.key == m.session.encode()
+            chunk = decode_chunk(r.value)
+            assert chunk.modality == modality
+            got_rows[chunk.stream_id] += chunk.num_records
+    assert got_rows == rows
+    assert report["decode_dead"] >= 1
+
+
+def test_deadletter_inspect_lists_decode_letters_with_connect_headers(kafka_broker, published):
+    env, boot = published["env"], published["boot"]
+    proc = _mmalign("deadletter", "inspect", "--json", *boot, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["records"] == json.loads(published["proc"].stdout)["decode_dead"]
+    assert all(k.startswith("decode/") for k in out["by_reason"])
+    raw = _read_all(kafka_broker.bootstrap_servers, env["MMALIGN_KAFKA_DEADLETTER_TOPIC"])
+    for m in raw:
+        h = dict(m.headers)
+        assert h[H + "stage"] == b"decode" and h[H + "exception.class.name"]
+        assert h[H + "exception.message"] and h["mmalign.session"]
+    text = _mmalign("deadletter", "inspect", *boot, env=env)
+    assert text.returncode == 0 and f"{out['records']} dead letters" in text.stdout
+
+
+def test_replay_skips_letters_that_did_not_come_from_a_topic(published):
+    proc = _mmalign("deadletter", "replay", "--json", *published["boot"], env=published["env"])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["sent"] == {} and sum(out["skipped"].values()) >= 1
+
+
+def test_bad_settings_exit_2_and_unreachable_broker_exit_1(published, tmp_path):
+    bad = _mmalign("deadletter", "inspect", env={**published["env"], "MMALIGN_KAFKA_NOPE": "1"})
+    assert bad.returncode == 2 and "MMALIGN_KAFKA_NOPE" in bad.stderr
+    down = _mmalign("deadletter", "inspect", "--bootstrap-servers", "127.0.0.1:9",
+                    "--timeout", "1", env=published["env"])
+    assert down.returncode == 1 and "Kafka" in down.stderr
+    assert "Traceback" not in bad.stderr + down.stderr

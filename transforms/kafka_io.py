@@ -1,0 +1,339 @@
+"""Kafka in Beam with kafka-python: one unbounded splittable DoFn element reads every partition.
+
+``ReadKafkaFn`` takes a ``ReadPlan`` (the partitions and where each starts) and its
+restriction, ``Positions``, holds the next offset and the max event time seen of every
+partition; it checkpoints itself after every poll (``defer_remainder``), so the runner keeps
+streaming, and a resumed residual knows exactly where each partition was.
+
+Why one element and not one restriction per partition: Beam Prism (2.77) takes a stage's
+output watermark from the *last* finished bundle's watermark estimate, so with several
+partitions in flight the fastest one's watermark wins and the others' records are silently
+dropped as late downstream (measured: 3 topics x 400 messages, 120/120/330 arrived). One
+reader with one watermark is correct on any runner; a poll reads all partitions at once.
+
+Event time and watermark: a record is stamped ``event time - clock slack`` (no later than any
+reference time the clock stage can give its samples). The watermark is the minimum over
+partitions of ``max event time seen - (out-of-orderness + lateness + clock slack)``; a
+partition with no backlog (caught up with its end offset) does not hold it back unless every
+partition is caught up, so a quiet topic does not stall the job. A record whose event time is
+below ``max seen on its partition - out-of-orderness - allowed lateness``, or that would be
+stamped behind the watermark already set, is too late: it becomes a DeadLetter (stage
+"ingest", reason ``too_late``), never a silent drop. Unreadable values are passed on (ingest
+dead-letters them with the reason). With ``stop_after_idle_s`` the reader finishes once every
+partition has been caught up for that long; the pipeline then drains its windows and ends.
+
+Progress: every read offset is appended to ``<progress_dir>/<topic>-<p>.jsonl`` (offset, last
+sample time, late flag) and, on finishing, ``<topic>-<p>.done.json`` holds the next offset;
+pipelines/stream.py commits those for the consumer group.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from deadletter.kafka_topic import REPLAYED_ATTR, kafka_attrs
+from deadletter.record import DeadLetter
+from schemas.message import MessageError, split
+
+FINISH = "finish"          # claim this to end the restriction (every partition stops)
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    topic: str
+    partition: int
+    start: int                          # first offset to read
+    replay_below: int = 0               # offsets below this were processed by an earlier run
+    skip: tuple[int, ...] = ()          # offsets an earlier run sent to the DLQ as too late
+    max_event_ns: int | None = None     # max event time an earlier run saw (late checks)
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """The SDF element: every partition the job reads."""
+    specs: tuple[PartitionSpec, ...]
+
+
+@dataclass(frozen=True)
+class Positions:
+    """The restriction: per partition the next offset and the max event time seen so far.
+    ``done`` marks a restriction that was checkpointed or finished (nothing left to claim)."""
+    next: tuple[int, ...]
+    max_event: tuple[int | None, ...]
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+    replayed: bool = False
+    headers: tuple = field(default=())
+    too_late: str = ""                  # why the reader found it too late ("" = on time)
+    event_ns: int | None = None
+
+    def attrs(self) -> dict[str, str]:
+        a = kafka_attrs(self.topic, self.partition, self.offset, self.timestamp_ms, self.key)
+        if self.replayed:
+            a[REPLAYED_ATTR] = "1"
+        return a
+
+    def dead(self, stage: str, reason: str, error_class: str, message: str,
+             header: dict | None = None, event_time_ns: int | None = None) -> DeadLetter:
+        h = header or {}
+        return DeadLetter(stage=stage, error_class=error_class, reason=reason,
+                          message=message, session_id=h.get("session") or (
+                              self.key.decode("utf-8", "replace") if self.key else None),
+                          stream_id=h.get("stream"), modality=h.get("modality"),
+                          source_uri=f"kafka://{self.topic}/{self.partition}",
+                          position=f"offset={self.offset}", event_time_ns=event_time_ns,
+                          payload=self.value, payload_format="kafka-value", attrs=self.attrs())
+
+
+class PositionsTracker(RestrictionTracker):
+    """Claims ``(partition index, offset, max event time)`` in order per partition.
+    Only checkpoints split it (``try_split(0)``): the partitions are read by one reader."""
+
+    def __init__(self, restriction: Positions):
+        self._start = restriction
+        self._next = list(restriction.next)
+        self._max = list(restriction.max_event)
+        self._done = restriction.done
+
+    def current_restriction(self) -> Positions:
+        return Positions(tuple(self._next), tuple(self._max), self._done)
+
+    def try_claim(self, position) -> bool:
+        if self._done:
+            return False
+        if position == FINISH:
+            self._done = True
+            return True
+        i, offset, max_event = position
+        if offset < self._next[i]:
+            raise ValueError(f"partition {i}: offset {offset} claimed after {self._next[i] - 1}")
+        self._next[i] = offset + 1
+        self._max[i] = max_event
+        return True
+
+    def try_split(self, fraction_of_remainder):
+        if fraction_of_remainder != 0 or self._done:
+            return None
+        self._done = True
+        return (Positions(tuple(self._next), tuple(self._max), True),
+                Positions(tuple(self._next), tuple(self._max), False))
+
+    def check_done(self):
+        if not self._done:
+            raise ValueError("Kafka read stopped without a checkpoint or FINISH claim")
+
+    def current_progress(self) -> RestrictionProgress:
+        read = sum(n - s for n, s in zip(self._next, self._start.next, strict=True))
+        # unbounded: like an offset range up to 2**63, so runner splits see ~0 % done
+        return RestrictionProgress(completed=float(read), remaining=float(2**63 - read))
+
+    def is_bounded(self) -> bool:
+        return False
+
+
+class _Plan(RestrictionProvider):
+    def initial_restriction(self, plan: ReadPlan) -> Positions:
+        return Positions(tuple(s.start for s in plan.specs),
+                         tuple(s.max_event_ns for s in plan.specs))
+
+    def create_tracker(self, restriction: Positions) -> PositionsTracker:
+        return PositionsTracker(restriction)
+
+    def restriction_size(self, plan, restriction) -> int:
+        return 1
+
+    def split(self, plan, restriction):
+        yield restriction
+
+    def truncate(self, plan, restriction):
+        return None   # drain: stop reading
+
+
+def event_time_ns(value: bytes | None) -> tuple[int | None, dict | None]:
+    """(t_ns, header) of an envelope, (None, None) if the value is not readable."""
+    try:
+        header, _ = split(value)
+    except MessageError:
+        return None, None
+    return int(header["t_ns"]), header
+
+
+def plan_watermark_ns(max_event: list[int | None], caught_up: list[bool], hold_ns: int
+                      ) -> int | None:
+    """min over partitions of ``max event - hold``; caught-up partitions only count when all
+    are caught up; None while a partition with a backlog has not shown an event time yet."""
+    behind = [m for m, c in zip(max_event, caught_up, strict=True) if not c]
+    if any(m is None for m in behind):
+        return None
+    known = [m for m in (behind or max_event) if m is not None]
+    return min(known) - hold_ns if known else None
+
+
+@beam.DoFn.unbounded_per_element()
+class ReadKafkaFn(beam.DoFn):
+    """ReadPlan -> KafkaRecord, event-timestamped (too-late ones marked, at the watermark)."""
+
+    def __init__(self, settings, *, max_out_of_orderness_ns: int, allowed_lateness_ns: int,
+                 progress_dir: str, stop_after_idle_s: float | None, clock_slack_ns: int = 0,
+                 poll_ms: int = 300, max_poll_records: int = 500):
+        self.settings = settings
+        self.bound_ns = max_out_of_orderness_ns
+        self.lateness_ns = allowed_lateness_ns
+        self.hold_ns = max_out_of_orderness_ns + allowed_lateness_ns + clock_slack_ns
+        self.slack_ns = clock_slack_ns
+        self.progress_dir = progress_dir
+        self.stop_after_idle_s = stop_after_idle_s
+        self.poll_ms = poll_ms
+        self.max_poll_records = max_poll_records
+        self._consumer = None
+        self._idle_since: float | None = None
+
+    def teardown(self):
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def _assigned(self, plan: ReadPlan, positions: Positions):
+        from kafka import KafkaConsumer, TopicPartition
+        tps = [TopicPartition(s.topic, s.partition) for s in plan.specs]
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(**self.settings.common(), group_id=None,
+                                           enable_auto_commit=False,
+                                           auto_offset_reset="earliest",
+                                           max_poll_records=self.max_poll_records)
+            self._consumer.assign(tps)
+        for tp, nxt in zip(tps, positions.next, strict=True):
+            if self._consumer.position(tp) != nxt:
+                self._consumer.seek(tp, nxt)
+        return self._consumer, tps
+
+    def _caught_up(self, consumer, tps, nxt: list[int]) -> list[bool] | None:
+        from kafka.errors import KafkaError
+        try:
+            end = consumer.end_offsets(tps)
+        except KafkaError:
+            return None            # broker unreachable: unknown, keep waiting
+        return [end.get(tp) is not None and n >= end[tp] for tp, n in zip(tps, nxt, strict=True)]
+
+    def _append_progress(self, spec: PartitionSpec, rows: list[dict]) -> None:
+        path = Path(self.progress_dir) / f"{spec.topic}-{spec.partition}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+    def process(self, plan: ReadPlan, tracker=beam.DoFn.RestrictionParam(_Plan()),
+                wm=beam.DoFn.WatermarkEstimatorParam(
+                    ManualWatermarkEstimator.default_provider())):
+        positions = tracker.current_restriction()
+        consumer, tps = self._assigned(plan, positions)
+        index = {(tp.topic, tp.partition): i for i, tp in enumerate(tps)}
+        nxt, max_e = list(positions.next), list(positions.max_event)
+        current = wm.current_watermark()
+        wm_ns = None if current is None or current.micros <= -(2**62) else current.micros * 1000
+        polled = consumer.poll(timeout_ms=self.poll_ms)
+        rows: dict[int, list[dict]] = {}
+        for tp, batch in polled.items():
+            i = index[(tp.topic, tp.partition)]
+            spec = plan.specs[i]
+            for m in batch:
+                if m.offset < nxt[i]:
+                    continue
+                rec = KafkaRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp,
+                                  m.offset < spec.replay_below, tuple(m.headers or ()))
+                e, header = event_time_ns(m.value)
+                late = e is not None and (m.offset in spec.skip or (not rec.replayed and (
+                    (max_e[i] is not None and e < max_e[i] - self.bound_ns - self.lateness_ns)
+                    or (wm_ns is not None and e - self.slack_ns < wm_ns))))
+                new_max = max_e[i] if e is None or late else max(e, max_e[i] or e)
+                if not tracker.try_claim((i, m.offset, new_max)):
+                    break
+                nxt[i], max_e[i] = m.offset + 1, new_max
+                t_last = header.get("t_last_ns", e) if header else None
+                rows.setdefault(i, []).append(
+                    {"o": m.offset, "t": t_last, **({"late": 1} if late else {})})
+                if m.offset in spec.skip:      # an earlier run dead-lettered it as too late
+                    continue
+                if e is None:                  # poison: ingest dead-letters it with the reason
+                    yield beam.window.TimestampedValue(
+                        rec, Timestamp(micros=(wm_ns or 0) // 1000))
+                elif late:                     # dead-lettered by SplitLateFn
+                    yield beam.window.TimestampedValue(replace(rec, event_ns=e, too_late=(
+                        f"event time {e} ns on {m.topic}/{m.partition} is behind the latest "
+                        f"event time {max_e[i]} ns by more than the out-of-orderness "
+                        f"{self.bound_ns / 1e9:g} s + allowed lateness "
+                        f"{self.lateness_ns / 1e9:g} s (or behind the watermark)")),
+                        Timestamp(micros=(wm_ns or 0) // 1000))
+                else:
+                    beam.metrics.Metrics.counter("ingest", "records").inc()
+                    yield beam.window.TimestampedValue(
+                        rec, Timestamp(micros=(e - self.slack_ns) // 1000))
+        for i, r in rows.items():
+            self._append_progress(plan.specs[i], r)
+        caught_up = self._caught_up(consumer, tps, nxt)
+        target = plan_watermark_ns(max_e, caught_up or [False] * len(tps), self.hold_ns)
+        if target is not None and (wm_ns is None or target > wm_ns):
+            wm.set_watermark(Timestamp(micros=target // 1000))
+        if polled or not caught_up or not all(caught_up):
+            self._idle_since = None
+        elif self.stop_after_idle_s is not None:
+            self._idle_since = self._idle_since or time.monotonic()
+            if time.monotonic() - self._idle_since >= self.stop_after_idle_s:
+                if tracker.try_claim(FINISH):
+                    self._finish(plan, nxt, max_e)
+                return
+        tracker.defer_remainder(Duration(micros=0 if polled else 100_000))
+
+    def _finish(self, plan: ReadPlan, nxt: list[int], max_e: list[int | None]) -> None:
+        for spec, n, m in zip(plan.specs, nxt, max_e, strict=True):
+            path = Path(self.progress_dir) / f"{spec.topic}-{spec.partition}.done.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"next": n, "max_event_ns": m}))
+        self._idle_since = None
+        self.teardown()
+
+
+class SplitLateFn(beam.DoFn):
+    """Too-late records (marked by the reader, stamped at its watermark) -> DeadLetter
+    (stage ingest, reason too_late) on "dead"; the rest pass on."""
+
+    def process(self, rec: KafkaRecord):
+        if not rec.too_late:
+            yield rec
+            return
+        beam.metrics.Metrics.counter("ingest", "too_late").inc()
+        _, header = event_time_ns(rec.value)
+        yield beam.pvalue.TaggedOutput("dead", rec.dead(
+            "ingest", "too_late", "LateRecord", rec.too_late, header, rec.event_ns))
+
+
+class ReadKafka(beam.PTransform):
+    """PBegin -> {"records": KafkaRecord, "dead": DeadLetter} for the given partitions."""
+
+    def __init__(self, specs: list[PartitionSpec], fn: ReadKafkaFn):
+        super().__init__()
+        self.specs = tuple(specs)
+        self.fn = fn
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Plan" >> beam.Create([ReadPlan(self.specs)])
+                | "ReadPartitions" >> beam.ParDo(self.fn)
+                | "SplitLate" >> beam.ParDo(SplitLateFn()).with_outputs("dead", main="records"))
