@@ -99,7 +99,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000_000, help="sensor samples (ticks = n/10)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per join (best taken)")
+    ap.add_argument("--quick", action="store_true", help="n = 1M, 1 run (smoke run)")
     ns = ap.parse_args(argv)
+    if ns.quick:
+        ns.n, ns.repeat = 1_000_000, 1
     sizes = [max(ns.n // 10, 1000), ns.n]
     rows = []
     for n in sizes:

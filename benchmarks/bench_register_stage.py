@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=12.0, help="recording length, seconds")
     ap.add_argument("--repeat", type=int, default=2, help="runs per variant (best is kept)")
     ap.add_argument("--no-tick", action="store_true", help="skip tick mode (slow: ECC per tick)")
+    ap.add_argument("--quick", action="store_true", help="6 s, 1 run, no tick mode")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.duration, a.repeat, a.no_tick = 6.0, 1, True
     with tempfile.TemporaryDirectory(prefix="bench_register_stage_") as tmp:
         tmp = Path(tmp)
         manifest = generate_recording(tmp / "rec", seed=0, duration_s=a.duration,
