@@ -32,7 +32,14 @@ def _runner_args(ns):
 
 def cmd_generate(ns) -> int:
     from pipelines.sample_recording import generate_recording
-    path = generate_recording(ns.out, seed=ns.seed, duration_s=ns.duration)
+    try:
+        path = generate_recording(ns.out, seed=ns.seed, duration_s=ns.duration,
+                                  declare_clocks=not ns.undeclared_clocks,
+                                  bad_records=not ns.no_bad_records, session=ns.session,
+                                  registration=ns.registration)
+    except ValueError as e:
+        print(f"mmalign generate: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"sample recording written: manifest {path}")
     return EXIT_OK
 
@@ -101,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--duration", type=float, default=12.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--session", default="demo-001")
+    p.add_argument("--undeclared-clocks", action="store_true",
+                   help="leave clocks out of the calibration; the manifest asks for DTW-sync")
+    p.add_argument("--no-bad-records", action="store_true", help="plant no bad records")
+    p.add_argument("--registration", action="store_true",
+                   help="add a registration section (cam1 onto cam0) to the manifest")
     p.set_defaults(fn=cmd_generate)
 
     from pipelines.features_cli import add_parser as add_features
