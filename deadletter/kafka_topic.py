@@ -10,10 +10,14 @@ row's copy (JSON) when it is about one row of a chunk; headers say where it came
     __connect.errors.connector.name                   "mmalign"
     mmalign.reason, mmalign.session, mmalign.stream, mmalign.modality, mmalign.position,
     mmalign.source_uri, mmalign.run_id, mmalign.event_time_ns   (when known)
+    mmalign.letter_id                                 ``letter_id``: the same bad record gives
+                                                      the same id in every run (restarts skip
+                                                      ids already on the topic)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -28,7 +32,7 @@ H = "__connect.errors."
 # DeadLetter.attrs keys that carry the original Kafka coordinates
 KAFKA_ATTRS = ("kafka.topic", "kafka.partition", "kafka.offset", "kafka.timestamp_ms",
                "kafka.key")
-REPLAYED_ATTR = "kafka.replayed"   # "1": this letter was already sent by an earlier run
+LETTER_ID = "mmalign.letter_id"
 
 
 def kafka_attrs(topic: str, partition: int, offset: int, timestamp_ms: int | None,
@@ -41,6 +45,16 @@ def kafka_attrs(topic: str, partition: int, offset: int, timestamp_ms: int | Non
     return a
 
 
+def letter_id(d: DeadLetter) -> str:
+    """A stable id of what went wrong where: stage, reason, error class, session, stream,
+    position, source and the original Kafka record; not the run, the time or the message."""
+    a = d.attrs
+    key = [d.stage, d.reason, d.error_class, d.session_id, d.stream_id, d.modality,
+           d.position, d.source_uri, d.event_time_ns,
+           *(a.get(k) for k in ("kafka.topic", "kafka.partition", "kafka.offset"))]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+
+
 def to_record(d: DeadLetter) -> tuple[bytes | None, bytes | None, list, int | None]:
     """(key, value, headers, timestamp_ms) of the dead-letter topic record for ``d``."""
     a = d.attrs
@@ -50,6 +64,7 @@ def to_record(d: DeadLetter) -> tuple[bytes | None, bytes | None, list, int | No
         H + "exception.message": d.message,
         H + "connector.name": "mmalign",
         "mmalign.reason": d.reason,
+        LETTER_ID: letter_id(d),
     }
     if "kafka.topic" in a:
         headers |= {H + "topic": a["kafka.topic"], H + "partition": a["kafka.partition"],
@@ -81,6 +96,8 @@ def from_record(key: bytes | None, value: bytes | None, headers: list, timestamp
         attrs["kafka.timestamp_ms"] = str(timestamp_ms)
     if key is not None:
         attrs["kafka.key"] = key.decode("utf-8", "backslashreplace")
+    if LETTER_ID in h:
+        attrs[LETTER_ID] = h[LETTER_ID]
     ev = h.get("mmalign.event_time_ns")
     return DeadLetter(stage=h.get(H + "stage", "ingest"),
                       error_class=h.get(H + "exception.class.name", ""),
@@ -120,17 +137,19 @@ class DeadLetterProducer:
 
 class WriteDeadLettersToKafkaFn(beam.DoFn):
     """DeadLetters -> the dead-letter topic; a bundle finishes only once the broker acked it.
-    Letters marked as already sent by an earlier run (``kafka.replayed``) are not re-sent."""
+    Letters whose ``letter_id`` is in ``skip_ids`` (already on the topic: sent by an earlier
+    run before a restart) are not sent again."""
 
-    def __init__(self, settings, run_id: str = ""):
+    def __init__(self, settings, run_id: str = "", skip_ids: frozenset[str] = frozenset()):
         self.settings = settings
         self.run_id = run_id
+        self.skip_ids = skip_ids
 
     def setup(self):
         self.out = DeadLetterProducer(self.settings)
 
     def process(self, d: DeadLetter):
-        if d.attrs.get(REPLAYED_ATTR) == "1":
+        if self.skip_ids and letter_id(d) in self.skip_ids:
             beam.metrics.Metrics.counter("deadletter", "kafka.already_sent").inc()
             return
         self.out.send(d if d.run_id else d.with_run(self.run_id))
@@ -180,6 +199,12 @@ def read_topic(settings, topic: str | None = None, timeout_s: float = 10.0
                     todo.discard(tp)
     finally:
         consumer.close()
+
+
+def letter_ids(settings, topic: str | None = None) -> frozenset[str]:
+    """The ``letter_id`` of every record now on the dead-letter topic."""
+    return frozenset(r.letter.attrs[LETTER_ID] for r in read_topic(settings, topic)
+                     if LETTER_ID in r.letter.attrs)
 
 
 def summarize(records: Iterable[TopicRecord]) -> dict:
@@ -241,7 +266,7 @@ def cmd_deadletter(ns) -> int:
 
     from kafka.errors import KafkaError
 
-    from pipelines.kafka_config import KafkaConfigError, settings_from_args
+    from pipelines.kafka_config import KafkaConfigError, auth_refusal, settings_from_args
     try:
         settings = settings_from_args(ns)
         if ns.action == "inspect":
@@ -268,6 +293,9 @@ def cmd_deadletter(ns) -> int:
         print(f"mmalign deadletter: {e}", file=sys.stderr)
         return 2
     except KafkaError as e:
+        if auth_refusal(settings):          # a refused login, not an unreachable broker
+            print(f"mmalign deadletter: {auth_refusal(settings)}", file=sys.stderr)
+            return 1
         print(f"mmalign deadletter: Kafka failed ({type(e).__name__}: {e}); is the broker up?",
               file=sys.stderr)
         return 1

@@ -4,6 +4,10 @@ Jars: ``org.apache.kafka:kafka_2.13`` and its runtime closure plus a log4j2 bind
 Maven into ``<cache>/kafka-<version>/lib``. Each broker lives in a state dir (config, KRaft log
 dir, server log, pid). ``python -m infra.kafka_broker fetch|start|stop|status`` drives one in
 ``<cache>/run/kafka``.
+
+``KafkaBroker(home, sasl_users={"alice": "pw"})`` starts the client listener as SASL_PLAINTEXT with
+the PLAIN mechanism instead (the KRaft controller listener stays PLAINTEXT); the broker's own
+clients (readiness, ``create_topic``) authenticate as an extra internal user, ``client_config()``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -72,17 +77,42 @@ logger.apache.level = info
 """
 
 
+SASL_LISTENER = "SASL_PLAINTEXT"
+INFRA_USER = "mmalign-infra"
+
+
+def _jaas_quote(value: str) -> str:
+    if '"' in value or "\\" in value or ";" in value:
+        raise InfraError("SASL user names and passwords may not contain quotes, backslashes "
+                         "or semicolons (they go into a JAAS line)")
+    return f'"{value}"'
+
+
+def _sasl_properties(users: dict[str, str], infra_password: str) -> dict[str, str]:
+    """PLAIN on the client listener: the JAAS line lists every user (``user_<name>``)."""
+    entries = {INFRA_USER: infra_password, **users}
+    jaas = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f"username={_jaas_quote(INFRA_USER)} password={_jaas_quote(infra_password)} "
+            + " ".join(f"user_{name}={_jaas_quote(pw)}" for name, pw in entries.items()) + ";")
+    return {
+        "sasl.enabled.mechanisms": "PLAIN",
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        f"listener.name.{SASL_LISTENER.lower()}.plain.sasl.jaas.config": jaas,
+    }
+
+
 def _server_properties(data: Path, broker_port: int, controller_port: int,
-                       auto_create: bool) -> str:
+                       auto_create: bool, sasl: dict[str, str] | None = None) -> str:
+    client = SASL_LISTENER if sasl else "PLAINTEXT"
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{broker_port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{broker_port}",
+        "listeners": f"{client}://{HOST}:{broker_port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"{client}://{HOST}:{broker_port}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": client,
+        "listener.security.protocol.map": f"{client}:{client},CONTROLLER:PLAINTEXT",
         "log.dirs": str(data),
         "num.partitions": "1",
         "default.replication.factor": "1",
@@ -97,6 +127,7 @@ def _server_properties(data: Path, broker_port: int, controller_port: int,
         "num.network.threads": "2",
         "num.io.threads": "2",
         "background.threads": "2",
+        **(sasl or {}),
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -106,13 +137,16 @@ class KafkaBroker:
     """One KRaft broker+controller on 127.0.0.1 with its state in ``home``.
 
     Ports are chosen once (free ones unless given) and kept in ``home/state.json``, so a stopped
-    broker restarts on the same ports and the same log dir.
+    broker restarts on the same ports and the same log dir. ``sasl_users`` (name -> password)
+    makes the client listener SASL_PLAINTEXT/PLAIN; clients then need ``client_config()``'s
+    security settings with one of those users.
     """
 
     home: Path
     broker_port: int = 0
     controller_port: int = 0
     auto_create_topics: bool = True
+    sasl_users: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -123,8 +157,15 @@ class KafkaBroker:
             self.broker_port = self.broker_port or saved["broker_port"]
             self.controller_port = self.controller_port or saved["controller_port"]
             cluster_id = saved["cluster_id"]
+            infra_password = saved.get("infra_password")
         else:
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = "-"
+            while cluster_id.startswith("-"):   # a leading "-" reads as an option to the tool
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            infra_password = None
+        if self.sasl_users is not None and not self.sasl_users:
+            raise InfraError("sasl_users is empty; give at least one user: password")
+        self._infra_password = infra_password or secrets.token_urlsafe(16)
         self.broker_port = self.broker_port or free_port(HOST)
         self.controller_port = self.controller_port or free_port(HOST)
         if self.controller_port == self.broker_port:
@@ -133,7 +174,7 @@ class KafkaBroker:
         state.write_text(
             json.dumps(
                 {"broker_port": self.broker_port, "controller_port": self.controller_port,
-                 "cluster_id": cluster_id}  # fmt: skip
+                 "cluster_id": cluster_id, "infra_password": self._infra_password}  # fmt: skip
             )
         )
         self._pidfile = PidFile(self.home / "kafka.pid", MAIN_CLASS)
@@ -142,6 +183,29 @@ class KafkaBroker:
     def bootstrap_servers(self) -> str:
         """``host:port`` for clients."""
         return f"{HOST}:{self.broker_port}"
+
+    @property
+    def security_protocol(self) -> str:
+        """The client listener's protocol: ``PLAINTEXT`` or ``SASL_PLAINTEXT``."""
+        return SASL_LISTENER if self.sasl_users else "PLAINTEXT"
+
+    def client_config(self, user: str | None = None, password: str | None = None
+                      ) -> dict[str, object]:
+        """kafka-python kwargs to reach this broker: bootstrap plus, on a SASL broker, PLAIN
+        credentials (``user``'s from ``sasl_users``, or ``password`` given; default the
+        internal infra user)."""
+        conf: dict[str, object] = {"bootstrap_servers": self.bootstrap_servers}
+        if not self.sasl_users:
+            return conf
+        if user is None:
+            user, password = INFRA_USER, self._infra_password
+        elif password is None:
+            if user not in self.sasl_users:
+                raise InfraError(f"no SASL user {user!r} on this broker; users: "
+                                 f"{sorted(self.sasl_users)}")
+            password = self.sasl_users[user]
+        return {**conf, "security_protocol": SASL_LISTENER, "sasl_mechanism": "PLAIN",
+                "sasl_plain_username": user, "sasl_plain_password": password}
 
     @property
     def data_dir(self) -> Path:
@@ -166,7 +230,9 @@ class KafkaBroker:
         props = self.home / "server.properties"
         props.write_text(
             _server_properties(
-                self.data_dir, self.broker_port, self.controller_port, self.auto_create_topics
+                self.data_dir, self.broker_port, self.controller_port, self.auto_create_topics,
+                _sasl_properties(self.sasl_users, self._infra_password) if self.sasl_users
+                else None,
             )
         )
         log4j = self.home / "log4j2.properties"
@@ -221,7 +287,7 @@ class KafkaBroker:
             if port_open(HOST, self.broker_port):
                 try:
                     admin = KafkaAdminClient(
-                        bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000,
+                        **self.client_config(), request_timeout_ms=5000,
                         client_id="mmalign-infra-ready",
                     )  # fmt: skip
                     try:
@@ -256,7 +322,7 @@ class KafkaBroker:
         """Create ``name`` (replication 1) and wait until its partitions have leaders."""
         if partitions < 1:
             raise InfraError(f"topic {name!r}: partitions must be >= 1, got {partitions}")
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
+        admin = KafkaAdminClient(**self.client_config(),
                                  client_id="mmalign-infra-admin")  # fmt: skip
         try:
             try:
@@ -283,6 +349,7 @@ class KafkaBroker:
         return {
             "running": pid is not None, "pid": pid, "bootstrap_servers": self.bootstrap_servers,
             "controller_port": self.controller_port, "home": str(self.home),
+            "security_protocol": self.security_protocol,
             "log": str(self.log_file), "kafka_version": KAFKA_VERSION,
             "rss_mb": rss_mb(pid) if pid else None,
         }  # fmt: skip

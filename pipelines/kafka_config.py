@@ -11,6 +11,7 @@ environment variables, e.g. ``MMALIGN_KAFKA_BOOTSTRAP_SERVERS``,
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ CLIENT_OPTIONS = {
     "ssl_keyfile", "ssl_password", "ssl_crlfile", "ssl_check_hostname", "ssl_ciphers",
     "request_timeout_ms", "retry_backoff_ms", "reconnect_backoff_ms",
     "reconnect_backoff_max_ms", "connections_max_idle_ms", "api_version",
+    "bootstrap_timeout_ms",
 }
 
 
@@ -132,11 +134,46 @@ def add_kafka_args(p) -> None:
     p.add_argument("--bootstrap-servers", default=None, help="host:port[,host:port]")
 
 
+class _AuthRefusals(logging.Handler):
+    """Keeps the last login refusal kafka-python logged: it retries a refused SASL login until
+    its bootstrap timeout and then raises only ``Unable to bootstrap``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
+        args = record.args if isinstance(record.args, tuple) else ()
+        for a in args:
+            if isinstance(a, (SaslAuthenticationFailedError, AuthorizationError)):
+                self.last = str(a).rpartition("Error: ")[2] or type(a).__name__
+
+
+_REFUSALS = _AuthRefusals()
+
+
+def auth_refusal(settings: KafkaSettings) -> str | None:
+    """One sentence if the broker refused our login during this command, else None."""
+    if _REFUSALS.last is None:
+        return None
+    user = settings.client.get("sasl_plain_username")
+    who = f" of user {user!r}" if user else ""
+    return (f"Kafka at {settings.bootstrap_servers} refused the "
+            f"{settings.client.get('sasl_mechanism', 'SASL')} login{who} ({_REFUSALS.last}); "
+            f"check {ENV_PREFIX}SASL_PLAIN_USERNAME/_PASSWORD or the client: section of "
+            f"--kafka-config")
+
+
 def settings_from_args(ns) -> KafkaSettings:
-    """Settings for a subcommand; kafka-python's connection logs only with ``-v``."""
+    """Settings for a subcommand; kafka-python's connection logs only with ``-v`` (a refused
+    login is still recorded for ``auth_refusal``)."""
+    kafka_log = logging.getLogger("kafka")
+    if _REFUSALS not in kafka_log.handlers:
+        kafka_log.addHandler(_REFUSALS)
     if not getattr(ns, "verbose", False):
-        import logging
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        kafka_log.setLevel(logging.WARNING)
+        kafka_log.propagate = False
     return load_settings(ns.kafka_config, bootstrap_servers=ns.bootstrap_servers)
 
 

@@ -3,8 +3,14 @@
 Every stream is decoded exactly as the backfill decodes it (transforms/decode.py); each chunk
 becomes one message (schemas/message.py) on its modality's topic, keyed by the session id,
 in event-time order across streams, at ``speed`` x real time (0 = as fast as possible).
-Chunks whose Arrow bytes exceed ``inline_max_bytes`` are written to a spool file and sent as
-a URI with a byte range. Decode failures (a corrupt frame, a bad file) go straight to the
+A decoded chunk is cut into time slices of at most ``slice_s`` seconds and about
+``slice_max_bytes`` of Arrow data (``slice_chunk``), as a live producer sends small messages:
+a whole-recording sensor file is not one message, so the job's watermark moves as data arrives.
+Each slice's ``prev_t_ns`` is the running maximum of the earlier rows of its file, so the
+validation's order checks see the same history as in the backfill. The last message of each
+stream says so (``eos``): the job may then close a finished session's last buckets on a stop.
+Slices whose Arrow bytes still exceed ``inline_max_bytes`` are written to a spool file and sent
+as a URI with a byte range. Decode failures (a corrupt frame, a bad file) go straight to the
 dead-letter topic with stage "decode", as the backfill routes them to its dead-letter files.
 
 Because a replayed recording is complete, the publisher also declares each stream's extent
@@ -19,6 +25,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow.compute as pc
+
 from deadletter.kafka_topic import DeadLetterProducer
 from deadletter.record import DeadLetter
 from pipelines.kafka_config import KafkaSettings
@@ -32,6 +41,42 @@ from transforms.decode import decode_file
 from transforms.validate import validate_chunk
 
 DEFAULT_INLINE_MAX_BYTES = 900_000   # under Kafka's default 1 MB message limit
+DEFAULT_SLICE_S = 1.0                # at most this much event time per message
+DEFAULT_SLICE_MAX_BYTES = 256_000    # and about this much Arrow data (a single row may exceed it)
+
+
+def slice_chunk(chunk: Chunk, max_span_ns: int, max_bytes: int) -> list[Chunk]:
+    """Cut ``chunk`` into consecutive row ranges spanning at most ``max_span_ns`` of event time
+    (from each range's first row, by the running maximum of t_ns, so out-of-order or missing
+    stamps never make an empty or backwards range) and holding about ``max_bytes`` of Arrow
+    data. Each slice keeps ``seq``, ``meta`` and ``source_uri``; its ``prev_t_ns`` is the max
+    t_ns of the rows before it (and of the chunk's ``prev_t_ns``)."""
+    n = chunk.data.num_rows
+    if n == 0:
+        return []
+    if max_span_ns <= 0:
+        raise ValueError(f"slice span must be positive, got {max_span_ns} ns")
+    lo_i64 = np.iinfo(np.int64).min
+    t = chunk.data.column("t_ns").fill_null(lo_i64).to_numpy(zero_copy_only=False)
+    run_max = np.maximum.accumulate(t.astype(np.int64))
+    per_row = max(1, chunk.data.nbytes // n)
+    rows_per_slice = max(1, max_bytes // per_row)
+    cuts = [0]
+    while cuts[-1] < n:
+        start = cuts[-1]
+        end = int(np.searchsorted(run_max, run_max[start] + max_span_ns, side="left"))
+        end = min(max(end, start + 1), start + rows_per_slice, n)
+        cuts.append(end)
+    if len(cuts) == 2:
+        return [chunk]
+    out = []
+    prev = chunk.prev_t_ns
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        out.append(chunk.with_data(chunk.data.slice(a, b - a), prev_t_ns=prev))
+        m = int(run_max[b - 1])
+        if m != lo_i64:
+            prev = m if prev is None else max(prev, m)
+    return out
 
 
 @dataclass
@@ -60,8 +105,10 @@ class PublishReport:
 
 
 def prepare(manifest_path: str | Path, settings: KafkaSettings,
-            declare_extents: bool = True) -> Prepared:
-    """Decode the recording into envelopes (sorted by event time) and decode dead letters."""
+            declare_extents: bool = True, *, slice_s: float = DEFAULT_SLICE_S,
+            slice_max_bytes: int = DEFAULT_SLICE_MAX_BYTES) -> Prepared:
+    """Decode the recording into envelopes (time slices of its chunks, sorted by event time;
+    each stream's last one marked ``eos``) and decode dead letters."""
     m = load_manifest(manifest_path)
     cal = load_calibration(m.resolve(m.calibration, "calibration") if m.calibration else None)
     chunks: list[Chunk] = []
@@ -77,7 +124,7 @@ def prepare(manifest_path: str | Path, settings: KafkaSettings,
                     continue
                 if out.num_records == 0:
                     continue
-                chunks.append(out)
+                chunks.extend(slice_chunk(out, round(slice_s * 1e9), slice_max_bytes))
                 good, _ = validate_chunk(out, s.options)
                 if good is not None:
                     _, (lo, hi) = chunk_extent(apply_clock(good, model))
@@ -86,22 +133,35 @@ def prepare(manifest_path: str | Path, settings: KafkaSettings,
     extents = {k: [int(a), int(b)] for k, (a, b) in sorted(spans.items())}
     seqs: dict[str, int] = {}
     messages = []
-    for c in sorted(chunks, key=lambda c: (int(c.t_ns().min()), c.stream_id, c.seq)):
+    order = sorted(range(len(chunks)), key=lambda i: (_first_t(chunks[i]), chunks[i].stream_id,
+                                                      i))
+    last = {chunks[i].stream_id: i for i in order}
+    for i in order:
+        c = chunks[i]
         seq = seqs.get(c.stream_id, 0)
         seqs[c.stream_id] = seq + 1
-        env = chunk_envelope(c, seq, extents if declare_extents else None)
+        env = chunk_envelope(c, seq, extents if declare_extents else None,
+                             eos=last[c.stream_id] == i)
         messages.append((settings.topic_for(c.modality), env, batch_to_ipc(c.data)))
     return Prepared(m.session, messages, dead, extents)
+
+
+def _first_t(c: Chunk) -> int:
+    """The message's event time: its earliest sample (the envelope's ``t_ns``)."""
+    t = pc.min(c.data.column("t_ns")).as_py()
+    return np.iinfo(np.int64).min if t is None else int(t)
 
 
 def publish(manifest_path: str | Path, settings: KafkaSettings, *, speed: float = 0.0,
             inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES, spool_dir: str | Path | None = None,
             declare_extents: bool = True, run_id: str = "publish",
-            progress=None) -> PublishReport:
+            progress=None, slice_s: float = DEFAULT_SLICE_S,
+            slice_max_bytes: int = DEFAULT_SLICE_MAX_BYTES) -> PublishReport:
     """Send the recording's messages (and its decode dead letters); returns counts."""
     from kafka import KafkaProducer
 
-    prep = prepare(manifest_path, settings, declare_extents)
+    prep = prepare(manifest_path, settings, declare_extents, slice_s=slice_s,
+                   slice_max_bytes=slice_max_bytes)
     report = PublishReport(prep.session, speed=speed)
     producer = KafkaProducer(**settings.common(), acks="all", retries=20, linger_ms=5,
                              retry_backoff_ms=250, max_in_flight_requests_per_connection=1,
@@ -181,7 +241,7 @@ def cmd_publish(ns) -> int:
 
     from kafka.errors import KafkaError
 
-    from pipelines.kafka_config import KafkaConfigError, settings_from_args
+    from pipelines.kafka_config import KafkaConfigError, auth_refusal, settings_from_args
     try:
         settings = settings_from_args(ns)
         shown = [0]
@@ -198,6 +258,9 @@ def cmd_publish(ns) -> int:
         print(f"mmalign publish: {e}", file=sys.stderr)
         return 2
     except KafkaError as e:
+        if auth_refusal(settings):          # a refused login, not an unreachable broker
+            print(f"mmalign publish: {auth_refusal(settings)}", file=sys.stderr)
+            return 1
         print(f"mmalign publish: Kafka at {settings.bootstrap_servers} failed "
               f"({type(e).__name__}: {e}); is the broker up (make kafka-up)?", file=sys.stderr)
         return 1

@@ -12,8 +12,11 @@ watermark back (``max event time - max_out_of_orderness - allowed_lateness - clo
 so every accepted record is on time for its bucket window and records later than that are
 dead letters (``ingest/too_late``), never silent drops.
 
-Offsets: the job reads from the consumer group's committed offsets (earliest when none) and
-commits, when it stops after draining, the next offset of every partition it finished.
+Restarts are exact (pipelines/stream_ledger.py): a bucket is written once, when complete
+(closed by the real watermark, or its session complete at a stop); the others are held back
+and the consumer group's committed offset of each partition is the smallest offset still
+needed by an unwritten bucket. A restart -- after a stop or a kill -- replays from there,
+skips buckets already written and dead letters already on the topic.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from deadletter.kafka_topic import WriteDeadLettersToKafkaFn
+from deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
 from pipelines.backfill import Job, new_run_id, post_align_stages, prepare
 from pipelines.kafka_config import KafkaSettings
+from pipelines.stream_ledger import Geometry, HoldBackFn, Resume, WriteBucketFn, resume, state_dir
 from schemas.envelope import Chunk
 from schemas.manifest import ManifestError
 from schemas.message import MessageError, decode_chunk, split
@@ -36,7 +40,6 @@ from transforms.align import AlignBuckets
 from transforms.buckets import AssignBuckets
 from transforms.clock import ApplyClockFn
 from transforms.kafka_io import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
-from transforms.parquet_sink import WriteAlignedFn
 from transforms.validate import ORIGIN_META_KEY, Validate
 
 DRIFT_BUDGET_S = 3600.0   # clock slack covers drift over this much recording time
@@ -120,26 +123,35 @@ def partition_specs(settings: KafkaSettings, topics: list[str], group_id: str
         consumer.close()
 
 
-def commit_offsets(settings: KafkaSettings, group_id: str, progress_dir: Path) -> dict:
-    """Commit each finished partition's next offset for ``group_id``; returns them."""
+def commit_offsets(settings: KafkaSettings, group_id: str, offsets: dict[str, int]) -> None:
+    """Commit ``{"topic/partition": offset}`` for ``group_id``."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
-    done = {}
-    for f in sorted(progress_dir.glob("*.done.json")):
-        topic, _, part = f.name[:-len(".done.json")].rpartition("-")
-        done[TopicPartition(topic, int(part))] = json.loads(f.read_text())["next"]
-    if done:
-        consumer = KafkaConsumer(**settings.common(), group_id=group_id,
-                                 enable_auto_commit=False)
-        try:
-            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in done.items()})
-        finally:
-            consumer.close()
-    return {f"{tp.topic}/{tp.partition}": o for tp, o in done.items()}
+    if not offsets:
+        return
+    consumer = KafkaConsumer(**settings.common(), group_id=group_id, enable_auto_commit=False)
+    try:
+        consumer.commit({TopicPartition(k.rpartition("/")[0], int(k.rpartition("/")[2])):
+                         OffsetAndMetadata(o, "", -1) for k, o in offsets.items()})
+    finally:
+        consumer.close()
 
 
-def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, specs: list[PartitionSpec],
-          opts: StreamOptions, progress_dir: Path) -> dict:
+def bucketing(job: Job) -> AssignBuckets:
+    """The job's bucket transform (its margins decide which buckets a record reaches)."""
+    margins = {(sid, st.stream_id): st.margin_ns()
+               for sid, plan in job.plans.items() for st in plan.streams}
+    anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
+    tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
+    return AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
+
+
+def geometry(job: Job) -> Geometry:
+    return Geometry(dict(job.declared), job.bucket_ns, bucketing(job).window_margin_ns)
+
+
+def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
+          opts: StreamOptions, state: Path, skip_ids: frozenset[str] = frozenset()) -> dict:
     """Wire the streaming job into ``p``; returns the named PCollections."""
     options = {s.id: s.options for m in job.manifests for s in m.streams}
     streams = {(m.session, s.id): s.modality for m in job.manifests for s in m.streams}
@@ -148,29 +160,30 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, specs: list[Parti
     reader = ReadKafkaFn(
         settings, max_out_of_orderness_ns=bound,
         allowed_lateness_ns=lateness, clock_slack_ns=clock_slack_ns(job),
-        progress_dir=str(progress_dir),
-        stop_after_idle_s=opts.stop_after_idle_s, poll_ms=opts.poll_ms)
-    read = p | "ReadKafka" >> ReadKafka(specs, reader)
+        state_dir=str(state), run_id=job.run_id,
+        stop_after_idle_s=opts.stop_after_idle_s, poll_ms=opts.poll_ms,
+        closed_sessions=plan.closed_sessions, late_floors_us=plan.late_floors_us)
+    read = p | "ReadKafka" >> ReadKafka(list(plan.specs), reader)
     ingested = read.records | "Ingest" >> beam.ParDo(
         IngestFn(streams, opts.payload_roots, job.run_id)).with_outputs("dead", main="chunks")
     valid = ingested.chunks | "Validate" >> Validate(options, job.run_id)
     clocked = valid.chunks | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
-    margins = {(sid, st.stream_id): st.margin_ns()
-               for sid, plan in job.plans.items() for st in plan.streams}
-    anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
-    tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
+    buckets = bucketing(job)
     aligned = (clocked
-               | "Buckets" >> AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
-               | "Align" >> AlignBuckets(job.plans, extents_from_meta=True))
+               | "Buckets" >> buckets
+               | "Align" >> AlignBuckets(job.plans, extents_from_meta=True)
+               | "HoldBack" >> beam.ParDo(HoldBackFn(str(state), job.run_id, plan.written,
+                                                     job.bucket_ns, buckets.window_margin_ns)))
     stage_dead = []
     for name, stage in post_align_stages(job):
         out = aligned | name >> stage
         aligned = out.main
         stage_dead.append(out.dead)
     written = aligned | "WriteAligned" >> beam.ParDo(
-        WriteAlignedFn(str(job.out / "aligned"), job.metadata()))
+        WriteBucketFn(str(job.out / "aligned"), job.metadata(), str(state), job.run_id))
     dead = ((read.dead, ingested.dead, valid.dead, *stage_dead) | "AllDead" >> beam.Flatten()
-            | "DeadLetterTopic" >> beam.ParDo(WriteDeadLettersToKafkaFn(settings, job.run_id)))
+            | "DeadLetterTopic" >> beam.ParDo(
+                WriteDeadLettersToKafkaFn(settings, job.run_id, skip_ids)))
     return {"aligned": aligned, "written": written, "dead": dead}
 
 
@@ -188,21 +201,28 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
                             "an anchor stream or rate_hz for streaming")
     modalities = sorted({s.modality for m in job.manifests for s in m.streams})
     topics = [settings.topic_for(mod) for mod in modalities]
-    specs = partition_specs(settings, topics, opts.group_id)
-    progress = job.out / "_stream" / job.run_id
-    progress.mkdir(parents=True, exist_ok=True)
+    fresh = partition_specs(settings, topics, opts.group_id)
+    state = state_dir(job.out, opts.group_id)
+    state.mkdir(parents=True, exist_ok=True)
+    geo = geometry(job)
+    plan = resume(state, fresh, geo)
+    skip_ids = letter_ids(settings) if plan.replaying else frozenset()
     args = pipeline_args
     if args is None:
         from infra.prism import pipeline_args as prism_args
         args = prism_args(streaming=True)
     t0 = time.perf_counter()
     with beam.Pipeline(options=PipelineOptions(args)) as p:
-        build(p, job, settings, specs, opts, progress)
-    committed = commit_offsets(settings, opts.group_id, progress)
+        build(p, job, settings, plan, opts, state, skip_ids)
+    after = resume(state, fresh, geo)
+    committed = after.offsets()
+    commit_offsets(settings, opts.group_id, committed)
     summary = {"run_id": job.run_id, "elapsed_s": round(time.perf_counter() - t0, 3),
-               "started_at": {f"{s.topic}/{s.partition}": s.start for s in specs},
+               "started_at": plan.offsets(),
+               "replayed_below": {f"{s.topic}/{s.partition}": s.replay_below
+                                  for s in plan.specs if s.start < s.replay_below},
                "committed": committed, "kafka": settings.redacted(),
-               "counters": _counters(p.result)}
+               "state_dir": str(state), "counters": _counters(p.result)}
     (job.out / "_stream" / f"{job.run_id}.json").write_text(
         json.dumps(summary, indent=2, sort_keys=True))
     return summary
@@ -228,7 +248,7 @@ def cmd_stream(ns) -> int:
     from kafka.errors import KafkaError
 
     from infra import InfraError
-    from pipelines.kafka_config import KafkaConfigError, settings_from_args
+    from pipelines.kafka_config import KafkaConfigError, auth_refusal, settings_from_args
     try:
         settings = settings_from_args(ns)
         opts = StreamOptions(group_id=ns.group_id, max_out_of_orderness_s=ns.out_of_orderness,
@@ -241,6 +261,9 @@ def cmd_stream(ns) -> int:
         print(f"mmalign stream: {e}", file=sys.stderr)
         return 2
     except (KafkaError, InfraError) as e:
+        if auth_refusal(settings):          # a refused login, not an unreachable broker
+            print(f"mmalign stream: {auth_refusal(settings)}", file=sys.stderr)
+            return 1
         print(f"mmalign stream: {type(e).__name__}: {e}; is the broker up (make kafka-up)?",
               file=sys.stderr)
         return 1

@@ -8,6 +8,8 @@ Header fields: ``v`` schema version, ``session``, ``stream``, ``modality``, ``se
 number within the stream, from 0), ``chunk_seq`` (chunk number within its source file),
 ``t_ns`` / ``t_last_ns`` (event time of the first / last sample, ns, *device* clock),
 ``prev_t_ns`` (max device time of earlier samples of the same file, for order checks),
+``t_end_ns`` (optional: the latest end of an interval sample, text cues), ``eos`` (optional,
+true on the last message the producer will send for this stream of this session),
 ``source_uri`` (the original file), ``meta`` (sample_rate, width, height, ...), ``extents``
 (optional: {stream: [first, last]} of every stream of the session on the reference clock,
 declared by a producer that knows them; see README "Streaming on Kafka"), and ``payload``:
@@ -27,6 +29,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.envelope import MODALITIES, SCHEMA_VERSION, Chunk
 
@@ -55,6 +58,8 @@ class Envelope:
     source_uri: str
     chunk_seq: int = 0
     prev_t_ns: int | None = None
+    t_end_ns: int | None = None
+    eos: bool = False
     meta: dict = field(default_factory=dict)
     extents: dict[str, list[int]] | None = None
     payload: dict = field(default_factory=lambda: {"kind": "arrow"})
@@ -67,6 +72,10 @@ class Envelope:
              "source_uri": self.source_uri, "meta": self.meta, "payload": self.payload}
         if self.extents is not None:
             h["extents"] = self.extents
+        if self.t_end_ns is not None:
+            h["t_end_ns"] = self.t_end_ns
+        if self.eos:
+            h["eos"] = True
         return h
 
 
@@ -96,11 +105,15 @@ def encode(env: Envelope, payload: bytes) -> bytes:
     return MAGIC + _LEN.pack(len(head)) + head + payload
 
 
-def chunk_envelope(chunk: Chunk, seq: int, extents: dict | None = None) -> Envelope:
+def chunk_envelope(chunk: Chunk, seq: int, extents: dict | None = None,
+                   eos: bool = False) -> Envelope:
     t = chunk.t_ns()
+    names = chunk.data.schema.names
+    end = pc.max(chunk.data.column("t_end_ns")).as_py() if "t_end_ns" in names else None
     return Envelope(session=chunk.session_id, stream=chunk.stream_id, modality=chunk.modality,
                     seq=seq, chunk_seq=chunk.seq, t_ns=int(t.min()), t_last_ns=int(t.max()),
-                    prev_t_ns=chunk.prev_t_ns, source_uri=chunk.source_uri,
+                    prev_t_ns=chunk.prev_t_ns, t_end_ns=None if end is None else int(end),
+                    eos=eos, source_uri=chunk.source_uri,
                     meta=json.loads(json.dumps(chunk.meta, default=_json_default)),
                     extents=extents)
 

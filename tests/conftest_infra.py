@@ -28,6 +28,22 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         broker.stop()
 
 
+SASL_USERS = {"mmalign-app": "s3cr3t-Pl41n-pw-7f2c"}
+
+
+@pytest.fixture(scope="session")
+def sasl_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A running single-node Kafka whose client listener is SASL_PLAINTEXT/PLAIN with the users
+    in ``SASL_USERS`` (``.sasl_users``); ``.client_config(user)`` gives kafka-python kwargs,
+    ``.create_topic`` works as on ``kafka_broker``."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-sasl"), sasl_users=dict(SASL_USERS))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 @pytest.fixture(scope="session")
 def flink_job_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Job endpoint (``host:port``) of a running Beam Flink job server with embedded Flink.

@@ -133,6 +133,7 @@ def test_cli_rejects_flink_master_with_exit_code_2(tmp_path: Path, capsys) -> No
     assert "--job_endpoint" in capsys.readouterr().err
 
 
+# Issue 7: the streaming job on Flink (streaming mode, LOOPBACK) against the real broker.
 @pytest.mark.slow
 def test_stream_on_flink_equals_the_backfill(kafka_broker, flink_job_server: str,
                                              tmp_path: Path) -> None:

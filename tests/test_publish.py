@@ -15,8 +15,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from deadletter.kafka_topic import H
 from pipelines.kafka_config import MODALITY_TOPICS
+from pipelines.publish import DEFAULT_SLICE_MAX_BYTES, DEFAULT_SLICE_S, slice_chunk
 from pipelines.sample_recording import generate_recording
-from schemas.message import decode_chunk
+from schemas.message import decode_chunk, split
 from transforms.decode import decode_file
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def published(kafka_broker, tmp_path_factory):
             "tag": tag}
 
 
-def test_publish_sends_every_decoded_chunk_keyed_by_session(kafka_broker, published):
+def test_publish_sends_every_decoded_row_in_bounded_slices(kafka_broker, published):
     proc = published["proc"]
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -69,13 +70,21 @@ def test_publish_sends_every_decoded_chunk_keyed_by_session(kafka_broker, publis
     m = load_manifest(published["manifest"])
     expected = collections.Counter()
     rows = collections.Counter()
+    whole_chunks = collections.Counter()
     for s in m.streams:
         for f in s.files:
             for out in decode_file(s, m.resolve(f, "f"), session_id=m.session):
                 if hasattr(out, "num_records") and out.num_records:
-                    expected[s.modality] += 1
+                    pieces = slice_chunk(out, round(DEFAULT_SLICE_S * 1e9),
+                                         DEFAULT_SLICE_MAX_BYTES)
+                    expected[s.modality] += len(pieces)
+                    whole_chunks[s.modality] += 1
                     rows[s.id] += out.num_records
+    # the 4 s recording's imu file decodes as one chunk: it must travel as several messages
+    assert expected["sensor"] > whole_chunks["sensor"]
     got_rows = collections.Counter()
+    eos = collections.Counter()
+    last_t: dict[str, int] = {}
     for modality, n in expected.items():
         topic = published["env"][f"MMALIGN_KAFKA_TOPIC_{modality.upper()}"]
         assert report["messages"][topic] == n
@@ -84,10 +93,39 @@ def test_publish_sends_every_decoded_chunk_keyed_by_session(kafka_broker, publis
         for r in records:
             assert r.key == m.session.encode()
             chunk = decode_chunk(r.value)
+            header, _ = split(r.value)
             assert chunk.modality == modality
+            t = chunk.t_ns()
+            assert t.max() - t.min() < DEFAULT_SLICE_S * 1e9
+            # prev_t_ns carries the file's running maximum across messages
+            if header["chunk_seq"] == 0 and chunk.stream_id not in last_t:
+                assert chunk.prev_t_ns is None
+            else:
+                assert chunk.prev_t_ns == last_t[chunk.stream_id]
+            last_t[chunk.stream_id] = max(int(t.max()), last_t.get(chunk.stream_id, t.max()))
             got_rows[chunk.stream_id] += chunk.num_records
+            eos[chunk.stream_id] += bool(header.get("eos"))
     assert got_rows == rows
+    assert eos == collections.Counter({k: 1 for k in rows})
     assert report["decode_dead"] >= 1
+
+
+def test_slice_chunk_cuts_by_time_and_bytes_and_keeps_order_history():
+    import numpy as np
+    import pyarrow as pa
+
+    from schemas.envelope import Chunk
+    t = np.array([0, 400, 900, 1000, 950, 2500, 2600, 5000], np.int64) * 1_000_000
+    data = pa.RecordBatch.from_pydict({"t_ns": t, "pos": np.arange(8, dtype=np.int64),
+                                       "x": np.ones(8)})
+    c = Chunk("s", "imu", "sensor", 3, "f.csv", data, prev_t_ns=-5)
+    parts = slice_chunk(c, 1_000_000_000, 10**9)
+    assert [p.data.column("pos").to_pylist() for p in parts] == [[0, 1, 2], [3, 4], [5, 6], [7]]
+    assert [p.prev_t_ns for p in parts] == [-5, 900_000_000, 1_000_000_000, 2_600_000_000]
+    assert all(p.seq == 3 and p.source_uri == "f.csv" for p in parts)
+    small = slice_chunk(c, 10**12, data.nbytes // 4)
+    assert [p.num_records for p in small] == [2, 2, 2, 2]
+    assert slice_chunk(c, 10**12, 10**9) == [c]
 
 
 def test_deadletter_inspect_lists_decode_letters_with_connect_headers(kafka_broker, published):

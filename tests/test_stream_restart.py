@@ -1,10 +1,23 @@
-"""Faults on the real broker: the broker restarts mid-stream, then the pipeline is restarted on
-new data. Nothing is lost and nothing is duplicated: the rows equal the backfill's, the
-dead-letter topic holds each bad record once."""
+"""Faults on the real broker and the real job, all in ONE session (rs-001: 12 s, 3 s buckets),
+published in parts:
+
+    run 1  reads the first quarter; the broker restarts; up to 75 % arrives; the job stops
+           gracefully (idle) in the middle of the recording -> unfinished buckets held back
+    run 2  `mmalign stream` as a process: replays from the committed offsets, reads up to 95 %,
+           writes a bucket and is killed (SIGKILL, no drain, no commit)
+    run 3  the rest of the recording arrives; the job runs to its end
+
+The aligned rows equal the backfill's, and the dead-letter topic holds each bad record exactly
+once."""
 
 from __future__ import annotations
 
 import collections
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -13,12 +26,14 @@ import pytest
 from kafka import KafkaProducer
 
 from deadletter.file_sink import read_dead_letters
-from deadletter.kafka_topic import read_topic
+from deadletter.kafka_topic import LETTER_ID, read_topic
 from pipelines import backfill, stream
 from pipelines.kafka_config import MODALITY_TOPICS, KafkaSettings
-from pipelines.publish import prepare, publish
+from pipelines.publish import prepare
 from pipelines.sample_recording import generate_recording
+from pipelines.stream_ledger import WRITTEN, state_dir
 from schemas.message import encode
+from transforms.kafka_io import load_lines
 from transforms.parquet_sink import read_aligned
 
 pytestmark = pytest.mark.slow
@@ -47,78 +62,126 @@ def _expected_letters(batch_out) -> collections.Counter:
                                 d["position"]) for d in rows if d["stage"] != "decode")
 
 
+def _wait(cond, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return False
+
+
 @pytest.fixture(scope="module")
 def run(kafka_broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("restart")
-    m1 = generate_recording(tmp / "rec1", seed=8, duration_s=6.0, session="rs-001")
-    m2 = generate_recording(tmp / "rec2", seed=9, duration_s=5.0, session="rs-002")
-    backfill.run([m1, m2], tmp / "batch", run_id="batch")
+    m1 = generate_recording(tmp / "rec1", seed=8, duration_s=12.0, session="rs-001")
+    text = m1.read_text()
+    assert "bucket_s: 4.0" in text
+    m1.write_text(text.replace("bucket_s: 4.0", "bucket_s: 3.0"))   # more bucket edges
+    backfill.run([m1], tmp / "batch", run_id="batch")
     tag = uuid.uuid4().hex[:8]
     settings = KafkaSettings(kafka_broker.bootstrap_servers,
                              {m: f"{t}.{tag}" for m, t in MODALITY_TOPICS.items()},
                              f"mmalign.deadletter.{tag}")
     for t in [*settings.topics.values(), settings.deadletter_topic]:
         kafka_broker.create_topic(t, 1)
-    opts = stream.StreamOptions(group_id=f"g-{tag}", stop_after_idle_s=6.0)
+    group = f"g-{tag}"
+    opts = stream.StreamOptions(group_id=group, stop_after_idle_s=5.0,
+                                max_out_of_orderness_s=0.5, allowed_lateness_s=0.5)
     out = tmp / "stream"
-
-    # run 1: half the recording; while the job runs the broker restarts, then the rest comes
+    state = state_dir(out, group)
+    boot = kafka_broker.bootstrap_servers
     prep = prepare(m1, settings)
-    half = len(prep.messages) // 2
-    _send(kafka_broker.bootstrap_servers, prep.session, prep.messages[:half])
-    progress = out / "_stream" / "r1"
+    n = len(prep.messages)
+    cut = [0, n // 4, n * 75 // 100, n * 95 // 100, n]
+    first, second, last_a, last_b = (prep.messages[a:b] for a, b in zip(cut, cut[1:]))
+
+    # run 1: broker restart mid-stream, then a graceful stop in the middle of the recording
+    _send(boot, prep.session, first)
     fault: dict = {}
 
     def restart_then_send() -> None:
-        deadline = time.monotonic() + 120
-        while not list(progress.glob("*.jsonl")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        fault["read_before_restart"] = bool(list(progress.glob("*.jsonl")))
+        fault["read_before_restart"] = _wait(lambda: any(state.glob("read-*.jsonl")), 120)
         kafka_broker.restart()
-        _send(kafka_broker.bootstrap_servers, prep.session, prep.messages[half:])
+        _send(boot, prep.session, second)
         fault["sent"] = True
 
     helper = threading.Thread(target=restart_then_send)
     helper.start()
-    first = stream.run([m1, m2], out, settings, opts, run_id="r1")   # Beam needs the main thread
+    r1 = stream.run([m1], out, settings, opts, run_id="r1")  # Beam needs the main thread
     helper.join(timeout=300)
     assert fault == {"read_before_restart": True, "sent": True}
-    first_files = {p.name: p.read_bytes()
-                   for p in (out / "aligned" / "session_id=rs-001").glob("*.parquet")}
-    dlq_first = list(read_topic(settings))
+    written_r1 = load_lines(state / WRITTEN)
 
-    # run 2: the pipeline restarts on new data (a second session) from the committed offsets
-    publish(m2, settings, run_id="publish2")
-    second = stream.run([m1, m2], out, settings, opts, run_id="r2")
-    return {"tmp": tmp, "first": first, "second": second, "half": half,
-            "first_files": first_files, "dlq_first": dlq_first,
-            "dlq": list(read_topic(settings))}
+    # run 2: a process, killed hard once it has written a bucket of its own
+    _send(boot, prep.session, last_a)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMALIGN_KAFKA_")}
+    env.update({"MMALIGN_KAFKA_DEADLETTER_TOPIC": settings.deadletter_topic,
+                **{f"MMALIGN_KAFKA_TOPIC_{m.upper()}": t for m, t in settings.topics.items()}})
+    cmd = [sys.executable, "-m", "pipelines.cli", "stream", "--manifest", str(m1),
+           "--out", str(out), "--group-id", group, "--run-id", "r2", "--bootstrap-servers",
+           boot, "--out-of-orderness", "0.5", "--allowed-lateness", "0.5"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wrote = _wait(lambda: any(r["run"] == "r2" for r in load_lines(state / WRITTEN)), 150)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)     # the job and its Prism: no drain, no commit
+        proc.communicate(timeout=60)
+    dlq_at_kill = list(read_topic(settings))
+
+    # run 3: the rest of the recording arrives; the job runs to its end
+    _send(boot, prep.session, last_b)
+    r3 = stream.run([m1], out, settings, opts, run_id="r3")
+    return {"tmp": tmp, "manifest": m1, "r1": r1, "r3": r3, "wrote_before_kill": wrote,
+            "state": state,
+            "written_r1": written_r1, "dlq_at_kill": dlq_at_kill, "settings": settings,
+            "dlq": list(read_topic(settings)),
+            "sizes": (len(first), len(second), len(last_a), len(last_b))}
 
 
-def test_broker_restart_mid_stream_loses_nothing(run):
-    batch = read_aligned(run["tmp"] / "batch" / "aligned", "rs-001")
-    streamed = read_aligned(run["tmp"] / "stream" / "aligned", "rs-001")
-    assert run["half"] > 2 and batch.num_rows > 100
-    assert streamed.schema.names == batch.schema.names
-    for name in batch.schema.names:
-        assert streamed.column(name).equals(batch.column(name)), name
+def test_graceful_stop_mid_recording_holds_back_unfinished_buckets(run):
+    r1 = run["r1"]
+    assert min(run["sizes"]) > 2
+    assert r1["counters"].get("stream.buckets.held_back", 0) > 0
+    final = json.loads((run["state"] / "final-r1.json").read_text())
+    assert final["complete"] == []              # rs-001's streams had not all ended
+    # committed = the smallest offset an unwritten bucket needs: before the last one read
+    read_next = {}
+    for f in run["state"].glob("read-*.jsonl"):
+        topic, _, part = f.name[len("read-"):-len(".jsonl")].rpartition("-")
+        read_next[f"{topic}/{part}"] = max(r["o"] for r in load_lines(f) if r["run"] == "r1") + 1
+    assert any(r1["committed"][k] < n for k, n in read_next.items())
+    # what run 1 wrote was closed by its real watermark (3 s buckets + the window margin)
+    margin_ns = stream.geometry(stream.prepare([run["manifest"]], run["tmp"] / "x", "m")
+                                ).margin_ns
+    for r in run["written_r1"]:
+        assert (r["b"] + 1) * 3_000_000_000 + margin_ns <= final["watermark_us"] * 1000
+
+
+def test_kill_then_restart_equals_the_backfill_row_for_row(run):
+    assert run["wrote_before_kill"]
+    r3 = run["r3"]
+    assert r3["replayed_below"]                 # the kill left records to replay
+    for session in ("rs-001",):
+        batch = read_aligned(run["tmp"] / "batch" / "aligned", session)
+        streamed = read_aligned(run["tmp"] / "stream" / "aligned", session)
+        assert batch.num_rows > 100
+        assert streamed.schema.names == batch.schema.names
+        for name in batch.schema.names:
+            assert streamed.column(name).equals(batch.column(name)), (session, name)
+    # every bucket file was written once by a run that saw all of its data
+    written = collections.Counter((r["s"], r["b"]) for r in load_lines(run["state"] / WRITTEN))
+    files = {(p.parent.name.split("=", 1)[1], int(p.stem[len("part-b"):]))
+             for p in (run["tmp"] / "stream" / "aligned").glob("*/part-*.parquet")}
+    assert set(written) == files
+
+
+def test_deadletter_topic_holds_each_letter_exactly_once(run):
     expected = _expected_letters(run["tmp"] / "batch")
-    got = _letters(run["dlq_first"])
-    assert got == collections.Counter({k: v for k, v in expected.items() if k[0] == "rs-001"})
-
-
-def test_pipeline_restart_resumes_at_committed_offsets(run):
-    first, second = run["first"], run["second"]
-    assert second["started_at"] == first["committed"]
-    assert sum(second["committed"].values()) > sum(first["committed"].values())
-    batch = read_aligned(run["tmp"] / "batch" / "aligned", "rs-002")
-    streamed = read_aligned(run["tmp"] / "stream" / "aligned", "rs-002")
-    for name in batch.schema.names:
-        assert streamed.column(name).equals(batch.column(name)), name
-    # session 1's files were not rewritten; every bad record is on the topic exactly once
-    after = {p.name: p.read_bytes()
-             for p in (run["tmp"] / "stream" / "aligned" / "session_id=rs-001").glob("*.parquet")}
-    assert after == run["first_files"]
-    assert _letters(run["dlq"]) == _expected_letters(run["tmp"] / "batch")
-    ticks = read_aligned(run["tmp"] / "stream" / "aligned").select(["session_id", "tick_ns"])
-    assert len(set(zip(*ticks.to_pydict().values(), strict=True))) == ticks.num_rows
+    assert sum(v for k, v in expected.items() if k[0] == "rs-001") >= 3
+    assert _letters(run["dlq"]) == expected
+    ids = collections.Counter(r.letter.attrs.get(LETTER_ID) for r in run["dlq"])
+    assert None not in ids and max(ids.values()) == 1
+    # the kill happened after some of rs-001's letters were on the topic: run 3 skipped them
+    assert 0 < len(_letters(run["dlq_at_kill"])) <= len(_letters(run["dlq"]))

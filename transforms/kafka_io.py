@@ -22,14 +22,21 @@ stamped behind the watermark already set, is too late: it becomes a DeadLetter (
 dead-letters them with the reason). With ``stop_after_idle_s`` the reader finishes once every
 partition has been caught up for that long; the pipeline then drains its windows and ends.
 
-Progress: every read offset is appended to ``<progress_dir>/<topic>-<p>.jsonl`` (offset, last
-sample time, late flag) and, on finishing, ``<topic>-<p>.done.json`` holds the next offset;
-pipelines/stream.py commits those for the consumer group.
+Restarts: every claimed record is logged to ``<state_dir>/read-<topic>-<p>.jsonl`` (offset,
+session, stream, device times, late/eos flags, the watermark after the poll); on a stop the
+reader writes ``final-<run>.json`` (its last real watermark and the sessions whose declared
+streams all sent their end-of-stream message) before it ends. pipelines/stream_ledger.py turns
+these into the next run's ``PartitionSpec``: records below ``replay_below`` were read by an
+earlier run and are *replayed*: never judged late again (those in ``late`` are dead-lettered
+again as too late, with the same letter id); a new record is also too late when it is behind
+the highest watermark of an earlier run that read its session, or when its session was
+completed by an earlier stop.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +47,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from deadletter.kafka_topic import REPLAYED_ATTR, kafka_attrs
+from deadletter.kafka_topic import kafka_attrs
 from deadletter.record import DeadLetter
 from schemas.message import MessageError, split
 
@@ -52,9 +59,9 @@ class PartitionSpec:
     topic: str
     partition: int
     start: int                          # first offset to read
-    replay_below: int = 0               # offsets below this were processed by an earlier run
-    skip: tuple[int, ...] = ()          # offsets an earlier run sent to the DLQ as too late
-    max_event_ns: int | None = None     # max event time an earlier run saw (late checks)
+    replay_below: int = 0               # offsets below this were read by an earlier run
+    late: tuple[int, ...] = ()          # offsets an earlier run judged too late
+    max_event_ns: int | None = None     # max on-time event time earlier runs saw (late checks)
 
 
 @dataclass(frozen=True)
@@ -86,10 +93,7 @@ class KafkaRecord:
     event_ns: int | None = None
 
     def attrs(self) -> dict[str, str]:
-        a = kafka_attrs(self.topic, self.partition, self.offset, self.timestamp_ms, self.key)
-        if self.replayed:
-            a[REPLAYED_ATTR] = "1"
-        return a
+        return kafka_attrs(self.topic, self.partition, self.offset, self.timestamp_ms, self.key)
 
     def dead(self, stage: str, reason: str, error_class: str, message: str,
              header: dict | None = None, event_time_ns: int | None = None) -> DeadLetter:
@@ -151,8 +155,8 @@ class PositionsTracker(RestrictionTracker):
 
 class _Plan(RestrictionProvider):
     def initial_restriction(self, plan: ReadPlan) -> Positions:
-        return Positions(tuple(s.start for s in plan.specs),
-                         tuple(s.max_event_ns for s in plan.specs))
+        # max event times restart empty: the watermark is rebuilt from the records read again
+        return Positions(tuple(s.start for s in plan.specs), (None,) * len(plan.specs))
 
     def create_tracker(self, restriction: Positions) -> PositionsTracker:
         return PositionsTracker(restriction)
@@ -165,6 +169,65 @@ class _Plan(RestrictionProvider):
 
     def truncate(self, plan, restriction):
         return None   # drain: stop reading
+
+
+def read_log(state: str | Path, topic: str, partition: int) -> Path:
+    return Path(state) / f"read-{topic}-{partition}.jsonl"
+
+
+def final_path(state: str | Path, run_id: str) -> Path:
+    return Path(state) / f"final-{run_id}.json"
+
+
+def append_lines(path: str | Path, rows: list[dict]) -> None:
+    """Append JSON lines in one write (O_APPEND: lines of concurrent writers never interleave)."""
+    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
+    if not data:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def load_lines(path: str | Path) -> list[dict]:
+    """The JSON lines of ``path`` (a torn last line of a killed writer is ignored)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    rows = []
+    for line in p.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def complete_sessions(rows) -> set[str]:
+    """Sessions whose declared streams (``x`` of an eos row) have all sent their eos."""
+    declared: dict[str, set[str]] = {}
+    ended: dict[str, set[str]] = {}
+    for r in rows:
+        if r.get("eos") and r.get("s"):
+            declared.setdefault(r["s"], set()).update(r.get("x") or ())
+            ended.setdefault(r["s"], set()).add(r["st"])
+    return {s for s, want in declared.items() if want and want <= ended[s]}
+
+
+def log_row(offset: int, run_id: str, header: dict | None, late: bool) -> dict:
+    """The read-log line of one claimed record (see the module docstring)."""
+    r: dict = {"o": offset, "run": run_id}
+    if header:
+        r |= {"s": header.get("session"), "st": header.get("stream"), "t": header.get("t_ns"),
+              "tl": header.get("t_last_ns"), "te": header.get("t_end_ns")}
+        if header.get("eos"):
+            r |= {"eos": 1, "x": sorted(header.get("extents") or ())}
+    if late:
+        r["late"] = 1
+    return r
 
 
 def event_time_ns(value: bytes | None) -> tuple[int | None, dict | None]:
@@ -192,17 +255,22 @@ class ReadKafkaFn(beam.DoFn):
     """ReadPlan -> KafkaRecord, event-timestamped (too-late ones marked, at the watermark)."""
 
     def __init__(self, settings, *, max_out_of_orderness_ns: int, allowed_lateness_ns: int,
-                 progress_dir: str, stop_after_idle_s: float | None, clock_slack_ns: int = 0,
-                 poll_ms: int = 300, max_poll_records: int = 500):
+                 state_dir: str, run_id: str, stop_after_idle_s: float | None,
+                 clock_slack_ns: int = 0, poll_ms: int = 300, max_poll_records: int = 500,
+                 closed_sessions: frozenset[str] = frozenset(),
+                 late_floors_us: dict[str, int] | None = None):
         self.settings = settings
         self.bound_ns = max_out_of_orderness_ns
         self.lateness_ns = allowed_lateness_ns
         self.hold_ns = max_out_of_orderness_ns + allowed_lateness_ns + clock_slack_ns
         self.slack_ns = clock_slack_ns
-        self.progress_dir = progress_dir
+        self.state_dir = state_dir
+        self.run_id = run_id
         self.stop_after_idle_s = stop_after_idle_s
         self.poll_ms = poll_ms
         self.max_poll_records = max_poll_records
+        self.closed_sessions = closed_sessions
+        self.late_floors_us = dict(late_floors_us or {})
         self._consumer = None
         self._idle_since: float | None = None
 
@@ -233,11 +301,22 @@ class ReadKafkaFn(beam.DoFn):
             return None            # broker unreachable: unknown, keep waiting
         return [end.get(tp) is not None and n >= end[tp] for tp, n in zip(tps, nxt, strict=True)]
 
-    def _append_progress(self, spec: PartitionSpec, rows: list[dict]) -> None:
-        path = Path(self.progress_dir) / f"{spec.topic}-{spec.partition}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
+    def _too_late(self, e: int, header: dict, latest: int | None, wm_ns: int | None
+                  ) -> str:
+        """Why a new (not replayed) record with event time ``e`` is too late, or ""."""
+        if header.get("session") in self.closed_sessions:
+            return (f"session {header.get('session')} was completed (every stream sent its "
+                    f"end of stream) and written by an earlier run")
+        if latest is not None and e < latest - self.bound_ns - self.lateness_ns:
+            return (f"event time {e} ns is behind the partition's latest event time {latest} "
+                    f"ns by more than the out-of-orderness {self.bound_ns / 1e9:g} s + allowed "
+                    f"lateness {self.lateness_ns / 1e9:g} s")
+        earlier = self.late_floors_us.get(header.get("session"))
+        floor = max(v for v in (wm_ns, None if earlier is None else earlier * 1000, -(2**63))
+                    if v is not None)
+        if e - self.slack_ns < floor:
+            return f"event time {e} ns is behind the watermark {floor} ns"
+        return ""
 
     def process(self, plan: ReadPlan, tracker=beam.DoFn.RestrictionParam(_Plan()),
                 wm=beam.DoFn.WatermarkEstimatorParam(
@@ -256,56 +335,65 @@ class ReadKafkaFn(beam.DoFn):
             for m in batch:
                 if m.offset < nxt[i]:
                     continue
+                replayed = m.offset < spec.replay_below
                 rec = KafkaRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp,
-                                  m.offset < spec.replay_below, tuple(m.headers or ()))
+                                  replayed, tuple(m.headers or ()))
                 e, header = event_time_ns(m.value)
-                late = e is not None and (m.offset in spec.skip or (not rec.replayed and (
-                    (max_e[i] is not None and e < max_e[i] - self.bound_ns - self.lateness_ns)
-                    or (wm_ns is not None and e - self.slack_ns < wm_ns))))
-                new_max = max_e[i] if e is None or late else max(e, max_e[i] or e)
+                why = ""
+                if e is not None:
+                    latest = max((v for v in (max_e[i], spec.max_event_ns) if v is not None),
+                                 default=None)
+                    if replayed:
+                        why = ("judged too late when an earlier run read it"
+                               if m.offset in spec.late else "")
+                    else:
+                        why = self._too_late(e, header, latest, wm_ns)
+                new_max = max_e[i] if e is None or why else max(e, max_e[i] or e)
                 if not tracker.try_claim((i, m.offset, new_max)):
                     break
                 nxt[i], max_e[i] = m.offset + 1, new_max
-                t_last = header.get("t_last_ns", e) if header else None
-                rows.setdefault(i, []).append(
-                    {"o": m.offset, "t": t_last, **({"late": 1} if late else {})})
-                if m.offset in spec.skip:      # an earlier run dead-lettered it as too late
-                    continue
+                rows.setdefault(i, []).append(log_row(m.offset, self.run_id, header, bool(why)))
                 if e is None:                  # poison: ingest dead-letters it with the reason
                     yield beam.window.TimestampedValue(
                         rec, Timestamp(micros=(wm_ns or 0) // 1000))
-                elif late:                     # dead-lettered by SplitLateFn
-                    yield beam.window.TimestampedValue(replace(rec, event_ns=e, too_late=(
-                        f"event time {e} ns on {m.topic}/{m.partition} is behind the latest "
-                        f"event time {max_e[i]} ns by more than the out-of-orderness "
-                        f"{self.bound_ns / 1e9:g} s + allowed lateness "
-                        f"{self.lateness_ns / 1e9:g} s (or behind the watermark)")),
+                elif why:                      # dead-lettered by SplitLateFn
+                    yield beam.window.TimestampedValue(replace(
+                        rec, event_ns=e, too_late=f"{m.topic}/{m.partition}: {why}"),
                         Timestamp(micros=(wm_ns or 0) // 1000))
                 else:
                     beam.metrics.Metrics.counter("ingest", "records").inc()
                     yield beam.window.TimestampedValue(
                         rec, Timestamp(micros=(e - self.slack_ns) // 1000))
-        for i, r in rows.items():
-            self._append_progress(plan.specs[i], r)
         caught_up = self._caught_up(consumer, tps, nxt)
         target = plan_watermark_ns(max_e, caught_up or [False] * len(tps), self.hold_ns)
         if target is not None and (wm_ns is None or target > wm_ns):
             wm.set_watermark(Timestamp(micros=target // 1000))
+            wm_ns = target
+        for i, r in rows.items():
+            if wm_ns is not None:
+                r[-1]["w"] = wm_ns // 1000
+            append_lines(read_log(self.state_dir, plan.specs[i].topic, plan.specs[i].partition),
+                         r)
         if polled or not caught_up or not all(caught_up):
             self._idle_since = None
         elif self.stop_after_idle_s is not None:
             self._idle_since = self._idle_since or time.monotonic()
             if time.monotonic() - self._idle_since >= self.stop_after_idle_s:
-                if tracker.try_claim(FINISH):
-                    self._finish(plan, nxt, max_e)
+                self._finish(plan, wm_ns)
+                tracker.try_claim(FINISH)
                 return
         tracker.defer_remainder(Duration(micros=0 if polled else 100_000))
 
-    def _finish(self, plan: ReadPlan, nxt: list[int], max_e: list[int | None]) -> None:
-        for spec, n, m in zip(plan.specs, nxt, max_e, strict=True):
-            path = Path(self.progress_dir) / f"{spec.topic}-{spec.partition}.done.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"next": n, "max_event_ns": m}))
+    def _finish(self, plan: ReadPlan, wm_ns: int | None) -> None:
+        """Record the last real watermark and the complete sessions, before the drain."""
+        rows = [r for s in plan.specs
+                for r in load_lines(read_log(self.state_dir, s.topic, s.partition))]
+        final = {"watermark_us": None if wm_ns is None else wm_ns // 1000,
+                 "complete": sorted(complete_sessions(rows))}
+        path = final_path(self.state_dir, self.run_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(final))
+        os.replace(tmp, path)
         self._idle_since = None
         self.teardown()
 

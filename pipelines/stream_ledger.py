@@ -1,0 +1,178 @@
+"""The streaming job's ledger: what earlier runs of a consumer group read and wrote, so a
+restart -- after a graceful stop or a hard kill -- loses nothing and duplicates nothing.
+
+    OUT/_stream/<group>/read-<topic>-<partition>.jsonl   one line per record the reader
+        claimed: offset ``o``, run, session ``s``, stream ``st``, device times ``t`` / ``tl`` /
+        ``te`` (first, last sample, latest interval end), ``late``, ``eos`` (+ ``x``: the
+        session's declared streams), ``w`` (the reader's watermark after that poll, in us)
+    OUT/_stream/<group>/written.jsonl   one line per bucket file written: session, bucket, run
+    OUT/_stream/<group>/final-<run>.json   on a stop: the last real watermark and the sessions
+        complete (every declared stream's end-of-stream message read)
+
+Rules (``resume``): a bucket is written once, only when complete: closed by the real
+watermark, or at a stop when its session is complete (``HoldBackFn``); buckets of earlier runs
+are not rewritten. A partition restarts at the smallest offset still needed by an unwritten
+bucket (a record's buckets: its reference-time span widened by the window margin), or after the
+last offset read; records read before are *replayed*: never judged late again (the ones judged
+late are dead-lettered again with the same letter id), and the dead-letter writer skips letter
+ids already on the topic (deadletter/kafka_topic.py ``letter_id``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import apache_beam as beam
+
+from transforms.buckets import bucket_range
+from transforms.clock import ClockModel
+from transforms.kafka_io import PartitionSpec, append_lines, final_path, load_lines, read_log
+from transforms.parquet_sink import write_bucket
+
+WRITTEN = "written.jsonl"
+
+
+def state_dir(out: str | Path, group_id: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in group_id)
+    return Path(out) / "_stream" / safe
+
+
+def load_written(state: str | Path) -> frozenset[tuple[str, int]]:
+    return frozenset((r["s"], int(r["b"])) for r in load_lines(Path(state) / WRITTEN))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a record maps to buckets: the declared clocks, the bucket width and window margin."""
+    clocks: dict[tuple[str, str], ClockModel]
+    bucket_ns: int
+    margin_ns: int
+
+    def buckets(self, row: dict) -> list[tuple[str, int]]:
+        """(session, bucket) pairs a logged record can put samples (or ticks) into."""
+        model = self.clocks.get((row.get("s"), row.get("st")))
+        if model is None or row.get("t") is None:
+            return []
+        hi_dev = max(v for v in (row["t"], row.get("tl"), row.get("te")) if v is not None)
+        lo, hi = (int(v) for v in model.to_ref([row["t"], hi_dev]))
+        return [(row["s"], b) for b in bucket_range(lo, hi, self.bucket_ns, self.margin_ns)]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where each partition starts and what earlier runs did (see the module docstring)."""
+    specs: tuple[PartitionSpec, ...]
+    written: frozenset[tuple[str, int]]
+    closed_sessions: frozenset[str]      # completed by an earlier run's stop
+    late_floors_us: dict[str, int]       # session -> highest watermark of a run that read it
+
+    @property
+    def replaying(self) -> bool:
+        return any(s.start < s.replay_below for s in self.specs)
+
+    def offsets(self) -> dict[str, int]:
+        return {f"{s.topic}/{s.partition}": s.start for s in self.specs}
+
+
+def resume(state: str | Path, fresh: list[PartitionSpec], geometry: Geometry) -> Resume:
+    """The restart plan: ``fresh`` holds each partition's start without a ledger (the group's
+    committed offset, or the earliest)."""
+    written = load_written(state)
+    specs, all_rows = [], []
+    for spec in fresh:
+        by_offset = {int(r["o"]): r for r in load_lines(read_log(state, spec.topic,
+                                                                 spec.partition))}
+        if not by_offset:
+            specs.append(spec)
+            continue
+        rows = [by_offset[o] for o in sorted(by_offset)]
+        all_rows.extend(rows)
+        after = rows[-1]["o"] + 1
+        needed = [r["o"] for r in rows if not r.get("late")
+                  and any(k not in written for k in geometry.buckets(r))]
+        start = min([*needed, after])
+        on_time = [r["t"] for r in rows if r.get("t") is not None and not r.get("late")]
+        specs.append(PartitionSpec(
+            spec.topic, spec.partition, start, replay_below=after,
+            late=tuple(r["o"] for r in rows if r.get("late") and r["o"] >= start),
+            max_event_ns=max(on_time) if on_time else None))
+    closed: set[str] = set()
+    for f in Path(state).glob("final-*.json"):
+        try:
+            closed.update(json.loads(f.read_text()).get("complete", []))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return Resume(tuple(specs), written, frozenset(closed), late_floors(all_rows))
+
+
+def late_floors(rows: list[dict]) -> dict[str, int]:
+    """Per session, the highest watermark (us) of any earlier run that read it: buckets of the
+    session up to there may be written, so a new record behind it is too late. A session no
+    earlier run read has no floor (its event times may well be behind other sessions')."""
+    run_max: dict[str, int] = {}
+    runs: dict[str, set[str]] = {}
+    for r in rows:
+        if r.get("w") is not None:
+            run_max[r["run"]] = max(run_max.get(r["run"], r["w"]), r["w"])
+        if r.get("s"):
+            runs.setdefault(r["s"], set()).add(r["run"])
+    return {s: max(run_max[r] for r in rs if r in run_max)
+            for s, rs in runs.items() if any(r in run_max for r in rs)}
+
+
+class HoldBackFn(beam.DoFn):
+    """((session, bucket), table) -> the same, only for buckets to write now: not written by an
+    earlier run, and complete -- closed by the real watermark, or (once the reader has stopped
+    and the runner drains the windows) of a session complete at the stop. The others are held
+    back (counted): a restart replays their records."""
+
+    def __init__(self, state: str, run_id: str, written: frozenset[tuple[str, int]],
+                 bucket_ns: int, window_margin_ns: int):
+        self.state = state
+        self.run_id = run_id
+        self.written = written
+        self.bucket_ns = bucket_ns
+        self.window_margin_ns = window_margin_ns
+        self._final: dict | None = None
+
+    def _stopped(self) -> dict | None:
+        if self._final is None:
+            p = final_path(self.state, self.run_id)
+            if p.exists():
+                self._final = json.loads(p.read_text())
+        return self._final
+
+    def process(self, element):
+        (session, b), _ = element
+        if (session, b) in self.written:
+            beam.metrics.Metrics.counter("stream", "buckets.already_written").inc()
+            return
+        final = self._stopped()
+        if final is not None:
+            end_ns = (b + 1) * self.bucket_ns + self.window_margin_ns
+            wm = final.get("watermark_us")
+            closed = wm is not None and wm * 1000 >= end_ns
+            if not closed and session not in final.get("complete", []):
+                beam.metrics.Metrics.counter("stream", "buckets.held_back").inc()
+                return
+        yield element
+
+
+class WriteBucketFn(beam.DoFn):
+    """((session, bucket), table) -> the Parquet file written (deterministic name), then the
+    bucket is added to the ledger's written.jsonl (a kill in between rewrites the same file)."""
+
+    def __init__(self, root: str, metadata: dict, state: str, run_id: str):
+        self.root = root
+        self.metadata = metadata
+        self.ledger = str(Path(state) / WRITTEN)
+        self.run_id = run_id
+
+    def process(self, element):
+        (session, b), table = element
+        beam.metrics.Metrics.counter("sink", "aligned.rows").inc(table.num_rows)
+        path = write_bucket(table, self.root, session, b, self.metadata)
+        append_lines(self.ledger, [{"s": session, "b": int(b), "run": self.run_id}])
+        yield path
