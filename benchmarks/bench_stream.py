@@ -53,7 +53,10 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=30.0, help="recording seconds")
     ap.add_argument("--speed", type=float, default=1.0, help="publish speed for the latency run")
     ap.add_argument("--idle", type=float, default=3.0, help="stop after idle seconds")
+    ap.add_argument("--quick", action="store_true", help="a 10 s recording")
     args = ap.parse_args()
+    if args.quick:
+        args.duration = 10.0
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
     manifest = generate_recording(tmp / "rec", seed=21, duration_s=args.duration)
     t0 = time.perf_counter()
