@@ -35,7 +35,9 @@ class EncoderConfig(BaseModel):
     to a scripted/traced file) or "state_dict" (``path`` to weights for the default
     architecture, or for ``target`` when given). ``preprocess`` overrides preprocessing
     options (video: size, ref_size; audio: window_s, n_mels; sensor: length, channels, mean,
-    std). Batching and device fields go to the RunInference model handler.
+    std). Batching and device fields go to the RunInference model handler. ``cpu_threads``:
+    torch intra-op threads on CPU (default: torch's own, capped at the CPUs this process may
+    use); set cores / worker processes when a runner starts several SDK processes per machine.
     """
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,6 +51,7 @@ class EncoderConfig(BaseModel):
     preprocess: dict[str, Any] = Field(default_factory=dict)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    cpu_threads: int | None = Field(None, ge=1)
     min_batch_size: int = Field(1, ge=1)
     max_batch_size: int = Field(64, ge=1)
     max_batch_duration_secs: int | None = Field(None, ge=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -75,3 +76,20 @@ def to_device(batch: np.ndarray | torch.Tensor, spec: DeviceSpec) -> torch.Tenso
     if spec.is_cuda:
         return t.pin_memory().to(spec.device, non_blocking=True)
     return t
+
+
+def configure_cpu_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op thread pool for CPU inference and return its size.
+
+    ``threads`` None keeps torch's default (physical cores, or OMP_NUM_THREADS) but caps it
+    at the CPUs this process may run on (a cpuset-limited container); several processes on
+    one machine each using all cores slow each other down 2-4x, so give ``threads`` = cores /
+    processes there. Process-wide: torch has one intra-op pool per process.
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"cpu_threads must be >= 1, got {threads}")
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    want = threads if threads is not None else min(torch.get_num_threads(), allowed or 1)
+    if want != torch.get_num_threads():
+        torch.set_num_threads(want)
+    return torch.get_num_threads()

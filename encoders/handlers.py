@@ -26,7 +26,13 @@ from apache_beam.ml.inference.base import (
 
 from deadletter.record import DeadLetter
 from encoders import audio, sensor, video
-from encoders.device import DeviceSpec, inference_context, select_device, to_device
+from encoders.device import (
+    DeviceSpec,
+    configure_cpu_threads,
+    inference_context,
+    select_device,
+    to_device,
+)
 from encoders.registry import EncoderConfig, LoadedEncoder, build_encoder, preprocess_options
 from encoders.text import as_text_batch, tick_text
 
@@ -82,12 +88,14 @@ class EncodeFailure:
 
 
 def preprocess_request(req: EncodeRequest, opts: dict[str, Any]) -> np.ndarray | str | None:
-    """The request's model input (None when it carries no data). Raises on bad data."""
+    """The request's per-example input to ``EncoderRunner.encode`` (None when it carries no
+    data): video the uint8 (S, S, 3) crop (normalised per batch on the device by ``encode``),
+    audio the log-mel, text the tick's text, sensor the normalised window. Raises on bad data."""
     if req.data is None:
         return None
     m = req.modality
     if m == "video":
-        return video.preprocess_frame(req.data, opts["size"], req.homography, opts["ref_size"])
+        return video.crop_frame(req.data, opts["size"], req.homography, opts["ref_size"])
     if m == "audio":
         if req.sample_rate is None:
             raise ValueError("audio request has no sample_rate")
@@ -105,7 +113,9 @@ def preprocess_request(req: EncodeRequest, opts: dict[str, Any]) -> np.ndarray |
 
 @dataclass
 class EncoderRunner:
-    """A loaded encoder on its device; ``encode`` maps a batch of inputs to float32 (N, D)."""
+    """A loaded encoder on its device; ``encode`` maps a batch of ``preprocess_request``
+    outputs to float32 (N, D). Video crops cross to the device as uint8 (a quarter of the
+    float bytes) and are normalised there, once per batch."""
     encoder: LoadedEncoder
     spec: DeviceSpec
 
@@ -114,17 +124,27 @@ class EncoderRunner:
         return self.encoder.model_id
 
     def encode(self, batch: Sequence[np.ndarray | str]) -> np.ndarray:
-        if self.encoder.modality == "text":
+        m = self.encoder.modality
+        if m == "text":
             x: Any = as_text_batch(list(batch))
+        elif m == "video":
+            x = to_device(np.stack(batch), self.spec)
         else:
             x = to_device(np.stack(batch).astype(np.float32, copy=False), self.spec)
         with inference_context(self.spec):
+            if m == "video":
+                x = video.normalise_batch(x)
             out = self.encoder.model(x)
         return out.float().cpu().numpy()
 
 
 def load_runner(cfg: EncoderConfig) -> EncoderRunner:
+    """Build the configured encoder on its device; on CPU, torch's intra-op threads are set
+    from ``cfg.cpu_threads`` (see ``configure_cpu_threads``)."""
     spec = select_device(cfg.device, cfg.precision)
+    if not spec.is_cuda:
+        threads = configure_cpu_threads(cfg.cpu_threads)
+        log.info("%s encoder on CPU with %d torch threads", cfg.modality, threads)
     enc = build_encoder(cfg)
     enc.model.to(spec.device)
     return EncoderRunner(enc, spec)

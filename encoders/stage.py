@@ -136,8 +136,14 @@ def _homography(value: Any) -> np.ndarray | None:
     return h.reshape(3, 3)
 
 
-def video_inputs(table: pa.Table, se: StreamEncode, batch: int) -> list:
-    """Per row: an EncodeRequest-ready (frame, homography), an exception, or None."""
+def video_inputs(table: pa.Table, se: StreamEncode, batch: int | None = None) -> list:
+    """Per row: an EncodeRequest-ready (frame, homography), an exception, or None.
+
+    A source's frames are loaded with one ``load_frames`` call per ``batch`` positions; None
+    (the stage's choice) loads all of the bucket's frames of a source in one call: one seek,
+    one sequential decode. Each call seeks to the keyframe before its first frame, so
+    per-model-batch calls decode up to a GOP of frames again every batch (measured: +30% decode
+    CPU with 64-frame calls on a 250-frame GOP). The bucket's frames are held either way."""
     from transforms.decode_video import load_frames
     s = se.stream_id
     pos, src = _col(table, f"{s}__pos"), _col(table, f"{s}__src")
@@ -151,8 +157,9 @@ def video_inputs(table: pa.Table, se: StreamEncode, batch: int) -> list:
     for uri, rows in by_src.items():
         kind = video_kind(se.stream, uri)
         rows = sorted(rows, key=lambda i: pos[i])
-        for k in range(0, len(rows), batch):
-            part = rows[k:k + batch]
+        step = batch or len(rows)
+        for k in range(0, len(rows), step):
+            part = rows[k:k + step]
             try:
                 frames = list(load_frames(uri, [pos[i] for i in part], kind=kind,
                                           image_dir=image_dir))
@@ -347,7 +354,7 @@ def encode_table(table: pa.Table, plan: SessionEncode, runners: dict[str, Any],
         runner = runners[se.key]
         m = se.stream.modality
         if m == "video":
-            inputs = video_inputs(table, se, se.cfg.max_batch_size)
+            inputs = video_inputs(table, se)
         elif m == "audio":
             inputs = audio_inputs(table, se)
         elif m == "text":

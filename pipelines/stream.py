@@ -181,6 +181,10 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
         stage_dead.append(out.dead)
     written = aligned | "WriteAligned" >> beam.ParDo(
         WriteBucketFn(str(job.out / "aligned"), job.metadata(), str(state), job.run_id))
+    from encoders.feature_store import feature_store_sink
+    sink = feature_store_sink(job.manifests, job.out, job.run_id)
+    if sink is not None:                    # Feast online store, after each bucket's Parquet
+        stage_dead.append((written | "WriteOnline" >> sink).dead)
     dead = ((read.dead, ingested.dead, valid.dead, *stage_dead) | "AllDead" >> beam.Flatten()
             | "DeadLetterTopic" >> beam.ParDo(
                 WriteDeadLettersToKafkaFn(settings, job.run_id, skip_ids)))

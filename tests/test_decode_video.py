@@ -18,6 +18,8 @@ from schemas.video import ARROW_SCHEMA
 from transforms.decode_video import (
     decode_image_sequence,
     decode_video_container,
+    file_packet_index,
+    frame_to_rgb,
     load_frames,
     packet_index,
 )
@@ -183,16 +185,53 @@ def test_oversize_file(vfr_mp4):
 def test_load_frames_by_pos_matches_sequential_decode(vfr_mp4):
     path, _ = vfr_mp4
     with av.open(str(path)) as c:
-        all_frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        decoded = list(c.decode(video=0))
+        all_frames = [frame_to_rgb(f) for f in decoded]
+        swscale = [f.to_ndarray(format="rgb24") for f in decoded]
     want = [57, 3, 30, 31, 0, 3]       # unsorted, repeated, across GOPs (g=10)
     got = load_frames(str(path), want)
     assert got.shape == (6, H, W, 3) and got.dtype == np.uint8
     for k, p in enumerate(want):
         assert np.array_equal(got[k], all_frames[p])
+        # the fast BT.601 path is FFmpeg's conversion up to chroma upsampling
+        assert np.abs(got[k].astype(int) - swscale[p].astype(int)).max() <= 3
     small = load_frames(str(path), [10], size=(32, 24))
     assert small.shape == (1, 24, 32, 3)
     with pytest.raises(ValueError, match="out of range"):
         load_frames(str(path), [60])
+
+
+@pytest.mark.parametrize("tags", [
+    {"colorspace": "bt709", "color_primaries": "bt709", "color_trc": "bt709"},
+    {"color_range": "pc"},
+])
+def test_frames_not_bt601_limited_convert_through_ffmpeg(tmp_path, tags):
+    """BT.709 or full-range frames take swscale, which reads their tags, not the BT.601
+    limited-range fast path."""
+    path = tmp_path / "tagged.mp4"
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (H, W, 3), np.uint8)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=30, options=dict(tags))
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        for pkt in [*vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")), *vs.encode()]:
+            out.mux(pkt)
+    with av.open(str(path)) as c:
+        f = next(c.decode(video=0))
+    assert (int(f.colorspace), int(f.color_range)) != (2, 0)
+    want = f.to_ndarray(format="rgb24")
+    assert np.array_equal(frame_to_rgb(f), want)
+    assert np.array_equal(load_frames(str(path), [0])[0], want)
+
+
+def test_packet_index_is_read_once_per_file_version(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_video(path, vfr_pts(12))
+    first = file_packet_index(str(path))
+    assert file_packet_index(str(path)) is first and len(first.pts) == 12
+    write_video(path, vfr_pts(20))               # rewritten: new size/mtime, new index
+    assert len(file_packet_index(str(path)).pts) == 20
+    assert len(load_frames(str(path), [19])) == 1
 
 
 def test_packet_index_counts_every_frame(vfr_mp4):

