@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,3 +246,22 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def server_command(command: str, server, started: Callable[[float], str],
+                   as_json: bool = False) -> int:
+    """``start`` | ``stop`` | ``status`` of a managed server (``start()``, ``stop() -> bool``,
+    ``status() -> dict`` with ``running``) for the modules' CLIs; ``started(seconds)`` is the
+    line printed after a start. Exit code: 0, or 3 for ``status`` of a server not running."""
+    if command == "start":
+        t0 = time.monotonic()
+        server.start()
+        print(started(time.monotonic() - t0))
+    elif command == "stop":
+        print("stopped" if server.stop() else "not running")
+    else:
+        status = server.status()
+        print(json.dumps(status) if as_json else
+              "\n".join(f"{k}: {v}" for k, v in status.items()))  # fmt: skip
+        return 0 if status["running"] else 3
+    return 0

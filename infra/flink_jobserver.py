@@ -33,6 +33,7 @@ from infra import (
     require_tool,
     rss_mb,
     run_dir,
+    server_command,
     spawn,
 )
 
@@ -213,19 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         fresh = not (Path(home) / "state.json").exists()
         port = args.job_port if fresh else 0
         server = FlinkJobServer(home, port, port + 1 if fresh else 0, port + 2 if fresh else 0)
-        if args.command == "start":
-            t0 = time.monotonic()
-            server.start()
-            print(f"beam {BEAM_JAVA_VERSION} flink {FLINK_MINOR} job server on {server.endpoint} "
-                  f"(pid {server.pid}, {time.monotonic() - t0:.1f}s, log {server.log_file})")
-        elif args.command == "stop":
-            print("stopped" if server.stop() else "not running")
-        else:
-            status = server.status()
-            print(json.dumps(status) if args.json else
-                  "\n".join(f"{k}: {v}" for k, v in status.items()))  # fmt: skip
-            return 0 if status["running"] else 3
-        return 0
+        return server_command(args.command, server, lambda secs: (
+            f"beam {BEAM_JAVA_VERSION} flink {FLINK_MINOR} job server on {server.endpoint} "
+            f"(pid {server.pid}, {secs:.1f}s, log {server.log_file})"), args.json)
     except InfraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -38,6 +38,7 @@ from infra import (
     require_tool,
     rss_mb,
     run_dir,
+    server_command,
     spawn,
 )
 
@@ -380,20 +381,9 @@ def main(argv: list[str] | None = None) -> int:
             broker_port=args.port if fresh else 0,
             controller_port=(args.controller_port or args.port + 1) if fresh else 0,
         )
-        if args.command == "start":
-            t0 = time.monotonic()
-            broker.start()
-            print(f"kafka {KAFKA_VERSION} up on {broker.bootstrap_servers} "
-                  f"(pid {broker.pid}, {time.monotonic() - t0:.1f}s, "
-                  f"log {broker.log_file})")
-        elif args.command == "stop":
-            print("stopped" if broker.stop() else "not running")
-        else:
-            status = broker.status()
-            print(json.dumps(status) if args.json else
-                  "\n".join(f"{k}: {v}" for k, v in status.items()))  # fmt: skip
-            return 0 if status["running"] else 3
-        return 0
+        return server_command(args.command, broker, lambda secs: (
+            f"kafka {KAFKA_VERSION} up on {broker.bootstrap_servers} "
+            f"(pid {broker.pid}, {secs:.1f}s, log {broker.log_file})"), args.json)
     except InfraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

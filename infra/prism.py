@@ -31,6 +31,7 @@ from infra import (
     require_tool,
     rss_mb,
     run_dir,
+    server_command,
     spawn,
 )
 
@@ -149,17 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         home = args.home or run_dir("prism")
         fresh = not (Path(home) / "state.json").exists()
         server = PrismServer(home, args.job_port if fresh else 0)
-        if args.command == "start":
-            server.start()
-            print(f"prism {BEAM_VERSION} on {server.endpoint} (pid {server.pid})")
-        elif args.command == "stop":
-            print("stopped" if server.stop() else "not running")
-        else:
-            status = server.status()
-            print(json.dumps(status) if args.json else
-                  "\n".join(f"{k}: {v}" for k, v in status.items()))  # fmt: skip
-            return 0 if status["running"] else 3
-        return 0
+        return server_command(args.command, server, lambda secs: (
+            f"prism {BEAM_VERSION} on {server.endpoint} (pid {server.pid}, {secs:.1f}s)"),
+            args.json)
     except InfraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

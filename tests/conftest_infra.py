@@ -8,7 +8,8 @@ left alone. Jars come from the download cache (fetched on first use).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -26,6 +27,23 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def fresh_topics(kafka_broker: KafkaBroker) -> Callable[[int], tuple]:
+    """A function ``(partitions=1) -> (KafkaSettings, tag)``: the ingest and dead-letter topics
+    under a new suffix ``.<tag>``, created on ``kafka_broker``, so tests never share topics."""
+    from pipelines.kafka_config import DEADLETTER_TOPIC, MODALITY_TOPICS, KafkaSettings
+
+    def make(partitions: int = 1) -> tuple[KafkaSettings, str]:
+        tag = uuid.uuid4().hex[:8]
+        settings = KafkaSettings(kafka_broker.bootstrap_servers,
+                                 {m: f"{t}.{tag}" for m, t in MODALITY_TOPICS.items()},
+                                 f"{DEADLETTER_TOPIC}.{tag}")
+        for topic in [*settings.topics.values(), settings.deadletter_topic]:
+            kafka_broker.create_topic(topic, partitions)
+        return settings, tag
+    return make
 
 
 SASL_USERS = {"mmalign-app": "s3cr3t-Pl41n-pw-7f2c"}

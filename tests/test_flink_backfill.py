@@ -135,24 +135,16 @@ def test_cli_rejects_flink_master_with_exit_code_2(tmp_path: Path, capsys) -> No
 
 # Issue 7: the streaming job on Flink (streaming mode, LOOPBACK) against the real broker.
 @pytest.mark.slow
-def test_stream_on_flink_equals_the_backfill(kafka_broker, flink_job_server: str,
+def test_stream_on_flink_equals_the_backfill(fresh_topics, flink_job_server: str,
                                              tmp_path: Path) -> None:
     """`pipelines.stream` on the Flink job server (streaming, LOOPBACK) against a real broker
     writes the same aligned rows as the local backfill of the recording."""
-    import uuid
-
     from pipelines import stream
-    from pipelines.kafka_config import MODALITY_TOPICS, KafkaSettings
     from pipelines.publish import publish
 
     manifest = generate_recording(tmp_path / "rec", seed=5, duration_s=6.0, bad_records=False)
     backfill.run([manifest], tmp_path / "batch", run_id="batch")
-    tag = uuid.uuid4().hex[:8]
-    settings = KafkaSettings(kafka_broker.bootstrap_servers,
-                             {m: f"{t}.{tag}" for m, t in MODALITY_TOPICS.items()},
-                             f"mmalign.deadletter.{tag}")
-    for topic in [*settings.topics.values(), settings.deadletter_topic]:
-        kafka_broker.create_topic(topic, 2)
+    settings, tag = fresh_topics(2)
     publish(manifest, settings, run_id="publish")
     opts = stream.StreamOptions(group_id=f"flink-{tag}", stop_after_idle_s=3.0)
     args = ["--runner=PortableRunner", *flink_args(flink_job_server, parallelism=2,

@@ -4,7 +4,6 @@ a pipeline restart that duplicates nothing."""
 from __future__ import annotations
 
 import collections
-import uuid
 
 import pyarrow as pa
 import pytest
@@ -13,7 +12,6 @@ from kafka import KafkaProducer
 from deadletter.file_sink import read_dead_letters
 from deadletter.kafka_topic import H, read_topic
 from pipelines import backfill, stream
-from pipelines.kafka_config import MODALITY_TOPICS, KafkaSettings
 from pipelines.publish import prepare, publish
 from pipelines.sample_recording import generate_recording
 from schemas.message import encode
@@ -23,16 +21,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run(kafka_broker, tmp_path_factory):
+def run(kafka_broker, fresh_topics, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stream")
     manifest = generate_recording(tmp / "rec", seed=5, duration_s=6.0)
     backfill.run([manifest], tmp / "batch", run_id="batch")
-    tag = uuid.uuid4().hex[:8]
-    settings = KafkaSettings(kafka_broker.bootstrap_servers,
-                             {m: f"{t}.{tag}" for m, t in MODALITY_TOPICS.items()},
-                             f"mmalign.deadletter.{tag}")
-    for t in [*settings.topics.values(), settings.deadletter_topic]:
-        kafka_broker.create_topic(t, 1)
+    settings, tag = fresh_topics()
     report = publish(manifest, settings, run_id="publish")
 
     # poison and too-late messages, after the recording: the too-late one is the first message

@@ -4,15 +4,12 @@ latest tick, read back through Feast's own SDK."""
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pytest
 import yaml
 
 from encoders import feature_store as fs
 from pipelines import backfill, stream
-from pipelines.kafka_config import MODALITY_TOPICS, KafkaSettings
 from pipelines.publish import publish
 from pipelines.sample_recording import generate_recording
 from transforms.parquet_sink import read_aligned
@@ -27,7 +24,7 @@ ENCODERS = {"video": {"max_batch_size": 16, "device": "cpu"},
 
 
 @pytest.fixture(scope="module")
-def run(kafka_broker, tmp_path_factory):
+def run(fresh_topics, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stream_feat")
     base = generate_recording(tmp / "rec", seed=4, duration_s=5.0, size=(96, 72), fps=10.0,
                               imu_hz=100.0, session=SESSION, bad_records=False)
@@ -37,12 +34,7 @@ def run(kafka_broker, tmp_path_factory):
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     backfill.run([manifest], tmp / "batch", run_id="batch")
 
-    tag = uuid.uuid4().hex[:8]
-    settings = KafkaSettings(kafka_broker.bootstrap_servers,
-                             {m: f"{t}.{tag}" for m, t in MODALITY_TOPICS.items()},
-                             f"mmalign.deadletter.{tag}")
-    for t in [*settings.topics.values(), settings.deadletter_topic]:
-        kafka_broker.create_topic(t, 1)
+    settings, tag = fresh_topics()
     publish(manifest, settings, run_id="publish")
     opts = stream.StreamOptions(group_id=f"g-{tag}", stop_after_idle_s=3.0)
     summary = stream.run([manifest], tmp / "stream", settings, opts, run_id="s1")

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 from kafka import KafkaProducer
@@ -28,7 +27,6 @@ from kafka import KafkaProducer
 from deadletter.file_sink import read_dead_letters
 from deadletter.kafka_topic import LETTER_ID, read_topic
 from pipelines import backfill, stream
-from pipelines.kafka_config import MODALITY_TOPICS, KafkaSettings
 from pipelines.publish import prepare
 from pipelines.sample_recording import generate_recording
 from pipelines.stream_ledger import WRITTEN, state_dir
@@ -72,19 +70,14 @@ def _wait(cond, timeout_s: float) -> bool:
 
 
 @pytest.fixture(scope="module")
-def run(kafka_broker, tmp_path_factory):
+def run(kafka_broker, fresh_topics, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("restart")
     m1 = generate_recording(tmp / "rec1", seed=8, duration_s=12.0, session="rs-001")
     text = m1.read_text()
     assert "bucket_s: 4.0" in text
     m1.write_text(text.replace("bucket_s: 4.0", "bucket_s: 3.0"))   # more bucket edges
     backfill.run([m1], tmp / "batch", run_id="batch")
-    tag = uuid.uuid4().hex[:8]
-    settings = KafkaSettings(kafka_broker.bootstrap_servers,
-                             {m: f"{t}.{tag}" for m, t in MODALITY_TOPICS.items()},
-                             f"mmalign.deadletter.{tag}")
-    for t in [*settings.topics.values(), settings.deadletter_topic]:
-        kafka_broker.create_topic(t, 1)
+    settings, tag = fresh_topics()
     group = f"g-{tag}"
     opts = stream.StreamOptions(group_id=group, stop_after_idle_s=5.0,
                                 max_out_of_orderness_s=0.5, allowed_lateness_s=0.5)
