@@ -87,6 +87,13 @@ class EncodeFailure:
         self.error_class, self.message, self.reason = type(exc).__name__, str(exc), reason
 
 
+def preprocess_video(frame: np.ndarray, homography: np.ndarray | None,
+                     opts: dict[str, Any]) -> np.ndarray:
+    """A video frame's per-example input: the uint8 (S, S, 3) crop, warped with
+    ``homography`` first when given. Raises on a bad frame or homography."""
+    return video.crop_frame(frame, opts["size"], homography, opts["ref_size"])
+
+
 def preprocess_request(req: EncodeRequest, opts: dict[str, Any]) -> np.ndarray | str | None:
     """The request's per-example input to ``EncoderRunner.encode`` (None when it carries no
     data): video the uint8 (S, S, 3) crop (normalised per batch on the device by ``encode``),
@@ -95,7 +102,7 @@ def preprocess_request(req: EncodeRequest, opts: dict[str, Any]) -> np.ndarray |
         return None
     m = req.modality
     if m == "video":
-        return video.crop_frame(req.data, opts["size"], req.homography, opts["ref_size"])
+        return preprocess_video(req.data, req.homography, opts)
     if m == "audio":
         if req.sample_rate is None:
             raise ValueError("audio request has no sample_rate")
@@ -343,5 +350,6 @@ __all__ = [
     "encode_requests",
     "load_runner",
     "preprocess_request",
+    "preprocess_video",
     "run_batch",
 ]

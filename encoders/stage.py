@@ -2,7 +2,7 @@
 per-stream embedding columns (+ fused), failures as DeadLetters of stage "encode".
 
 Inputs per tick come from the aligned row's references, loaded once per bucket and stream:
-video frames by ``<s>__pos`` from ``<s>__src`` (``load_frames``, in batches; warped with the
+video frames by ``<s>__pos`` from ``<s>__src`` (``iter_frames``, cropped as decoded; warped with the
 registration's ``<s>__H`` when the spec says ``warp``), audio samples ``<s>__sample_start`` ..
 ``__sample_end`` (one ``load_audio`` per source file and bucket), text ``<s>__text``, sensor
 windows re-read from the source file: the decoder's own rows (same ``pos`` numbering), the rows
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,13 @@ from apache_beam.utils import shared
 from deadletter.record import DeadLetter
 from encoders.config import EncoderConfig, EncodersConfig
 from encoders.fusion import OK, fusion_columns, stream_columns
-from encoders.handlers import EncodeFailure, EncodeRequest, preprocess_request, run_batch
+from encoders.handlers import (
+    EncodeFailure,
+    EncodeRequest,
+    preprocess_request,
+    preprocess_video,
+    run_batch,
+)
 from schemas.manifest import Manifest, ManifestError, Stream
 
 DEAD = "dead"
@@ -136,46 +143,69 @@ def _homography(value: Any) -> np.ndarray | None:
     return h.reshape(3, 3)
 
 
-def video_inputs(table: pa.Table, se: StreamEncode, batch: int | None = None) -> list:
-    """Per row: an EncodeRequest-ready (frame, homography), an exception, or None.
+@dataclass(frozen=True)
+class Prepared:
+    """A row's model input, preprocessed while its source was read (video crops)."""
+    x: Any
 
-    A source's frames are loaded with one ``load_frames`` call per ``batch`` positions; None
-    (the stage's choice) loads all of the bucket's frames of a source in one call: one seek,
-    one sequential decode. Each call seeks to the keyframe before its first frame, so
-    per-model-batch calls decode up to a GOP of frames again every batch (measured: +30% decode
-    CPU with 64-frame calls on a 250-frame GOP). The bucket's frames are held either way."""
-    from transforms.decode_video import load_frames
+
+@dataclass(frozen=True)
+class PrepareFailed:
+    """Preprocessing a row's loaded input failed (a ``preprocess_failed`` dead letter)."""
+    error: Exception
+
+
+def video_inputs(table: pa.Table, se: StreamEncode,
+                 prepare: Callable[[np.ndarray, np.ndarray | None], Any] | None = None) -> list:
+    """Per row: its frame's model input, an exception (the frame or its homography could not
+    be loaded), or None (no frame).
+
+    A source's frames come from one sequential decode (``iter_frames``: one seek, not one per
+    batch) and each is reduced as it arrives by ``prepare(frame, homography)`` to a
+    ``Prepared`` (or ``PrepareFailed``), so only one full-size frame is held at a time: a 10 s
+    bucket of 1080p frames is 1.9 GB, its 112 px crops 11 MB. Without ``prepare`` the input is
+    the (frame, homography) pair, for ``preprocess_request``. Rows that share a frame share
+    its decode. After a frame that cannot be loaded, the rest are loaded one by one."""
+    from transforms.decode_video import iter_frames, load_frames
     s = se.stream_id
     pos, src = _col(table, f"{s}__pos"), _col(table, f"{s}__src")
     hs = _col(table, f"{s}__H") if se.warp else [None] * table.num_rows
     out: list = [None] * table.num_rows
-    by_src: dict[str, list[int]] = {}
+    by_src: dict[str, dict[int, list[int]]] = {}
     for i, (p, u) in enumerate(zip(pos, src)):
         if p is not None and u is not None:
-            by_src.setdefault(u, []).append(i)
-    image_dir = se.stream.options.get("image_dir")
-    for uri, rows in by_src.items():
-        kind = video_kind(se.stream, uri)
-        rows = sorted(rows, key=lambda i: pos[i])
-        step = batch or len(rows)
-        for k in range(0, len(rows), step):
-            part = rows[k:k + step]
+            by_src.setdefault(u, {}).setdefault(int(p), []).append(i)
+
+    def take(frame: np.ndarray, rows: list[int]) -> None:
+        for i in rows:
             try:
-                frames = list(load_frames(uri, [pos[i] for i in part], kind=kind,
-                                          image_dir=image_dir))
-            except Exception:  # noqa: BLE001 - find the bad frame(s) one by one
-                frames = []
-                for i in part:
-                    try:
-                        frames.append(load_frames(uri, [pos[i]], kind=kind,
-                                                  image_dir=image_dir)[0])
-                    except Exception as e:  # noqa: BLE001
-                        frames.append(e)
-            for i, f in zip(part, frames):
+                h = _homography(hs[i])
+            except ValueError as e:
+                out[i] = e
+                continue
+            if prepare is None:
+                out[i] = (frame, h)
+                continue
+            try:
+                out[i] = Prepared(prepare(frame, h))
+            except Exception as e:  # noqa: BLE001 - the row's dead letter
+                out[i] = PrepareFailed(e)
+
+    image_dir = se.stream.options.get("image_dir")
+    for uri, rows_at in by_src.items():
+        kind = video_kind(se.stream, uri)
+        try:
+            for p, frame in iter_frames(uri, list(rows_at), kind=kind, image_dir=image_dir):
+                take(frame, rows_at.pop(p))
+        except Exception:  # noqa: BLE001 - find the bad frame(s) one by one
+            for p in sorted(rows_at):
                 try:
-                    out[i] = f if isinstance(f, Exception) else (f, _homography(hs[i]))
-                except ValueError as e:
-                    out[i] = e
+                    frame = load_frames(uri, [p], kind=kind, image_dir=image_dir)[0]
+                except Exception as e:  # noqa: BLE001
+                    for i in rows_at[p]:
+                        out[i] = e
+                    continue
+                take(frame, rows_at[p])
     return out
 
 
@@ -324,8 +354,12 @@ def encode_stream(table: pa.Table, se: StreamEncode, runner, inputs: list, opts:
         if isinstance(value, Exception):
             fail(i, type(value).__name__, "load_failed", str(value))
             continue
+        if isinstance(value, PrepareFailed):
+            fail(i, type(value.error).__name__, "preprocess_failed", str(value.error))
+            continue
         try:
-            x = preprocess_request(_request(se, session_id, ticks[i], value), opts)
+            x = value.x if isinstance(value, Prepared) else preprocess_request(
+                _request(se, session_id, ticks[i], value), opts)
         except Exception as e:  # noqa: BLE001
             fail(i, type(e).__name__, "preprocess_failed", str(e))
             continue
@@ -354,7 +388,8 @@ def encode_table(table: pa.Table, plan: SessionEncode, runners: dict[str, Any],
         runner = runners[se.key]
         m = se.stream.modality
         if m == "video":
-            inputs = video_inputs(table, se)
+            opts = preprocess_options(se.cfg)
+            inputs = video_inputs(table, se, lambda f, h, o=opts: preprocess_video(f, h, o))
         elif m == "audio":
             inputs = audio_inputs(table, se)
         elif m == "text":

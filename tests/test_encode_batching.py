@@ -115,3 +115,49 @@ def test_benchmark_pipelines_encode_every_frame_like_the_raw_loop(tmp_path):
         want = runner.encoder.model(torch.from_numpy(video.preprocess_frames(frames, 48)))
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
     bench.run_stage(cfg, str(path), n, batch)            # raises unless n rows are "ok"
+
+
+def test_video_inputs_crop_as_they_decode_and_keep_row_failures_apart(tmp_path):
+    """One sequential decode per source, one crop per row (rows sharing a frame share its
+    decode), a singular homography is that row's preprocess failure, a frame past the end is
+    a load failure of its row only."""
+    import pyarrow as pa
+
+    from encoders.handlers import preprocess_video
+    from encoders.stage import Prepared, PrepareFailed, StreamEncode, encode_stream, video_inputs
+    from schemas.manifest import Stream
+    from transforms.decode_video import iter_frames
+
+    bench = _bench()
+    path = tmp_path / "cam0.mp4"
+    bench.write_video(path, 12, 96, 64)
+    assert [p for p, _ in iter_frames(str(path), [7, 2, 7, 0])] == [0, 2, 7]
+    frames = load_frames(str(path), list(range(12)))
+    eye, singular = np.eye(3).ravel().tolist(), [0.0] * 9
+    table = pa.table({
+        "session_id": ["s"] * 6, "tick_ns": pa.array(range(6), pa.int64()),
+        "cam0__status": ["ok"] * 5 + ["missing"],
+        "cam0__pos": pa.array([5, 1, 5, 3, 40, None], pa.int64()),
+        "cam0__src": [str(path)] * 5 + [None],
+        "cam0__H": [eye, eye, singular, eye, eye, None],
+    })
+    cfg = EncoderConfig(modality="video", device="cpu", kwargs={"size": 32})
+    se = StreamEncode(Stream(id="cam0", modality="video", files=[str(path)]), cfg, warp=True)
+    runner = load_runner(cfg)
+    opts = runner.encoder.preprocess
+    inputs = video_inputs(table, se, lambda f, h: preprocess_video(f, h, opts))
+    for i, p in ((0, 5), (1, 1), (3, 3)):
+        assert isinstance(inputs[i], Prepared) and inputs[i].x.shape == (32, 32, 3)
+        np.testing.assert_array_equal(inputs[i].x, preprocess_video(frames[p], np.eye(3), opts))
+    assert isinstance(inputs[2], PrepareFailed) and "singular" in str(inputs[2].error)
+    assert isinstance(inputs[4], ValueError) and "out of range" in str(inputs[4])
+    assert inputs[5] is None
+    cols, mat, dead = encode_stream(table, se, runner, inputs, opts, "r")
+    assert cols["cam0__emb_status"].to_pylist() == [
+        "ok", "ok", "preprocess_failed", "ok", "load_failed", "no_input:missing"]
+    assert sorted(d.reason for d in dead) == ["load_failed", "preprocess_failed"]
+    # the same vectors as preprocessing the loaded (frame, homography) pairs in encode_stream
+    pairs = video_inputs(table, se)
+    assert isinstance(pairs[0], tuple) and pairs[0][0].shape == (64, 96, 3)
+    _, mat2, _ = encode_stream(table, se, runner, pairs, opts, "r")
+    np.testing.assert_array_equal(mat[[0, 1, 3]], mat2[[0, 1, 3]])

@@ -351,11 +351,11 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _load_images(index_path: str, wanted: list[int], size: tuple[int, int] | None,
-                 image_dir: str | None) -> dict[int, np.ndarray]:
+def _iter_images(index_path: str, wanted: list[int], size: tuple[int, int] | None,
+                 image_dir: str | None) -> Iterator[tuple[int, np.ndarray]]:
     opts = DecodeOptions(image_dir=image_dir)
     base = _image_dir(index_path, opts)
-    todo, out = set(wanted), {}
+    todo = set(wanted)
     for e in read_index(index_path):
         if e.pos not in todo:
             continue
@@ -365,24 +365,22 @@ def _load_images(index_path: str, wanted: list[int], size: tuple[int, int] | Non
             raise ValueError(f"{index_path}: frame {e.pos} ({e.filename or e.error}) cannot be "
                              "loaded; it was a decode dead letter")
         img = _to_rgb(img)
-        out[e.pos] = cv2.resize(img, size, interpolation=cv2.INTER_AREA) if size else img
+        yield e.pos, cv2.resize(img, size, interpolation=cv2.INTER_AREA) if size else img
         todo.discard(e.pos)
         if not todo:
             break
     if todo:
         raise ValueError(f"{index_path} has no frames {sorted(todo)[:5]}; its index has fewer "
                          "data lines")
-    return out
 
 
-def _load_container(path: str, wanted: list[int], size: tuple[int, int] | None
-                    ) -> dict[int, np.ndarray]:
+def _iter_container(path: str, wanted: list[int], size: tuple[int, int] | None
+                    ) -> Iterator[tuple[int, np.ndarray]]:
     index = file_packet_index(path)
     n = len(index.pts)
     if wanted and (wanted[0] < 0 or wanted[-1] >= n):
         raise ValueError(f"{path} has frames 0..{n - 1}; positions {wanted[0]}..{wanted[-1]} "
                          "are out of range")
-    out: dict[int, np.ndarray] = {}
     keys = index.key_pts.tolist()
     with av.open(path) as c:
         vs = c.streams.video[0]
@@ -424,8 +422,7 @@ def _load_container(path: str, wanted: list[int], size: tuple[int, int] | None
             if found is None:
                 raise ValueError(f"{path}: frame {pos} (pts {target}) cannot be decoded; it "
                                  "was a decode dead letter")
-            out[pos] = frame_to_rgb(found, size)
-    return out
+            yield pos, frame_to_rgb(found, size)
 
 
 def _next_frame(frames: Iterator) -> av.VideoFrame | None:
@@ -438,21 +435,32 @@ def _next_frame(frames: Iterator) -> av.VideoFrame | None:
             continue        # a broken packet: skip it, the wanted frame may still come
 
 
+def iter_frames(uri: str, positions: Sequence[int], *, kind: str = "container",
+                size: tuple[int, int] | None = None, image_dir: str | None = None
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """(pos, frame) for each distinct position in increasing order, as (H, W, 3) uint8 RGB
+    (``size`` = (width, height) to resize to): one sequential decode (a container seeks only
+    when a keyframe lies between two wanted frames), one frame in memory at a time, so a caller
+    that reduces each frame as it comes (a 112 px crop) never holds a bucket of full frames.
+    Raises ``ValueError`` at the first frame that cannot be loaded (those before it came)."""
+    wanted = sorted({int(p) for p in positions})
+    if kind == "container":
+        yield from _iter_container(uri, wanted, size)
+    elif kind == "image_sequence":
+        yield from _iter_images(uri, wanted, size, image_dir)
+    else:
+        raise ValueError(f"load_frames kind must be 'container' or 'image_sequence', "
+                         f"not {kind!r}")
+
+
 def load_frames(uri: str, positions: Sequence[int], *, kind: str = "container",
                 size: tuple[int, int] | None = None, image_dir: str | None = None
                 ) -> np.ndarray:
     """Frames by ``pos`` as [n, H, W, 3] uint8 RGB, in the order asked; ``size`` is
     (width, height) to resize to (needed when frame sizes differ). Raises ``ValueError`` for
-    a frame that cannot be loaded."""
+    a frame that cannot be loaded. Holds every frame asked for: see ``iter_frames``."""
     positions = [int(p) for p in positions]
-    wanted = sorted(set(positions))
-    if kind == "container":
-        got = _load_container(uri, wanted, size)
-    elif kind == "image_sequence":
-        got = _load_images(uri, wanted, size, image_dir)
-    else:
-        raise ValueError(f"load_frames kind must be 'container' or 'image_sequence', "
-                         f"not {kind!r}")
+    got = dict(iter_frames(uri, positions, kind=kind, size=size, image_dir=image_dir))
     if not positions:
         h, w = (size[1], size[0]) if size else (0, 0)
         return np.zeros((0, h, w, 3), np.uint8)
