@@ -249,7 +249,8 @@ def make_sequence(folder: Path, n: int = 10, header: bool = True, sep: str = ","
     for i in range(n):
         name = f"rgb/{i:04d}.png"
         if i == 4:
-            (folder / name).write_bytes(b"not a png at all")          # corrupt
+            png = cv2.imencode(".png", frame_image(i))[1].tobytes()
+            (folder / name).write_bytes(png[:len(png) // 3])           # cut short
         elif i != 7:                                                   # 7 is missing
             cv2.imwrite(str(folder / name), cv2.cvtColor(frame_image(i), cv2.COLOR_RGB2BGR))
         lines.append(f"1700000000.{i * 33_333_333:09d}{sep}{name}")
@@ -273,6 +274,8 @@ def test_image_sequence_with_corrupt_and_missing_image(tmp_path):
                                                       ("missing_image", "frame=7")}
     assert {d.source_uri for d in dead} == {str(tmp_path / "rgb/0004.png"),
                                             str(tmp_path / "rgb/0007.png")}
+    corrupt = next(d for d in dead if d.reason == "corrupt_image")
+    assert "truncated PNG" in corrupt.message and "no IEND chunk" in corrupt.message
     assert chunks[0].meta["width"] == W and chunks[0].meta["kind"] == "image_sequence"
     assert [c.prev_t_ns for c in chunks][:2] == [None, int(chunks[0].t_ns().max())]
 

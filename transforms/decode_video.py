@@ -108,6 +108,20 @@ def frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> n
     return frame.to_ndarray(format="rgb24", **kw)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why image bytes cannot be a whole image, found without decoding them, or None: empty,
+    or a PNG without its closing IEND chunk (cut short in writing or copying; libpng would
+    print an error to stderr and return nothing)."""
+    if not data:
+        return "the file is empty"
+    if data.startswith(PNG_SIGNATURE) and data.rfind(b"IEND") < len(PNG_SIGNATURE):
+        return f"a truncated PNG: {len(data)} bytes and no IEND chunk"
+    return None
+
+
 def _jpeg(bgr: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -312,11 +326,13 @@ def decode_image_sequence(index_path: str, *, session_id: str, stream_id: str,
                            error_class="CorruptMedia", position=where,
                            source_uri=str(img_path), event_time_ns=e.t_ns)
             continue
+        problem = image_problem(data)
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) \
-            if data else None
+            if problem is None else None
         if img is None:
             yield src.dead("corrupt_image", f"{index_path}: frame {e.pos} image {img_path} "
-                           "cannot be decoded.", error_class="CorruptMedia", position=where,
+                           f"cannot be decoded{f' ({problem})' if problem else ''}.",
+                           error_class="CorruptMedia", position=where,
                            source_uri=str(img_path), event_time_ns=e.t_ns)
             continue
         h, w = img.shape[:2]
