@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,17 +154,15 @@ class PrepareFailed:
     error: Exception
 
 
-def video_inputs(table: pa.Table, se: StreamEncode,
-                 prepare: Callable[[np.ndarray, np.ndarray | None], Any] | None = None) -> list:
-    """Per row: its frame's model input, an exception (the frame or its homography could not
-    be loaded), or None (no frame).
+def video_inputs(table: pa.Table, se: StreamEncode, opts: dict[str, Any]) -> list:
+    """Per row: a ``Prepared`` crop of its frame (``preprocess_video`` with ``opts``), a
+    ``PrepareFailed``, an exception (the frame or its homography could not be loaded), or None
+    (no frame).
 
     A source's frames come from one sequential decode (``iter_frames``: one seek, not one per
-    batch) and each is reduced as it arrives by ``prepare(frame, homography)`` to a
-    ``Prepared`` (or ``PrepareFailed``), so only one full-size frame is held at a time: a 10 s
-    bucket of 1080p frames is 1.9 GB, its 112 px crops 11 MB. Without ``prepare`` the input is
-    the (frame, homography) pair, for ``preprocess_request``. Rows that share a frame share
-    its decode. After a frame that cannot be loaded, the rest are loaded one by one."""
+    batch) and each is cropped as it arrives, so only one full-size frame is held at a time: a
+    10 s bucket of 1080p frames is 1.9 GB, its 112 px crops 11 MB. Rows that share a frame
+    share its decode. After a frame that cannot be loaded, the rest are loaded one by one."""
     from transforms.decode_video import iter_frames, load_frames
     s = se.stream_id
     pos, src = _col(table, f"{s}__pos"), _col(table, f"{s}__src")
@@ -183,11 +180,8 @@ def video_inputs(table: pa.Table, se: StreamEncode,
             except ValueError as e:
                 out[i] = e
                 continue
-            if prepare is None:
-                out[i] = (frame, h)
-                continue
             try:
-                out[i] = Prepared(prepare(frame, h))
+                out[i] = Prepared(preprocess_video(frame, h, opts))
             except Exception as e:  # noqa: BLE001 - the row's dead letter
                 out[i] = PrepareFailed(e)
 
@@ -318,9 +312,6 @@ def _position(se: StreamEncode, table: pa.Table, i: int) -> str:
 
 def _request(se: StreamEncode, session_id: str, tick: int, value: Any) -> EncodeRequest:
     m = se.stream.modality
-    if m == "video":
-        frame, h = value
-        return EncodeRequest(session_id, se.stream_id, m, tick, frame, homography=h)
     if m == "audio":
         pcm, sr = value
         return EncodeRequest(session_id, se.stream_id, m, tick, pcm, sample_rate=sr)
@@ -387,17 +378,16 @@ def encode_table(table: pa.Table, plan: SessionEncode, runners: dict[str, Any],
     for se in plan.streams:
         runner = runners[se.key]
         m = se.stream.modality
+        opts = preprocess_options(se.cfg)
         if m == "video":
-            opts = preprocess_options(se.cfg)
-            inputs = video_inputs(table, se, lambda f, h, o=opts: preprocess_video(f, h, o))
+            inputs = video_inputs(table, se, opts)
         elif m == "audio":
             inputs = audio_inputs(table, se)
         elif m == "text":
             inputs = text_inputs(table, se)
         else:
             inputs = sensor_inputs(table, se, lambda uri, se=se: sensor_rows(se, uri))
-        c, mat, d = encode_stream(table, se, runner, inputs, preprocess_options(se.cfg),
-                                  run_id)
+        c, mat, d = encode_stream(table, se, runner, inputs, opts, run_id)
         cols.update(c)
         mats.append(mat)
         dead += d
