@@ -266,7 +266,7 @@ def cmd_deadletter(ns) -> int:
 
     from kafka.errors import KafkaError
 
-    from pipelines.kafka_config import KafkaConfigError, auth_refusal, settings_from_args
+    from pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
     try:
         settings = settings_from_args(ns)
         if ns.action == "inspect":
@@ -293,10 +293,8 @@ def cmd_deadletter(ns) -> int:
         print(f"mmalign deadletter: {e}", file=sys.stderr)
         return 2
     except KafkaError as e:
-        if auth_refusal(settings):          # a refused login, not an unreachable broker
-            print(f"mmalign deadletter: {auth_refusal(settings)}", file=sys.stderr)
-            return 1
-        print(f"mmalign deadletter: Kafka failed ({type(e).__name__}: {e}); is the broker up?",
-              file=sys.stderr)
+        print("mmalign deadletter: " + kafka_failure(
+            settings, f"Kafka failed ({type(e).__name__}: {e}); is the broker up?"),
+            file=sys.stderr)
         return 1
     return 0

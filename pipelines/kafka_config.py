@@ -165,6 +165,12 @@ def auth_refusal(settings: KafkaSettings) -> str | None:
             f"--kafka-config")
 
 
+def kafka_failure(settings: KafkaSettings, otherwise: str) -> str:
+    """The sentence for a command whose Kafka client failed: the refused login when the
+    broker refused one (``auth_refusal``), else ``otherwise`` (e.g. an unreachable broker)."""
+    return auth_refusal(settings) or otherwise
+
+
 def settings_from_args(ns) -> KafkaSettings:
     """Settings for a subcommand; kafka-python's connection logs only with ``-v`` (a refused
     login is still recorded for ``auth_refusal``)."""

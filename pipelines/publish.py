@@ -241,7 +241,7 @@ def cmd_publish(ns) -> int:
 
     from kafka.errors import KafkaError
 
-    from pipelines.kafka_config import KafkaConfigError, auth_refusal, settings_from_args
+    from pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
     try:
         settings = settings_from_args(ns)
         shown = [0]
@@ -258,11 +258,9 @@ def cmd_publish(ns) -> int:
         print(f"mmalign publish: {e}", file=sys.stderr)
         return 2
     except KafkaError as e:
-        if auth_refusal(settings):          # a refused login, not an unreachable broker
-            print(f"mmalign publish: {auth_refusal(settings)}", file=sys.stderr)
-            return 1
-        print(f"mmalign publish: Kafka at {settings.bootstrap_servers} failed "
-              f"({type(e).__name__}: {e}); is the broker up (make kafka-up)?", file=sys.stderr)
+        print("mmalign publish: " + kafka_failure(
+            settings, f"Kafka at {settings.bootstrap_servers} failed ({type(e).__name__}: {e}); "
+            "is the broker up (make kafka-up)?"), file=sys.stderr)
         return 1
     if ns.json:
         print(json.dumps(report.as_dict(), sort_keys=True))

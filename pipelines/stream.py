@@ -252,7 +252,7 @@ def cmd_stream(ns) -> int:
     from kafka.errors import KafkaError
 
     from infra import InfraError
-    from pipelines.kafka_config import KafkaConfigError, auth_refusal, settings_from_args
+    from pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
     try:
         settings = settings_from_args(ns)
         opts = StreamOptions(group_id=ns.group_id, max_out_of_orderness_s=ns.out_of_orderness,
@@ -265,11 +265,9 @@ def cmd_stream(ns) -> int:
         print(f"mmalign stream: {e}", file=sys.stderr)
         return 2
     except (KafkaError, InfraError) as e:
-        if auth_refusal(settings):          # a refused login, not an unreachable broker
-            print(f"mmalign stream: {auth_refusal(settings)}", file=sys.stderr)
-            return 1
-        print(f"mmalign stream: {type(e).__name__}: {e}; is the broker up (make kafka-up)?",
-              file=sys.stderr)
+        print("mmalign stream: " + kafka_failure(
+            settings, f"{type(e).__name__}: {e}; is the broker up (make kafka-up)?"),
+            file=sys.stderr)
         return 1
     if ns.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
