@@ -30,13 +30,31 @@ def _runner_args(ns):
     return runner_session(ns.runner, ns.pipeline_args)
 
 
-def cmd_generate(ns) -> int:
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    """The generator's options (all but the output folder), for its command lines:
+    ``mmalign generate`` and ``python -m pipelines.sample_recording``."""
+    p.add_argument("--duration", type=float, default=12.0, help="seconds (default 12)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--session", default="demo-001")
+    p.add_argument("--undeclared-clocks", action="store_true",
+                   help="leave clocks out of the calibration; the manifest asks for DTW-sync")
+    p.add_argument("--no-bad-records", action="store_true", help="plant no bad records")
+    p.add_argument("--registration", action="store_true",
+                   help="add a registration section (cam1 onto cam0) to the manifest")
+
+
+def generate_from_args(out_dir: str | Path, ns: argparse.Namespace) -> Path:
+    """``generate_recording`` with the options of ``add_generate_arguments``."""
     from pipelines.sample_recording import generate_recording
+    return generate_recording(out_dir, seed=ns.seed, duration_s=ns.duration,
+                              declare_clocks=not ns.undeclared_clocks,
+                              bad_records=not ns.no_bad_records, session=ns.session,
+                              registration=ns.registration)
+
+
+def cmd_generate(ns) -> int:
     try:
-        path = generate_recording(ns.out, seed=ns.seed, duration_s=ns.duration,
-                                  declare_clocks=not ns.undeclared_clocks,
-                                  bad_records=not ns.no_bad_records, session=ns.session,
-                                  registration=ns.registration)
+        path = generate_from_args(ns.out, ns)
     except ValueError as e:
         print(f"mmalign generate: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -106,14 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write a sample recording with ground truth")
     p.add_argument("--out", required=True)
-    p.add_argument("--duration", type=float, default=12.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--session", default="demo-001")
-    p.add_argument("--undeclared-clocks", action="store_true",
-                   help="leave clocks out of the calibration; the manifest asks for DTW-sync")
-    p.add_argument("--no-bad-records", action="store_true", help="plant no bad records")
-    p.add_argument("--registration", action="store_true",
-                   help="add a registration section (cam1 onto cam0) to the manifest")
+    add_generate_arguments(p)
     p.set_defaults(fn=cmd_generate)
 
     from pipelines.features_cli import add_parser as add_features

@@ -718,21 +718,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Write a synthetic multimodal recording with known ground truth "
                     "(manifest.yaml, media, ground_truth.json).")
+    from pipelines.cli import add_generate_arguments, generate_from_args
     p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--duration", type=float, default=12.0, help="seconds (default 12)")
-    p.add_argument("--undeclared-clocks", action="store_true",
-                   help="leave clocks out of calibration.yaml; the manifest asks for DTW-sync")
-    p.add_argument("--no-bad-records", action="store_true", help="plant no bad records")
-    p.add_argument("--session", default="demo-001")
-    p.add_argument("--registration", action="store_true",
-                   help="add a registration section (cam1 onto cam0) to the manifest")
+    add_generate_arguments(p)
     a = p.parse_args(argv)
     try:
-        path = generate_recording(a.out_dir, seed=a.seed, duration_s=a.duration,
-                                  declare_clocks=not a.undeclared_clocks,
-                                  bad_records=not a.no_bad_records, session=a.session,
-                                  registration=a.registration)
+        path = generate_from_args(a.out_dir, a)
     except ValueError as e:
         p.error(str(e))
     print(path)
