@@ -12,8 +12,8 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --upgrade pip wheel setuptools || { scripts/disk-hint.sh; exit 1; }
+	$(PY) -m pip install -q -e ".[test]" || { scripts/disk-hint.sh; exit 1; }
 	touch $(STAMP)
 
 venv: $(STAMP)
