@@ -32,7 +32,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
 from pipelines.backfill import Job, new_run_id, post_align_stages, prepare
 from pipelines.kafka_config import KafkaSettings
-from pipelines.stream_ledger import Geometry, HoldBackFn, Resume, WriteBucketFn, resume, state_dir
+from pipelines.stream_ledger import (
+    Geometry,
+    HoldBackFn,
+    MarkEmptyFn,
+    Resume,
+    WriteBucketFn,
+    compact,
+    resume,
+    state_dir,
+)
 from schemas.envelope import Chunk
 from schemas.manifest import ManifestError
 from schemas.message import MessageError, decode_chunk, split
@@ -169,11 +178,14 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
     valid = ingested.chunks | "Validate" >> Validate(options, job.run_id)
     clocked = valid.chunks | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
     buckets = bucketing(job)
-    aligned = (clocked
-               | "Buckets" >> buckets
-               | "Align" >> AlignBuckets(job.plans, extents_from_meta=True)
-               | "HoldBack" >> beam.ParDo(HoldBackFn(str(state), job.run_id, plan.written,
-                                                     job.bucket_ns, buckets.window_margin_ns)))
+    held = (clocked
+            | "Buckets" >> buckets
+            | "Align" >> AlignBuckets(job.plans, extents_from_meta=True, emit_empty=True)
+            | "HoldBack" >> beam.ParDo(HoldBackFn(
+                str(state), job.run_id, plan.written, job.bucket_ns, buckets.window_margin_ns)
+            ).with_outputs(HoldBackFn.EMPTY, main="aligned"))
+    held.empty | "MarkEmpty" >> beam.ParDo(MarkEmptyFn(str(state), job.run_id))
+    aligned = held.aligned
     stage_dead = []
     for name, stage in post_align_stages(job):
         out = aligned | name >> stage
@@ -210,6 +222,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
     state.mkdir(parents=True, exist_ok=True)
     geo = geometry(job)
     plan = resume(state, fresh, geo)
+    compact(state, plan)                    # a restart reads what it needs, not the history
     skip_ids = letter_ids(settings) if plan.replaying else frozenset()
     args = pipeline_args
     if args is None:
@@ -219,6 +232,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
     with beam.Pipeline(options=PipelineOptions(args)) as p:
         build(p, job, settings, plan, opts, state, skip_ids)
     after = resume(state, fresh, geo)
+    lines_before, lines_after = compact(state, after)
     committed = after.offsets()
     commit_offsets(settings, opts.group_id, committed)
     summary = {"run_id": job.run_id, "elapsed_s": round(time.perf_counter() - t0, 3),
@@ -226,7 +240,10 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
                "replayed_below": {f"{s.topic}/{s.partition}": s.replay_below
                                   for s in plan.specs if s.start < s.replay_below},
                "committed": committed, "kafka": settings.redacted(),
-               "state_dir": str(state), "counters": _counters(p.result)}
+               "state_dir": str(state),
+               "ledger_read_lines": {"before_compaction": lines_before,
+                                     "after_compaction": lines_after},
+               "counters": _counters(p.result)}
     (job.out / "_stream" / f"{job.run_id}.json").write_text(
         json.dumps(summary, indent=2, sort_keys=True))
     return summary

@@ -6,6 +6,7 @@ restart -- after a graceful stop or a hard kill -- loses nothing and duplicates 
         ``te`` (first, last sample, latest interval end), ``late``, ``eos`` (+ ``x``: the
         session's declared streams), ``w`` (the reader's watermark after that poll, in us)
     OUT/_stream/<group>/written.jsonl   one line per bucket file written: session, bucket, run
+        (``empty``: a complete bucket with no ticks, done without a file)
     OUT/_stream/<group>/final-<run>.json   on a stop: the last real watermark and the sessions
         complete (every declared stream's end-of-stream message read)
 
@@ -16,11 +17,18 @@ bucket (a record's buckets: its reference-time span widened by the window margin
 last offset read; records read before are *replayed*: never judged late again (the ones judged
 late are dead-lettered again with the same letter id), and the dead-letter writer skips letter
 ids already on the topic (deadletter/kafka_topic.py ``letter_id``).
+
+Compaction (``compact``, at every start and stop of the job): each read log is rewritten to
+the lines a later restart can still use, so a restart reads the unwritten part of the stream,
+not the job's whole history. It is exact: ``resume`` and the stop's complete sessions give the
+same answers before and after (tests/test_stream_ledger.py checks that on random ledgers).
+``written.jsonl`` (one line per bucket file) is kept whole.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +115,53 @@ def resume(state: str | Path, fresh: list[PartitionSpec], geometry: Geometry) ->
     return Resume(tuple(specs), written, frozenset(closed), late_floors(all_rows))
 
 
+def compact_rows(rows: list[dict], start: int) -> list[dict]:
+    """The lines of one read log that ``resume`` and ``complete_sessions`` still use, once
+    the partition restarts at ``start`` (offsets below it are never read again): every
+    offset from ``start`` on; below it, the last offset read (where reading resumes), the
+    on-time line with the highest event time (late checks), every end-of-stream line (which
+    sessions are complete), and per run its highest-watermark line plus one line per session
+    it read (``late_floors``). One line per offset, the last one logged, as ``resume`` reads."""
+    by_offset = {int(r["o"]): r for r in rows}
+    if not by_offset:
+        return []
+    keep = {o for o in by_offset if o >= start}
+    keep.add(max(by_offset))
+    on_time = [o for o, r in by_offset.items() if r.get("t") is not None and not r.get("late")]
+    if on_time:
+        keep.add(max(on_time, key=lambda o: by_offset[o]["t"]))
+    top_w: dict[str, int] = {}
+    per_session: dict[tuple[str, str], int] = {}
+    for o, r in by_offset.items():
+        if r.get("eos"):
+            keep.add(o)
+        if r.get("w") is not None and (r["run"] not in top_w
+                                       or r["w"] > by_offset[top_w[r["run"]]]["w"]):
+            top_w[r["run"]] = o
+        if r.get("s"):
+            per_session.setdefault((r["s"], r["run"]), o)
+    keep.update(top_w.values(), per_session.values())
+    return [by_offset[o] for o in sorted(keep)]
+
+
+def compact(state: str | Path, plan: Resume) -> tuple[int, int]:
+    """Rewrite each partition's read log to ``compact_rows`` for its planned start (atomic
+    per file: a kill leaves the old or the new log). Call it while no reader is running.
+    Returns (lines before, lines after)."""
+    before = after = 0
+    for spec in plan.specs:
+        path = read_log(state, spec.topic, spec.partition)
+        rows = load_lines(path)
+        kept = compact_rows(rows, spec.start)
+        before, after = before + len(rows), after + len(kept)
+        if len(kept) == len(rows):
+            continue
+        tmp = path.with_name(f".{path.name}.compact")
+        tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept))
+        os.replace(tmp, path)
+    return before, after
+
+
 def late_floors(rows: list[dict]) -> dict[str, int]:
     """Per session, the highest watermark (us) of any earlier run that read it: buckets of the
     session up to there may be written, so a new record behind it is too late. A session no
@@ -126,7 +181,11 @@ class HoldBackFn(beam.DoFn):
     """((session, bucket), table) -> the same, only for buckets to write now: not written by an
     earlier run, and complete -- closed by the real watermark, or (once the reader has stopped
     and the runner drains the windows) of a session complete at the stop. The others are held
-    back (counted): a restart replays their records."""
+    back (counted): a restart replays their records. A complete bucket without ticks (its
+    records only reach it through the window margin, e.g. before a session's first tick) goes
+    to the ``empty`` output, for ``MarkEmptyFn``."""
+
+    EMPTY = "empty"
 
     def __init__(self, state: str, run_id: str, written: frozenset[tuple[str, int]],
                  bucket_ns: int, window_margin_ns: int):
@@ -157,7 +216,25 @@ class HoldBackFn(beam.DoFn):
             if not closed and session not in final.get("complete", []):
                 beam.metrics.Metrics.counter("stream", "buckets.held_back").inc()
                 return
+        if element[1].num_rows == 0:
+            yield beam.pvalue.TaggedOutput(self.EMPTY, (session, b))
+            return
         yield element
+
+
+class MarkEmptyFn(beam.DoFn):
+    """(session, bucket) of a complete bucket with no ticks -> a ledger line (``empty``), so
+    the records that reached it are not needed by a restart."""
+
+    def __init__(self, state: str, run_id: str):
+        self.ledger = str(Path(state) / WRITTEN)
+        self.run_id = run_id
+
+    def process(self, element):
+        session, b = element
+        beam.metrics.Metrics.counter("stream", "buckets.empty").inc()
+        append_lines(self.ledger, [{"s": session, "b": int(b), "run": self.run_id,
+                                    "empty": 1}])
 
 
 class WriteBucketFn(beam.DoFn):

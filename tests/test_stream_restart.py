@@ -105,6 +105,10 @@ def run(kafka_broker, fresh_topics, tmp_path_factory):
     helper.join(timeout=300)
     assert fault == {"read_before_restart": True, "sent": True}
     written_r1 = load_lines(state / WRITTEN)
+    read_next_r1 = {}                           # where run 1 stopped reading, per partition
+    for f in state.glob("read-*.jsonl"):
+        topic, _, part = f.name[len("read-"):-len(".jsonl")].rpartition("-")
+        read_next_r1[f"{topic}/{part}"] = max(r["o"] for r in load_lines(f)) + 1
 
     # run 2: a process, killed hard once it has written a bucket of its own
     _send(boot, prep.session, last_a)
@@ -127,8 +131,8 @@ def run(kafka_broker, fresh_topics, tmp_path_factory):
     _send(boot, prep.session, last_b)
     r3 = stream.run([m1], out, settings, opts, run_id="r3")
     return {"tmp": tmp, "manifest": m1, "r1": r1, "r3": r3, "wrote_before_kill": wrote,
-            "state": state,
-            "written_r1": written_r1, "dlq_at_kill": dlq_at_kill, "settings": settings,
+            "state": state, "written_r1": written_r1, "read_next_r1": read_next_r1,
+            "dlq_at_kill": dlq_at_kill, "settings": settings,
             "dlq": list(read_topic(settings)),
             "sizes": (len(first), len(second), len(last_a), len(last_b))}
 
@@ -140,11 +144,7 @@ def test_graceful_stop_mid_recording_holds_back_unfinished_buckets(run):
     final = json.loads((run["state"] / "final-r1.json").read_text())
     assert final["complete"] == []              # rs-001's streams had not all ended
     # committed = the smallest offset an unwritten bucket needs: before the last one read
-    read_next = {}
-    for f in run["state"].glob("read-*.jsonl"):
-        topic, _, part = f.name[len("read-"):-len(".jsonl")].rpartition("-")
-        read_next[f"{topic}/{part}"] = max(r["o"] for r in load_lines(f) if r["run"] == "r1") + 1
-    assert any(r1["committed"][k] < n for k, n in read_next.items())
+    assert any(r1["committed"][k] < n for k, n in run["read_next_r1"].items())
     # what run 1 wrote was closed by its real watermark (3 s buckets + the window margin)
     margin_ns = stream.geometry(stream.prepare([run["manifest"]], run["tmp"] / "x", "m")
                                 ).margin_ns
@@ -163,11 +163,30 @@ def test_kill_then_restart_equals_the_backfill_row_for_row(run):
         assert streamed.schema.names == batch.schema.names
         for name in batch.schema.names:
             assert streamed.column(name).equals(batch.column(name)), (session, name)
-    # every bucket file was written once by a run that saw all of its data
-    written = collections.Counter((r["s"], r["b"]) for r in load_lines(run["state"] / WRITTEN))
+    # every bucket file was written once by a run that saw all of its data; buckets that only
+    # the window margin reaches (before the first tick, after the last) are done without a file
+    ledger = load_lines(run["state"] / WRITTEN)
+    written = collections.Counter((r["s"], r["b"]) for r in ledger if not r.get("empty"))
+    empty = {(r["s"], r["b"]) for r in ledger if r.get("empty")}
     files = {(p.parent.name.split("=", 1)[1], int(p.stem[len("part-b"):]))
              for p in (run["tmp"] / "stream" / "aligned").glob("*/part-*.parquet")}
     assert set(written) == files
+    assert empty and not empty & files
+    # so once the whole recording is written, no record is needed: the committed offsets are
+    # the ends of the partitions, and a restart would replay nothing
+    ends = {}
+    for f in run["state"].glob("read-*.jsonl"):
+        topic, _, part = f.name[len("read-"):-len(".jsonl")].rpartition("-")
+        ends[f"{topic}/{part}"] = max(r["o"] for r in load_lines(f)) + 1
+    assert r3["committed"] == ends
+    # the ledger was compacted at each start and stop: once all is written, little is left
+    # (per read log: the last offset, the newest event, end-of-stream lines, and per run its
+    # watermark line and its line for the session)
+    lines = run["r3"]["ledger_read_lines"]
+    assert lines["after_compaction"] < lines["before_compaction"]
+    for f in run["state"].glob("read-*.jsonl"):
+        rows = load_lines(f)
+        assert len(rows) <= 2 + 2 * 3 + sum(1 for r in rows if r.get("eos")), f.name
 
 
 def test_deadletter_topic_holds_each_letter_exactly_once(run):

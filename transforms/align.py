@@ -360,9 +360,15 @@ def meta_extents(session_id: str, pieces: list[Piece]) -> dict | None:
 
 
 class AlignBucketFn(beam.DoFn):
-    def __init__(self, plans: dict[str, SessionPlan], extents_from_meta: bool = False):
+    """((session, bucket), pieces) -> ((session, bucket), aligned table); a bucket with no
+    ticks yields nothing, or an empty table with ``emit_empty`` (the streaming ledger
+    records such buckets as done, so their records are not replayed forever)."""
+
+    def __init__(self, plans: dict[str, SessionPlan], extents_from_meta: bool = False,
+                 emit_empty: bool = False):
         self.plans = plans
         self.extents_from_meta = extents_from_meta
+        self.emit_empty = emit_empty
 
     def process(self, element, extents=None):
         (session_id, bucket), pieces = element
@@ -375,7 +381,7 @@ class AlignBucketFn(beam.DoFn):
                     piece.owned)
         table = align_bucket(self.plans[session_id], bucket, pieces, extents)
         beam.metrics.Metrics.counter("align", "ticks").inc(table.num_rows)
-        if table.num_rows:
+        if table.num_rows or self.emit_empty:
             yield (session_id, bucket), table
 
 
@@ -383,18 +389,19 @@ class AlignBuckets(beam.PTransform):
     """((session, bucket), Piece) -> ((session, bucket), aligned table)."""
 
     def __init__(self, plans: dict[str, SessionPlan], extents=None,
-                 extents_from_meta: bool = False):
+                 extents_from_meta: bool = False, emit_empty: bool = False):
         super().__init__()
         self.plans = plans
         self.extents = extents   # optional side input PCollection of ((session, stream), span)
         self.extents_from_meta = extents_from_meta   # streaming: extents declared in meta
+        self.emit_empty = emit_empty                 # streaming: empty buckets reach the ledger
 
     def expand(self, keyed_pieces):
         side = {} if self.extents is None else {"extents": beam.pvalue.AsDict(self.extents)}
         return (keyed_pieces
                 | "GroupBucket" >> beam.GroupByKey()
-                | "JoinBucket" >> beam.ParDo(AlignBucketFn(self.plans, self.extents_from_meta),
-                                             **side))
+                | "JoinBucket" >> beam.ParDo(AlignBucketFn(self.plans, self.extents_from_meta,
+                                                           self.emit_empty), **side))
 
 
 def chunk_extent(chunk) -> tuple[tuple[str, str], tuple[int, int]]:

@@ -180,13 +180,17 @@ def final_path(state: str | Path, run_id: str) -> Path:
 
 
 def append_lines(path: str | Path, rows: list[dict]) -> None:
-    """Append JSON lines in one write (O_APPEND: lines of concurrent writers never interleave)."""
+    """Append JSON lines in one write (O_APPEND: lines of concurrent writers never interleave).
+    A line torn by a killed writer is ended first, so it cannot swallow the next line."""
     data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
     if not data:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
         os.write(fd, data)
     finally:
         os.close(fd)
