@@ -36,8 +36,8 @@ from pipelines.stream_ledger import (
     Geometry,
     HoldBackFn,
     MarkEmptyFn,
+    MarkWrittenFn,
     Resume,
-    WriteBucketFn,
     compact,
     resume,
     state_dir,
@@ -49,6 +49,7 @@ from transforms.align import AlignBuckets
 from transforms.buckets import AssignBuckets
 from transforms.clock import ApplyClockFn
 from transforms.kafka_io import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
+from transforms.parquet_sink import WriteAlignedFn
 from transforms.validate import ORIGIN_META_KEY, Validate
 
 DRIFT_BUDGET_S = 3600.0   # clock slack covers drift over this much recording time
@@ -192,11 +193,16 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
         aligned = out.main
         stage_dead.append(out.dead)
     written = aligned | "WriteAligned" >> beam.ParDo(
-        WriteBucketFn(str(job.out / "aligned"), job.metadata(), str(state), job.run_id))
+        WriteAlignedFn(str(job.out / "aligned"), job.metadata()))
+    done = written
     from encoders.feature_store import feature_store_sink
     sink = feature_store_sink(job.manifests, job.out, job.run_id)
     if sink is not None:                    # Feast online store, after each bucket's Parquet
-        stage_dead.append((written | "WriteOnline" >> sink).dead)
+        online = written | "WriteOnline" >> sink
+        stage_dead.append(online.dead)
+        done = ((online.main, online.dead | "FailedOnline" >> beam.Map(lambda d: d.source_uri))
+                | "OnlineDone" >> beam.Flatten())
+    done | "MarkWritten" >> beam.ParDo(MarkWrittenFn(str(state), job.run_id))   # the ledger
     dead = ((read.dead, ingested.dead, valid.dead, *stage_dead) | "AllDead" >> beam.Flatten()
             | "DeadLetterTopic" >> beam.ParDo(
                 WriteDeadLettersToKafkaFn(settings, job.run_id, skip_ids)))

@@ -37,7 +37,7 @@ import apache_beam as beam
 from transforms.buckets import bucket_range
 from transforms.clock import ClockModel
 from transforms.kafka_io import PartitionSpec, append_lines, final_path, load_lines, read_log
-from transforms.parquet_sink import write_bucket
+from transforms.parquet_sink import part_key
 
 WRITTEN = "written.jsonl"
 
@@ -237,19 +237,16 @@ class MarkEmptyFn(beam.DoFn):
                                     "empty": 1}])
 
 
-class WriteBucketFn(beam.DoFn):
-    """((session, bucket), table) -> the Parquet file written (deterministic name), then the
-    bucket is added to the ledger's written.jsonl (a kill in between rewrites the same file)."""
+class MarkWrittenFn(beam.DoFn):
+    """Path of a bucket file whose sinks are done -- the Parquet file, then the online store
+    when the manifests enable it (written, or failed into a dead letter) -> the bucket's
+    ledger line. A kill before it leaves the bucket unwritten for a restart, which replays its
+    records and writes both again (same file name, same online rows)."""
 
-    def __init__(self, root: str, metadata: dict, state: str, run_id: str):
-        self.root = root
-        self.metadata = metadata
+    def __init__(self, state: str, run_id: str):
         self.ledger = str(Path(state) / WRITTEN)
         self.run_id = run_id
 
-    def process(self, element):
-        (session, b), table = element
-        beam.metrics.Metrics.counter("sink", "aligned.rows").inc(table.num_rows)
-        path = write_bucket(table, self.root, session, b, self.metadata)
-        append_lines(self.ledger, [{"s": session, "b": int(b), "run": self.run_id}])
-        yield path
+    def process(self, path: str):
+        session, b = part_key(path)
+        append_lines(self.ledger, [{"s": session, "b": b, "run": self.run_id}])

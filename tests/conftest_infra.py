@@ -1,4 +1,4 @@
-"""Session fixtures for real servers: a KRaft Kafka broker and a Beam Flink job server.
+"""Fixtures for real servers: a KRaft Kafka broker, a Beam Flink job server, a redis-server.
 
 Import them from tests/conftest.py (``from tests.conftest_infra import kafka_broker,
 flink_job_server``, or ``pytest_plugins = ["conftest_infra"]``). Each session gets its own
@@ -8,11 +8,18 @@ left alone. Jars come from the download cache (fetched on first use).
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
+from infra import free_port
 from infra.flink_jobserver import FlinkJobServer
 from infra.kafka_broker import KafkaBroker
 
@@ -74,3 +81,51 @@ def flink_job_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.endpoint
     finally:
         server.stop()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server on loopback: ``connection`` ("host:port", Feast's connection string);
+    ``pause()`` / ``resume()`` freeze and thaw it (SIGSTOP/SIGCONT: clients block)."""
+    connection: str
+    proc: subprocess.Popen
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def client(self):
+        import redis
+        host, port = self.connection.split(":")
+        return redis.Redis(host=host, port=int(port))
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[RedisServer]:
+    """A fresh redis-server (Debian's; `make test` installs it when missing)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port("127.0.0.1")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(f"127.0.0.1:{port}", proc)
+    try:
+        import redis
+        client = server.client()
+        for _ in range(100):
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("redis-server did not answer PING")
+        yield server
+    finally:
+        server.resume()
+        proc.terminate()
+        proc.wait(timeout=10)

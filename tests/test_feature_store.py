@@ -4,10 +4,6 @@ historical reads over the embeddings Parquet, and (slow) a real redis-server onl
 from __future__ import annotations
 
 import runpy
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -113,42 +109,10 @@ def test_shipped_feature_repo_definitions(data, monkeypatch):
     assert view.batch_source.path == str(root / "embeddings")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = _free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import redis
-        client = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("redis-server did not answer PING")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_redis_online_store(data, tmp_path, redis_server):
     root, table = data
     store = fs.open_store(tmp_path / "repo", root / "embeddings", online="redis",
-                          redis_connection=redis_server)
+                          redis_connection=redis_server.connection)
     assert store.config.online_store.type == "redis"
     _check_online(store, table)

@@ -31,6 +31,12 @@ def part_name(bucket: int) -> str:
     return f"part-b{bucket:+012d}.parquet"
 
 
+def part_key(path: str | Path) -> tuple[str, int]:
+    """(session, bucket) of a bucket file's path (the inverse of ``write_bucket``'s name)."""
+    p = Path(path)
+    return p.parent.name.split("=", 1)[1], int(p.name[len("part-b"):-len(".parquet")])
+
+
 def atomic_write_table(table: pa.Table, path: Path, metadata: dict | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
