@@ -8,6 +8,9 @@ dir, server log, pid). ``python -m infra.kafka_broker fetch|start|stop|status`` 
 ``KafkaBroker(home, sasl_users={"alice": "pw"})`` starts the client listener as SASL_PLAINTEXT with
 the PLAIN mechanism instead (the KRaft controller listener stays PLAINTEXT); the broker's own
 clients (readiness, ``create_topic``) authenticate as an extra internal user, ``client_config()``.
+``sasl_mechanism="SCRAM-SHA-512"`` (or -256) stores salted credentials in the KRaft metadata at
+format time instead of a user list; ``tls=True`` makes the listener SASL_SSL (or SSL without
+users) with a certificate for 127.0.0.1 from a CA made for this broker (``ca_file``).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ logger.apache.level = info
 
 SASL_LISTENER = "SASL_PLAINTEXT"
 INFRA_USER = "mmalign-infra"
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 def _jaas_quote(value: str) -> str:
@@ -89,22 +93,93 @@ def _jaas_quote(value: str) -> str:
     return f'"{value}"'
 
 
-def _sasl_properties(users: dict[str, str], infra_password: str) -> dict[str, str]:
-    """PLAIN on the client listener: the JAAS line lists every user (``user_<name>``)."""
-    entries = {INFRA_USER: infra_password, **users}
-    jaas = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
-            f"username={_jaas_quote(INFRA_USER)} password={_jaas_quote(infra_password)} "
-            + " ".join(f"user_{name}={_jaas_quote(pw)}" for name, pw in entries.items()) + ";")
+def _sasl_properties(listener: str, mechanism: str, users: dict[str, str],
+                     infra_password: str) -> dict[str, str]:
+    """SASL on the client listener. PLAIN: the JAAS line lists every user (``user_<name>``);
+    SCRAM: the users are in the metadata log (``_scram_arguments``), the JAAS line only holds
+    the broker's own login."""
+    own = f"username={_jaas_quote(INFRA_USER)} password={_jaas_quote(infra_password)}"
+    if mechanism == "PLAIN":
+        entries = {INFRA_USER: infra_password, **users}
+        jaas = ("org.apache.kafka.common.security.plain.PlainLoginModule required " + own + " "
+                + " ".join(f"user_{n}={_jaas_quote(pw)}" for n, pw in entries.items()) + ";")
+    else:
+        jaas = f"org.apache.kafka.common.security.scram.ScramLoginModule required {own};"
     return {
-        "sasl.enabled.mechanisms": "PLAIN",
-        "sasl.mechanism.inter.broker.protocol": "PLAIN",
-        f"listener.name.{SASL_LISTENER.lower()}.plain.sasl.jaas.config": jaas,
+        "sasl.enabled.mechanisms": mechanism,
+        "sasl.mechanism.inter.broker.protocol": mechanism,
+        f"listener.name.{listener.lower()}.{mechanism.lower()}.sasl.jaas.config": jaas,
     }
 
 
+def _scram_arguments(mechanism: str, users: dict[str, str]) -> list[str]:
+    """``kafka-storage format --add-scram`` arguments: SCRAM credentials live in KRaft's
+    metadata, written when the log dir is formatted."""
+    for name, pw in users.items():
+        if any(c in name + pw for c in ",[]=\"'"):
+            raise InfraError("SCRAM user names and passwords may not contain , [ ] = or "
+                             "quotes (they go into a --add-scram argument)")
+    return [a for name, pw in users.items()
+            for a in ("--add-scram", f"{mechanism}=[name={name},password={pw}]")]
+
+
+def _tls_files(home: Path) -> tuple[Path, Path]:
+    """(CA certificate, server key + certificate chain) as PEM under ``home/tls``, made once:
+    a CA for this broker and a server certificate for 127.0.0.1 / localhost signed by it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d = home / "tls"
+    ca_file, server_file = d / "ca.pem", d / "server.pem"
+    if ca_file.exists() and server_file.exists():
+        return ca_file, server_file
+    d.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=365)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("mmalign test CA"))
+          .issuer_name(name("mmalign test CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(start)
+          .not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name(HOST)).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(HOST)), x509.DNSName("localhost")]),
+                critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    server_file.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption())
+        + cert.public_bytes(pem) + ca.public_bytes(pem))
+    server_file.chmod(0o600)
+    ca_file.write_bytes(ca.public_bytes(pem))
+    return ca_file, server_file
+
+
+def _tls_properties(ca_file: Path, server_file: Path) -> dict[str, str]:
+    """PEM key store (key + chain) and trust store (the CA: the broker's own inter-broker
+    connections go through the same listener)."""
+    return {"ssl.keystore.type": "PEM", "ssl.keystore.location": str(server_file),
+            "ssl.truststore.type": "PEM", "ssl.truststore.location": str(ca_file)}
+
+
 def _server_properties(data: Path, broker_port: int, controller_port: int,
-                       auto_create: bool, sasl: dict[str, str] | None = None) -> str:
-    client = SASL_LISTENER if sasl else "PLAINTEXT"
+                       auto_create: bool, security: dict[str, str] | None = None,
+                       client: str = "PLAINTEXT") -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -128,7 +203,7 @@ def _server_properties(data: Path, broker_port: int, controller_port: int,
         "num.network.threads": "2",
         "num.io.threads": "2",
         "background.threads": "2",
-        **(sasl or {}),
+        **(security or {}),
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -148,6 +223,8 @@ class KafkaBroker:
     controller_port: int = 0
     auto_create_topics: bool = True
     sasl_users: dict[str, str] | None = None
+    sasl_mechanism: str = "PLAIN"
+    tls: bool = False
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -166,6 +243,9 @@ class KafkaBroker:
             infra_password = None
         if self.sasl_users is not None and not self.sasl_users:
             raise InfraError("sasl_users is empty; give at least one user: password")
+        if self.sasl_mechanism not in SASL_MECHANISMS:
+            raise InfraError(f"sasl_mechanism {self.sasl_mechanism!r} is not one of "
+                             f"{list(SASL_MECHANISMS)}")
         self._infra_password = infra_password or secrets.token_urlsafe(16)
         self.broker_port = self.broker_port or free_port(HOST)
         self.controller_port = self.controller_port or free_port(HOST)
@@ -187,15 +267,25 @@ class KafkaBroker:
 
     @property
     def security_protocol(self) -> str:
-        """The client listener's protocol: ``PLAINTEXT`` or ``SASL_PLAINTEXT``."""
-        return SASL_LISTENER if self.sasl_users else "PLAINTEXT"
+        """The client listener's protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+        if self.sasl_users:
+            return "SASL_SSL" if self.tls else SASL_LISTENER
+        return "SSL" if self.tls else "PLAINTEXT"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA certificate (PEM) clients verify a TLS broker with."""
+        return self.home / "tls" / "ca.pem" if self.tls else None
 
     def client_config(self, user: str | None = None, password: str | None = None
                       ) -> dict[str, object]:
-        """kafka-python kwargs to reach this broker: bootstrap plus, on a SASL broker, PLAIN
-        credentials (``user``'s from ``sasl_users``, or ``password`` given; default the
-        internal infra user)."""
+        """kafka-python kwargs to reach this broker: bootstrap, the CA file on a TLS broker,
+        and on a SASL broker the credentials (``user``'s from ``sasl_users``, or ``password``
+        given; default the internal infra user)."""
         conf: dict[str, object] = {"bootstrap_servers": self.bootstrap_servers}
+        if self.tls:
+            conf |= {"security_protocol": self.security_protocol,
+                     "ssl_cafile": str(self.ca_file)}
         if not self.sasl_users:
             return conf
         if user is None:
@@ -205,7 +295,8 @@ class KafkaBroker:
                 raise InfraError(f"no SASL user {user!r} on this broker; users: "
                                  f"{sorted(self.sasl_users)}")
             password = self.sasl_users[user]
-        return {**conf, "security_protocol": SASL_LISTENER, "sasl_mechanism": "PLAIN",
+        return {**conf, "security_protocol": self.security_protocol,
+                "sasl_mechanism": self.sasl_mechanism,
                 "sasl_plain_username": user, "sasl_plain_password": password}
 
     @property
@@ -229,12 +320,16 @@ class KafkaBroker:
     def _write_config(self) -> tuple[Path, Path]:
         (self.home / "logs").mkdir(exist_ok=True)
         props = self.home / "server.properties"
+        listener = self.security_protocol
+        security: dict[str, str] = {}
+        if self.sasl_users:
+            security |= _sasl_properties(listener, self.sasl_mechanism, self.sasl_users,
+                                         self._infra_password)
+        if self.tls:
+            security |= _tls_properties(*_tls_files(self.home))
         props.write_text(
-            _server_properties(
-                self.data_dir, self.broker_port, self.controller_port, self.auto_create_topics,
-                _sasl_properties(self.sasl_users, self._infra_password) if self.sasl_users
-                else None,
-            )
+            _server_properties(self.data_dir, self.broker_port, self.controller_port,
+                               self.auto_create_topics, security, listener)
         )
         log4j = self.home / "log4j2.properties"
         log4j.write_text(_LOG4J2.format(log=self.log_file))
@@ -250,6 +345,9 @@ class KafkaBroker:
             return
         cmd = [*self._java(lib, log4j), "kafka.tools.StorageTool", "format",
                "-t", self.cluster_id, "-c", str(props)]  # fmt: skip
+        if self.sasl_users and self.sasl_mechanism.startswith("SCRAM"):
+            cmd += _scram_arguments(self.sasl_mechanism,
+                                    {INFRA_USER: self._infra_password, **self.sasl_users})
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise InfraError(

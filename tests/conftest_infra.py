@@ -70,6 +70,20 @@ def sasl_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kafk
 
 
 @pytest.fixture(scope="session")
+def scram_tls_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """Like ``sasl_kafka_broker``, but the client listener is SASL_SSL with SCRAM-SHA-512:
+    TLS with a certificate from a CA made for the broker (``.ca_file``), salted credentials
+    in the KRaft metadata."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-scram-tls"),
+                         sasl_users=dict(SASL_USERS), sasl_mechanism="SCRAM-SHA-512", tls=True)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
 def flink_job_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Job endpoint (``host:port``) of a running Beam Flink job server with embedded Flink.
 

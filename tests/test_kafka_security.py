@@ -1,7 +1,8 @@
-"""Issue 3: SASL settings reach every Kafka client, secrets never show.
+"""Issue 3: SASL/SSL settings reach every Kafka client, secrets never show.
 
-On a real broker whose client listener is SASL_PLAINTEXT/PLAIN (fixture ``sasl_kafka_broker``),
-with the credentials ONLY in ``MMALIGN_KAFKA_*`` variables, the CLIs run as a user runs them:
+On two real brokers -- client listener SASL_PLAINTEXT/PLAIN (fixture ``sasl_kafka_broker``) and
+SASL_SSL/SCRAM-SHA-512 with the broker's own CA (``scram_tls_kafka_broker``) -- with the
+credentials and the CA file ONLY in ``MMALIGN_KAFKA_*`` variables, the CLIs run as a user runs them:
 ``mmalign publish`` -> ``mmalign stream`` (Prism; its reader builds its consumer on the worker)
 -> ``mmalign deadletter inspect``. A wrong password makes each fail with one sentence and a
 non-zero exit; the password never appears in any output or file of the run.
@@ -36,10 +37,12 @@ def _mmalign(*args: str, env: dict, timeout: float = 300) -> subprocess.Complete
 def _user_env(broker, tag: str, password: str) -> dict[str, str]:
     """The process environment a user would set: no other MMALIGN_KAFKA_* leaks in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMALIGN_KAFKA_")}
+    if broker.tls:
+        env["MMALIGN_KAFKA_SSL_CAFILE"] = str(broker.ca_file)
     env.update({
         "MMALIGN_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "MMALIGN_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-        "MMALIGN_KAFKA_SASL_MECHANISM": "PLAIN",
+        "MMALIGN_KAFKA_SECURITY_PROTOCOL": broker.security_protocol,
+        "MMALIGN_KAFKA_SASL_MECHANISM": broker.sasl_mechanism,
         "MMALIGN_KAFKA_SASL_PLAIN_USERNAME": USER,
         "MMALIGN_KAFKA_SASL_PLAIN_PASSWORD": password,
         "MMALIGN_KAFKA_DEADLETTER_TOPIC": f"dlq.{tag}",
@@ -48,9 +51,10 @@ def _user_env(broker, tag: str, password: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def secured(sasl_kafka_broker, tmp_path_factory):
-    broker = sasl_kafka_broker
+@pytest.fixture(scope="module", params=["sasl_kafka_broker", "scram_tls_kafka_broker"],
+                ids=["sasl-plaintext-plain", "sasl-ssl-scram"])
+def secured(request, tmp_path_factory):
+    broker = request.getfixturevalue(request.param)
     password = broker.sasl_users[USER]
     tmp = tmp_path_factory.mktemp("sasl")
     manifest = generate_recording(tmp / "rec", seed=11, duration_s=6.0)
@@ -91,7 +95,7 @@ def secured(sasl_kafka_broker, tmp_path_factory):
             out, err = p.communicate()
             pytest.fail(f"{k} with a wrong password still ran after 180 s: {err[-500:]}")
         procs[k] = subprocess.CompletedProcess(p.args, p.returncode, out, err)
-    return {"tmp": tmp, "env": env, "password": password, "procs": procs}
+    return {"tmp": tmp, "env": env, "password": password, "procs": procs, "broker": broker}
 
 
 @pytest.mark.slow
@@ -102,8 +106,11 @@ def test_publish_stream_inspect_succeed_with_env_credentials_only(secured):
     report = json.loads(procs["publish"].stdout)
     assert sum(report["messages"].values()) > 10
     summary = json.loads(procs["stream"].stdout)
+    broker = secured["broker"]
     assert summary["kafka"]["client"]["sasl_plain_password"] == "***"
     assert summary["kafka"]["client"]["sasl_plain_username"] == USER
+    assert summary["kafka"]["client"]["security_protocol"] == broker.security_protocol
+    assert summary["kafka"]["client"]["sasl_mechanism"] == broker.sasl_mechanism
     assert summary["counters"].get("sink.aligned.rows", 0) > 100
 
 
@@ -138,7 +145,8 @@ def test_wrong_password_fails_with_one_clear_sentence(secured):
         lines = [x for x in err.splitlines() if not x.startswith("libpng error:")]
         assert len(lines) == 1 and "Traceback" not in err, f"{name}: {err[-1000:]}"
         assert lines[0].startswith(f"mmalign {name[4:].replace('inspect', 'deadletter')}: ")
-        assert f"refused the PLAIN login of user '{USER}'" in lines[0], err
+        mechanism = secured["broker"].sasl_mechanism
+        assert f"refused the {mechanism} login of user '{USER}'" in lines[0], err
         assert "MMALIGN_KAFKA_SASL_PLAIN_USERNAME/_PASSWORD" in lines[0], err
         assert WRONG not in err + p.stdout
     assert not (secured["tmp"] / "bad" / "aligned").exists()
