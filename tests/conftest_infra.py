@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -24,16 +25,22 @@ from infra.flink_jobserver import FlinkJobServer
 from infra.kafka_broker import KafkaBroker
 
 
+@contextmanager
+def _running(server):
+    """``server`` started for the block, stopped after it (also when the block fails)."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """A running single-node Kafka: ``.bootstrap_servers``, ``.create_topic(name, partitions)``,
     ``.stop()``, ``.kill()``, ``.start()``, ``.restart()`` (same ports and log dir)."""
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
-    broker.start()
-    try:
+    with _running(KafkaBroker(tmp_path_factory.mktemp("kafka"))) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +68,9 @@ def sasl_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kafk
     """A running single-node Kafka whose client listener is SASL_PLAINTEXT/PLAIN with the users
     in ``SASL_USERS`` (``.sasl_users``); ``.client_config(user)`` gives kafka-python kwargs,
     ``.create_topic`` works as on ``kafka_broker``."""
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-sasl"), sasl_users=dict(SASL_USERS))
-    broker.start()
-    try:
+    with _running(KafkaBroker(tmp_path_factory.mktemp("kafka-sasl"),
+                              sasl_users=dict(SASL_USERS))) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(scope="session")
@@ -74,13 +78,10 @@ def scram_tls_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """Like ``sasl_kafka_broker``, but the client listener is SASL_SSL with SCRAM-SHA-512:
     TLS with a certificate from a CA made for the broker (``.ca_file``), salted credentials
     in the KRaft metadata."""
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-scram-tls"),
-                         sasl_users=dict(SASL_USERS), sasl_mechanism="SCRAM-SHA-512", tls=True)
-    broker.start()
-    try:
+    with _running(KafkaBroker(tmp_path_factory.mktemp("kafka-scram-tls"),
+                              sasl_users=dict(SASL_USERS), sasl_mechanism="SCRAM-SHA-512",
+                              tls=True)) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(scope="session")
@@ -89,12 +90,8 @@ def flink_job_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     Run pipelines with ``--runner=PortableRunner --job_endpoint=<it> --environment_type=LOOPBACK``.
     """
-    server = FlinkJobServer(tmp_path_factory.mktemp("flink"))
-    server.start()
-    try:
+    with _running(FlinkJobServer(tmp_path_factory.mktemp("flink"))) as server:
         yield server.endpoint
-    finally:
-        server.stop()
 
 
 @dataclass

@@ -23,6 +23,7 @@ from deadletter.file_sink import read_dead_letters
 from pipelines import backfill
 from pipelines.kafka_config import MODALITY_TOPICS, load_settings
 from pipelines.sample_recording import generate_recording
+from tests.e2e_checks import assert_rows_equal
 from transforms.parquet_sink import read_aligned
 
 USER = "mmalign-app"
@@ -116,12 +117,8 @@ def test_publish_stream_inspect_succeed_with_env_credentials_only(secured):
 
 @pytest.mark.slow
 def test_streamed_rows_equal_backfill_rows(secured):
-    batch = read_aligned(secured["tmp"] / "batch" / "aligned")
-    streamed = read_aligned(secured["tmp"] / "stream" / "aligned")
-    assert batch.num_rows > 100
-    assert streamed.schema.names == batch.schema.names
-    for name in batch.schema.names:
-        assert streamed.column(name).equals(batch.column(name)), name
+    assert_rows_equal(read_aligned(secured["tmp"] / "stream" / "aligned"),
+                      read_aligned(secured["tmp"] / "batch" / "aligned"))
 
 
 @pytest.mark.slow

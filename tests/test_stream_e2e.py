@@ -15,6 +15,7 @@ from pipelines import backfill, stream
 from pipelines.publish import prepare, publish
 from pipelines.sample_recording import generate_recording
 from schemas.message import encode
+from tests.e2e_checks import assert_rows_equal
 from transforms.parquet_sink import read_aligned
 
 pytestmark = pytest.mark.slow
@@ -63,12 +64,8 @@ def _plain(t: pa.Table) -> pa.Table:
 
 
 def test_stream_rows_equal_backfill_rows(run):
-    batch = read_aligned(run["tmp"] / "batch" / "aligned")
-    streamed = read_aligned(run["tmp"] / "stream" / "aligned")
-    assert batch.num_rows > 100
-    assert streamed.schema.names == batch.schema.names
-    for name in batch.schema.names:
-        assert streamed.column(name).equals(batch.column(name)), name
+    assert_rows_equal(read_aligned(run["tmp"] / "stream" / "aligned"),
+                      read_aligned(run["tmp"] / "batch" / "aligned"))
 
 
 def test_deadletter_topic_holds_exactly_bad_poison_and_late(run):

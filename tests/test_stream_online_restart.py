@@ -27,20 +27,12 @@ from pipelines import backfill, stream
 from pipelines.publish import publish
 from pipelines.sample_recording import generate_recording
 from pipelines.stream_ledger import WRITTEN, state_dir
+from tests.e2e_checks import assert_online_holds, wait_until
 from transforms.kafka_io import load_lines
 from transforms.parquet_sink import part_key, read_aligned
 
 pytestmark = pytest.mark.slow
 SESSION = "sonl-001"
-
-
-def _wait(cond, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _manifest(tmp, redis_connection: str, online: bool):
@@ -80,9 +72,10 @@ def test_a_kill_before_the_online_write_leaves_the_bucket_to_the_restart(
     publisher = threading.Thread(target=publish, args=(manifest, settings),
                                  kwargs={"speed": 1.0, "run_id": "pub"})
     try:
-        assert _wait(state.exists, 120), "the job did not start"
+        assert wait_until(state.exists, 120, every_s=0.05), "the job did not start"
         publisher.start()
-        assert _wait(lambda: client.dbsize() > 0, 150), "no tick reached the online store"
+        assert wait_until(lambda: client.dbsize() > 0, 150, every_s=0.05), \
+            "no tick reached the online store"
         redis_server.pause()
         since: dict = {}                            # bucket -> when first seen pending
 
@@ -96,7 +89,7 @@ def test_a_kill_before_the_online_write_leaves_the_bucket_to_the_restart(
             return {k for k, t in since.items() if now - t >= seconds}
 
         # a bucket file whose online write hangs stays out of the ledger (seconds, not ms)
-        assert _wait(lambda: bool(stuck_for(4.0)), 90), \
+        assert wait_until(lambda: bool(stuck_for(4.0)), 90, every_s=0.05), \
             "no bucket file waited for its online write: the ledger did not wait for it"
         stuck = stuck_for(4.0)
         assert proc.poll() is None
@@ -123,7 +116,5 @@ def test_a_kill_before_the_online_write_leaves_the_bucket_to_the_restart(
     assert {part_key(p) for p in files()} <= ledger()
     assert not summary["counters"].get("sink.online.failed")
     last = streamed.slice(streamed.num_rows - 1).to_pylist()[0]
-    got = fs.read_online(fs.load_store(out / "features"), [SESSION])
-    assert got["tick_ns"] == [last["tick_ns"]]
-    np.testing.assert_array_equal(np.array(got["imu__emb"][0], np.float32),
-                                  np.array(last["imu__emb"], np.float32))
+    assert_online_holds(fs.read_online(fs.load_store(out / "features"), [SESSION]), last,
+                        ["imu"])

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from kafka import KafkaProducer
@@ -31,6 +30,7 @@ from pipelines.publish import prepare
 from pipelines.sample_recording import generate_recording
 from pipelines.stream_ledger import WRITTEN, state_dir
 from schemas.message import encode
+from tests.e2e_checks import assert_rows_equal, wait_until
 from transforms.kafka_io import load_lines
 from transforms.parquet_sink import read_aligned
 
@@ -60,15 +60,6 @@ def _expected_letters(batch_out) -> collections.Counter:
                                 d["position"]) for d in rows if d["stage"] != "decode")
 
 
-def _wait(cond, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 @pytest.fixture(scope="module")
 def run(kafka_broker, fresh_topics, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("restart")
@@ -94,7 +85,7 @@ def run(kafka_broker, fresh_topics, tmp_path_factory):
     fault: dict = {}
 
     def restart_then_send() -> None:
-        fault["read_before_restart"] = _wait(lambda: any(state.glob("read-*.jsonl")), 120)
+        fault["read_before_restart"] = wait_until(lambda: any(state.glob("read-*.jsonl")), 120)
         kafka_broker.restart()
         _send(boot, prep.session, second)
         fault["sent"] = True
@@ -121,7 +112,7 @@ def run(kafka_broker, fresh_topics, tmp_path_factory):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        wrote = _wait(lambda: any(r["run"] == "r2" for r in load_lines(state / WRITTEN)), 150)
+        wrote = wait_until(lambda: any(r["run"] == "r2" for r in load_lines(state / WRITTEN)), 150)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)     # the job and its Prism: no drain, no commit
         proc.communicate(timeout=60)
@@ -157,12 +148,8 @@ def test_kill_then_restart_equals_the_backfill_row_for_row(run):
     r3 = run["r3"]
     assert r3["replayed_below"]                 # the kill left records to replay
     for session in ("rs-001",):
-        batch = read_aligned(run["tmp"] / "batch" / "aligned", session)
-        streamed = read_aligned(run["tmp"] / "stream" / "aligned", session)
-        assert batch.num_rows > 100
-        assert streamed.schema.names == batch.schema.names
-        for name in batch.schema.names:
-            assert streamed.column(name).equals(batch.column(name)), (session, name)
+        assert_rows_equal(read_aligned(run["tmp"] / "stream" / "aligned", session),
+                          read_aligned(run["tmp"] / "batch" / "aligned", session), where=session)
     # every bucket file was written once by a run that saw all of its data; buckets that only
     # the window margin reaches (before the first tick, after the last) are done without a file
     ledger = load_lines(run["state"] / WRITTEN)
