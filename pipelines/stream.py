@@ -35,8 +35,7 @@ from pipelines.kafka_config import KafkaSettings
 from pipelines.stream_ledger import (
     Geometry,
     HoldBackFn,
-    MarkEmptyFn,
-    MarkWrittenFn,
+    MarkDoneFn,
     Resume,
     compact,
     resume,
@@ -49,7 +48,7 @@ from transforms.align import AlignBuckets
 from transforms.buckets import AssignBuckets
 from transforms.clock import ApplyClockFn
 from transforms.kafka_io import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
-from transforms.parquet_sink import WriteAlignedFn
+from transforms.parquet_sink import WriteAlignedFn, part_key
 from transforms.validate import ORIGIN_META_KEY, Validate
 
 DRIFT_BUDGET_S = 3600.0   # clock slack covers drift over this much recording time
@@ -185,7 +184,7 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
             | "HoldBack" >> beam.ParDo(HoldBackFn(
                 str(state), job.run_id, plan.written, job.bucket_ns, buckets.window_margin_ns)
             ).with_outputs(HoldBackFn.EMPTY, main="aligned"))
-    held.empty | "MarkEmpty" >> beam.ParDo(MarkEmptyFn(str(state), job.run_id))
+    held.empty | "MarkEmpty" >> beam.ParDo(MarkDoneFn(str(state), job.run_id, empty=True))
     aligned = held.aligned
     stage_dead = []
     for name, stage in post_align_stages(job):
@@ -202,7 +201,8 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
         stage_dead.append(online.dead)
         done = ((online.main, online.dead | "FailedOnline" >> beam.Map(lambda d: d.source_uri))
                 | "OnlineDone" >> beam.Flatten())
-    done | "MarkWritten" >> beam.ParDo(MarkWrittenFn(str(state), job.run_id))   # the ledger
+    (done | "DoneBuckets" >> beam.Map(part_key)                      # the ledger, last
+     | "MarkWritten" >> beam.ParDo(MarkDoneFn(str(state), job.run_id)))
     dead = ((read.dead, ingested.dead, valid.dead, *stage_dead) | "AllDead" >> beam.Flatten()
             | "DeadLetterTopic" >> beam.ParDo(
                 WriteDeadLettersToKafkaFn(settings, job.run_id, skip_ids)))

@@ -36,8 +36,14 @@ import apache_beam as beam
 
 from transforms.buckets import bucket_range
 from transforms.clock import ClockModel
-from transforms.kafka_io import PartitionSpec, append_lines, final_path, load_lines, read_log
-from transforms.parquet_sink import part_key
+from transforms.kafka_io import (
+    PartitionSpec,
+    append_lines,
+    final_path,
+    jsonl,
+    load_lines,
+    read_log,
+)
 
 WRITTEN = "written.jsonl"
 
@@ -157,7 +163,7 @@ def compact(state: str | Path, plan: Resume) -> tuple[int, int]:
         if len(kept) == len(rows):
             continue
         tmp = path.with_name(f".{path.name}.compact")
-        tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept))
+        tmp.write_text(jsonl(kept))
         os.replace(tmp, path)
     return before, after
 
@@ -183,7 +189,7 @@ class HoldBackFn(beam.DoFn):
     and the runner drains the windows) of a session complete at the stop. The others are held
     back (counted): a restart replays their records. A complete bucket without ticks (its
     records only reach it through the window margin, e.g. before a session's first tick) goes
-    to the ``empty`` output, for ``MarkEmptyFn``."""
+    to the ``empty`` output, for ``MarkDoneFn(empty=True)``."""
 
     EMPTY = "empty"
 
@@ -222,31 +228,24 @@ class HoldBackFn(beam.DoFn):
         yield element
 
 
-class MarkEmptyFn(beam.DoFn):
-    """(session, bucket) of a complete bucket with no ticks -> a ledger line (``empty``), so
-    the records that reached it are not needed by a restart."""
+class MarkDoneFn(beam.DoFn):
+    """(session, bucket) of a bucket that is done -> its ledger line in written.jsonl.
 
-    def __init__(self, state: str, run_id: str):
+    Done means all its sinks are: the Parquet file, then the online store when the manifests
+    enable it (written, or failed into a dead letter); a kill before the line leaves the
+    bucket to a restart, which replays its records and writes both again (same file name,
+    same online rows). ``empty``: a complete bucket with no ticks, done without a file, so
+    the records that reached it through the window margin are not needed by a restart."""
+
+    def __init__(self, state: str, run_id: str, empty: bool = False):
         self.ledger = str(Path(state) / WRITTEN)
         self.run_id = run_id
+        self.empty = empty
 
     def process(self, element):
         session, b = element
-        beam.metrics.Metrics.counter("stream", "buckets.empty").inc()
-        append_lines(self.ledger, [{"s": session, "b": int(b), "run": self.run_id,
-                                    "empty": 1}])
-
-
-class MarkWrittenFn(beam.DoFn):
-    """Path of a bucket file whose sinks are done -- the Parquet file, then the online store
-    when the manifests enable it (written, or failed into a dead letter) -> the bucket's
-    ledger line. A kill before it leaves the bucket unwritten for a restart, which replays its
-    records and writes both again (same file name, same online rows)."""
-
-    def __init__(self, state: str, run_id: str):
-        self.ledger = str(Path(state) / WRITTEN)
-        self.run_id = run_id
-
-    def process(self, path: str):
-        session, b = part_key(path)
-        append_lines(self.ledger, [{"s": session, "b": b, "run": self.run_id}])
+        line = {"s": session, "b": int(b), "run": self.run_id}
+        if self.empty:
+            beam.metrics.Metrics.counter("stream", "buckets.empty").inc()
+            line["empty"] = 1
+        append_lines(self.ledger, [line])

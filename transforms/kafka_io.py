@@ -179,10 +179,15 @@ def final_path(state: str | Path, run_id: str) -> Path:
     return Path(state) / f"final-{run_id}.json"
 
 
+def jsonl(rows: list[dict]) -> str:
+    """Rows as JSON lines, compact, each ended by a newline (the ledger's file format)."""
+    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+
+
 def append_lines(path: str | Path, rows: list[dict]) -> None:
     """Append JSON lines in one write (O_APPEND: lines of concurrent writers never interleave).
     A line torn by a killed writer is ended first, so it cannot swallow the next line."""
-    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
+    data = jsonl(rows).encode()
     if not data:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
