@@ -27,19 +27,19 @@ demo: $(STAMP)
 # Kafka and the Flink job server jars from Maven Central (cached under .cache/); the test
 # fixtures start and stop the servers themselves.
 infra: $(STAMP)
-	$(PY) -m infra.kafka_broker fetch
-	$(PY) -m infra.flink_jobserver fetch
-	$(PY) -m infra.prism fetch
+	$(PY) -m mmalign.infra.kafka_broker fetch
+	$(PY) -m mmalign.infra.flink_jobserver fetch
+	$(PY) -m mmalign.infra.prism fetch
 
 kafka-up: infra
-	$(PY) -m infra.kafka_broker start
+	$(PY) -m mmalign.infra.kafka_broker start
 
 kafka-down:
-	$(PY) -m infra.kafka_broker stop
+	$(PY) -m mmalign.infra.kafka_broker stop
 
 # Beam Prism (the streaming job's runner), built with Go from the Beam module
 prism: $(STAMP)
-	$(PY) -m infra.prism fetch
+	$(PY) -m mmalign.infra.prism fetch
 
 test: $(STAMP) system-deps infra
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

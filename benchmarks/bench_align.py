@@ -24,7 +24,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transforms.align_policies import interpolate, nearest
+from mmalign.transforms.align.policies import interpolate, nearest
 
 MS = 1_000_000
 EPOCH = 1_700_000_000 * 1_000_000_000

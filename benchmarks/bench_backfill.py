@@ -17,16 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deadletter.file_sink import write_session_letters  # noqa: E402
-from pipelines import backfill  # noqa: E402
-from pipelines.sample_recording import generate_recording  # noqa: E402
-from schemas.envelope import Chunk  # noqa: E402
-from transforms.align import align_bucket  # noqa: E402
-from transforms.buckets import chunk_pieces  # noqa: E402
-from transforms.clock import apply_clock  # noqa: E402
-from transforms.decode import decode_file  # noqa: E402
-from transforms.parquet_sink import write_bucket  # noqa: E402
-from transforms.validate import validate_chunk  # noqa: E402
+from mmalign.deadletter.file_sink import write_session_letters
+from mmalign.pipelines import backfill
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas.chunk import Chunk
+from mmalign.transforms.align.buckets import chunk_pieces
+from mmalign.transforms.align.join import align_bucket
+from mmalign.transforms.clock.apply import apply_clock
+from mmalign.transforms.decode.stage import decode_file
+from mmalign.transforms.io.parquet import write_bucket
+from mmalign.transforms.validate.stage import validate_chunk
 
 
 def plain_loop(manifest: Path, out: Path) -> tuple[int, int]:

@@ -23,7 +23,7 @@ import time
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from transforms.dtw import banded_dtw, fastdtw_path
+from mmalign.transforms.clock.dtw import banded_dtw, fastdtw_path
 
 
 def sequences(n: int, band: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

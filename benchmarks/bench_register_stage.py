@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import yaml
 
-from pipelines import backfill
-from pipelines.sample_recording import generate_recording
-from transforms.parquet_sink import read_aligned
-from transforms.registration import corner_error
+from mmalign.pipelines import backfill
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.transforms.io.parquet import read_aligned
+from mmalign.transforms.register.registration import corner_error
 
 
 def _cpu_s() -> float:

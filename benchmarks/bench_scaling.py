@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import backfill  # noqa: E402
-from pipelines.runners import runner_session  # noqa: E402
-from pipelines.sample_recording import generate_recording  # noqa: E402
-from transforms.parquet_sink import read_aligned  # noqa: E402
+from mmalign.pipelines import backfill
+from mmalign.pipelines.runners import runner_session
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.transforms.io.parquet import read_aligned
 
 
 def timed(manifests: list[Path], out: Path, runner: str, args: list[str]) -> tuple[float, int]:

@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infra.kafka_broker import KafkaBroker  # noqa: E402
-from pipelines import backfill, stream  # noqa: E402
-from pipelines.backfill import prepare as prepare_job  # noqa: E402
-from pipelines.kafka_config import MODALITY_TOPICS, KafkaSettings  # noqa: E402
-from pipelines.publish import publish  # noqa: E402
-from pipelines.sample_recording import generate_recording  # noqa: E402
+from mmalign.infra.kafka_broker import KafkaBroker
+from mmalign.pipelines import backfill, stream
+from mmalign.pipelines.backfill import prepare as prepare_job
+from mmalign.pipelines.kafka_config import MODALITY_TOPICS, KafkaSettings
+from mmalign.pipelines.publish import publish
+from mmalign.pipelines.sample_recording import generate_recording
 
 
 def _settings(broker: KafkaBroker) -> KafkaSettings:

@@ -12,8 +12,8 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deadletter.record import ARROW_SCHEMA, DeadLetter, to_table
-from transforms.parquet_sink import atomic_write_table, session_dir
+from mmalign.deadletter.record import ARROW_SCHEMA, DeadLetter, to_table
+from mmalign.transforms.io.parquet import atomic_write_table, session_dir
 
 FILE_NAME = "deadletters.parquet"
 UNKNOWN_SESSION = "_unknown"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from deadletter.record import DeadLetter
+from mmalign.deadletter.record import DeadLetter
 
 H = "__connect.errors."
 # DeadLetter.attrs keys that carry the original Kafka coordinates
@@ -266,7 +266,7 @@ def cmd_deadletter(ns) -> int:
 
     from kafka.errors import KafkaError
 
-    from pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
+    from mmalign.pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
     try:
         settings = settings_from_args(ns)
         if ns.action == "inspect":

@@ -24,7 +24,7 @@ def parse(argv: list[str]) -> tuple[list[str], str, str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import backfill
+    from mmalign.pipelines import backfill
 
     manifests, out, run_id, rest = parse(sys.argv[1:] if argv is None else argv)
     summary = backfill.run(manifests, out, runner="DataflowRunner", pipeline_args=rest,

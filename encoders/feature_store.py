@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from deadletter.record import DeadLetter
-from encoders.fusion import FUSED, MASK, emb_col, model_col, status_col
+from mmalign.deadletter.record import DeadLetter
+from mmalign.encoders.fusion import FUSED, MASK, emb_col, model_col, status_col
 
 PROJECT = "mmalign"
 VIEW = "tick_embeddings"
@@ -245,7 +245,7 @@ def feature_store_sink(manifests: list, out: str | Path, run_id: str = ""):
     """The online-store sink the manifests ask for (``encoders.feature_store.enabled``), as a
     ParDo over written aligned Parquet paths with a ``dead`` output; None when disabled.
     Sessions that enable it must agree on the repo and the online store."""
-    from schemas.manifest import ManifestError
+    from mmalign.schemas.manifest import ManifestError
 
     wanted = {}
     for m in manifests:
@@ -264,7 +264,7 @@ def feature_store_sink(manifests: list, out: str | Path, run_id: str = ""):
         raise ManifestError(f"field 'encoders.feature_store' (and 'encoders.fusion') differ "
                             f"between the sessions {sorted(wanted)} of one run; give them one "
                             "feature repo, online store and fusion setting")
-    from encoders.stage import plan_encoders
+    from mmalign.encoders.stage import plan_encoders
     streams: list[str] = []
     for m in manifests:
         plan = plan_encoders(m) if m.session in wanted else None

@@ -12,7 +12,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from encoders.handlers import Embedding
+from mmalign.encoders.handlers import Embedding
 
 Fusion = Literal["concat", "mean"]
 FUSED, MASK = "fused__emb", "fused__mask"

@@ -24,17 +24,22 @@ from apache_beam.ml.inference.base import (
     RunInference,
 )
 
-from deadletter.record import DeadLetter
-from encoders import audio, sensor, video
-from encoders.device import (
+from mmalign.deadletter.record import DeadLetter
+from mmalign.encoders import audio, sensor, video
+from mmalign.encoders.device import (
     DeviceSpec,
     configure_cpu_threads,
     inference_context,
     select_device,
     to_device,
 )
-from encoders.registry import EncoderConfig, LoadedEncoder, build_encoder, preprocess_options
-from encoders.text import as_text_batch, tick_text
+from mmalign.encoders.registry import (
+    EncoderConfig,
+    LoadedEncoder,
+    build_encoder,
+    preprocess_options,
+)
+from mmalign.encoders.text import as_text_batch, tick_text
 
 log = logging.getLogger(__name__)
 DEAD = "dead_letters"

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders import audio, sensor, video
-from encoders.config import EncoderConfig
+from mmalign.encoders import audio, sensor, video
+from mmalign.encoders.config import EncoderConfig
 
 DEFAULT_NAMES = {"video": "video-cnn", "audio": "audio-logmel-cnn", "text": "all-MiniLM-L6-v2",
                  "sensor": "sensor-conv1d"}
@@ -47,7 +47,7 @@ def weights_hash(model: nn.Module) -> str:
 def _default_module(cfg: EncoderConfig) -> nn.Module:
     kw = dict(cfg.kwargs)
     if cfg.modality == "text":
-        from encoders.text import MiniLMEncoder
+        from mmalign.encoders.text import MiniLMEncoder
         return MiniLMEncoder(**kw)
     if cfg.modality == "sensor" and "channels" not in kw:
         if "channels" not in cfg.preprocess:

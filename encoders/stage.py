@@ -26,17 +26,17 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.utils import shared
 
-from deadletter.record import DeadLetter
-from encoders.config import EncoderConfig, EncodersConfig
-from encoders.fusion import OK, fusion_columns, stream_columns
-from encoders.handlers import (
+from mmalign.deadletter.record import DeadLetter
+from mmalign.encoders.config import EncoderConfig, EncodersConfig
+from mmalign.encoders.fusion import OK, fusion_columns, stream_columns
+from mmalign.encoders.handlers import (
     EncodeFailure,
     EncodeRequest,
     preprocess_request,
     preprocess_video,
     run_batch,
 )
-from schemas.manifest import Manifest, ManifestError, Stream
+from mmalign.schemas.manifest import Manifest, ManifestError, Stream
 
 DEAD = "dead"
 SENSOR_CACHE_FILES = 4
@@ -126,7 +126,7 @@ def _col(table: pa.Table, name: str) -> list:
 
 
 def video_kind(stream: Stream, uri: str) -> str:
-    from transforms.decode import VIDEO_CONTAINERS
+    from mmalign.transforms.decode.stage import VIDEO_CONTAINERS
     if stream.format in ("container", "image_sequence"):
         return stream.format
     fmt = (stream.format or Path(uri).suffix.lstrip(".")).lower()
@@ -163,7 +163,7 @@ def video_inputs(table: pa.Table, se: StreamEncode, opts: dict[str, Any]) -> lis
     batch) and each is cropped as it arrives, so only one full-size frame is held at a time: a
     10 s bucket of 1080p frames is 1.9 GB, its 112 px crops 11 MB. Rows that share a frame
     share its decode. After a frame that cannot be loaded, the rest are loaded one by one."""
-    from transforms.decode_video import iter_frames, load_frames
+    from mmalign.transforms.decode.video import iter_frames, load_frames
     s = se.stream_id
     pos, src = _col(table, f"{s}__pos"), _col(table, f"{s}__src")
     hs = _col(table, f"{s}__H") if se.warp else [None] * table.num_rows
@@ -205,8 +205,8 @@ def video_inputs(table: pa.Table, se: StreamEncode, opts: dict[str, Any]) -> lis
 
 def audio_inputs(table: pa.Table, se: StreamEncode) -> list:
     """Per row: (samples float32, sample_rate), an exception, or None."""
-    from transforms.decode import AUDIO_FILES
-    from transforms.decode_audio import load_audio
+    from mmalign.transforms.decode.audio import load_audio
+    from mmalign.transforms.decode.stage import AUDIO_FILES
     s = se.stream_id
     s0, s1 = _col(table, f"{s}__sample_start"), _col(table, f"{s}__sample_end")
     sr, src = _col(table, f"{s}__sample_rate"), _col(table, f"{s}__src")
@@ -260,8 +260,8 @@ def read_sensor_rows(stream: Stream, uri: str, session_id: str,
                      channels: tuple[str, ...]) -> SensorRows:
     """Decode ``uri`` with the stream's own decoder and options (rows the decoder rejected
     are absent, as they were for the aligner)."""
-    from schemas.envelope import Chunk
-    from transforms.decode import decode_file
+    from mmalign.schemas.chunk import Chunk
+    from mmalign.transforms.decode.stage import decode_file
     pos, t, vals = [], [], []
     for item in decode_file(stream, uri, session_id=session_id):
         if not isinstance(item, Chunk):
@@ -372,7 +372,7 @@ def encode_stream(table: pa.Table, se: StreamEncode, runner, inputs: list, opts:
 def encode_table(table: pa.Table, plan: SessionEncode, runners: dict[str, Any],
                  sensor_rows, run_id: str = "") -> tuple[pa.Table, list[DeadLetter]]:
     """The aligned ``table`` with every planned stream's columns (+ fusion) appended."""
-    from encoders.registry import preprocess_options
+    from mmalign.encoders.registry import preprocess_options
     cols: dict[str, pa.Array] = {}
     mats, dead = [], []
     for se in plan.streams:
@@ -419,7 +419,7 @@ class EncodeAlignedFn(beam.DoFn):
         self._lock = threading.Lock()
 
     def setup(self):
-        from encoders.handlers import load_runner
+        from mmalign.encoders.handlers import load_runner
         self._holders = {k: self._shared[k].acquire(
             lambda cfg=cfg: _Holder(load_runner(cfg)), tag=k) for k, cfg in self._cfgs.items()}
         self.runners = {k: h.runner for k, h in self._holders.items()}

@@ -10,7 +10,7 @@ stream ids) and ``MMALIGN_FUSION`` (1 = fused columns).
 import os
 from pathlib import Path
 
-from encoders.feature_store import embedded_streams, feature_definitions
+from mmalign.encoders.feature_store import embedded_streams, feature_definitions
 
 SOURCE = os.environ.get("MMALIGN_ALIGNED_PATH",
                         str(Path(__file__).resolve().parent / "data" / "aligned"))

@@ -5,7 +5,7 @@ runtime closure, resolved by Maven into ``<cache>/beam-flink-<flink>-<beam>/lib`
 ``...-job-server`` shadow jars are not on the Maven Central reachable here, and Beam Java 2.62.0
 is the newest release whose whole closure for Flink 1.19 is (see infra/README.md). Python
 pipelines reach it with ``--runner=PortableRunner --job_endpoint=<endpoint>
---environment_type=LOOPBACK`` (no Docker). ``python -m infra.flink_jobserver
+--environment_type=LOOPBACK`` (no Docker). ``python -m mmalign.infra.flink_jobserver
 fetch|start|stop|status`` drives one in ``<cache>/run/flink``.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
-from infra import (
+from mmalign.infra import (
     InfraError,
     PidFile,
     classpath,
@@ -194,7 +194,7 @@ class FlinkJobServer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m infra.flink_jobserver",
+        prog="python -m mmalign.infra.flink_jobserver",
         description="Fetch / start / stop a local Beam Flink job server (embedded Flink).",
     )
     parser.add_argument("command", choices=["fetch", "start", "stop", "status"])

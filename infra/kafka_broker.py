@@ -2,8 +2,8 @@
 
 Jars: ``org.apache.kafka:kafka_2.13`` and its runtime closure plus a log4j2 binding, resolved by
 Maven into ``<cache>/kafka-<version>/lib``. Each broker lives in a state dir (config, KRaft log
-dir, server log, pid). ``python -m infra.kafka_broker fetch|start|stop|status`` drives one in
-``<cache>/run/kafka``.
+dir, server log, pid). ``python -m mmalign.infra.kafka_broker fetch|start|stop|status``
+drives one in ``<cache>/run/kafka``.
 
 ``KafkaBroker(home, sasl_users={"alice": "pw"})`` starts the client listener as SASL_PLAINTEXT with
 the PLAIN mechanism instead (the KRaft controller listener stays PLAINTEXT); the broker's own
@@ -30,7 +30,7 @@ from pathlib import Path
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from infra import (
+from mmalign.infra import (
     InfraError,
     PidFile,
     classpath,
@@ -456,7 +456,7 @@ class KafkaBroker:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m infra.kafka_broker",
+        prog="python -m mmalign.infra.kafka_broker",
         description="Fetch / start / stop a local single-node KRaft Kafka broker.",
     )
     parser.add_argument("command", choices=["fetch", "start", "stop", "status"])

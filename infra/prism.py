@@ -4,7 +4,8 @@ Beam Python normally downloads a prebuilt prism binary from GitHub, which is not
 ``go install github.com/apache/beam/sdks/v2/go/cmd/prism@v<beam>`` builds the same binary into
 ``<cache>/prism-<beam>/bin/prism`` (Go's own module and build caches stay where Go keeps them).
 Run pipelines with :func:`pipeline_args` (Beam starts prism itself), or start a standalone prism
-job server: ``python -m infra.prism fetch|start|stop|status`` (state in ``<cache>/run/prism``).
+job server: ``python -m mmalign.infra.prism fetch|start|stop|status`` (state in
+``<cache>/run/prism``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import apache_beam
 
-from infra import (
+from mmalign.infra import (
     InfraError,
     PidFile,
     cache_dir,
@@ -135,7 +136,8 @@ class PrismServer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m infra.prism", description="Build / start / stop a local Beam Prism runner."
+        prog="python -m mmalign.infra.prism",
+        description="Build / start / stop a local Beam Prism runner."
     )
     parser.add_argument("command", choices=["fetch", "start", "stop", "status"])
     parser.add_argument("--home", type=Path, default=None, help="default <cache>/run/prism")

@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import ValidationError
 
-from pipelines.align_plot import Lane
-from pipelines.align_report import (
+from mmalign.pipelines.align_plot import Lane
+from mmalign.pipelines.align_report import (
     EXIT_BAD_INPUT,
     FAIL,
     MISSING_OK,
@@ -48,7 +48,7 @@ from pipelines.align_report import (
     stream_checks,
     stream_stats,
 )
-from transforms.clock import ClockModel
+from mmalign.schemas.clock import ClockModel
 
 PAYLOAD_COLUMNS = ("image", "pcm")        # dropped from the in-memory copy of each stream
 
@@ -91,8 +91,8 @@ def _check_reference(m, stream, ref_domain: str) -> str | None:
 
 def _sync_plan(m, declared: dict, ref_domain: str, estimate: bool):
     """The manifest's sync specs plus, for the check, one per stream off the reference clock."""
-    from schemas.manifest import SyncSpec
-    from transforms.sync import plan_sync
+    from mmalign.schemas.manifest import SyncSpec
+    from mmalign.transforms.clock.sync import plan_sync
 
     streams, check_only = [], set()
     for s in m.streams:
@@ -117,15 +117,15 @@ def _slim(chunk) -> pa.Table:
 def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
                       progress: bool = False) -> Inspection:
     """Decode + validate every stream (no Beam), estimate clocks, preview the alignment."""
-    from deadletter.record import DeadLetter
-    from schemas.calibration import Calibration, load_calibration
-    from schemas.camera_calibration import load_camera_calibration
-    from schemas.manifest import ManifestError, load_manifest
-    from transforms.align import fixed_rate_ticks, join_stream, plan_from_manifest
-    from transforms.decode import decode_file
-    from transforms.sync import chunk_partial, stream_features, sync_session
-    from transforms.sync_features import FeatureError
-    from transforms.validate import validate_chunk
+    from mmalign.deadletter.record import DeadLetter
+    from mmalign.schemas.calibration import Calibration, load_calibration
+    from mmalign.schemas.camera_calibration import load_camera_calibration
+    from mmalign.schemas.manifest import ManifestError, load_manifest
+    from mmalign.transforms.align.join import fixed_rate_ticks, join_stream, plan_from_manifest
+    from mmalign.transforms.clock.features import FeatureError
+    from mmalign.transforms.clock.sync import chunk_partial, stream_features, sync_session
+    from mmalign.transforms.decode.stage import decode_file
+    from mmalign.transforms.validate.stage import validate_chunk
 
     try:
         m = load_manifest(path)
@@ -323,7 +323,7 @@ def _session_params(aligned_dir: Path) -> dict[str, dict]:
     """The ``mmalign`` Parquet metadata of each session's first part file."""
     import pyarrow.parquet as pq
 
-    from transforms.parquet_sink import METADATA_KEY
+    from mmalign.transforms.io.parquet import METADATA_KEY
 
     out = {}
     for d in sorted(aligned_dir.glob("session_id=*")):
@@ -342,9 +342,9 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
     """Aligned Parquet, dead letters, sync results and the GX suite of a backfill output."""
     import pyarrow.compute as pc
 
-    from deadletter.file_sink import read_dead_letters
-    from pipelines.backfill import read_sync_results
-    from transforms.parquet_sink import read_aligned
+    from mmalign.deadletter.file_sink import read_dead_letters
+    from mmalign.pipelines.backfill import read_sync_results
+    from mmalign.transforms.io.parquet import read_aligned
 
     try:
         aligned = read_aligned(out / "aligned")
@@ -415,7 +415,7 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
     ins.checks += (clock_checks(ins.clocks, th) + alignment_checks(ins.alignment, th)
                    + registration_checks(ins.registration, th))
     if expectations:
-        from schemas.expectations import validate_aligned
+        from mmalign.schemas.expectations import validate_aligned
         with _progress(progress) as bar:
             bar.add_task("great-expectations suite", total=None, note="")
             ins.expectations = validate_aligned(aligned, policies_by_session, th.max_missing)
@@ -500,7 +500,7 @@ def load_thresholds(config: str | None, overrides: dict) -> Thresholds:
     """Defaults, then the config file (top level or under ``align_check:``), then options."""
     data: dict = {}
     if config:
-        from schemas.manifest import ManifestError, _read_mapping
+        from mmalign.schemas.manifest import ManifestError, _read_mapping
         try:
             raw = _read_mapping(Path(config), "config file")
         except ManifestError as e:
@@ -555,7 +555,7 @@ def run_check(path: str, th: Thresholds, *, expectations: bool = True, estimate:
         raise BadInput(f"{p} does not exist; give a manifest file or a backfill --out folder")
     report = build_report(ins, th, time.perf_counter() - t0)
     if plot:
-        from pipelines.align_plot import plot_timeline
+        from mmalign.pipelines.align_plot import plot_timeline
         failed = {n.split(":", 1)[1] for n in report["failed"] if ":" in n}
         for lane in ins.lanes:
             lane.failed = lane.stream in failed
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2, default=_json_default) + "\n")
     else:
-        from pipelines.align_report import render
+        from mmalign.pipelines.align_report import render
         out = Console(no_color=args.no_color, highlight=False)
         if not out.is_terminal:
             out = Console(no_color=args.no_color, highlight=False, width=150)

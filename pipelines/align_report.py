@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from transforms.clock import ClockModel
+from mmalign.schemas.clock import ClockModel
 
 SCHEMA_VERSION = "1"
 PASS, FAIL, SKIP = "pass", "fail", "skip"

@@ -20,23 +20,24 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
-from deadletter.file_sink import WriteDeadLetters
-from pipelines.runners import with_stage_hints
-from schemas.calibration import load_calibration
-from schemas.manifest import Manifest, ManifestError, load_manifest
-from transforms.align import (
+from mmalign.deadletter.file_sink import WriteDeadLetters
+from mmalign.pipelines.runners import with_stage_hints
+from mmalign.schemas.calibration import load_calibration
+from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.manifest import Manifest, ManifestError, load_manifest
+from mmalign.transforms.align.buckets import AssignBuckets
+from mmalign.transforms.align.join import (
     AlignBuckets,
     ApproxSetTicks,
     SessionPlan,
     StreamExtents,
     plan_from_manifest,
 )
-from transforms.buckets import AssignBuckets
-from transforms.clock import ApplyClockFn, ClockModel
-from transforms.decode import DecodeStreams
-from transforms.parquet_sink import WriteAlignedFn, promote
-from transforms.sync import EstimateClocks
-from transforms.validate import Validate
+from mmalign.transforms.clock.apply import ApplyClockFn
+from mmalign.transforms.clock.sync import EstimateClocks
+from mmalign.transforms.decode.stage import DecodeStreams
+from mmalign.transforms.io.parquet import WriteAlignedFn, promote
+from mmalign.transforms.validate.stage import Validate
 
 
 def new_run_id() -> str:
@@ -100,7 +101,7 @@ class WriteSyncResults(beam.PTransform):
         root = self.root
 
         def write(session_id, items):
-            from transforms.parquet_sink import session_dir
+            from mmalign.transforms.io.parquet import session_dir
             d = session_dir(root, session_id)
             d.mkdir(parents=True, exist_ok=True)
             body = {stream: r.as_dict() for stream, r in sorted(items)}
@@ -131,9 +132,9 @@ def post_align_stages(job: Job) -> list[tuple[str, beam.PTransform]]:
     and the streaming job both run exactly this list (spatial registration, then encoders,
     when the manifest configures them).
     """
-    from transforms.register_stage import registration_stages
+    from mmalign.transforms.register.stage import registration_stages
     stages = registration_stages(job.manifests, job.run_id)   # first: spatial registration
-    from encoders.stage import encode_stage
+    from mmalign.encoders.stage import encode_stage
     encode = encode_stage(job.manifests, job.run_id)          # then: encoders
     if encode is not None:
         stages.append(("Encode", encode))
@@ -173,7 +174,7 @@ def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
         stage_dead.append(out.dead | f"{name}DeadGlobal" >> beam.WindowInto(GlobalWindows()))
     written = aligned | "WriteAligned" >> beam.ParDo(
         WriteAlignedFn(str(staging / "aligned"), job.metadata()))
-    from encoders.feature_store import feature_store_sink
+    from mmalign.encoders.feature_store import feature_store_sink
     sink = feature_store_sink(job.manifests, job.out, job.run_id)
     if sink is not None:                    # Feast online store, after the Parquet write
         stage_dead.append((written | "WriteOnline" >> sink).dead)
@@ -185,7 +186,7 @@ def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
 def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "DirectRunner",
         pipeline_args: list[str] | None = None, run_id: str | None = None) -> dict:
     """Run the backfill to completion; returns the run summary (also OUT/summary.json)."""
-    from pipelines.summary import summarize
+    from mmalign.pipelines.summary import summarize
 
     job = prepare(manifest_paths, out, run_id)
     staging = job.out / ".staging" / job.run_id

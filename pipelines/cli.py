@@ -26,13 +26,13 @@ def _quiet_logs(verbose: bool) -> None:
 
 def _runner_args(ns):
     """Context manager -> (Beam runner, pipeline args) for ``--runner`` (pipelines/runners.py)."""
-    from pipelines.runners import runner_session
+    from mmalign.pipelines.runners import runner_session
     return runner_session(ns.runner, ns.pipeline_args)
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     """The generator's options (all but the output folder), for its command lines:
-    ``mmalign generate`` and ``python -m pipelines.sample_recording``."""
+    ``mmalign generate`` and ``python -m mmalign.pipelines.sample_recording``."""
     p.add_argument("--duration", type=float, default=12.0, help="seconds (default 12)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--session", default="demo-001")
@@ -45,7 +45,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 def generate_from_args(out_dir: str | Path, ns: argparse.Namespace) -> Path:
     """``generate_recording`` with the options of ``add_generate_arguments``."""
-    from pipelines.sample_recording import generate_recording
+    from mmalign.pipelines.sample_recording import generate_recording
     return generate_recording(out_dir, seed=ns.seed, duration_s=ns.duration,
                               declare_clocks=not ns.undeclared_clocks,
                               bad_records=not ns.no_bad_records, session=ns.session,
@@ -63,14 +63,14 @@ def cmd_generate(ns) -> int:
 
 
 def _report(summary: dict, as_json: bool) -> int:
-    from pipelines.summary import render
+    from mmalign.pipelines.summary import render
     print(json.dumps(summary, indent=2, sort_keys=True) if as_json else render(summary))
     balanced = all(a["balanced"] for a in summary["accounting"].values())
     return EXIT_OK if balanced else EXIT_FAILED
 
 
 def cmd_backfill(ns) -> int:
-    from pipelines import backfill
+    from mmalign.pipelines import backfill
     with _runner_args(ns) as (runner, args):
         summary = backfill.run(ns.manifest, ns.out, runner=runner, pipeline_args=args,
                                run_id=ns.run_id)
@@ -78,8 +78,8 @@ def cmd_backfill(ns) -> int:
 
 
 def cmd_demo(ns) -> int:
-    from pipelines import backfill
-    from pipelines.sample_recording import generate_recording
+    from mmalign.pipelines import backfill
+    from mmalign.pipelines.sample_recording import generate_recording
     out = Path(ns.out)
     rec = out / "recording"
     print(f"generating a {ns.duration:.0f} s sample recording in {rec} ...", flush=True)
@@ -127,17 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_arguments(p)
     p.set_defaults(fn=cmd_generate)
 
-    from pipelines.features_cli import add_parser as add_features
+    from mmalign.pipelines.features_cli import add_parser as add_features
     add_features(sub)
-    from pipelines.kafka_config import add_kafka_commands  # publish, stream, deadletter
+    from mmalign.pipelines.kafka_config import add_kafka_commands
     add_kafka_commands(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    from infra import InfraError
-    from pipelines.runners import RunnerConfigError
-    from schemas.manifest import ManifestError
+    from mmalign.infra import InfraError
+    from mmalign.pipelines.runners import RunnerConfigError
+    from mmalign.schemas.manifest import ManifestError
     ns = build_parser().parse_args(argv)
     _quiet_logs(ns.verbose)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")

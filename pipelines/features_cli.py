@@ -54,7 +54,7 @@ def _plain(v):
 
 def get_features(repo: str, session: str, at: pd.Timestamp | None = None) -> dict | None:
     """The session's feature row (online, or point-in-time ``at``); None when it has none."""
-    from encoders import feature_store as fs
+    from mmalign.encoders import feature_store as fs
     store = fs.load_store(repo)
     if at is None:
         got = fs.read_online(store, [session])
@@ -102,7 +102,7 @@ def cmd_get(ns) -> int:
 
 
 def cmd_materialize(ns) -> int:
-    from encoders import feature_store as fs
+    from mmalign.encoders import feature_store as fs
     warnings.simplefilter("ignore")
     try:
         start = parse_time(ns.start) if ns.start else pd.Timestamp(0, tz="UTC")

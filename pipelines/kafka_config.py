@@ -210,7 +210,7 @@ def _add_publish(sub) -> None:
     p.add_argument("--run-id", default="publish", help="run id on decode dead letters")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_kafka_args(p)
-    p.set_defaults(fn=_lazy("pipelines.publish", "cmd_publish"))
+    p.set_defaults(fn=_lazy("mmalign.pipelines.publish", "cmd_publish"))
 
 
 def _add_stream(sub) -> None:
@@ -233,7 +233,7 @@ def _add_stream(sub) -> None:
     add_kafka_args(p)
     p.add_argument("pipeline_args", nargs="*",
                    help="Beam options after -- (default: a local Prism in streaming mode)")
-    p.set_defaults(fn=_lazy("pipelines.stream", "cmd_stream"))
+    p.set_defaults(fn=_lazy("mmalign.pipelines.stream", "cmd_stream"))
 
 
 def _add_deadletter(sub) -> None:
@@ -249,4 +249,4 @@ def _add_deadletter(sub) -> None:
                    help="seconds to wait for the topic's records (inspect)")
     p.add_argument("--json", action="store_true")
     add_kafka_args(p)
-    p.set_defaults(fn=_lazy("deadletter.kafka_topic", "cmd_deadletter"))
+    p.set_defaults(fn=_lazy("mmalign.deadletter.kafka_topic", "cmd_deadletter"))

@@ -28,17 +28,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from deadletter.kafka_topic import DeadLetterProducer
-from deadletter.record import DeadLetter
-from pipelines.kafka_config import KafkaSettings
-from schemas.calibration import load_calibration
-from schemas.envelope import Chunk
-from schemas.manifest import load_manifest
-from schemas.message import Envelope, batch_to_ipc, chunk_envelope, encode
-from transforms.align import chunk_extent
-from transforms.clock import apply_clock
-from transforms.decode import decode_file
-from transforms.validate import validate_chunk
+from mmalign.deadletter.kafka_topic import DeadLetterProducer
+from mmalign.deadletter.record import DeadLetter
+from mmalign.pipelines.kafka_config import KafkaSettings
+from mmalign.schemas.calibration import load_calibration
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.envelope import Envelope, batch_to_ipc, chunk_envelope, encode
+from mmalign.schemas.manifest import load_manifest
+from mmalign.transforms.align.join import chunk_extent
+from mmalign.transforms.clock.apply import apply_clock
+from mmalign.transforms.decode.stage import decode_file
+from mmalign.transforms.validate.stage import validate_chunk
 
 DEFAULT_INLINE_MAX_BYTES = 900_000   # under Kafka's default 1 MB message limit
 DEFAULT_SLICE_S = 1.0                # at most this much event time per message
@@ -241,7 +241,7 @@ def cmd_publish(ns) -> int:
 
     from kafka.errors import KafkaError
 
-    from pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
+    from mmalign.pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
     try:
         settings = settings_from_args(ns)
         shown = [0]

@@ -196,7 +196,7 @@ def runner_session(runner: str, pipeline_args: Sequence[str] | None = None,
         env = [] if _has(args, "environment_type") else ["--environment_type=LOOPBACK"]
         yield name, [*args, *env]
         return
-    from infra.flink_jobserver import FlinkJobServer
+    from mmalign.infra.flink_jobserver import FlinkJobServer
 
     with tempfile.TemporaryDirectory(prefix="mmalign-flink-") as home:
         server = FlinkJobServer(Path(home)).start()

@@ -34,7 +34,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from transforms.clock import ClockModel
+from mmalign.schemas.clock import ClockModel
 
 GENERATOR_VERSION = 1
 STREAM_CLOCKS = ("cam1", "mic", "imu", "transcript")   # cam0 is the reference (identity)
@@ -686,7 +686,7 @@ def generate_recording(out_dir: str | Path, *, seed: int = 0, duration_s: float 
 
     bad = bad_cam1 + bad_text + bad_imu
     truth = {
-        "generator": {"module": "pipelines.sample_recording", "version": GENERATOR_VERSION,
+        "generator": {"module": "mmalign.pipelines.sample_recording", "version": GENERATOR_VERSION,
                       "params": {"seed": seed, "duration_s": float(duration_s),
                                  "size": list(size), "fps": fps, "imu_hz": imu_hz,
                                  "mic_rate": int(mic_rate), "declare_clocks": declare_clocks,
@@ -718,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Write a synthetic multimodal recording with known ground truth "
                     "(manifest.yaml, media, ground_truth.json).")
-    from pipelines.cli import add_generate_arguments, generate_from_args
+    from mmalign.pipelines.cli import add_generate_arguments, generate_from_args
     p.add_argument("out_dir")
     add_generate_arguments(p)
     a = p.parse_args(argv)

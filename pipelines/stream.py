@@ -29,10 +29,10 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
-from pipelines.backfill import Job, new_run_id, post_align_stages, prepare
-from pipelines.kafka_config import KafkaSettings
-from pipelines.stream_ledger import (
+from mmalign.deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
+from mmalign.pipelines.backfill import Job, new_run_id, post_align_stages, prepare
+from mmalign.pipelines.kafka_config import KafkaSettings
+from mmalign.pipelines.stream_ledger import (
     Geometry,
     HoldBackFn,
     MarkDoneFn,
@@ -41,15 +41,15 @@ from pipelines.stream_ledger import (
     resume,
     state_dir,
 )
-from schemas.envelope import Chunk
-from schemas.manifest import ManifestError
-from schemas.message import MessageError, decode_chunk, split
-from transforms.align import AlignBuckets
-from transforms.buckets import AssignBuckets
-from transforms.clock import ApplyClockFn
-from transforms.kafka_io import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
-from transforms.parquet_sink import WriteAlignedFn, part_key
-from transforms.validate import ORIGIN_META_KEY, Validate
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.envelope import MessageError, decode_chunk, split
+from mmalign.schemas.manifest import ManifestError
+from mmalign.transforms.align.buckets import AssignBuckets
+from mmalign.transforms.align.join import AlignBuckets
+from mmalign.transforms.clock.apply import ApplyClockFn
+from mmalign.transforms.io.kafka import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
+from mmalign.transforms.io.parquet import WriteAlignedFn, part_key
+from mmalign.transforms.validate.stage import ORIGIN_META_KEY, Validate
 
 DRIFT_BUDGET_S = 3600.0   # clock slack covers drift over this much recording time
 
@@ -194,7 +194,7 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
     written = aligned | "WriteAligned" >> beam.ParDo(
         WriteAlignedFn(str(job.out / "aligned"), job.metadata()))
     done = written
-    from encoders.feature_store import feature_store_sink
+    from mmalign.encoders.feature_store import feature_store_sink
     sink = feature_store_sink(job.manifests, job.out, job.run_id)
     if sink is not None:                    # Feast online store, after each bucket's Parquet
         online = written | "WriteOnline" >> sink
@@ -232,7 +232,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
     skip_ids = letter_ids(settings) if plan.replaying else frozenset()
     args = pipeline_args
     if args is None:
-        from infra.prism import pipeline_args as prism_args
+        from mmalign.infra.prism import pipeline_args as prism_args
         args = prism_args(streaming=True)
     t0 = time.perf_counter()
     with beam.Pipeline(options=PipelineOptions(args)) as p:
@@ -274,8 +274,8 @@ def cmd_stream(ns) -> int:
 
     from kafka.errors import KafkaError
 
-    from infra import InfraError
-    from pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
+    from mmalign.infra import InfraError
+    from mmalign.pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
     try:
         settings = settings_from_args(ns)
         opts = StreamOptions(group_id=ns.group_id, max_out_of_orderness_s=ns.out_of_orderness,

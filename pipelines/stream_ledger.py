@@ -34,9 +34,9 @@ from pathlib import Path
 
 import apache_beam as beam
 
-from transforms.buckets import bucket_range
-from transforms.clock import ClockModel
-from transforms.kafka_io import (
+from mmalign.schemas.clock import ClockModel
+from mmalign.transforms.align.buckets import bucket_range
+from mmalign.transforms.io.kafka import (
     PartitionSpec,
     append_lines,
     final_path,

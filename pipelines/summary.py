@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from deadletter.file_sink import read_dead_letters
-from schemas.envelope import MODALITIES
-from transforms.parquet_sink import read_aligned
+from mmalign.deadletter.file_sink import read_dead_letters
+from mmalign.schemas.chunk import MODALITIES
+from mmalign.transforms.io.parquet import read_aligned
 
 
 def counters(result) -> dict[str, int]:
@@ -44,7 +44,7 @@ def accounting(cnt: dict[str, int]) -> dict[str, dict]:
 
 
 def summarize(job, result, elapsed_s: float) -> dict:
-    from pipelines.backfill import read_sync_results
+    from mmalign.pipelines.backfill import read_sync_results
 
     aligned = read_aligned(job.out / "aligned")
     dead = read_dead_letters(job.out / "deadletter")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.manifest import ManifestError, _read_mapping, explain
-from transforms.clock import ClockModel
+from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.manifest import ManifestError, _read_mapping, explain
 
 
 class ClockEntry(BaseModel):

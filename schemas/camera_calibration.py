@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from schemas.manifest import ID, ManifestError, _read_mapping, explain
+from mmalign.schemas.manifest import ID, ManifestError, _read_mapping, explain
 
 # distortion model -> allowed coefficient counts (OpenCV order k1 k2 p1 p2 [k3 [k4 k5 k6 ...]])
 DISTORTION_COEFFS: dict[str, tuple[int, ...]] = {

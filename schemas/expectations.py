@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.sensor import MAX_ABS_VALUE
-from transforms.align_policies import STATUS_NAMES
+from mmalign.schemas.sensor import MAX_ABS_VALUE
+from mmalign.transforms.align.policies import STATUS_NAMES
 
 MISSING_OK = ("ok", "partial_window")    # statuses that carry a value
 INT_TYPES = ["int64", "Int64Dtype"]       # numpy int64, pandas nullable Int64

@@ -15,9 +15,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from encoders.config import EncodersConfig
-from schemas.envelope import MODALITIES
-from schemas.registration_spec import RegistrationSpec
+from mmalign.encoders.config import EncodersConfig
+from mmalign.schemas.chunk import MODALITIES
+from mmalign.schemas.registration_spec import RegistrationSpec
 
 ID = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from transforms.registration import RegistrationConfig
+from mmalign.transforms.register.registration import RegistrationConfig
 
 # schemas/manifest.py's stream id (not imported: manifest.py imports this module)
 ID = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]

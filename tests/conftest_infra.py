@@ -2,8 +2,9 @@
 
 Import them from tests/conftest.py (``from tests.conftest_infra import kafka_broker,
 flink_job_server``, or ``pytest_plugins = ["conftest_infra"]``). Each session gets its own
-state dirs and free ports, so a broker or job server started by hand (``python -m infra...``) is
-left alone. Jars come from the download cache (fetched on first use).
+state dirs and free ports, so a broker or job server started by hand
+(``python -m mmalign.infra...``) is left alone. Jars come from the download cache (fetched on
+first use).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from infra import free_port
-from infra.flink_jobserver import FlinkJobServer
-from infra.kafka_broker import KafkaBroker
+from mmalign.infra import free_port
+from mmalign.infra.flink_jobserver import FlinkJobServer
+from mmalign.infra.kafka_broker import KafkaBroker
 
 
 @contextmanager
@@ -47,7 +48,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
 def fresh_topics(kafka_broker: KafkaBroker) -> Callable[[int], tuple]:
     """A function ``(partitions=1) -> (KafkaSettings, tag)``: the ingest and dead-letter topics
     under a new suffix ``.<tag>``, created on ``kafka_broker``, so tests never share topics."""
-    from pipelines.kafka_config import DEADLETTER_TOPIC, MODALITY_TOPICS, KafkaSettings
+    from mmalign.pipelines.kafka_config import DEADLETTER_TOPIC, MODALITY_TOPICS, KafkaSettings
 
     def make(partitions: int = 1) -> tuple[KafkaSettings, str]:
         tag = uuid.uuid4().hex[:8]

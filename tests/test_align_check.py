@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipelines.align_check import BadInput, load_thresholds, main
-from pipelines.align_report import (
+from mmalign.pipelines.align_check import BadInput, load_thresholds, main
+from mmalign.pipelines.align_report import (
     FAIL,
     PASS,
     SKIP,
@@ -25,7 +25,7 @@ from pipelines.align_report import (
     registration_stats,
     stream_stats,
 )
-from pipelines.sample_recording import generate_recording
+from mmalign.pipelines.sample_recording import generate_recording
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "schemas" / "align_report.schema.json").read_text())
@@ -33,7 +33,7 @@ SCRIPT = Path(sys.executable).parent / "align-check"
 
 
 def align_check(*args, script: bool = False) -> subprocess.CompletedProcess:
-    cmd = [str(SCRIPT)] if script else [sys.executable, "-m", "pipelines.align_check"]
+    cmd = [str(SCRIPT)] if script else [sys.executable, "-m", "mmalign.pipelines.align_check"]
     return subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
 
@@ -211,7 +211,7 @@ def test_bad_paths_and_options_exit_2(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_backfill_output_passes_with_expectations(rec, good, tmp_path):
-    from pipelines import backfill
+    from mmalign.pipelines import backfill
 
     out = tmp_path / "out"
     # the same recording with spatial registration of cam1 onto cam0 (the backfill's stage)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from transforms import align_policies as ap
-from transforms.align_policies import Status
+from mmalign.transforms.align import policies as ap
+from mmalign.transforms.align.policies import Status
 
 MS = 1_000_000
 

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from transforms.approx_sets import ApproxTimeSync, approx_time_sets
+from mmalign.transforms.align.approx_sets import ApproxTimeSync, approx_time_sets
 
 
 def reference(arrays, max_span):

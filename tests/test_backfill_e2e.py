@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from deadletter.file_sink import read_dead_letters
-from pipelines import backfill
-from pipelines.sample_recording import generate_recording
-from transforms.clock import ClockModel
-from transforms.parquet_sink import read_aligned
+from mmalign.deadletter.file_sink import read_dead_letters
+from mmalign.pipelines import backfill
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas.clock import ClockModel
+from mmalign.transforms.io.parquet import read_aligned
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_rerun_replaces_never_duplicates(run):
 
 
 def mmalign(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, **kw)
 
 

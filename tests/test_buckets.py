@@ -1,6 +1,6 @@
 import numpy as np
 
-from transforms.buckets import bucket_close_us, interval_buckets, point_slices
+from mmalign.transforms.align.buckets import bucket_close_us, interval_buckets, point_slices
 
 
 def test_point_slices_cover_each_time_once_as_owned_and_margins_twice():

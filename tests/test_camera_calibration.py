@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from schemas.calibration import load_calibration
-from schemas.camera_calibration import (
+from mmalign.schemas.calibration import load_calibration
+from mmalign.schemas.camera_calibration import (
     CameraIntrinsics,
     CameraRig,
     Extrinsics,
@@ -18,9 +18,9 @@ from schemas.camera_calibration import (
     rotation_from_quaternion,
     rotation_from_rvec,
 )
-from schemas.manifest import ManifestError
+from mmalign.schemas.manifest import ManifestError
+from mmalign.transforms.register.projection import project_points, transform_points
 from tests.opencv_doc_data import opencv_doc_data
-from transforms.projection import project_points, transform_points
 
 GOOD = {
     "clocks": {"cam1": {"offset_ms": 12.5}},

@@ -2,9 +2,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from schemas.envelope import Chunk
-from schemas.text import ARROW_SCHEMA as TEXT_SCHEMA
-from transforms.clock import ClockModel, apply_clock
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.text import ARROW_SCHEMA as TEXT_SCHEMA
+from mmalign.transforms.clock.apply import apply_clock
 
 
 def test_identity_is_exact():

@@ -26,18 +26,8 @@ from test_sync_features import (
     make_video,
 )
 
-from transforms.clock import ClockModel
-from transforms.clock_fit import (
-    SyncError,
-    coarse_lag,
-    compose,
-    estimate_clock,
-    failed,
-    finalize,
-    prior_offset_ns,
-    ransac_line,
-)
-from transforms.sync_features import (
+from mmalign.schemas.clock import ClockModel
+from mmalign.transforms.clock.features import (
     NS,
     audio_bins,
     audio_onset,
@@ -47,6 +37,16 @@ from transforms.sync_features import (
     sensor_magnitude,
     speech_activity,
     text_activity,
+)
+from mmalign.transforms.clock.fit import (
+    SyncError,
+    coarse_lag,
+    compose,
+    estimate_clock,
+    failed,
+    finalize,
+    prior_offset_ns,
+    ransac_line,
 )
 
 CLOCKS = {"audio": Clock(2.0, -150.0), "imu": Clock(-2.9, 145.0), "video": Clock(0.0, 150.0)}

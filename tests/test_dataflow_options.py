@@ -19,14 +19,9 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_runner_api_pb2 as pb
 
-from pipelines import backfill
-from pipelines.runners import (
-    DEFAULT_GPU,
-    RunnerConfigError,
-    dataflow_args,
-    runner_session,
-)
-from pipelines.sample_recording import generate_recording
+from mmalign.pipelines import backfill
+from mmalign.pipelines.runners import DEFAULT_GPU, RunnerConfigError, dataflow_args, runner_session
+from mmalign.pipelines.sample_recording import generate_recording
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCEL_URN = "beam:resources:accelerator:v1"
@@ -160,7 +155,7 @@ def test_flex_template_parameters_match_the_entry_point() -> None:
     assert (out, run_id) == ("/data/out", "nightly-2024.05")
     assert rest == [f"--encoder_accelerator={DEFAULT_GPU}", "--project=p", "--region=r"]
     opts = PipelineOptions(rest)
-    from pipelines.runners import MmalignRunnerOptions
+    from mmalign.pipelines.runners import MmalignRunnerOptions
     assert opts.view_as(MmalignRunnerOptions).encoder_accelerator == DEFAULT_GPU
 
 
@@ -174,5 +169,7 @@ def test_sdk_container_matches_the_installed_beam_and_python() -> None:
     assert (ROOT / entry).is_file()
     copied = set(re.findall(r"^COPY (\w+) \./\1$", text, re.M))
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    top = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = pyproject["tool"]["setuptools"]["packages"]
+    top = {p.split(".")[1] for p in packages if p.count(".") >= 1}
     assert top and top <= copied, top - copied
+    assert "COPY __init__.py ./" in text          # the root is the package mmalign

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from deadletter.record import DeadLetter
-from schemas.audio import ARROW_SCHEMA
-from schemas.envelope import Chunk
-from transforms.decode_audio import (
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.audio import ARROW_SCHEMA
+from mmalign.schemas.chunk import Chunk
+from mmalign.transforms.decode.audio import (
     decode_audio_file,
     decode_audio_track,
     load_audio,
@@ -178,8 +178,8 @@ def test_truncated_wav_keeps_the_samples_it_has(tmp_path):
 
 
 def test_decode_file_dispatches_audio_streams(tmp_path):
-    from schemas.manifest import Stream
-    from transforms.decode import decode_file
+    from mmalign.schemas.manifest import Stream
+    from mmalign.transforms.decode.stage import decode_file
 
     mp4 = tmp_path / "clip.mp4"
     write_av(mp4, 48000, with_video=True)

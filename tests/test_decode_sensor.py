@@ -12,15 +12,15 @@ import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 
-from deadletter.record import DeadLetter
-from schemas.envelope import Chunk
-from schemas.manifest import Stream
-from transforms.decode import DecodeStreams, decode_file
-from transforms.decode_sensor import (
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.manifest import Stream
+from mmalign.transforms.decode.sensor import (
     decode_sensor_csv,
     decode_sensor_jsonl,
     decode_sensor_parquet,
 )
+from mmalign.transforms.decode.stage import DecodeStreams, decode_file
 
 
 def run(gen) -> tuple[pa.Table, list[Chunk], list[DeadLetter]]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from deadletter.record import DeadLetter
-from schemas.envelope import Chunk
-from schemas.text import ARROW_SCHEMA
-from transforms.decode_text import decode_srt, decode_text_jsonl, decode_vtt
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.text import ARROW_SCHEMA
+from mmalign.transforms.decode.text import decode_srt, decode_text_jsonl, decode_vtt
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from deadletter.record import DeadLetter
-from schemas.envelope import Chunk
-from schemas.video import ARROW_SCHEMA
-from transforms.decode_video import (
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.video import ARROW_SCHEMA
+from mmalign.transforms.decode.video import (
     decode_image_sequence,
     decode_video_container,
     file_packet_index,
@@ -310,8 +310,8 @@ def test_load_frames_from_image_sequence(tmp_path):
 
 
 def test_decode_file_dispatches_video_streams(vfr_mp4, tmp_path):
-    from schemas.manifest import Stream
-    from transforms.decode import decode_file
+    from mmalign.schemas.manifest import Stream
+    from mmalign.transforms.decode.stage import decode_file
 
     path, _ = vfr_mp4
     index = make_sequence(tmp_path)

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from transforms.dtw import banded_dtw, check_band, diagonal_band, fastdtw_path, path_cost, run_dtw
+from mmalign.transforms.clock.dtw import (
+    banded_dtw,
+    check_band,
+    diagonal_band,
+    fastdtw_path,
+    path_cost,
+    run_dtw,
+)
 
 
 def plain_dtw(x, y, metric="abs", allowed=None):

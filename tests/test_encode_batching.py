@@ -14,11 +14,16 @@ import pytest
 import torch
 from apache_beam.utils import shared
 
-from encoders import video
-from encoders.config import EncoderConfig
-from encoders.device import configure_cpu_threads
-from encoders.handlers import EncodeRequest, encode_requests, load_runner, preprocess_request
-from transforms.decode_video import load_frames
+from mmalign.encoders import video
+from mmalign.encoders.config import EncoderConfig
+from mmalign.encoders.device import configure_cpu_threads
+from mmalign.encoders.handlers import (
+    EncodeRequest,
+    encode_requests,
+    load_runner,
+    preprocess_request,
+)
+from mmalign.transforms.decode.video import load_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,8 +105,8 @@ def test_benchmark_pipelines_encode_every_frame_like_the_raw_loop(tmp_path):
     assert t.frames == n and t.wall > 0
     assert keep.frames is frames
 
-    from encoders.stage import EncodeAlignedFn, SessionEncode, StreamEncode
-    from schemas.manifest import Stream
+    from mmalign.encoders.stage import EncodeAlignedFn, SessionEncode, StreamEncode
+    from mmalign.schemas.manifest import Stream
     tables = bench.aligned_tables(str(path), n, batch)
     assert [t.num_rows for _, t in tables] == [4, 4, 2]
     stream = Stream(id=bench.CAM, modality="video", files=[str(path)])
@@ -123,10 +128,16 @@ def test_video_inputs_crop_as_they_decode_and_keep_row_failures_apart(tmp_path):
     a load failure of its row only."""
     import pyarrow as pa
 
-    from encoders.handlers import preprocess_video
-    from encoders.stage import Prepared, PrepareFailed, StreamEncode, encode_stream, video_inputs
-    from schemas.manifest import Stream
-    from transforms.decode_video import iter_frames
+    from mmalign.encoders.handlers import preprocess_video
+    from mmalign.encoders.stage import (
+        Prepared,
+        PrepareFailed,
+        StreamEncode,
+        encode_stream,
+        video_inputs,
+    )
+    from mmalign.schemas.manifest import Stream
+    from mmalign.transforms.decode.video import iter_frames
 
     bench = _bench()
     path = tmp_path / "cam0.mp4"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that
 
-from encoders.fusion import EmbeddingsToTable, embeddings_table
-from encoders.handlers import EncodeModality, EncodeRequest, encode_requests
-from encoders.registry import EncoderConfig
+from mmalign.encoders.fusion import EmbeddingsToTable, embeddings_table
+from mmalign.encoders.handlers import EncodeModality, EncodeRequest, encode_requests
+from mmalign.encoders.registry import EncoderConfig
 
 
 def _check(fn):

@@ -12,12 +12,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from encoders import audio, sensor, video
-from encoders.device import inference_context, select_device
-from encoders.fusion import embeddings_schema, embeddings_table, fuse
-from encoders.handlers import Embedding, EncodeRequest, encode_requests, load_runner
-from encoders.registry import EncoderConfig, EncoderError, build_encoder
-from encoders.text import tick_text
+from mmalign.encoders import audio, sensor, video
+from mmalign.encoders.device import inference_context, select_device
+from mmalign.encoders.fusion import embeddings_schema, embeddings_table, fuse
+from mmalign.encoders.handlers import Embedding, EncodeRequest, encode_requests, load_runner
+from mmalign.encoders.registry import EncoderConfig, EncoderError, build_encoder
+from mmalign.encoders.text import tick_text
 
 
 @pytest.fixture

@@ -16,14 +16,14 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from encoders import feature_store as fs
-from encoders.handlers import load_runner
-from encoders.stage import encode_table, plan_encoders, read_sensor_rows
-from pipelines import features_cli
-from pipelines.sample_recording import generate_recording
-from schemas.manifest import ManifestError, load_manifest
+from mmalign.encoders import feature_store as fs
+from mmalign.encoders.handlers import load_runner
+from mmalign.encoders.stage import encode_table, plan_encoders, read_sensor_rows
+from mmalign.pipelines import features_cli
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas.manifest import ManifestError, load_manifest
+from mmalign.transforms.io.parquet import read_aligned
 from tests.e2e_checks import assert_online_holds
-from transforms.parquet_sink import read_aligned
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ ENCODERS = {"video": {"max_batch_size": 16, "device": "cpu", "warp": True},
 
 def _mmalign(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

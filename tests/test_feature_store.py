@@ -12,9 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from encoders import feature_store as fs
-from encoders.fusion import embeddings_table
-from encoders.handlers import Embedding
+from mmalign.encoders import feature_store as fs
+from mmalign.encoders.fusion import embeddings_table
+from mmalign.encoders.handlers import Embedding
 
 T0 = 1_700_000_000_000_000_000
 STREAMS = {"cam0": 4, "mic": 3}

@@ -16,12 +16,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from deadletter.file_sink import read_dead_letters
-from pipelines import backfill
-from pipelines.runners import RunnerConfigError, flink_args, runner_session
-from pipelines.sample_recording import generate_recording
+from mmalign.deadletter.file_sink import read_dead_letters
+from mmalign.pipelines import backfill
+from mmalign.pipelines.runners import RunnerConfigError, flink_args, runner_session
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.transforms.io.parquet import METADATA_KEY, read_aligned
 from tests.e2e_checks import assert_rows_equal
-from transforms.parquet_sink import METADATA_KEY, read_aligned
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "flink-vs-local"
@@ -59,7 +59,7 @@ def runs(tmp_path_factory):
                            session="flink-b"),
     ]
     local = backfill.run(manifests, tmp / "local", run_id=RUN_ID)
-    cmd = [sys.executable, "-m", "pipelines.cli", "backfill", "--json", "--run-id", RUN_ID,
+    cmd = [sys.executable, "-m", "mmalign.pipelines.cli", "backfill", "--json", "--run-id", RUN_ID,
            "--out", str(tmp / "flink"), "--runner", "flink"]
     for m in manifests:
         cmd += ["--manifest", str(m)]
@@ -126,7 +126,7 @@ def test_flink_preset_args_and_errors() -> None:
 
 
 def test_cli_rejects_flink_master_with_exit_code_2(tmp_path: Path, capsys) -> None:
-    from pipelines.cli import main
+    from mmalign.pipelines.cli import main
 
     code = main(["backfill", "--manifest", str(tmp_path / "m.yaml"), "--out", str(tmp_path),
                  "--runner", "flink", "--", "--flink_master=localhost:8081"])
@@ -140,8 +140,8 @@ def test_stream_on_flink_equals_the_backfill(fresh_topics, flink_job_server: str
                                              tmp_path: Path) -> None:
     """`pipelines.stream` on the Flink job server (streaming, LOOPBACK) against a real broker
     writes the same aligned rows as the local backfill of the recording."""
-    from pipelines import stream
-    from pipelines.publish import publish
+    from mmalign.pipelines import stream
+    from mmalign.pipelines.publish import publish
 
     manifest = generate_recording(tmp_path / "rec", seed=5, duration_s=6.0, bad_records=False)
     backfill.run([manifest], tmp_path / "batch", run_id="batch")

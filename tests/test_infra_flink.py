@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import window
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
-from infra import REPO_ROOT
+from mmalign.infra import REPO_ROOT
 
 
 def _options(endpoint: str, streaming: bool = False) -> PipelineOptions:
@@ -83,7 +83,8 @@ def test_streaming_periodic_impulse_windows_run_to_completion(
 
 def test_cli_status_of_a_stopped_job_server(tmp_path: Path) -> None:
     env = {**os.environ, "MMALIGN_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "infra.flink_jobserver", "status", "--json", "--job-port", "18099"]
+    cmd = [sys.executable, "-m", "mmalign.infra.flink_jobserver", "status", "--json",
+           "--job-port", "18099"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
     assert '"running": false' in proc.stdout

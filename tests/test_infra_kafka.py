@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from infra import REPO_ROOT, InfraError, maven_fetch
-from infra.kafka_broker import KafkaBroker
+from mmalign.infra import REPO_ROOT, InfraError, maven_fetch
+from mmalign.infra.kafka_broker import KafkaBroker
 
 
 def _topic(prefix: str) -> str:
@@ -140,7 +140,8 @@ def test_start_refuses_a_port_in_use(kafka_broker: KafkaBroker, tmp_path: Path) 
 
 def test_cli_status_of_a_stopped_broker(tmp_path: Path) -> None:
     env = {**os.environ, "MMALIGN_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "infra.kafka_broker", "status", "--json", "--port", "19092"]
+    cmd = [sys.executable, "-m", "mmalign.infra.kafka_broker", "status", "--json",
+           "--port", "19092"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
     assert '"running": false' in proc.stdout

@@ -19,20 +19,20 @@ from pathlib import Path
 
 import pytest
 
-from deadletter.file_sink import read_dead_letters
-from pipelines import backfill
-from pipelines.kafka_config import MODALITY_TOPICS, load_settings
-from pipelines.sample_recording import generate_recording
+from mmalign.deadletter.file_sink import read_dead_letters
+from mmalign.pipelines import backfill
+from mmalign.pipelines.kafka_config import MODALITY_TOPICS, load_settings
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.transforms.io.parquet import read_aligned
 from tests.e2e_checks import assert_rows_equal
-from transforms.parquet_sink import read_aligned
 
 USER = "mmalign-app"
 WRONG = "not-the-Pw-93ad"
 
 
 def _mmalign(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _user_env(broker, tag: str, password: str) -> dict[str, str]:
@@ -85,7 +85,7 @@ def secured(request, tmp_path_factory):
                        "--stop-after-idle", "3"],
         "bad-inspect": ["deadletter", "inspect", "--timeout", "2"],
     }
-    running = {k: subprocess.Popen([sys.executable, "-m", "pipelines.cli", *c], env=bad_env,
+    running = {k: subprocess.Popen([sys.executable, "-m", "mmalign.pipelines.cli", *c], env=bad_env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for k, c in cmds.items()}
     for k, p in running.items():

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from schemas.calibration import load_calibration
-from schemas.manifest import ManifestError, load_manifest
+from mmalign.schemas.calibration import load_calibration
+from mmalign.schemas.manifest import ManifestError, load_manifest
 
 GOOD = """
 session: s1

@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from schemas.camera_calibration import CameraIntrinsics, load_camera_calibration
-from transforms.projection import (
+from mmalign.schemas.camera_calibration import CameraIntrinsics, load_camera_calibration
+from mmalign.transforms.register.projection import (
     normalise_pixels,
     project_camera_points,
     project_points,

@@ -13,19 +13,19 @@ import uuid
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from deadletter.kafka_topic import H
-from pipelines.kafka_config import MODALITY_TOPICS
-from pipelines.publish import DEFAULT_SLICE_MAX_BYTES, DEFAULT_SLICE_S, slice_chunk
-from pipelines.sample_recording import generate_recording
-from schemas.message import decode_chunk, split
-from transforms.decode import decode_file
+from mmalign.deadletter.kafka_topic import H
+from mmalign.pipelines.kafka_config import MODALITY_TOPICS
+from mmalign.pipelines.publish import DEFAULT_SLICE_MAX_BYTES, DEFAULT_SLICE_S, slice_chunk
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas.envelope import decode_chunk, split
+from mmalign.transforms.decode.stage import decode_file
 
 pytestmark = pytest.mark.slow
 
 
 def _mmalign(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 def _read_all(bootstrap: str, topic: str) -> list:
@@ -66,7 +66,7 @@ def test_publish_sends_every_decoded_row_in_bounded_slices(kafka_broker, publish
     proc = published["proc"]
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    from schemas.manifest import load_manifest
+    from mmalign.schemas.manifest import load_manifest
     m = load_manifest(published["manifest"])
     expected = collections.Counter()
     rows = collections.Counter()
@@ -114,7 +114,7 @@ def test_slice_chunk_cuts_by_time_and_bytes_and_keeps_order_history():
     import numpy as np
     import pyarrow as pa
 
-    from schemas.envelope import Chunk
+    from mmalign.schemas.chunk import Chunk
     t = np.array([0, 400, 900, 1000, 950, 2500, 2600, 5000], np.int64) * 1_000_000
     data = pa.RecordBatch.from_pydict({"t_ns": t, "pos": np.arange(8, dtype=np.int64),
                                        "x": np.ones(8)})

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.sample_recording import generate_recording
-from transforms.parquet_sink import read_aligned
-from transforms.registration import corner_error
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.transforms.io.parquet import read_aligned
+from mmalign.transforms.register.registration import corner_error
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ GOOD_CAMERA = {"intrinsics": {"image_size": [320, 240],
 
 
 def mmalign(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -92,7 +92,7 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_broken_config_stops_with_exit_2(rec, name, capsys):
     """In-process through the CLI's main (the process exit code is checked once below)."""
-    from pipelines.cli import main
+    from mmalign.pipelines.cli import main
     calibration, registration, field, text = CASES[name]
     path = broken(rec, name, calibration, registration)
     code = main(["backfill", "--manifest", str(path), "--out", str(rec["tmp"] / f"out_{name}")])

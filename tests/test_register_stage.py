@@ -16,12 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipelines import backfill
-from pipelines.sample_recording import generate_recording
-from schemas.manifest import ManifestError, load_manifest
-from schemas.registration_spec import RegistrationSpec
-from transforms.register_stage import RegisterAligned, registration_plans, session_registration
-from transforms.registration import corner_error
+from mmalign.pipelines import backfill
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas.manifest import ManifestError, load_manifest
+from mmalign.schemas.registration_spec import RegistrationSpec
+from mmalign.transforms.register.registration import corner_error
+from mmalign.transforms.register.stage import (
+    RegisterAligned,
+    registration_plans,
+    session_registration,
+)
 
 pytestmark = pytest.mark.slow
 SIZE = (320, 240)

@@ -3,17 +3,11 @@ the last-good tracker and the Beam stage with its dead letters and counters."""
 
 from __future__ import annotations
 
-import apache_beam as beam
 import cv2
 import numpy as np
 import pytest
-from apache_beam.testing.util import assert_that, equal_to
 
-from deadletter.record import DeadLetter
-from schemas.camera_calibration import load_camera_calibration
-from tests.opencv_doc_data import opencv_doc_data
-from transforms.register import Register, register_tick
-from transforms.registration import (
+from mmalign.transforms.register.registration import (
     RegistrationConfig,
     RegistrationImpossible,
     RegistrationTracker,
@@ -25,6 +19,7 @@ from transforms.registration import (
     to_gray,
     warp_to_reference,
 )
+from tests.opencv_doc_data import opencv_doc_data
 
 W, H = 640, 480
 H_TRUE = np.array([[0.9, 0.08, 30.0], [-0.06, 0.95, 20.0], [1e-4, -5e-5, 1.0]])
@@ -221,76 +216,3 @@ def test_session_mode_registers_once(pair):
     later = tr.step("cam1", 2, np.zeros((H, W), np.uint8), ref)
     assert later.status == "ok" and later.transform_tick_ns == 1
     assert np.array_equal(later.H, first.H)
-
-
-RIG = {"cameras": {
-    "ref": {"intrinsics": {"image_size": [320, 240], "K": [[300, 0, 160], [0, 300, 120],
-                                                            [0, 0, 1]]}},
-    "side": {"intrinsics": {"image_size": [320, 240], "K": [[300, 0, 160], [0, 300, 120],
-                                                             [0, 0, 1]]},
-             "extrinsics": {"frame": "ref", "translation": [0.2, 0, 0]}}},
-    "sensors": {"lidar": {"extrinsics": {"frame": "ref", "translation": [0, 0, 0]}}}}
-
-
-def test_register_tick_plain_function(pair):
-    src, ref = pair
-    tr = RegistrationTracker(RegistrationConfig(refine="none"))
-    rig = load_camera_calibration(RIG)
-    frames = {"ref": ref, "side": src, "blank": np.zeros((H, W), np.uint8)}
-    pts = {"lidar": np.array([[0.0, 0.0, 2.0]]), "radar": np.zeros((1, 3)),
-           "bad": np.zeros((2, 2))}
-    result, dead, counts = register_tick(tr, "s1", 5, frames, "ref", pts, rig, run_id="r1")
-    assert counts == {"ok": 1, "flagged": 0, "dead": 1, "points_dead": 2}
-    assert result["cameras"]["ref"]["status"] == "reference"
-    assert result["cameras"]["side"]["status"] == "ok"
-    assert corner_error(np.reshape(result["cameras"]["side"]["homography"], (3, 3)), H_TRUE,
-                        (W, H)) < 2.0
-    assert set(result["cameras"]) == {"ref", "side"}
-    lidar = result["points"]["lidar"]
-    assert lidar["ref"]["u"] == [160.0] and lidar["ref"]["visible"] == [True]
-    assert lidar["side"]["u"] == [pytest.approx(130.0)]           # camera 0.2 m to the right
-    reasons = sorted((d.reason, d.stream_id) for d in dead)
-    assert reasons == [("bad_points", "bad"), ("no_features", "blank"),
-                       ("unknown_sensor", "radar")]
-    assert all(d.stage == "register" and d.run_id == "r1" and d.event_time_ns == 5
-               for d in dead)
-    # no reference frame: every other camera is a dead letter, no result
-    result, dead, counts = register_tick(tr, "s1", 6, {"side": src}, "ref")
-    assert result is None and counts["dead"] == 1
-    assert dead[0].reason == "missing_reference_frame"
-
-
-def test_beam_stage_outputs_dead_letters_and_counters(tmp_path):
-    src, ref = scene_pair(tmp_path, size=(320, 240), name="small")
-    weak = np.full_like(src, 128)
-    weak[60:150, 100:190] = src[60:150, 100:190]
-    blank = np.zeros_like(src)
-    cfg = RegistrationConfig(refine="none", min_inliers=60)
-    elements = [
-        ("s1", 1_000, {"ref": ref, "side": src}),
-        ("s1", 2_000, {"ref": ref, "side": weak}),                 # below quality: flagged
-        ("s1", 3_000, {"ref": ref, "side": blank}),                # impossible: dead letter
-        ("s1", 4_000, {"ref": ref, "side": src}, {"lidar": [[0.0, 0.0, 2.0]]}),
-        ("s1", "not-a-time", {"ref": ref}),                        # malformed: dead letter
-    ]
-    rig = load_camera_calibration(RIG)
-    p = beam.Pipeline("DirectRunner")
-    out = (p | beam.Create(elements, reshuffle=False)
-           | Register("ref", cfg, rig=rig, run_id="run-7"))
-    summary = out.main | "Summarise" >> beam.Map(
-        lambda r: (r["tick_ns"], r["cameras"]["side"]["status"],
-                   r["cameras"]["side"]["transform_tick_ns"], "points" in r))
-    assert_that(summary, equal_to([(1_000, "ok", 1_000, False), (2_000, "flagged", 1_000, False),
-                                   (4_000, "ok", 4_000, True)]), label="results")
-    dead = out.dead | "DeadRows" >> beam.Map(
-        lambda d: (isinstance(d, DeadLetter), d.stage, d.reason, d.event_time_ns, d.run_id))
-    assert_that(dead, equal_to([(True, "register", "no_features", 3_000, "run-7"),
-                                (True, "register", "bad_element", None, "run-7")]),
-                label="dead")
-    res = p.run()
-    res.wait_until_finish()
-    counters = {c.key.metric.name: c.committed
-                for c in res.metrics().query()["counters"]}
-    assert counters["register.ok"] == 2
-    assert counters["register.flagged"] == 1
-    assert counters["register.dead"] == 2

@@ -15,10 +15,10 @@ import pytest
 import soundfile as sf
 from scipy.signal import butter, sosfiltfilt
 
-from pipelines.sample_recording import STREAM_CLOCKS, generate_recording
-from schemas.calibration import load_calibration
-from schemas.manifest import load_manifest
-from transforms.clock import ClockModel
+from mmalign.pipelines.sample_recording import STREAM_CLOCKS, generate_recording
+from mmalign.schemas.calibration import load_calibration
+from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.manifest import load_manifest
 
 FILES = ("cam0.mp4", "mic.wav", "imu.csv", "transcript.srt", "manifest.yaml",
          "calibration.yaml", "ground_truth.json", "README.txt", "cam1/timestamps.txt")

@@ -9,14 +9,14 @@ import pyarrow as pa
 import pytest
 from kafka import KafkaProducer
 
-from deadletter.file_sink import read_dead_letters
-from deadletter.kafka_topic import H, read_topic
-from pipelines import backfill, stream
-from pipelines.publish import prepare, publish
-from pipelines.sample_recording import generate_recording
-from schemas.message import encode
+from mmalign.deadletter.file_sink import read_dead_letters
+from mmalign.deadletter.kafka_topic import H, read_topic
+from mmalign.pipelines import backfill, stream
+from mmalign.pipelines.publish import prepare, publish
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas.envelope import encode
+from mmalign.transforms.io.parquet import read_aligned
 from tests.e2e_checks import assert_rows_equal
-from transforms.parquet_sink import read_aligned
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import yaml
 
-from encoders import feature_store as fs
-from pipelines import backfill, stream
-from pipelines.publish import publish
-from pipelines.sample_recording import generate_recording
+from mmalign.encoders import feature_store as fs
+from mmalign.pipelines import backfill, stream
+from mmalign.pipelines.publish import publish
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.transforms.io.parquet import read_aligned
 from tests.e2e_checks import assert_online_holds
-from transforms.parquet_sink import read_aligned
 
 pytestmark = pytest.mark.slow
 SESSION = "sfeat-001"

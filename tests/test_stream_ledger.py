@@ -11,9 +11,9 @@ import random
 
 import pytest
 
-from pipelines.stream_ledger import WRITTEN, Geometry, compact, compact_rows, resume
-from transforms.clock import ClockModel
-from transforms.kafka_io import (
+from mmalign.pipelines.stream_ledger import WRITTEN, Geometry, compact, compact_rows, resume
+from mmalign.schemas.clock import ClockModel
+from mmalign.transforms.io.kafka import (
     PartitionSpec,
     append_lines,
     complete_sessions,

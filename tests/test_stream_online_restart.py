@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import yaml
 
-from encoders import feature_store as fs
-from pipelines import backfill, stream
-from pipelines.publish import publish
-from pipelines.sample_recording import generate_recording
-from pipelines.stream_ledger import WRITTEN, state_dir
+from mmalign.encoders import feature_store as fs
+from mmalign.pipelines import backfill, stream
+from mmalign.pipelines.publish import publish
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.pipelines.stream_ledger import WRITTEN, state_dir
+from mmalign.transforms.io.kafka import load_lines
+from mmalign.transforms.io.parquet import part_key, read_aligned
 from tests.e2e_checks import assert_online_holds, wait_until
-from transforms.kafka_io import load_lines
-from transforms.parquet_sink import part_key, read_aligned
 
 pytestmark = pytest.mark.slow
 SESSION = "sonl-001"
@@ -60,7 +60,7 @@ def test_a_kill_before_the_online_write_leaves_the_bucket_to_the_restart(
     env.update({"MMALIGN_KAFKA_DEADLETTER_TOPIC": settings.deadletter_topic,
                 **{f"MMALIGN_KAFKA_TOPIC_{m.upper()}": t for m, t in settings.topics.items()}})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "stream", "--manifest", str(manifest),
+        [sys.executable, "-m", "mmalign.pipelines.cli", "stream", "--manifest", str(manifest),
          "--out", str(out), "--group-id", group, "--run-id", "k1",
          "--bootstrap-servers", settings.bootstrap_servers, "--out-of-orderness", "0.3",
          "--allowed-lateness", "0.2"],

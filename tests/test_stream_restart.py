@@ -23,16 +23,16 @@ import threading
 import pytest
 from kafka import KafkaProducer
 
-from deadletter.file_sink import read_dead_letters
-from deadletter.kafka_topic import LETTER_ID, read_topic
-from pipelines import backfill, stream
-from pipelines.publish import prepare
-from pipelines.sample_recording import generate_recording
-from pipelines.stream_ledger import WRITTEN, state_dir
-from schemas.message import encode
+from mmalign.deadletter.file_sink import read_dead_letters
+from mmalign.deadletter.kafka_topic import LETTER_ID, read_topic
+from mmalign.pipelines import backfill, stream
+from mmalign.pipelines.publish import prepare
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.pipelines.stream_ledger import WRITTEN, state_dir
+from mmalign.schemas.envelope import encode
+from mmalign.transforms.io.kafka import load_lines
+from mmalign.transforms.io.parquet import read_aligned
 from tests.e2e_checks import assert_rows_equal, wait_until
-from transforms.kafka_io import load_lines
-from transforms.parquet_sink import read_aligned
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def run(kafka_broker, fresh_topics, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMALIGN_KAFKA_")}
     env.update({"MMALIGN_KAFKA_DEADLETTER_TOPIC": settings.deadletter_topic,
                 **{f"MMALIGN_KAFKA_TOPIC_{m.upper()}": t for m, t in settings.topics.items()}})
-    cmd = [sys.executable, "-m", "pipelines.cli", "stream", "--manifest", str(m1),
+    cmd = [sys.executable, "-m", "mmalign.pipelines.cli", "stream", "--manifest", str(m1),
            "--out", str(out), "--group-id", group, "--run-id", "r2", "--bootstrap-servers",
            boot, "--out-of-orderness", "0.5", "--allowed-lateness", "0.5"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

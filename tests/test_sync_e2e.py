@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.sample_recording import generate_recording
-from pipelines.summary import render
-from transforms.parquet_sink import read_aligned
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.pipelines.summary import render
+from mmalign.transforms.io.parquet import read_aligned
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def synced(tmp_path_factory):
                                 declare_clocks=False, bad_records=False, **SMALL,
                                 session="demo-002", sync={"mic": {"min_confidence": 1.0}})
     out = tmp / "out"
-    p = subprocess.run([sys.executable, "-m", "pipelines.cli", "backfill", "--manifest",
+    p = subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", "backfill", "--manifest",
                         str(manifest), "--manifest", str(strict), "--out", str(out), "--json"],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -58,7 +58,7 @@ def truth(gt, stream):
 def offset_error_ms(result, gt, stream, at_ns):
     """Error of the recovered mapping at a device time inside the recording (offset and
     drift trade off against each other away from the anchor)."""
-    from transforms.clock import ClockModel
+    from mmalign.schemas.clock import ClockModel
     m = result["model"]
     est = ClockModel(m["offset_ns"], m["drift_ppm"] * 1e-6, m["anchor_ns"])
     off, ppm = truth(gt, stream)
@@ -74,7 +74,7 @@ def test_recovered_clock_within_target(synced, stream, limit_ms):
     gt = synced["gt"]
     dev = np.array(gt["streams"]["cam0"]["frames"]["t_dev_ns"][::30], np.int64)
     off, ppm = truth(gt, stream)
-    from transforms.clock import ClockModel
+    from mmalign.schemas.clock import ClockModel
     at = ClockModel.declared(off, ppm).to_dev(dev)    # the stream's device times over the take
     assert offset_error_ms(r, gt, stream, at) <= limit_ms
 

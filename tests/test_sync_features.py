@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from transforms.sync_features import (
+from mmalign.transforms.clock.features import (
     NS,
     FeatureError,
     as_activity,
@@ -169,7 +169,7 @@ def decode_grey(path: Path, width: int = 32, height: int = 24):
 def peak_times_s(feature, rel=0.3) -> np.ndarray:
     from scipy.signal import find_peaks
 
-    from transforms.clock_fit import refine
+    from mmalign.transforms.clock.fit import refine
     _, land, raw = condition(feature)
     p, _ = find_peaks(land, prominence=rel * min(land.max(), 1.0), distance=10)
     return feature.times_ns(refine(raw, p)) / NS
@@ -311,7 +311,7 @@ def test_speech_activity_follows_cues(tmp_path):
 
 def test_activity_and_conditioning_are_scale_free():
     rng = np.random.default_rng(0)
-    from transforms.sync_features import Feature
+    from mmalign.transforms.clock.features import Feature
     v = np.abs(rng.normal(0, 0.01, 2000))
     v[[300, 900, 1500]] = [5.0, 1.0, 3.0]
     f = Feature(v * 1000, 10, RATE, "impulse", "x")

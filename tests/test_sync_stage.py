@@ -23,15 +23,15 @@ from test_sync_features import (
     make_video,
 )
 
-from schemas import audio as audio_schema
-from schemas import sensor as sensor_schema
-from schemas import text as text_schema
-from schemas import video as video_schema
-from schemas.envelope import Chunk
-from schemas.manifest import Manifest, ManifestError
-from transforms.clock import ClockModel
-from transforms.sync import EstimateClocks, plan_sync, sync_session, video_grey
-from transforms.sync_features import NS
+from mmalign.schemas import audio as audio_schema
+from mmalign.schemas import sensor as sensor_schema
+from mmalign.schemas import text as text_schema
+from mmalign.schemas import video as video_schema
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.manifest import Manifest, ManifestError
+from mmalign.transforms.clock.features import NS
+from mmalign.transforms.clock.sync import EstimateClocks, plan_sync, sync_session, video_grey
 
 SESSION = "s1"
 DUR = 40.0
@@ -186,7 +186,7 @@ def test_unmatched_streams_fall_back_with_reason(recording, tmp_path):
 
 
 def _features(chunks, m):
-    from transforms.sync import chunk_partial, stream_features
+    from mmalign.transforms.clock.sync import chunk_partial, stream_features
     plan = plan_sync(m, {})
     parts: dict = {}
     for c in chunks:

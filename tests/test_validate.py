@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from schemas import audio, text, video
-from schemas.envelope import Chunk
-from schemas.sensor import arrow_schema
-from transforms.validate import validate_chunk
+from mmalign.schemas import audio, text, video
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.sensor import arrow_schema
+from mmalign.transforms.validate.stage import validate_chunk
 
 
 def sensor_chunk(t, values, prev=None):

@@ -27,12 +27,12 @@ import pandera.pandas as pa_pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deadletter.record import DeadLetter
-from schemas import audio as audio_schema
-from schemas import sensor as sensor_schema
-from schemas import text as text_schema
-from schemas import video as video_schema
-from schemas.envelope import Chunk
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas import audio as audio_schema
+from mmalign.schemas import sensor as sensor_schema
+from mmalign.schemas import text as text_schema
+from mmalign.schemas import video as video_schema
+from mmalign.schemas.chunk import Chunk
 
 # Columns never handed to pandera (large binary/list payloads are checked with numpy).
 _PAYLOAD_COLUMNS = {"pcm", "image"}

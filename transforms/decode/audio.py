@@ -18,10 +18,11 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
-from deadletter.record import DeadLetter
-from schemas.audio import ARROW_SCHEMA
-from schemas.envelope import Chunk
-from transforms.decode import DecodeOptions, SourceFile, short_error
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.audio import ARROW_SCHEMA
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.decode_options import DecodeOptions
+from mmalign.transforms.decode.base import SourceFile, short_error
 
 SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from schemas.camera_calibration import CameraIntrinsics, CameraRig
+from mmalign.schemas.camera_calibration import CameraIntrinsics, CameraRig
 
 FOV_MARGIN = 0.05      # the camera model must stay monotonic this far (x size) past the border
 FOV_DIRECTIONS, FOV_STEPS = 180, 400

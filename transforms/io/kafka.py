@@ -47,9 +47,9 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from deadletter.kafka_topic import kafka_attrs
-from deadletter.record import DeadLetter
-from schemas.message import MessageError, split
+from mmalign.deadletter.kafka_topic import kafka_attrs
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.envelope import MessageError, split
 
 FINISH = "finish"          # claim this to end the restriction (every partition stops)
 

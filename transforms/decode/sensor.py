@@ -26,10 +26,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from deadletter.record import DeadLetter
-from schemas.envelope import Chunk
-from schemas.sensor import arrow_schema
-from transforms.decode import UNIT_NS, DecodeOptions, SourceFile, parse_time_ns, short_error
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.decode_options import DecodeOptions
+from mmalign.schemas.sensor import arrow_schema
+from mmalign.transforms.decode.base import UNIT_NS, SourceFile, parse_time_ns, short_error
 
 TIME_CANDIDATES = ("t_ns", "timestamp_ns", "timestamp", "time", "t")
 NAN_TOKENS = {"", "nan", "+nan", "-nan", "na", "n/a", "null", "none"}

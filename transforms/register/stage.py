@@ -34,14 +34,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deadletter.record import DeadLetter
-from schemas.camera_calibration import CameraRig, load_camera_calibration
-from schemas.manifest import Manifest, ManifestError
-from schemas.registration_spec import RegistrationSpec
-from transforms.decode import _FORMATS
-from transforms.decode_video import load_frames
-from transforms.projection import project_sensor_points
-from transforms.registration import (
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.camera_calibration import CameraRig, load_camera_calibration
+from mmalign.schemas.manifest import Manifest, ManifestError
+from mmalign.schemas.registration_spec import RegistrationSpec
+from mmalign.transforms.decode.stage import _FORMATS
+from mmalign.transforms.decode.video import load_frames
+from mmalign.transforms.register.projection import project_sensor_points
+from mmalign.transforms.register.registration import (
     Registration,
     RegistrationImpossible,
     RegistrationTracker,

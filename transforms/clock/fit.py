@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import correlate, correlation_lags, find_peaks
 
-from transforms.clock import ClockModel
-from transforms.dtw import run_dtw
-from transforms.sync_features import NS, Feature, condition
+from mmalign.schemas.clock import ClockModel
+from mmalign.transforms.clock.dtw import run_dtw
+from mmalign.transforms.clock.features import NS, Feature, condition
 
 MAX_DRIFT = 1e-3            # |drift| above 1000 ppm is not a clock, it is a wrong match
 MIN_OVERLAP_S = 5.0

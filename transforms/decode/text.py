@@ -17,10 +17,11 @@ from decimal import Decimal
 
 import pyarrow as pa
 
-from deadletter.record import DeadLetter
-from schemas.envelope import Chunk
-from schemas.text import ARROW_SCHEMA
-from transforms.decode import DecodeOptions, SourceFile
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.decode_options import DecodeOptions
+from mmalign.schemas.text import ARROW_SCHEMA
+from mmalign.transforms.decode.base import SourceFile
 
 _SRT_TIME = r"(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})"
 _SRT_TIMING = re.compile(rf"^\s*{_SRT_TIME}\s*-->\s*{_SRT_TIME}(?:\s.*)?$")

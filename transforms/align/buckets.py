@@ -22,7 +22,7 @@ import pyarrow as pa
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from schemas.envelope import Chunk
+from mmalign.schemas.chunk import Chunk
 
 NS_PER_US = 1000
 NS_PER_MS = 1_000_000

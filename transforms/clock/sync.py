@@ -24,18 +24,10 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from schemas.envelope import Chunk
-from schemas.manifest import Manifest, ManifestError, SyncSpec
-from transforms.clock import ClockModel
-from transforms.clock_fit import (
-    SyncError,
-    SyncResult,
-    estimate_clock,
-    failed,
-    finalize,
-    prior_offset_ns,
-)
-from transforms.sync_features import (
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.manifest import Manifest, ManifestError, SyncSpec
+from mmalign.transforms.clock.features import (
     FAMILIES,
     Feature,
     FeatureError,
@@ -51,6 +43,14 @@ from transforms.sync_features import (
     sensor_magnitude,
     speech_activity,
     text_activity,
+)
+from mmalign.transforms.clock.fit import (
+    SyncError,
+    SyncResult,
+    estimate_clock,
+    failed,
+    finalize,
+    prior_offset_ns,
 )
 
 GREY_WIDTH = 32                         # video frames are compared at this width

@@ -24,8 +24,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from transforms import align_policies as ap
-from transforms.buckets import Piece
+from mmalign.transforms.align import policies as ap
+from mmalign.transforms.align.buckets import Piece
 
 SEP = "__"
 SETS_STREAM = "__sets__"   # the synthetic anchor stream whose rows are approximate-time sets
@@ -286,8 +286,8 @@ def approx_set_ticks(plan: SessionPlan, members: list[tuple[str, pa.Table]]):
     """The session's approximate-time sets as one synthetic anchor chunk: tick = the set's
     latest member time, plus each member's t_ns/pos/src. Sequential by definition (the ROS
     policy decides set by set), so it runs per session, before bucketing."""
-    from schemas.envelope import Chunk
-    from transforms.approx_sets import approx_time_sets
+    from mmalign.schemas.chunk import Chunk
+    from mmalign.transforms.align.approx_sets import approx_time_sets
 
     by = defaultdict(list)
     for stream_id, table in members:

@@ -21,10 +21,11 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from deadletter.record import DeadLetter
-from schemas.envelope import Chunk
-from schemas.video import ARROW_SCHEMA
-from transforms.decode import DecodeOptions, SourceFile, parse_time_ns, short_error
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.decode_options import DecodeOptions
+from mmalign.schemas.video import ARROW_SCHEMA
+from mmalign.transforms.decode.base import SourceFile, parse_time_ns, short_error
 
 RAW_IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
 _HEADER_WORDS = {"timestamp", "time", "t", "t_ns", "timestamp_ns", "filename", "file"}

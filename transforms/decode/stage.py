@@ -1,0 +1,130 @@
+"""The decode stage: one source file of one stream -> Chunks, and DeadLetters for what fails.
+
+The per-modality decoders (video, audio, text, sensor in this package) are plain generators
+over what ``base`` provides; this module holds the format table, the dispatcher
+``decode_file`` and the Beam shells ``DecodeFile`` (DoFn) and ``DecodeStreams`` (composite
+PTransform).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import apache_beam as beam
+
+from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.decode_options import DecodeOptions
+from mmalign.schemas.manifest import Stream
+from mmalign.transforms.decode import audio, sensor, text, video
+from mmalign.transforms.decode.base import SourceFile, short_error
+
+# ---------------------------------------------------------------- dispatch
+
+VIDEO_CONTAINERS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mpg", ".mpeg"}
+AUDIO_FILES = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".m4a", ".opus", ".aac"}
+
+# format name -> (modality, decoder key); the format field may also name an extension.
+_FORMATS: dict[str, dict[str, str]] = {
+    "video": {"container": "container", "image_sequence": "image_sequence",
+              **{e[1:]: "container" for e in VIDEO_CONTAINERS},
+              "txt": "image_sequence", "csv": "image_sequence"},
+    "audio": {"audio_file": "audio_file", "audio_track": "audio_track",
+              **{e[1:]: "audio_file" for e in AUDIO_FILES},
+              **{e[1:]: "audio_track" for e in VIDEO_CONTAINERS}},
+    "text": {"srt": "srt", "vtt": "vtt", "webvtt": "vtt", "jsonl": "jsonl"},
+    "sensor": {"csv": "csv", "parquet": "parquet", "pq": "parquet", "jsonl": "jsonl"},
+}
+
+
+DECODERS: dict[tuple[str, str], Callable[..., Iterator[Chunk | DeadLetter]]] = {
+    ("video", "container"): video.decode_video_container,
+    ("video", "image_sequence"): video.decode_image_sequence,
+    ("audio", "audio_file"): audio.decode_audio_file,
+    ("audio", "audio_track"): audio.decode_audio_track,
+    ("text", "srt"): text.decode_srt,
+    ("text", "vtt"): text.decode_vtt,
+    ("text", "jsonl"): text.decode_text_jsonl,
+    ("sensor", "csv"): sensor.decode_sensor_csv,
+    ("sensor", "parquet"): sensor.decode_sensor_parquet,
+    ("sensor", "jsonl"): sensor.decode_sensor_jsonl,
+}
+
+
+def decode_file(stream: Stream, path: Path | str, *, session_id: str
+                ) -> Iterator[Chunk | DeadLetter]:
+    """Decode one file of ``stream``. Never raises: unknown formats, bad options and any
+    decoder exception become file-level DeadLetters (after the chunks already yielded)."""
+    src = SourceFile(session_id, stream.id, stream.modality, str(path))
+    fmt = (stream.format or Path(path).suffix.lstrip(".")).lower()
+    key = _FORMATS[stream.modality].get(fmt)
+    if key is None:
+        known = sorted(_FORMATS[stream.modality])
+        yield src.dead("unknown_format", f"{path}: no {stream.modality} decoder for format "
+                       f"{fmt!r}; set the stream's format to one of {known}.",
+                       error_class="UnknownFormat")
+        return
+    try:
+        opts = DecodeOptions.of(stream.options)
+    except ValueError as e:
+        yield src.dead("bad_options", f"{path}: {e}.", error_class="BadOptions")
+        return
+    fn = DECODERS[(stream.modality, key)]
+    kw: dict = {"session_id": session_id, "stream_id": stream.id, "options": opts}
+    if stream.modality == "video":
+        kw |= {"chunk_frames": opts.chunk_frames, "inline_images": opts.inline_images}
+    try:
+        yield from fn(str(path), **kw)
+    except Exception as e:  # noqa: BLE001 -- a decoder bug must never escape
+        yield src.dead("decoder_error", f"{path}: the {stream.modality} decoder failed "
+                       f"({type(e).__name__}: {short_error(e)}).",
+                       error_class=type(e).__name__,
+                       attrs={"traceback": traceback.format_exc(limit=5)[-2000:]})
+
+
+# ---------------------------------------------------------------- Beam shells
+
+class DecodeFile(beam.DoFn):
+    """(session_id, Stream, path) -> Chunks (main) and DeadLetters (tagged "dead")."""
+
+    DEAD = "dead"
+
+    def __init__(self, run_id: str = ""):
+        self.run_id = run_id
+
+    @staticmethod
+    def _count(modality: str, what: str, n: int) -> None:
+        # namespace "decode", name "<modality>.records|dead": reads as decode.<modality>.<what>
+        beam.metrics.Metrics.counter("decode", f"{modality}.{what}").inc(n)
+
+    def process(self, element):
+        session_id, stream, path = element
+        modality = stream.modality
+        src = SourceFile(session_id, stream.id, modality, str(path))
+        try:
+            for out in decode_file(stream, Path(path), session_id=session_id):
+                if isinstance(out, DeadLetter):
+                    self._count(modality, "dead", 1)
+                    yield beam.pvalue.TaggedOutput(self.DEAD, out.with_run(self.run_id))
+                else:
+                    self._count(modality, "records", out.num_records)
+                    yield out
+        except Exception as e:  # noqa: BLE001 -- nothing escapes the DoFn
+            self._count(modality, "dead", 1)
+            yield beam.pvalue.TaggedOutput(self.DEAD, src.dead(
+                "decoder_error", f"{path}: decoding stopped ({type(e).__name__}: "
+                f"{short_error(e)}).", error_class=type(e).__name__).with_run(self.run_id))
+
+
+class DecodeStreams(beam.PTransform):
+    """PCollection[(session_id, Stream, path)] -> tagged outputs ``chunks`` and ``dead``."""
+
+    def __init__(self, run_id: str = ""):
+        super().__init__()
+        self.run_id = run_id
+
+    def expand(self, pcoll):
+        return pcoll | "DecodeFile" >> beam.ParDo(DecodeFile(self.run_id)).with_outputs(
+            DecodeFile.DEAD, main="chunks")

@@ -1,0 +1,1 @@
+"""I/O: the Kafka reader (``kafka``) and the aligned Parquet dataset (``parquet``)."""
