@@ -36,10 +36,14 @@ class DeadLetter:
     payload_format: str | None = None  # "json", "csv-row", "srt-cue", "jpeg", "kafka-value" ...
     attrs: dict[str, str] = field(default_factory=dict)  # e.g. kafka topic/partition/offset
     created_at_ns: int = field(default_factory=time.time_ns)
+    records: int = 1                   # input records this letter stands for (a truncated
+    #                                    file's letter counts the records it lost)
 
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"dead letter stage {self.stage!r} is not one of {STAGES}")
+        if self.records < 0:
+            raise ValueError(f"dead letter records must be >= 0, got {self.records}")
 
     @classmethod
     def from_exception(cls, stage: str, exc: BaseException, reason: str, **kw) -> DeadLetter:
@@ -63,6 +67,8 @@ class DeadLetter:
     def from_row(cls, row: dict) -> DeadLetter:
         row = dict(row)
         row["attrs"] = json.loads(row.get("attrs") or "{}")
+        if row.get("records") is None:          # written before letters carried a count
+            row["records"] = 1
         return cls(**row)
 
 
@@ -82,6 +88,7 @@ ARROW_SCHEMA = pa.schema([
     ("payload_format", pa.string()),
     ("attrs", pa.string()),
     ("created_at_ns", pa.int64()),
+    ("records", pa.int64()),
 ])
 
 

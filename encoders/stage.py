@@ -36,6 +36,7 @@ from mmalign.encoders.handlers import (
     preprocess_video,
     run_batch,
 )
+from mmalign.schemas.decode_options import AUDIO_FILES, VIDEO_CONTAINERS
 from mmalign.schemas.manifest import Manifest, ManifestError, Stream
 
 DEAD = "dead"
@@ -126,7 +127,6 @@ def _col(table: pa.Table, name: str) -> list:
 
 
 def video_kind(stream: Stream, uri: str) -> str:
-    from mmalign.transforms.decode.stage import VIDEO_CONTAINERS
     if stream.format in ("container", "image_sequence"):
         return stream.format
     fmt = (stream.format or Path(uri).suffix.lstrip(".")).lower()
@@ -206,7 +206,6 @@ def video_inputs(table: pa.Table, se: StreamEncode, opts: dict[str, Any]) -> lis
 def audio_inputs(table: pa.Table, se: StreamEncode) -> list:
     """Per row: (samples float32, sample_rate), an exception, or None."""
     from mmalign.transforms.decode.audio import load_audio
-    from mmalign.transforms.decode.stage import AUDIO_FILES
     s = se.stream_id
     s0, s1 = _col(table, f"{s}__sample_start"), _col(table, f"{s}__sample_end")
     sr, src = _col(table, f"{s}__sample_rate"), _col(table, f"{s}__src")

@@ -1,10 +1,11 @@
-"""Decoder options: the ``options:`` mapping of a manifest stream, validated.
-
-Every key a stage reads from ``Stream.options`` is a field here; see the README's decoder table.
+"""A stream's ``options:`` mapping and its format, validated: the decoder table (which formats
+each modality reads) and every option any stage reads from ``Stream.options``. Unknown keys
+are errors, so a typo never passes silently.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,9 +15,10 @@ UNIT_NS: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000
 
 
 class DecodeOptions(BaseModel):
-    """Decoder options, read from ``Stream.options`` (keys other stages use are ignored)."""
+    """A stream's options (``Stream.options``): decoder settings, plus ``channels`` (align,
+    encoders) and ``max_abs`` (validate). Strict: an unknown key is an error."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_bytes: int = Field(2 * 1024**3, gt=0, description="larger files are dead letters")
     time_unit: TimeUnit | None = Field(None, description="unit of timestamps in index/sensor")
@@ -30,6 +32,7 @@ class DecodeOptions(BaseModel):
     chunk_rows: int = Field(4096, ge=1)
     inline_images: bool = False
     jpeg_quality: int = Field(90, ge=1, le=100)
+    max_abs: float | None = Field(None, gt=0, description="sensor: largest plausible |value|")
 
     @classmethod
     def of(cls, options: DecodeOptions | dict | None) -> DecodeOptions:
@@ -45,3 +48,29 @@ class DecodeOptions(BaseModel):
                              f"stream's options") from None
 
 
+
+
+VIDEO_CONTAINERS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mpg", ".mpeg"}
+AUDIO_FILES = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".m4a", ".opus", ".aac"}
+
+# modality -> {format name or file extension: decoder key}
+FORMATS: dict[str, dict[str, str]] = {
+    "video": {"container": "container", "image_sequence": "image_sequence",
+              **{e[1:]: "container" for e in VIDEO_CONTAINERS},
+              "txt": "image_sequence", "csv": "image_sequence"},
+    "audio": {"audio_file": "audio_file", "audio_track": "audio_track",
+              **{e[1:]: "audio_file" for e in AUDIO_FILES},
+              **{e[1:]: "audio_track" for e in VIDEO_CONTAINERS}},
+    "text": {"srt": "srt", "vtt": "vtt", "webvtt": "vtt", "jsonl": "jsonl"},
+    "sensor": {"csv": "csv", "parquet": "parquet", "pq": "parquet", "jsonl": "jsonl"},
+}
+
+
+def format_name(fmt: str | None, path: str) -> str:
+    """The format a file is read as: the stream's ``format``, else the file's extension."""
+    return (fmt or Path(path).suffix.lstrip(".")).lower()
+
+
+def decoder_key(modality: str, fmt: str | None, path: str) -> str | None:
+    """Which decoder reads ``path`` of a ``modality`` stream (None: no decoder for it)."""
+    return FORMATS[modality].get(format_name(fmt, path))

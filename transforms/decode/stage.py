@@ -16,28 +16,12 @@ import apache_beam as beam
 
 from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.chunk import Chunk
-from mmalign.schemas.decode_options import DecodeOptions
+from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
 from mmalign.schemas.manifest import Stream
 from mmalign.transforms.decode import audio, sensor, text, video
 from mmalign.transforms.decode.base import SourceFile, short_error
 
 # ---------------------------------------------------------------- dispatch
-
-VIDEO_CONTAINERS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mpg", ".mpeg"}
-AUDIO_FILES = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".m4a", ".opus", ".aac"}
-
-# format name -> (modality, decoder key); the format field may also name an extension.
-_FORMATS: dict[str, dict[str, str]] = {
-    "video": {"container": "container", "image_sequence": "image_sequence",
-              **{e[1:]: "container" for e in VIDEO_CONTAINERS},
-              "txt": "image_sequence", "csv": "image_sequence"},
-    "audio": {"audio_file": "audio_file", "audio_track": "audio_track",
-              **{e[1:]: "audio_file" for e in AUDIO_FILES},
-              **{e[1:]: "audio_track" for e in VIDEO_CONTAINERS}},
-    "text": {"srt": "srt", "vtt": "vtt", "webvtt": "vtt", "jsonl": "jsonl"},
-    "sensor": {"csv": "csv", "parquet": "parquet", "pq": "parquet", "jsonl": "jsonl"},
-}
-
 
 DECODERS: dict[tuple[str, str], Callable[..., Iterator[Chunk | DeadLetter]]] = {
     ("video", "container"): video.decode_video_container,
@@ -58,10 +42,10 @@ def decode_file(stream: Stream, path: Path | str, *, session_id: str
     """Decode one file of ``stream``. Never raises: unknown formats, bad options and any
     decoder exception become file-level DeadLetters (after the chunks already yielded)."""
     src = SourceFile(session_id, stream.id, stream.modality, str(path))
-    fmt = (stream.format or Path(path).suffix.lstrip(".")).lower()
-    key = _FORMATS[stream.modality].get(fmt)
+    fmt = format_name(stream.format, str(path))
+    key = decoder_key(stream.modality, stream.format, str(path))
     if key is None:
-        known = sorted(_FORMATS[stream.modality])
+        known = sorted(FORMATS[stream.modality])
         yield src.dead("unknown_format", f"{path}: no {stream.modality} decoder for format "
                        f"{fmt!r}; set the stream's format to one of {known}.",
                        error_class="UnknownFormat")
@@ -106,7 +90,7 @@ class DecodeFile(beam.DoFn):
         try:
             for out in decode_file(stream, Path(path), session_id=session_id):
                 if isinstance(out, DeadLetter):
-                    self._count(modality, "dead", 1)
+                    self._count(modality, "dead", out.records)
                     yield beam.pvalue.TaggedOutput(self.DEAD, out.with_run(self.run_id))
                 else:
                     self._count(modality, "records", out.num_records)

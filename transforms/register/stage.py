@@ -36,9 +36,9 @@ import pyarrow.compute as pc
 
 from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.camera_calibration import CameraRig, load_camera_calibration
+from mmalign.schemas.decode_options import FORMATS
 from mmalign.schemas.manifest import Manifest, ManifestError
 from mmalign.schemas.registration_spec import RegistrationSpec
-from mmalign.transforms.decode.stage import _FORMATS
 from mmalign.transforms.decode.video import load_frames
 from mmalign.transforms.register.projection import project_sensor_points
 from mmalign.transforms.register.registration import (
@@ -81,7 +81,7 @@ class SessionRegistration:
 def _frame_source(manifest: Manifest, stream_id: str) -> FrameSource:
     s = manifest.stream(stream_id)
     fmt = (s.format or Path(s.files[0]).suffix.lstrip(".")).lower()
-    kind = _FORMATS["video"].get(fmt, "container")
+    kind = FORMATS["video"].get(fmt, "container")
     return FrameSource(stream_id, kind, s.options.get("image_dir"))
 
 
