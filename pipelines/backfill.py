@@ -3,8 +3,9 @@
     manifests -> decode -> validate -> clock -> buckets -> align -> Parquet
                     \\________\\___________________________________-> dead letters
 
-Outputs go to a staging folder and are promoted per session when the run succeeds, so a
-rerun replaces a session's output whole and never duplicates it.
+Outputs go to a staging folder and are committed in one step when the run succeeds
+(transforms/io/commit.py), so a rerun replaces its sessions' outputs whole and never duplicates
+them, and a failed or killed run leaves the previous output.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from mmalign.transforms.align.join import (
 from mmalign.transforms.clock.apply import ApplyClockFn
 from mmalign.transforms.clock.sync import EstimateClocks
 from mmalign.transforms.decode.stage import DecodeStreams
-from mmalign.transforms.io.parquet import WriteAlignedFn, promote
+from mmalign.transforms.io.commit import SUMMARY, commit, recover, staging_dir
+from mmalign.transforms.io.parquet import WriteAlignedFn
 from mmalign.transforms.validate.stage import Validate
 
 
@@ -143,10 +145,10 @@ def post_align_stages(job: Job) -> list[tuple[str, beam.PTransform]]:
 
 def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
     """Wire the backfill into pipeline ``p``; returns the named PCollections."""
-    options = {s.id: s.options for m in job.manifests for s in m.streams}
+    options = {(m.session, s.id): s.options for m in job.manifests for s in m.streams}
     decoded = (p | "Sources" >> beam.Create(job.sources, reshuffle=True)
                | "Decode" >> DecodeStreams())
-    valid = decoded.chunks | "Validate" >> Validate(options, job.run_id)
+    valid = decoded.chunks | "Validate" >> Validate(options, job.run_id, centres=True)
     estimated = {}
     if any(s.sync for m in job.manifests for s in m.streams):
         results = valid.chunks | "Sync" >> EstimateClocks(job.manifests, job.declared)
@@ -185,23 +187,26 @@ def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
 
 def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "DirectRunner",
         pipeline_args: list[str] | None = None, run_id: str | None = None) -> dict:
-    """Run the backfill to completion; returns the run summary (also OUT/summary.json)."""
+    """Run the backfill to completion; returns the run summary (also OUT/summary.json).
+
+    Everything is written under OUT/.staging/<run> and committed at the end in one step
+    (transforms/io/commit.py): a run that fails or is killed leaves the previous output."""
     from mmalign.pipelines.summary import summarize
 
     job = prepare(manifest_paths, out, run_id)
-    staging = job.out / ".staging" / job.run_id
+    recover(job.out)                         # finish or clear what an interrupted run left
+    staging = staging_dir(job.out, job.run_id)
     opts = PipelineOptions([f"--runner={runner}", *(pipeline_args or [])])
     t0 = time.perf_counter()
-    with beam.Pipeline(options=opts) as p:
-        build(p, job, staging)
-    result = p.result
-    elapsed = time.perf_counter() - t0
-    sessions = list(job.plans)
-    for sub in ("aligned", "deadletter", "sync"):
-        promote(staging / sub, job.out / sub, sessions)
-    shutil.rmtree(staging, ignore_errors=True)
-    if not any((job.out / ".staging").iterdir()):
-        (job.out / ".staging").rmdir()
-    summary = summarize(job, result, elapsed)
-    (job.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    try:
+        with beam.Pipeline(options=opts) as p:
+            build(p, job, staging)
+        result = p.result
+        summary = summarize(job, result, time.perf_counter() - t0, staging)
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    commit(job.out, job.run_id, list(job.plans))
     return summary

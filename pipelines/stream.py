@@ -162,7 +162,7 @@ def geometry(job: Job) -> Geometry:
 def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
           opts: StreamOptions, state: Path, skip_ids: frozenset[str] = frozenset()) -> dict:
     """Wire the streaming job into ``p``; returns the named PCollections."""
-    options = {s.id: s.options for m in job.manifests for s in m.streams}
+    options = {(m.session, s.id): s.options for m in job.manifests for s in m.streams}
     streams = {(m.session, s.id): s.modality for m in job.manifests for s in m.streams}
     bound = round(opts.max_out_of_orderness_s * 1e9)
     lateness = round(opts.allowed_lateness_s * 1e9)

@@ -43,11 +43,14 @@ def accounting(cnt: dict[str, int]) -> dict[str, dict]:
     return by_mod
 
 
-def summarize(job, result, elapsed_s: float) -> dict:
+def summarize(job, result, elapsed_s: float, root=None) -> dict:
+    """The run's summary, read from its outputs under ``root`` (its staging folder before the
+    commit; default OUT), reporting the final folders under OUT."""
     from mmalign.pipelines.backfill import read_sync_results
 
-    aligned = read_aligned(job.out / "aligned")
-    dead = read_dead_letters(job.out / "deadletter")
+    root = job.out if root is None else root
+    aligned = read_aligned(root / "aligned")
+    dead = read_dead_letters(root / "deadletter")
     cnt = counters(result)
     reasons = Counter(zip(dead.column("stage").to_pylist(), dead.column("reason").to_pylist()))
     per_stream = defaultdict(int)
@@ -76,7 +79,7 @@ def summarize(job, result, elapsed_s: float) -> dict:
         "accounting": accounting(cnt),
         "counters": dict(sorted(cnt.items())),
         "clocks": {f"{k[0]}/{k[1]}": m.as_dict() for k, m in job.declared.items()},
-        "sync": read_sync_results(job.out),
+        "sync": read_sync_results(root),
     }
 
 

@@ -15,6 +15,7 @@ ARROW_SCHEMA = pa.schema([
 ])
 
 MIN_RATE, MAX_RATE = 1000, 384000   # meta["sample_rate"] must be in this range
+MAX_ABS_SAMPLE = 1.0   # |sample| above this is out of range (options.max_abs overrides)
 
 
 class AudioBlocks(pa_pd.DataFrameModel):

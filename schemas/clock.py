@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The largest |time| (device or reference, ns) the pipeline accepts: 2**62 ns is ~146 years
+# either side of 0, so sums of a time, a clock offset and a margin stay inside int64.
+MAX_ABS_TIME_NS = 2**62
+
 
 @dataclass(frozen=True)
 class ClockModel:

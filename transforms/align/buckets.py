@@ -44,30 +44,54 @@ def bucket_range(t_min: int, t_max: int, bucket_ns: int, margin_ns: int) -> rang
     return range((t_min - margin_ns) // bucket_ns, (t_max + margin_ns) // bucket_ns + 1)
 
 
+def touched_buckets(t: np.ndarray, bucket_ns: int, margin_ns: int) -> np.ndarray:
+    """The sorted buckets whose widened span holds at least one of the times ``t``: O(n log n)
+    in the number of times, whatever the time span (a stray far-off time costs one bucket,
+    never a loop over every bucket in between). Needs ``margin_ns < bucket_ns``."""
+    t = np.asarray(t, np.int64)
+    if t.size == 0:
+        return np.zeros(0, np.int64)
+    b = np.concatenate([(t - margin_ns) // bucket_ns, t // bucket_ns,
+                        (t + margin_ns) // bucket_ns])
+    return np.unique(b)
+
+
 def point_slices(t: np.ndarray, bucket_ns: int, margin_ns: int):
     """(b, lo, hi, owned) row ranges of sorted times ``t`` per bucket, margins included."""
     if t.size == 0:
         return
-    for b in bucket_range(int(t[0]), int(t[-1]), bucket_ns, margin_ns):
-        start, end = b * bucket_ns, (b + 1) * bucket_ns
-        lo, hi = np.searchsorted(t, [start - margin_ns, end + margin_ns], side="left")
-        if hi > lo:
-            o_lo, o_hi = np.searchsorted(t, [start, end], side="left")
-            yield b, int(lo), int(hi), int(o_hi - o_lo)
+    buckets = touched_buckets(t, bucket_ns, margin_ns)
+    start = buckets * bucket_ns
+    lo = np.searchsorted(t, start - margin_ns, side="left")
+    hi = np.searchsorted(t, start + bucket_ns + margin_ns, side="left")
+    o_lo = np.searchsorted(t, start, side="left")
+    o_hi = np.searchsorted(t, start + bucket_ns, side="left")
+    for b, a, z, oa, oz in zip(buckets.tolist(), lo.tolist(), hi.tolist(), o_lo.tolist(),
+                               o_hi.tolist()):
+        if z > a:
+            yield b, a, z, oz - oa
 
 
 def interval_buckets(start: np.ndarray, end: np.ndarray, bucket_ns: int, margin_ns: int):
     """(b, row indices, owned) for intervals: every bucket an interval (widened by M) touches.
-    A row is owned by the bucket holding its start."""
+    A row is owned by the bucket holding its start. Cost: the number of (bucket, row) pairs
+    produced, never the time span between the earliest and the latest interval."""
     if start.size == 0:
         return
+    start = np.asarray(start, np.int64)
     first = (start - margin_ns) // bucket_ns
     last = (np.maximum(end, start) + margin_ns) // bucket_ns
-    for b in range(int(first.min()), int(last.max()) + 1):
-        rows = np.flatnonzero((first <= b) & (last >= b))
-        if rows.size:
-            owned = int(np.count_nonzero((start[rows] // bucket_ns) == b))
-            yield b, rows, owned
+    counts = last - first + 1
+    rows = np.repeat(np.arange(start.size), counts)
+    step = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    b = first[rows] + step
+    order = np.argsort(b, kind="stable")
+    b, rows = b[order], rows[order]
+    cuts = np.flatnonzero(np.diff(b)) + 1
+    owner = start // bucket_ns
+    for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, b.size].tolist()):
+        r = rows[lo:hi]
+        yield int(b[lo]), r, int(np.count_nonzero(owner[r] == b[lo]))
 
 
 def _with_src(chunk: Chunk) -> pa.RecordBatch:

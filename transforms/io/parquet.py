@@ -4,7 +4,7 @@
 
 Names are deterministic, so a rerun or a replayed streaming window *replaces* a file, never
 adds a second copy. Each file is written to a temporary name and renamed into place. A batch
-run writes into a staging folder and ``promote`` swaps each session's partition whole, so a
+run writes into a staging folder that is committed whole (transforms/io/commit.py), so a
 rerun with a different bucket layout leaves no stale parts.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -53,25 +52,6 @@ def write_bucket(table: pa.Table, root: str | Path, session_id: str, bucket: int
                  metadata: dict | None = None) -> str:
     return str(atomic_write_table(table, session_dir(root, session_id) / part_name(bucket),
                                   metadata))
-
-
-def promote(staging: Path, final: Path, sessions: list[str]) -> list[str]:
-    """Replace each session's partition under ``final`` by its staged one, whole; a session
-    with nothing staged ends up with no partition (a rerun leaves nothing stale behind)."""
-    moved = []
-    final.mkdir(parents=True, exist_ok=True)
-    for session_id in sessions:
-        src, dest = session_dir(staging, session_id), session_dir(final, session_id)
-        old = final / f".{dest.name}.old-{uuid.uuid4().hex}"
-        if dest.exists():
-            os.replace(dest, old)
-        if src.exists():
-            os.replace(src, dest)
-            moved.append(str(dest))
-        if old.exists():
-            shutil.rmtree(old)
-    shutil.rmtree(staging, ignore_errors=True)
-    return moved
 
 
 def read_aligned(root: str | Path, session_id: str | None = None) -> pa.Table:

@@ -33,6 +33,12 @@ from mmalign.schemas import sensor as sensor_schema
 from mmalign.schemas import text as text_schema
 from mmalign.schemas import video as video_schema
 from mmalign.schemas.chunk import Chunk
+from mmalign.transforms.validate.timestamps import (
+    TimestampRule,
+    chunk_centre,
+    implausible,
+    weighted_median,
+)
 
 # Columns never handed to pandera (large binary/list payloads are checked with numpy).
 _PAYLOAD_COLUMNS = {"pcm", "image"}
@@ -96,9 +102,14 @@ def _row_payload(batch: pa.RecordBatch, i: int) -> bytes:
     return json.dumps(batch.slice(i, 1).to_pylist()[0], default=str, allow_nan=True).encode()
 
 
-def validate_chunk(chunk: Chunk, options: dict | None = None,
-                   run_id: str = "") -> tuple[Chunk | None, list[DeadLetter]]:
+def validate_chunk(chunk: Chunk, options: dict | None = None, run_id: str = "", *,
+                   rule: TimestampRule | None = None, centre: int | None = None
+                   ) -> tuple[Chunk | None, list[DeadLetter]]:
+    """The chunk's good rows and one DeadLetter per bad row. ``rule``/``centre``: the
+    session's timestamp plausibility rule and the stream's median time (transforms/validate/
+    timestamps.py; None: the default rule around the chunk's own median)."""
     options = options or {}
+    rule = rule or TimestampRule()
     n = chunk.data.num_rows
     reasons: dict[int, tuple[str, str, str]] = {}   # row -> (reason, error_class, message)
 
@@ -122,7 +133,19 @@ def validate_chunk(chunk: Chunk, options: dict | None = None,
         flag(np.asarray(pc.is_null(tcol)), "missing_timestamp", "ContractViolation",
              "sample has no timestamp")
     t = tcol.fill_null(np.iinfo(np.int64).min).to_numpy(zero_copy_only=False).astype(np.int64)
-    dup, ooo = _timestamp_order(t, chunk.prev_t_ns)
+    present = ~np.asarray(pc.is_null(tcol)) if tcol.null_count else np.ones(n, bool)
+    odd = np.zeros(n, bool)
+    for name in ("t_ns", "t_end_ns"):     # a text segment's two ends
+        if name in chunk.data.schema.names:
+            col = chunk.data.column(name)
+            v = col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+            odd |= implausible(v, centre, rule) & present
+    flag(odd, "implausible_timestamp", "ImplausibleTimestamp",
+         f"timestamp outside the plausible range ({rule.describe()})")
+    # order among the believable rows only: one absurd row must not condemn those after it
+    keep = present & ~odd
+    dup, ooo = np.zeros(n, bool), np.zeros(n, bool)
+    dup[keep], ooo[keep] = _timestamp_order(t[keep], chunk.prev_t_ns)
     flag(dup, "duplicate_timestamp", "DuplicateTimestamp",
          "timestamp repeats the previous sample's")
     flag(ooo, "out_of_order", "OutOfOrderTimestamp",
@@ -156,6 +179,13 @@ def validate_chunk(chunk: Chunk, options: dict | None = None,
             owner = np.repeat(np.arange(n), lengths)
             flag(np.unique(owner[~np.isfinite(flat)]), "non_finite", "ContractViolation",
                  "audio block has NaN or infinite samples")
+        limit = float(options.get("max_abs") or audio_schema.MAX_ABS_SAMPLE)
+        loud = np.abs(flat) > limit
+        if loud.any():
+            owner = np.repeat(np.arange(n), lengths)
+            flag(np.unique(owner[loud]), "out_of_range", "ContractViolation",
+                 f"audio block has samples beyond +-{limit:g} (clipped or mis-scaled audio; "
+                 f"options.max_abs sets the limit)")
     if chunk.modality == "video" and n:
         w0, h0 = chunk.meta.get("width"), chunk.meta.get("height")
         if w0 and h0:
@@ -189,27 +219,39 @@ def validate_chunk(chunk: Chunk, options: dict | None = None,
     return (chunk.with_data(good) if good.num_rows else None), letters
 
 
-class ValidateFn(beam.DoFn):
-    def __init__(self, options_by_stream: dict[str, dict] | None = None, run_id: str = ""):
-        self.options_by_stream = options_by_stream or {}
-        self.run_id = run_id
+def stream_key(chunk: Chunk) -> tuple[str, str]:
+    return (chunk.session_id, chunk.stream_id)
 
-    def process(self, chunk: Chunk):
+
+class ValidateFn(beam.DoFn):
+    """Chunks -> good chunks (main) and DeadLetters ("dead"). ``options``: (session, stream)
+    -> the stream's options; ``rules``: session -> TimestampRule; side input ``centres``:
+    (session, stream) -> the stream's median time (batch; absent in streaming)."""
+
+    def __init__(self, options: dict[tuple[str, str], dict] | None = None, run_id: str = "",
+                 rules: dict[str, TimestampRule] | None = None):
+        self.options = options or {}
+        self.run_id = run_id
+        self.rules = rules or {}
+
+    def process(self, chunk: Chunk, centres=None):
         m = chunk.modality
+        key = stream_key(chunk)
         try:
-            good, letters = validate_chunk(chunk, self.options_by_stream.get(chunk.stream_id),
-                                           self.run_id)
+            good, letters = validate_chunk(
+                chunk, self.options.get(key), self.run_id, rule=self.rules.get(
+                    chunk.session_id), centre=(centres or {}).get(key))
         except Exception as e:  # a validator bug must not lose the chunk: dead-letter it whole
             letters = [DeadLetter.from_exception(
                 "validate", e, "validator_error", run_id=self.run_id,
                 session_id=chunk.session_id, stream_id=chunk.stream_id, modality=m,
                 source_uri=chunk.source_uri, position=f"chunk={chunk.seq}",
+                records=chunk.num_records,
                 attrs={"rows": str(chunk.num_records),
                        **(chunk.meta.get(ORIGIN_META_KEY) or {})})]
             good = None
-            beam.metrics.Metrics.counter("validate", f"{m}.dead").inc(chunk.num_records)
-        else:
-            beam.metrics.Metrics.counter("validate", f"{m}.dead").inc(len(letters))
+        beam.metrics.Metrics.counter("validate", f"{m}.dead").inc(
+            sum(d.records for d in letters))
         if good is not None:
             beam.metrics.Metrics.counter("validate", f"{m}.valid").inc(good.num_records)
             yield good
@@ -217,14 +259,63 @@ class ValidateFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("dead", d)
 
 
-class Validate(beam.PTransform):
-    """Chunks -> {"chunks": valid chunks, "dead": DeadLetters}."""
+class _WeightedMedian(beam.CombineFn):
+    """(median, count) per chunk -> the weighted median of them (not associative, so the
+    pairs are collected and the median taken once)."""
 
-    def __init__(self, options_by_stream: dict[str, dict] | None = None, run_id: str = ""):
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, pair):
+        if pair is not None:
+            acc.append(pair)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [p for a in accs for p in a]
+
+    def extract_output(self, acc):
+        return weighted_median(acc)
+
+
+class StreamCentres(beam.PTransform):
+    """Chunks -> ((session, stream), median time): the weighted median of the chunks' medians
+    of absolutely plausible times (the centre of the relative plausibility bound)."""
+
+    def __init__(self, rules: dict[str, TimestampRule] | None = None):
         super().__init__()
-        self.options_by_stream = options_by_stream
-        self.run_id = run_id
+        self.rules = rules or {}
 
     def expand(self, chunks):
+        rules = self.rules
+
+        def centre(chunk: Chunk):
+            rule = rules.get(chunk.session_id) or TimestampRule()
+            return stream_key(chunk), chunk_centre(chunk.t_ns(), rule)
+
+        return (chunks
+                | "ChunkMedian" >> beam.Map(centre)
+                | "StreamMedian" >> beam.CombinePerKey(_WeightedMedian())
+                | "Known" >> beam.Filter(lambda kv: kv[1] is not None))
+
+
+class Validate(beam.PTransform):
+    """Chunks -> {"chunks": valid chunks, "dead": DeadLetters}. With ``centres`` (batch), the
+    relative plausibility bound is measured from each stream's median over the whole run;
+    without (streaming), from each chunk's own median."""
+
+    def __init__(self, options: dict[tuple[str, str], dict] | None = None, run_id: str = "",
+                 rules: dict[str, TimestampRule] | None = None, centres: bool = False):
+        super().__init__()
+        self.options = options
+        self.run_id = run_id
+        self.rules = rules
+        self.centres = centres
+
+    def expand(self, chunks):
+        side = {}
+        if self.centres:
+            side["centres"] = beam.pvalue.AsDict(chunks | "Centres" >> StreamCentres(self.rules))
         return chunks | "ValidateChunk" >> beam.ParDo(
-            ValidateFn(self.options_by_stream, self.run_id)).with_outputs("dead", main="chunks")
+            ValidateFn(self.options, self.run_id, self.rules), **side).with_outputs(
+                "dead", main="chunks")
