@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import functools
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -25,7 +26,17 @@ from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.decode_options import DecodeOptions
 from mmalign.schemas.video import ARROW_SCHEMA
-from mmalign.transforms.decode.base import SourceFile, parse_time_ns, short_error
+from mmalign.transforms.decode.base import (
+    CONTAINER_FORMATS,
+    INT64_MAX,
+    SourceFile,
+    TimestampOverflow,
+    inside_roots,
+    open_container,
+    parse_time_ns,
+    short_error,
+    time_reason,
+)
 
 RAW_IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
 _HEADER_WORDS = {"timestamp", "time", "t", "t_ns", "timestamp_ns", "filename", "file"}
@@ -59,7 +70,7 @@ def packet_index(path: str, stream_index: int = 0) -> PacketIndex:
     pts: list[int] = []
     keys: list[int] = []
     complete, error = True, ""
-    with av.open(path) as c:
+    with open_container(path) as c:
         vs = c.streams.video[stream_index]
         try:
             for pkt in c.demux(vs):
@@ -132,21 +143,41 @@ def _jpeg(bgr: np.ndarray, quality: int) -> bytes:
 
 def decode_video_container(path: str, *, session_id: str, stream_id: str,
                            chunk_frames: int = 64, inline_images: bool = False,
-                           options: DecodeOptions | dict | None = None
+                           options: DecodeOptions | dict | None = None,
+                           roots: tuple[str, ...] = (), time_offset_ns: int = 0
                            ) -> Iterator[Chunk | DeadLetter]:
     """Decode every frame of the first video stream; yield metadata rows in chunks of
     ``chunk_frames`` (JPEG in ``image`` if ``inline_images``) and a DeadLetter per frame that
-    fails (``frame=N``) or for the file (``file``)."""
+    fails (``frame=N``) or for the file (``file``). Times are shifted by ``time_offset_ns``.
+
+    Declared frames: an MP4/MOV's sample table (``nb_frames``), else the demuxed packets (when
+    demuxing reached the end); frames the decoding never reached are a ``truncated`` letter."""
     opts = DecodeOptions.of(options)
-    src = SourceFile(session_id, stream_id, "video", str(path))
+    src = SourceFile(session_id, stream_id, "video", str(path), roots=roots,
+                     time_offset_ns=time_offset_ns, unit="frames")
+    yield from src.run(_container(src, chunk_frames, inline_images, opts))
+
+
+def _open_failure(src: SourceFile, e: Exception, what: str) -> DeadLetter:
+    if isinstance(e, av.error.ArgumentError):
+        return src.dead("unsupported_container", f"{src.path} is not one of the container "
+                        f"formats read ({', '.join(CONTAINER_FORMATS)}): playlists, concat "
+                        "lists and other formats that open further files are refused.",
+                        error_class="CorruptMedia")
+    return src.dead("corrupt_file", f"{src.path} cannot be opened as {what} "
+                    f"({short_error(e)}).", error_class="CorruptMedia")
+
+
+def _container(src: SourceFile, chunk_frames: int, inline_images: bool, opts: DecodeOptions
+               ) -> Iterator[Chunk | DeadLetter]:
+    path = src.path
     if (bad := src.check_file(opts.max_bytes)) is not None:
         yield bad
         return
     try:
-        container = av.open(str(path))
+        container = open_container(path)
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
-        yield src.dead("corrupt_file", f"{path} cannot be opened as a video container "
-                       f"({short_error(e)}).", error_class="CorruptMedia")
+        yield _open_failure(src, e, "a video container")
         return
     with container:
         if not container.streams.video:
@@ -155,16 +186,24 @@ def decode_video_container(path: str, *, session_id: str, stream_id: str,
             return
         vs = container.streams.video[0]
         tb = vs.time_base or Fraction(1, 1_000_000_000)
-        index = packet_index(str(path), vs.index)
+        index = packet_index(path, vs.index)
+        if "mov" in container.format.name.split(",") and (vs.frames or 0) > 0:
+            src.declared, src.declared_by = int(vs.frames), "its sample table"
+        elif index.complete:
+            src.declared, src.declared_by = len(index.pts), "its demuxed packets"
         rank = {int(p): i for i, p in enumerate(index.pts)}
         cc = vs.codec_context
-        src.meta = {"kind": "container", "codec": cc.name, "width": cc.width,
-                    "height": cc.height, "time_base": f"{tb.numerator}/{tb.denominator}",
-                    "avg_rate": float(vs.average_rate) if vs.average_rate else None,
-                    "frames": len(index.pts)}
+        src.meta.update({"kind": "container", "codec": cc.name, "width": cc.width,
+                         "height": cc.height, "time_base": f"{tb.numerator}/{tb.denominator}",
+                         "avg_rate": float(vs.average_rate) if vs.average_rate else None,
+                         "frames": len(index.pts)})
 
         def pos_of(ts: int) -> int:
             return rank.get(ts, int(np.searchsorted(index.pts, ts)))
+
+        def stands_for(ts: int | None) -> int:
+            """1 if a letter about pts ``ts`` is the first outcome of a demuxed frame."""
+            return int(ts is not None and ts in rank and ts not in seen)
 
         seen: set[int] = set()
         rows = _empty_rows()
@@ -177,7 +216,8 @@ def decode_video_container(path: str, *, session_id: str, stream_id: str,
             except av.error.FFmpegError as e:
                 yield src.dead("corrupt_container", f"{path}: demuxing stopped after "
                                f"{len(seen)} frames ({short_error(e)}); later frames are lost.",
-                               error_class="CorruptMedia", position=f"frame={len(index.pts)}")
+                               error_class="CorruptMedia", position=f"frame={len(index.pts)}",
+                               ends=True)
                 break
             ts = pkt.pts if pkt.pts is not None else pkt.dts
             try:
@@ -185,26 +225,37 @@ def decode_video_container(path: str, *, session_id: str, stream_id: str,
             except av.error.FFmpegError as e:
                 where = "flushing the decoder" if pkt.size == 0 else f"pts {ts}"
                 pos = pos_of(ts) if ts is not None else len(seen)
+                n = stands_for(ts)
                 if ts is not None:
                     seen.add(ts)
                 yield src.dead("corrupt_frame", f"{path}: frame {pos} ({where}) failed to "
                                f"decode ({short_error(e)}).", error_class="CorruptFrame",
-                               position=f"frame={pos}",
-                               event_time_ns=pts_to_ns(ts, tb) if ts is not None else None,
-                               attrs={"pts": str(ts)})
+                               position=f"frame={pos}", records=n,
+                               event_time_ns=src.event_ns(pts_to_ns(ts, tb))
+                               if ts is not None else None, attrs={"pts": str(ts)})
                 continue
             for f in frames:
                 fts = f.pts if f.pts is not None else f.dts
                 if fts is None:
+                    # no demuxed frame to pin it on: the frame it was is frame_lost below
                     yield src.dead("no_timestamp", f"{path}: a decoded frame has no pts.",
-                                   error_class="CorruptFrame", position=f"frame={len(seen)}")
+                                   error_class="CorruptFrame", position=f"frame={len(seen)}",
+                                   records=0)
                     continue
+                n = stands_for(fts)
                 seen.add(fts)
-                pos, t_ns = pos_of(fts), pts_to_ns(fts, tb)
+                pos = pos_of(fts)
+                try:
+                    t_ns = src.t(pts_to_ns(fts, tb), f"frame {pos} (pts {fts}) at")
+                except TimestampOverflow as e:
+                    yield src.time_dead(e, "timestamp_overflow", f"{path}: frame {pos} has no "
+                                        "int64 time", position=f"frame={pos}", records=n,
+                                        attrs={"pts": str(fts), "time_base": str(tb)})
+                    continue
                 if f.is_corrupt:
                     yield src.dead("corrupt_frame", f"{path}: frame {pos} (pts {fts}) decoded "
                                    "with errors.", error_class="CorruptFrame",
-                                   position=f"frame={pos}", event_time_ns=t_ns,
+                                   position=f"frame={pos}", event_time_ns=t_ns, records=n,
                                    attrs={"pts": str(fts)})
                     continue
                 image = None
@@ -223,7 +274,35 @@ def decode_video_container(path: str, *, session_id: str, stream_id: str,
             yield src.dead("frame_lost", f"{path}: frame {rank[ts]} (pts {ts}) was demuxed "
                            "but the decoder produced no picture for it.",
                            error_class="CorruptFrame", position=f"frame={rank[ts]}",
-                           event_time_ns=pts_to_ns(ts, tb), attrs={"pts": str(ts)})
+                           event_time_ns=src.event_ns(pts_to_ns(ts, tb)),
+                           attrs={"pts": str(ts)})
+
+
+def span_video_container(path: str, options: DecodeOptions | dict | None = None
+                         ) -> tuple[int, int] | None:
+    """(first_ns, end_ns) of the first video stream without decoding: the stream's start time
+    and duration when the container states them, else the demuxed packets' first pts and last
+    pts + duration (end = where a following segment would start). None if unreadable."""
+    try:
+        with open_container(path) as c:
+            vs = c.streams.video[0]
+            tb = vs.time_base or Fraction(1, 1_000_000_000)
+            if vs.start_time is not None and vs.duration:
+                return (pts_to_ns(vs.start_time, tb),
+                        pts_to_ns(vs.start_time + vs.duration, tb))
+            first = end = None
+            for pkt in c.demux(vs):
+                ts = pkt.pts if pkt.pts is not None else pkt.dts
+                if pkt.size == 0 or ts is None:
+                    continue
+                first = ts if first is None else min(first, ts)
+                e = ts + (pkt.duration or 0)
+                end = e if end is None else max(end, e)
+    except (av.error.FFmpegError, OSError, IndexError, UnicodeDecodeError):
+        return None
+    if first is None:
+        return None
+    return pts_to_ns(first, tb), pts_to_ns(end, tb)
 
 
 # ---------------------------------------------------------------- image sequences
@@ -235,6 +314,7 @@ class IndexEntry:
     t_ns: int | None = None
     filename: str | None = None
     error: str | None = None
+    reason: str = "bad_index_line"
 
 
 def _split(line: str) -> list[str]:
@@ -243,23 +323,36 @@ def _split(line: str) -> list[str]:
     return line.split()
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _is_data(line_b: bytes) -> bool:
+    """A line that is neither blank (ASCII whitespace) nor a '#' comment."""
+    stripped = line_b.strip()
+    return bool(stripped) and not stripped.startswith(b"#")
+
+
 def read_index(index_path: str, time_unit: str | None = None) -> Iterator[IndexEntry]:
-    """Parse a ``timestamp filename`` index line by line (streamed, never whole-file)."""
+    """Parse a ``timestamp filename`` index line by line (streamed, never whole-file). Every
+    data line (not blank, not a '#' comment, not the header) is one entry, with an error if it
+    cannot be used (``reason`` ``timestamp_overflow`` for a time outside int64 ns)."""
     pos = 0
     first_data = True
     with open(index_path, "rb") as fh:
         for raw in fh:
             line_b = raw.rstrip(b"\r\n")
+            if first_data:
+                line_b = line_b.removeprefix(_BOM)
+            if not _is_data(line_b):
+                continue
             try:
-                line = line_b.decode("utf-8-sig" if first_data else "utf-8").strip()
+                line = line_b.decode("utf-8").strip()
             except UnicodeDecodeError:
                 first_data = False
                 yield IndexEntry(pos, line_b, error="is not valid UTF-8")
                 pos += 1
                 continue
-            if not line or line.startswith("#"):
-                continue
-            parts = _split(line)
+            parts = _split(line) or [""]
             if first_data and parts[0].lower() in _HEADER_WORDS:
                 first_data = False
                 continue
@@ -270,8 +363,29 @@ def read_index(index_path: str, time_unit: str | None = None) -> Iterator[IndexE
                 try:
                     yield IndexEntry(pos, line_b, parse_time_ns(parts[0], time_unit), parts[1])
                 except ValueError as e:
-                    yield IndexEntry(pos, line_b, error=str(e))
+                    yield IndexEntry(pos, line_b, error=str(e),
+                                     reason=time_reason(e, "bad_index_line"))
             pos += 1
+
+
+def count_index_lines(index_path: str) -> int:
+    """The data lines of an index, counted without parsing them: lines that are not blank and
+    not '#' comments, less a header line (a first line whose first field is a column name)."""
+    n, first = 0, True
+    with open(index_path, "rb") as fh:
+        for raw in fh:
+            line_b = raw.rstrip(b"\r\n")
+            if first:
+                line_b = line_b.removeprefix(_BOM)
+            if not _is_data(line_b):
+                continue
+            if first:
+                first = False
+                head = line_b.decode("utf-8", "replace").strip()
+                if (_split(head) or [""])[0].lower() in _HEADER_WORDS:
+                    continue
+            n += 1
+    return n
 
 
 def _image_dir(index_path: str, opts: DecodeOptions) -> Path:
@@ -287,45 +401,84 @@ def _resolve_image(image_dir: Path, filename: str) -> Path | None:
 
 def decode_image_sequence(index_path: str, *, session_id: str, stream_id: str,
                           chunk_frames: int = 64, inline_images: bool = False,
-                          options: DecodeOptions | dict | None = None
+                          options: DecodeOptions | dict | None = None,
+                          roots: tuple[str, ...] = (), time_offset_ns: int = 0
                           ) -> Iterator[Chunk | DeadLetter]:
     """Decode a folder of images listed in an index file; each image is decoded (integrity,
-    size). Bad index lines and missing/unreadable images become ``frame=N`` DeadLetters."""
+    size). Bad index lines, times outside int64 ns, images outside the allowed ``roots`` (no
+    byte of them is read) and missing/unreadable images become ``frame=N`` DeadLetters; an
+    ``options.image_dir`` outside the roots is a file-level letter. Declared frames: the
+    index's data lines."""
     opts = DecodeOptions.of(options)
-    src = SourceFile(session_id, stream_id, "video", str(index_path))
+    src = SourceFile(session_id, stream_id, "video", str(index_path), roots=roots,
+                     time_offset_ns=time_offset_ns, unit="frames",
+                     declared_by="its index's data lines")
+    yield from src.run(_image_sequence(src, chunk_frames, inline_images, opts))
+
+
+def _image_sequence(src: SourceFile, chunk_frames: int, inline_images: bool,
+                    opts: DecodeOptions) -> Iterator[Chunk | DeadLetter]:
+    index_path = src.path
     if (bad := src.check_file(opts.max_bytes)) is not None:
         yield bad
         return
+    src.declared = functools.partial(count_index_lines, index_path)
     image_dir = _image_dir(index_path, opts)
-    src.meta = {"kind": "image_sequence", "codec": "image", "width": None, "height": None,
-                "time_base": None, "avg_rate": None, "image_dir": str(image_dir)}
+    if not inside_roots(image_dir, src.roots):
+        yield src.outside_roots(image_dir, "options.image_dir")
+        return
+    src.meta.update({"kind": "image_sequence", "codec": "image", "width": None, "height": None,
+                     "time_base": None, "avg_rate": None, "image_dir": str(image_dir)})
     rows = _empty_rows()
     for e in read_index(index_path, opts.time_unit):
         where = f"frame={e.pos}"
+        line = {"payload": e.line, "payload_format": "index-line"}
         if e.error is not None:
-            yield src.dead("bad_index_line", f"{index_path}: line for frame {e.pos} "
-                           f"{e.error}.", error_class="ParseError", position=where,
-                           payload=e.line, payload_format="index-line")
+            yield src.dead(e.reason, f"{index_path}: line for frame {e.pos} {e.error}.",
+                           error_class="TimestampOverflow" if e.reason == "timestamp_overflow"
+                           else "ParseError", position=where, **line)
+            continue
+        try:
+            t_ns = src.t(e.t_ns, f"frame {e.pos} at")
+        except TimestampOverflow as err:
+            yield src.time_dead(err, "timestamp_overflow", f"{index_path}: frame {e.pos} has "
+                                "no int64 time", position=where, **line)
+            continue
+        target = image_dir / e.filename
+        if not inside_roots(target, src.roots):
+            yield src.outside_roots(target, f"frame {e.pos} names", position=where,
+                                    event_time_ns=t_ns, **line)
             continue
         img_path = _resolve_image(image_dir, e.filename)
         if img_path is None:
             yield src.dead("bad_path", f"{index_path}: frame {e.pos} names {e.filename!r}, "
                            f"which is outside {image_dir}.", error_class="ParseError",
-                           position=where, payload=e.line, payload_format="index-line",
-                           event_time_ns=e.t_ns)
+                           position=where, event_time_ns=t_ns, **line)
             continue
+        img_src = {"position": where, "source_uri": str(img_path), "event_time_ns": t_ns}
         try:
-            data = img_path.read_bytes()
+            st = img_path.stat()
         except FileNotFoundError:
             yield src.dead("missing_image", f"{index_path}: frame {e.pos} image {img_path} "
-                           "does not exist.", error_class="FileNotFound", position=where,
-                           source_uri=str(img_path), event_time_ns=e.t_ns)
+                           "does not exist.", error_class="FileNotFound", **img_src)
             continue
         except OSError as err:
+            st, problem = None, short_error(err)
+        else:
+            problem = None if stat.S_ISREG(st.st_mode) else "it is not a regular file"
+            if problem is None and st.st_size > opts.max_bytes:
+                problem = (f"it is {st.st_size} bytes, over the {opts.max_bytes}-byte limit "
+                           "(options.max_bytes)")
+        data = b""
+        if problem is None:
+            try:
+                data = img_path.read_bytes()
+            except OSError as err:
+                problem = short_error(err)
+        if problem is not None:
             yield src.dead("unreadable_image", f"{index_path}: frame {e.pos} image "
-                           f"{img_path} cannot be read ({short_error(err)}).",
-                           error_class="CorruptMedia", position=where,
-                           source_uri=str(img_path), event_time_ns=e.t_ns)
+                           f"{img_path} cannot be read ({problem}).",
+                           error_class="CorruptMedia", **img_src)
             continue
         problem = image_problem(data)
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) \
@@ -333,8 +486,7 @@ def decode_image_sequence(index_path: str, *, session_id: str, stream_id: str,
         if img is None:
             yield src.dead("corrupt_image", f"{index_path}: frame {e.pos} image {img_path} "
                            f"cannot be decoded{f' ({problem})' if problem else ''}.",
-                           error_class="CorruptMedia", position=where,
-                           source_uri=str(img_path), event_time_ns=e.t_ns)
+                           error_class="CorruptMedia", **img_src)
             continue
         h, w = img.shape[:2]
         if src.meta["width"] is None:
@@ -343,7 +495,7 @@ def decode_image_sequence(index_path: str, *, session_id: str, stream_id: str,
         if inline_images:
             ok_raw = img_path.suffix.lower() in RAW_IMAGE_EXTS
             image = data if ok_raw else cv2.imencode(".png", img)[1].tobytes()
-        for k, v in (("t_ns", e.t_ns), ("pos", e.pos), ("pts", None), ("width", w),
+        for k, v in (("t_ns", t_ns), ("pos", e.pos), ("pts", None), ("width", w),
                      ("height", h), ("keyframe", True), ("file", e.filename),
                      ("image", image)):
             rows[k].append(v)
@@ -352,6 +504,30 @@ def decode_image_sequence(index_path: str, *, session_id: str, stream_id: str,
             rows = _empty_rows()
     if rows["t_ns"]:
         yield src.chunk(_batch(rows))
+
+
+def span_image_sequence(index_path: str, options: DecodeOptions | dict | None = None
+                        ) -> tuple[int, int] | None:
+    """(first_ns, end_ns) of an index without reading images: its smallest and largest valid
+    time, end = largest + the median gap between consecutive distinct times (1 ns for a
+    single frame). None if no line has a time."""
+    opts = DecodeOptions.of(options)
+    try:
+        times = [e.t_ns for e in read_index(index_path, opts.time_unit) if e.error is None]
+    except OSError:
+        return None
+    return times_span(np.asarray(times, np.int64))
+
+
+def times_span(times: np.ndarray) -> tuple[int, int] | None:
+    """(first, end) of sample times: min, and max + the median positive gap between sorted
+    distinct times (1 ns if there is none), clamped to int64."""
+    if len(times) == 0:
+        return None
+    u = np.unique(times)
+    gaps = np.diff(u)
+    period = int(np.median(gaps)) if len(gaps) else 1
+    return int(u[0]), min(int(u[-1]) + max(period, 1), INT64_MAX)
 
 
 # ---------------------------------------------------------------- random access
@@ -399,7 +575,7 @@ def _iter_container(path: str, wanted: list[int], size: tuple[int, int] | None
         raise ValueError(f"{path} has frames 0..{n - 1}; positions {wanted[0]}..{wanted[-1]} "
                          "are out of range")
     keys = index.key_pts.tolist()
-    with av.open(path) as c:
+    with open_container(path) as c:
         vs = c.streams.video[0]
         frames: Iterator | None = None
         last = None                                   # pts of the last decoded frame
