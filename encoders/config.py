@@ -13,18 +13,28 @@ and the Feast feature store.
       feature_store: {enabled: true, repo: features, online: sqlite}
 
 A modality without a key is not encoded (unless a stream names it under ``streams``).
-Relative weight paths and the feature repo resolve against the manifest's folder.
+Relative weight paths and the feature repo resolve against the manifest's folder; the manifest
+loader checks them against its allowed roots (schemas/manifest.py). Every model here rejects
+unknown keys, NaN and inf.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmalign.schemas.names import Name
+
 Modality = Literal["video", "audio", "text", "sensor"]
 Source = Literal["default", "module", "torchscript", "state_dict"]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+# "package.module:factory": dotted identifiers, never a file path
+TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 
 
 class EncoderConfig(BaseModel):
@@ -39,15 +49,15 @@ class EncoderConfig(BaseModel):
     torch intra-op threads on CPU (default: torch's own, capped at the CPUs this process may
     use); set cores / worker processes when a runner starts several SDK processes per machine.
     """
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
     modality: Modality
     source: Source = "default"
     target: str | None = None
-    path: str | None = None
+    path: str | None = Field(None, min_length=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = None
-    seed: int = 0
+    name: str | None = Field(None, min_length=1, max_length=200)
+    seed: int = Field(0, ge=-(2**63), le=2**64 - 1, description="torch.manual_seed's range")
     preprocess: dict[str, Any] = Field(default_factory=dict)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -64,8 +74,11 @@ class EncoderConfig(BaseModel):
             raise ValueError("source 'module' needs target: 'package.module:factory'")
         if self.source in ("torchscript", "state_dict") and not self.path:
             raise ValueError(f"source {self.source!r} needs path: the weights file")
-        if self.target and ":" not in self.target:
-            raise ValueError(f"target {self.target!r} must look like 'package.module:factory'")
+        if self.target is not None and not TARGET.fullmatch(self.target):
+            raise ValueError(f"target {self.target!r} must look like 'package.module:factory' "
+                             f"(dotted Python names, not a file path)")
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N")
         if self.min_batch_size > self.max_batch_size:
             raise ValueError("min_batch_size is larger than max_batch_size")
         return self
@@ -93,23 +106,23 @@ class FeatureStoreSpec(BaseModel):
     """Where the embeddings go besides Parquet: a Feast repo (registry + ``feature_store.yaml``)
     at ``repo`` (default OUT/features), online store SQLite (in the repo) or Redis at
     ``redis`` ("host:port[,password=...]")."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
     enabled: bool = False
-    repo: str | None = None
+    repo: str | None = Field(None, min_length=1)
     online: Literal["sqlite", "redis"] = "sqlite"
     redis: str = "localhost:6379"
 
 
 class EncodersConfig(BaseModel):
     """The whole ``encoders:`` section of a manifest."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
     video: EncoderSpec | None = None
     audio: EncoderSpec | None = None
     text: EncoderSpec | None = None
     sensor: EncoderSpec | None = None
-    streams: dict[str, EncoderSpec | Literal[False]] = Field(default_factory=dict)
+    streams: dict[Name, EncoderSpec | Literal[False]] = Field(default_factory=dict)
     fusion: Literal["none", "concat", "mean"] = "none"
     feature_store: FeatureStoreSpec = Field(default_factory=FeatureStoreSpec)
 

@@ -43,11 +43,21 @@ DISTORTION_COEFFS: dict[str, tuple[int, ...]] = {
 }
 ROTATION_TOL = 1e-4          # max |R^T R - I| and |det R - 1| accepted as a rotation
 QUATERNION_TOL = 1e-3        # max |1 - |q|| accepted (q is then normalised)
+# the largest plausible magnitudes: beyond them a number is a typo or a unit mix-up, and the
+# projection would overflow or lose all precision
+MAX_FOCAL_PX = 1e6           # |fx|, |fy|, |skew| in pixels
+MAX_DISTORTION = 1e6         # |coefficient|
+MAX_TRANSLATION_M = 1e8      # |t| per axis, metres (Earth-centred frames are ~6.4e6 m)
+MAX_RVEC_RAD = 1e3           # |rotation_rvec| in radians
 
 
-def _finite(a: np.ndarray, what: str) -> np.ndarray:
+def _finite(a: np.ndarray, what: str, limit: float | None = None, unit: str = "") -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{what} has non-finite values (NaN or inf); give finite numbers")
+    if limit is not None and a.size and float(np.max(np.abs(a))) > limit:
+        raise ValueError(f"{what} has a value of magnitude {float(np.max(np.abs(a))):.6g}{unit}, "
+                         f"more than the {limit:g}{unit} a calibration may hold; check the "
+                         f"number and its unit")
     return a
 
 
@@ -66,7 +76,7 @@ class Distortion(_Strict):
             counts = " or ".join(map(str, allowed))
             raise ValueError(f"distortion model {self.model!r} takes {counts}"
                              f" coefficients, got {len(self.coeffs)}; fix coeffs or the model")
-        _finite(np.asarray(self.coeffs, dtype=np.float64), "distortion coeffs")
+        _finite(np.asarray(self.coeffs, dtype=np.float64), "distortion coeffs", MAX_DISTORTION)
         return self
 
     def array(self) -> np.ndarray:
@@ -94,6 +104,7 @@ class CameraIntrinsics(_Strict):
             raise ValueError(f"K must be 3x3, got shape {k.shape}; "
                              f"give [[fx,0,cx],[0,fy,cy],[0,0,1]]")
         _finite(k, "K")
+        _finite(k[:2, :2], "K's focal lengths and skew", MAX_FOCAL_PX, " px")
         if k[0, 0] <= 0 or k[1, 1] <= 0:
             raise ValueError(f"K focal lengths fx={k[0, 0]}, fy={k[1, 1]} must be > 0")
         if abs(k[1, 0]) > 1e-9 or np.max(np.abs(k[2] - [0, 0, 1])) > 1e-9:
@@ -191,7 +202,10 @@ class Extrinsics(_Strict):
         a = np.asarray(v, dtype=np.float64)
         if a.shape != (3,):
             raise ValueError(f"{info.field_name} must have 3 numbers, got {len(v)}")
-        _finite(a, info.field_name)
+        if info.field_name == "translation":
+            _finite(a, "translation", MAX_TRANSLATION_M, " m")
+        else:
+            _finite(a, "rotation_rvec", MAX_RVEC_RAD, " rad")
         return v
 
     @field_validator("quaternion_wxyz")

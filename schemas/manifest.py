@@ -9,17 +9,33 @@ path may leave the allowed roots (the manifest's folder by default).
 from __future__ import annotations
 
 import json
+import math
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from mmalign.encoders.config import EncodersConfig
 from mmalign.schemas.chunk import MODALITIES
+from mmalign.schemas.clock import MAX_ABS_TIME_NS
+from mmalign.schemas.names import Name
 from mmalign.schemas.registration_spec import RegistrationSpec
 
-ID = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+ID = Name            # session and stream ids: file and folder names (schemas/names.py)
+MAX_MARGIN_MS = 3_600_000.0     # tolerances, gaps and windows: at most an hour
 
 
 class ManifestError(ValueError):
@@ -27,22 +43,53 @@ class ManifestError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _time_ns(v: Any) -> Any:
+    """A time or offset in whole ns within +-MAX_ABS_TIME_NS (``TimeNs`` fields)."""
+    shown = v
+    if isinstance(v, bool):
+        raise ValueError("must be a whole number of nanoseconds, not true/false")
+    if isinstance(v, str):                 # YAML reads 1e30 (no dot) as a string
+        try:
+            d = Decimal(v.replace("_", "").strip())
+        except InvalidOperation:
+            raise ValueError(f"{v!r} is not a whole number of nanoseconds") from None
+        if not d.is_finite() or d != d.to_integral_value():
+            raise ValueError(f"must be a finite whole number of nanoseconds, got {v!r}")
+        v = int(d)
+    elif isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"must be a finite whole number of nanoseconds, got {v}")
+        if v != int(v):
+            raise ValueError(f"must be a whole number of nanoseconds, got {v}")
+        v = int(v)
+    if isinstance(v, int) and abs(v) > MAX_ABS_TIME_NS:
+        raise ValueError(f"{shown} is outside +-2**62 ns (about +-146 years), the times the "
+                         f"pipeline accepts")
+    return v
+
+
+TimeNs = Annotated[int, BeforeValidator(_time_ns)]
 
 
 class AlignPolicy(_Strict):
     """How one stream is joined to the reference ticks (see transforms/align_policies.py)."""
     policy: Literal["nearest", "one_to_one", "interpolate", "audio_window", "text_overlap"]
-    tolerance_ms: float = Field(50.0, gt=0, description="max |t - tick| for nearest/one_to_one")
-    max_gap_ms: float = Field(50.0, gt=0, description="interpolate only across gaps this short")
-    window_ms: float = Field(200.0, gt=0, description="audio window around each tick")
+    tolerance_ms: float = Field(50.0, gt=0, le=MAX_MARGIN_MS,
+                                description="max |t - tick| for nearest/one_to_one")
+    max_gap_ms: float = Field(50.0, gt=0, le=MAX_MARGIN_MS,
+                              description="interpolate only across gaps this short")
+    window_ms: float = Field(200.0, gt=0, le=MAX_MARGIN_MS,
+                             description="audio window around each tick")
 
 
 class ApproxSets(_Strict):
     """Approximate-time sets across N streams (the ROS message_filters algorithm)."""
     streams: list[ID] = Field(min_length=2)
-    max_span_ms: float = Field(50.0, gt=0)
-    queue_size: int = Field(64, ge=1)
+    max_span_ms: float = Field(50.0, gt=0, le=MAX_MARGIN_MS)
+    queue_size: int = Field(64, ge=1, le=1_000_000)
 
 
 class Ticks(_Strict):
@@ -78,15 +125,77 @@ class SyncSpec(_Strict):
     channels: list[str] = Field(default_factory=list, description="sensor channels for magnitude")
     engine: Literal["banded", "fastdtw"] = "banded"
     rate_hz: float = Field(100.0, gt=0, le=2000, description="common feature rate")
-    band_s: float = Field(1.0, gt=0, description="Sakoe-Chiba half-width after coarse offset")
-    max_offset_s: float = Field(10.0, gt=0, description="coarse cross-correlation search range")
+    band_s: float = Field(1.0, gt=0, le=3600, description="Sakoe-Chiba half-width after coarse "
+                          "offset")
+    max_offset_s: float = Field(10.0, gt=0, le=86400,
+                                description="coarse cross-correlation search range")
     min_confidence: float = Field(0.5, ge=0, le=1, description="below: keep the declared clock")
+
+
+def _decimal_seconds(v: Any) -> Any:
+    """``start_s`` exactly as written: a number read from YAML/JSON keeps its text
+    (``_Float``), so 1700000000.123456789 s is 1700000000123456789 ns, not a float's."""
+    if isinstance(v, bool):
+        raise ValueError("must be a number of seconds, not true/false")
+    text = getattr(v, "text", None)
+    if isinstance(v, (int, float, str)):
+        try:
+            d = Decimal((text or str(v)).replace("_", "").strip()) if isinstance(v, (float, str)) \
+                else Decimal(v)
+        except InvalidOperation:
+            if isinstance(v, str):
+                raise ValueError(f"{v!r} is not a decimal number of seconds") from None
+            d = Decimal(repr(float(v)))
+        if not d.is_finite():
+            raise ValueError(f"must be a finite number of seconds, got {v}")
+        return d
+    return v
+
+
+class FileEntry(_Strict):
+    """A stream file with the device-clock time of its first sample (``start_ns``, or
+    ``start_s``: decimal seconds, read exactly)."""
+    path: str = Field(min_length=1)
+    start_ns: TimeNs | None = Field(None, description="device time of the first sample, ns")
+    start_s: Annotated[Decimal, BeforeValidator(_decimal_seconds)] | None = Field(
+        None, description="device time of the first sample, decimal seconds")
+
+    @model_validator(mode="after")
+    def _one_start(self):
+        if self.start_ns is not None and self.start_s is not None:
+            raise ValueError("give start_ns or start_s, not both")
+        if self.start_s is not None:
+            ns = self.start_s * 1_000_000_000
+            if ns != ns.to_integral_value():
+                raise ValueError(f"start_s {self.start_s} has more than 9 decimals (finer than "
+                                 f"1 ns); round it to whole nanoseconds")
+            if abs(ns) > MAX_ABS_TIME_NS:
+                raise ValueError(f"start_s {self.start_s} is outside +-2**62 ns (about +-146 "
+                                 f"years), the times the pipeline accepts")
+        return self
+
+    @property
+    def start(self) -> int | None:
+        """The file's start in ns on the device clock (None: not given)."""
+        if self.start_ns is not None:
+            return self.start_ns
+        if self.start_s is not None:
+            return int(self.start_s * 1_000_000_000)
+        return None
+
+
+def _file_kind(v: Any) -> str:
+    return "entry" if isinstance(v, (dict, FileEntry)) else "path"
+
+
+FileItem = Annotated[Annotated[str, Tag("path"), Field(min_length=1)]
+                     | Annotated[FileEntry, Tag("entry")], Discriminator(_file_kind)]
 
 
 class Stream(_Strict):
     id: ID
     modality: Literal["video", "audio", "text", "sensor"]
-    files: list[str] = Field(min_length=1)
+    files: list[FileItem] = Field(min_length=1, description="paths, or {path, start_ns|start_s}")
     format: str | None = Field(None, description="decoder; guessed from the extension if absent")
     clock: ID | None = Field(None, description="clock domain in the calibration; default: id")
     options: dict = Field(default_factory=dict, description="decoder options")
@@ -95,6 +204,16 @@ class Stream(_Strict):
     @property
     def clock_domain(self) -> str:
         return self.clock or self.id
+
+    @property
+    def paths(self) -> list[str]:
+        """The stream's file paths, as written in the manifest (``Manifest.resolve`` them)."""
+        return [f if isinstance(f, str) else f.path for f in self.files]
+
+    @property
+    def starts(self) -> list[int | None]:
+        """Per file, the device-clock time of its first sample in ns (None: not given)."""
+        return [None if isinstance(f, str) else f.start for f in self.files]
 
 
 class Manifest(_Strict):
@@ -105,8 +224,21 @@ class Manifest(_Strict):
     allowed_roots: list[str] = Field(default_factory=list)
     registration: RegistrationSpec | None = Field(None, description="camera registration")
     encoders: EncodersConfig | None = Field(None, description="encoders + feature store")
-    # filled in by load_manifest, not by the user
-    base_dir: str = ""
+    # the manifest's folder: set by load_manifest (or the validation context's "base_dir"),
+    # never by the manifest itself (a base_dir key is an unknown field)
+    _base_dir: str = PrivateAttr("")
+
+    @model_validator(mode="after")
+    def _folder_from_context(self, info: ValidationInfo):
+        ctx = info.context or {}
+        if ctx.get("base_dir"):
+            self._base_dir = str(ctx["base_dir"])
+        return self
+
+    @property
+    def base_dir(self) -> str:
+        """The manifest's folder (relative paths resolve against it)."""
+        return self._base_dir
 
     @model_validator(mode="after")
     def _references(self):
@@ -128,19 +260,32 @@ class Manifest(_Strict):
     def stream(self, stream_id: str) -> Stream:
         return next(s for s in self.streams if s.id == stream_id)
 
+    def roots(self) -> list[Path]:
+        """The allowed roots, resolved (default: the manifest's folder)."""
+        return [(Path(r) if Path(r).is_absolute() else Path(self.base_dir) / r).resolve()
+                for r in (self.allowed_roots or ["."])]
+
     def resolve(self, rel: str, field: str = "files") -> Path:
-        """A manifest path made absolute; it must stay inside the allowed roots."""
-        p = Path(rel)
-        p = (p if p.is_absolute() else Path(self.base_dir) / p).resolve()
-        roots = [Path(r) if Path(r).is_absolute() else Path(self.base_dir) / r
-                 for r in (self.allowed_roots or ["."])]
-        roots = [r.resolve() for r in roots]
+        """A manifest path made absolute (symlinks followed); it must stay inside the allowed
+        roots (else ``PathOutsideRoots``)."""
+        try:
+            p = Path(rel)
+            p = (p if p.is_absolute() else Path(self.base_dir) / p).resolve()
+        except (ValueError, OSError, RuntimeError) as e:   # NUL byte, symlink loop, ...
+            raise PathOutsideRoots(f"field '{field}': path {rel!r} cannot be resolved ({e}); "
+                                   f"give a plain file path") from None
+        self.check_inside(p, field, rel)
+        return p
+
+    def check_inside(self, p: Path, field: str, rel: str | None = None) -> None:
+        """``PathOutsideRoots`` unless the resolved path ``p`` is inside an allowed root."""
+        roots = self.roots()
         if not any(p == r or r in p.parents for r in roots):
+            shown = f"path {rel!r} resolves to {p}" if rel is not None else f"path {p}"
             raise PathOutsideRoots(
-                f"{field}: path {rel!r} resolves to {p}, outside the allowed roots "
+                f"field '{field}': {shown}, outside the allowed roots "
                 f"{[str(r) for r in roots]}; move the file under a root or add its folder to "
                 f"allowed_roots")
-        return p
 
     def policy_for(self, stream: Stream) -> AlignPolicy:
         if stream.id in self.alignment.policies:
@@ -157,55 +302,220 @@ class PathOutsideRoots(ManifestError):
     pass
 
 
+# ---------------------------------------------------------------- reading YAML/JSON
+
+MAX_FILE_BYTES = 16 * 1024 * 1024      # manifests, calibrations and configs are small text
+MAX_VALUES = 1_000_000                 # values after YAML aliases are expanded
+
+
+class _Float(float):
+    """A float read from YAML/JSON that remembers its text (``start_s`` is read exactly)."""
+    text: str = ""
+
+
+def _float_with_text(text: str) -> _Float:
+    f = _Float(text)
+    f.text = text
+    return f
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _yaml_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    f = _Float(loader.construct_yaml_float(node))
+    f.text = str(node.value)
+    return f
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _yaml_float)
+
+
+def _too_big(data: Any) -> bool:
+    """True when ``data`` holds more than MAX_VALUES values counted through YAML aliases
+    (a "billion laughs" file); the walk stops at the limit."""
+    count, todo = 0, [data]
+    while todo:
+        v = todo.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return True
+        if isinstance(v, dict):
+            todo.extend(v.keys())
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return False
+
+
 def _read_mapping(path: Path, what: str) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        st = path.stat()
     except FileNotFoundError:
         raise ManifestError(f"{what} {path} does not exist; check the path") from None
+    except OSError as e:
+        raise ManifestError(f"{what} {path} cannot be read ({e.strerror}); check the path and "
+                            f"its permissions") from None
+    if not path.is_file():
+        raise ManifestError(f"{what} {path} is not a regular file; give the path of a "
+                            f"YAML/JSON file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ManifestError(f"{what} {path} is {st.st_size} bytes, more than the "
+                            f"{MAX_FILE_BYTES} a {what} may have; check it is the right file")
+    try:
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ManifestError(f"{what} {path} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as e:
+        raise ManifestError(f"{what} {path} cannot be read ({e.strerror}); check the path and "
+                            f"its permissions") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        first = str(e).strip().splitlines()[0]
+        data = (json.loads(text, parse_float=_float_with_text) if path.suffix == ".json"
+                else yaml.load(text, Loader=_Loader))  # noqa: S506 -- a SafeLoader subclass
+    except (yaml.YAMLError, json.JSONDecodeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ManifestError(f"{what} {path} is not valid YAML/JSON ({first}); fix its syntax") \
             from None
+    except RecursionError:
+        raise ManifestError(f"{what} {path} is nested too deeply to read; write it with fewer "
+                            f"levels") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{what} {path} must be a mapping at the top level, "
                             f"got {type(data).__name__}")
+    if _too_big(data):
+        raise ManifestError(f"{what} {path} expands to more than {MAX_VALUES} values (YAML "
+                            f"aliases?); write it out without alias chains")
     return data
 
 
-def explain(path: Path, err: ValidationError) -> str:
+def _where(loc: tuple, data: Any) -> str:
+    """A pydantic error location as the user reads it: ``streams[cam0].files[1].start_s``."""
+    out, cur = "", data
+    for i, x in enumerate(loc):
+        if x in ("path", "entry") and i and isinstance(loc[i - 1], int) and \
+                loc[:i][-2:-1] == ("files",):
+            continue          # FileItem's union tags
+        if isinstance(x, int):
+            sid = None
+            if isinstance(cur, list) and 0 <= x < len(cur) and isinstance(cur[x], dict):
+                sid = cur[x].get("id") if out.endswith("streams") else None
+            out += f"[{sid}]" if isinstance(sid, str) else f"[{x}]"
+        else:
+            out += ("." if out else "") + str(x)
+        if isinstance(cur, dict):
+            cur = cur.get(x)
+        elif isinstance(cur, list) and isinstance(x, int) and 0 <= x < len(cur):
+            cur = cur[x]
+        else:
+            cur = None
+    return out
+
+
+def explain(path: Path, err: ValidationError, data: Any = None) -> str:
     """One sentence per pydantic error: file, field, problem, fix."""
     e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-    msg = e["msg"]
+    loc = _where(tuple(e["loc"]), data) or "(top level)"
+    msg = e["msg"].removeprefix("Value error, ")
     fix = {
         "missing": "add it",
         "extra_forbidden": "remove it or check its spelling",
     }.get(e["type"], "correct its value")
+    fix = "" if ";" in msg else f"; {fix}"
     more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
-    return f"{path}: field '{loc}': {msg}; {fix}{more}"
+    return f"{path}: field '{loc}': {msg}{fix}{more}"
+
+
+# ---------------------------------------------------------------- loading a manifest
+
+
+def _input_file(m: Manifest, path: Path, field: str, rel: str, what: str) -> Path:
+    """The resolved input file ``rel`` of ``field``: inside the roots, existing, regular."""
+    try:
+        p = m.resolve(rel, field)
+    except PathOutsideRoots as e:
+        raise ManifestError(f"{path}: {e}") from None
+    if not p.exists():
+        raise ManifestError(f"{path}: field '{field}': {what} {rel!r} resolves to {p}, which "
+                            f"does not exist; fix the path (relative to {m.base_dir}) or put "
+                            f"the file there")
+    if not p.is_file():
+        raise ManifestError(f"{path}: field '{field}': {what} {rel!r} resolves to {p}, which is "
+                            f"not a regular file; give the path of the file itself")
+    return p
+
+
+def _inside(m: Manifest, path: Path, field: str, rel: str) -> Path:
+    try:
+        return m.resolve(rel, field)
+    except PathOutsideRoots as e:
+        raise ManifestError(f"{path}: {e}") from None
+
+
+def _check_stream(m: Manifest, path: Path, s: Stream) -> None:
+    """A stream's options, formats and files: everything the decoders will read."""
+    from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
+
+    try:
+        opts = DecodeOptions.of(s.options)
+    except ValueError as e:
+        raise ManifestError(f"{path}: stream {s.id!r}: {e}") from None
+    if opts.start_ns is not None and abs(opts.start_ns) > MAX_ABS_TIME_NS:
+        raise ManifestError(f"{path}: field 'streams[{s.id}].options.start_ns': "
+                            f"{opts.start_ns} is outside +-2**62 ns (about +-146 years); give "
+                            f"the device time of sample 0 in ns")
+    for i, rel in enumerate(s.paths):
+        field = f"streams[{s.id}].files[{i}]"
+        _inside(m, path, field, rel)
+        key = decoder_key(s.modality, s.format, rel)
+        if key is None:
+            fmt = format_name(s.format, rel)
+            where = f"streams[{s.id}].format" if s.format else field
+            raise ManifestError(f"{path}: field '{where}': no {s.modality} decoder reads "
+                                f"format {fmt!r} ({rel!r}); set the stream's format to one of "
+                                f"{sorted(FORMATS[s.modality])}")
+        p = _input_file(m, path, field, rel, "file")
+        if key == "image_sequence":
+            # the image folder, as transforms/decode/video.py reads it: relative to the index
+            img = (p.parent / (opts.image_dir or ".")).resolve()
+            where = f"streams[{s.id}].options.image_dir" if opts.image_dir else field
+            try:
+                m.check_inside(img, where, opts.image_dir or str(p.parent))
+            except PathOutsideRoots as e:
+                raise ManifestError(f"{path}: {e}") from None
+            if not img.is_dir():
+                raise ManifestError(f"{path}: field '{where}': the image folder "
+                                    f"{opts.image_dir!r} (relative to {p.parent}) resolves to "
+                                    f"{img}, which is not a folder; give the folder of the "
+                                    f"images")
+
+
+def _check_encoders(m: Manifest, path: Path) -> None:
+    enc = m.encoders
+    if enc is None:
+        return
+    specs = [(f"encoders.{k}", getattr(enc, k)) for k in ("video", "audio", "text", "sensor")]
+    specs += [(f"encoders.streams.{k}", v) for k, v in enc.streams.items()]
+    for field, spec in specs:
+        if spec and spec.path:
+            _input_file(m, path, f"{field}.path", spec.path, "weights file")
+    if enc.feature_store.repo:
+        _inside(m, path, "encoders.feature_store.repo", enc.feature_store.repo)
 
 
 def load_manifest(path: str | Path) -> Manifest:
+    """The validated manifest at ``path``: its fields, and every file it names resolved
+    (symlinks followed), inside the allowed roots, existing and readable by a decoder.
+    Raises ManifestError with one sentence naming the file, the field and the fix."""
     path = Path(path).resolve()
     data = _read_mapping(path, "manifest")
-    data.setdefault("base_dir", str(path.parent))
     try:
-        m = Manifest.model_validate(data)
+        m = Manifest.model_validate(data, context={"base_dir": str(path.resolve().parent)})
     except ValidationError as e:
-        raise ManifestError(explain(path, e)) from None
+        raise ManifestError(explain(path, e, data)) from None
     for s in m.streams:
-        for i, f in enumerate(s.files):
-            try:
-                m.resolve(f, field=f"streams[{s.id}].files[{i}]")
-            except PathOutsideRoots as e:
-                raise ManifestError(f"{path}: {e}") from None
+        _check_stream(m, path, s)
     if m.calibration:
-        try:
-            m.resolve(m.calibration, field="calibration")
-        except PathOutsideRoots as e:
-            raise ManifestError(f"{path}: {e}") from None
+        _input_file(m, path, "calibration", m.calibration, "calibration file")
+    _check_encoders(m, path)
     return m

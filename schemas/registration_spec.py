@@ -18,21 +18,19 @@ needs the calibration file's ``cameras:``/``sensors:`` sections (schemas/camera_
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmalign.schemas.names import Name as ID  # stream ids (the manifest's pattern)
 from mmalign.transforms.register.registration import RegistrationConfig
-
-# schemas/manifest.py's stream id (not imported: manifest.py imports this module)
-ID = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 _OWN_FIELDS = ("reference", "cameras", "every_n_ticks", "session_ticks", "project")
 
 
 class ProjectionSpec(BaseModel):
     """Project a sensor stream's x, y, z channels (sensor frame, metres) into cameras."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     sensor: ID = Field(description="sensor stream id; also its id in the calibration's sensors")
     channels: list[str] | None = Field(None, min_length=3, max_length=3,
                                        description="x, y, z channels; default: the calibration's "
@@ -43,7 +41,9 @@ class ProjectionSpec(BaseModel):
 
 class RegistrationSpec(RegistrationConfig):
     """Registration of a session's cameras onto a reference camera (flat: the kernel's
-    RegistrationConfig fields sit next to the stream choices)."""
+    RegistrationConfig fields sit next to the stream choices). Unknown keys, NaN and inf are
+    errors."""
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     reference: ID
     cameras: list[ID] = Field(min_length=1)
     mode: Literal["tick", "session"] = "session"

@@ -20,6 +20,9 @@ alignment:
 
 
 def write(tmp_path, text, name="m.yaml"):
+    for f in ("cam0.mp4", "imu.csv", "cal.yaml"):       # the files GOOD names must exist
+        if not (tmp_path / f).exists():
+            (tmp_path / f).write_text("")
     p = tmp_path / name
     p.write_text(text)
     return p
@@ -41,7 +44,7 @@ def test_json_manifest(tmp_path):
 
 @pytest.mark.parametrize("mutate,expect", [
     (lambda s: s.replace("session: s1", "session: ''"), "field 'session'"),
-    (lambda s: s.replace("modality: video", "modality: smell"), "streams.0.modality"),
+    (lambda s: s.replace("modality: video", "modality: smell"), "streams[cam0].modality"),
     (lambda s: s.replace("ticks: {anchor: cam0}", "ticks: {anchor: nope}"), "nope"),
     (lambda s: s.replace("bucket_s: 4", "bucket_s: 4\n  colour: red"), "alignment.colour"),
     (lambda s: s.replace("[cam0.mp4]", "[../../etc/passwd]"), "outside the allowed roots"),

@@ -80,7 +80,7 @@ class SessionRegistration:
 
 def _frame_source(manifest: Manifest, stream_id: str) -> FrameSource:
     s = manifest.stream(stream_id)
-    fmt = (s.format or Path(s.files[0]).suffix.lstrip(".")).lower()
+    fmt = (s.format or Path(s.paths[0]).suffix.lstrip(".")).lower()
     kind = FORMATS["video"].get(fmt, "container")
     return FrameSource(stream_id, kind, s.options.get("image_dir"))
 
