@@ -91,7 +91,7 @@ def test_workers_get_the_project_as_an_sdist(dry_run) -> None:
     sdist = staged["workflow.tar.gz"]
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
-    for module in ("pipelines/backfill.py", "pipelines/runners.py", "transforms/align.py",
+    for module in ("pipelines/backfill.py", "pipelines/runners.py", "transforms/align/join.py",
                    "schemas/manifest.py", "deadletter/record.py", "encoders/stage.py"):
         assert any(n.endswith(module) for n in names), module
     assert any(n.endswith("/pyproject.toml") for n in names)
