@@ -9,6 +9,7 @@ pts for PyAV containers.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +23,13 @@ from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.audio import ARROW_SCHEMA
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.decode_options import DecodeOptions
-from mmalign.transforms.decode.base import SourceFile, short_error
+from mmalign.transforms.decode.base import (
+    CONTAINER_FORMATS,
+    SourceFile,
+    checked_ns_array,
+    open_container,
+    short_error,
+)
 
 SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
@@ -33,26 +40,24 @@ def sample_ns(first_sample: np.ndarray, sample_rate: int) -> np.ndarray:
     return q * 1_000_000_000 + (r * 2_000_000_000 + sample_rate) // (2 * sample_rate)
 
 
-def blocks_batch(pcm: np.ndarray, first_sample: int, block: int, sample_rate: int,
-                 start_ns: int) -> pa.RecordBatch:
-    """Consecutive mono samples starting at ``first_sample`` -> one row per block."""
-    n = len(pcm)
-    starts = np.arange(0, n, block, dtype=np.int64)
-    lens = np.minimum(block, n - starts).astype(np.int32)
+def _pcm_batch(pcm: np.ndarray, t_ns: np.ndarray, pos: np.ndarray, lens: np.ndarray
+               ) -> pa.RecordBatch:
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
     return pa.RecordBatch.from_arrays([
-        pa.array(start_ns + sample_ns(first_sample + starts, sample_rate), pa.int64()),
-        pa.array(first_sample + starts, pa.int64()),
-        pa.array(lens, pa.int32()),
+        pa.array(t_ns, pa.int64()), pa.array(pos, pa.int64()),
+        pa.array(lens.astype(np.int32), pa.int32()),
         pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
                                  pa.array(pcm.astype(np.float32, copy=False), pa.float32())),
     ], schema=ARROW_SCHEMA)
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
-    """[n, channels] float samples -> float32 mono mix clipped to [-1, 1]."""
-    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+    """[n, channels] float samples -> float32 mono mix (channel mean). Values are kept as
+    decoded, not clipped: out-of-range, inf and NaN samples are the validate stage's to
+    reject (a float WAV can hold them)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+        return mono.astype(np.float32, copy=False)
 
 
 _INT_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
@@ -74,7 +79,9 @@ def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
 
 
 class _Blocker:
-    """Collects mono samples and cuts them into chunks of whole blocks (~1 s each)."""
+    """Collects mono samples and cuts them into chunks of whole blocks (~1 s each). A block
+    whose time (start + sample time + the file's offset) is outside int64 ns is a
+    ``timestamp_overflow`` letter instead of a row."""
 
     def __init__(self, src: SourceFile, sample_rate: int, block: int, start_ns: int):
         self.src, self.sr, self.block, self.start_ns = src, sample_rate, block, start_ns
@@ -83,92 +90,225 @@ class _Blocker:
         self.buffered = 0
         self.next_sample = 0            # index of the first buffered sample
 
-    def add(self, mono: np.ndarray) -> Iterator[Chunk]:
+    @property
+    def at(self) -> int:
+        """Index of the next sample to arrive."""
+        return self.next_sample + self.buffered
+
+    def add(self, mono: np.ndarray) -> Iterator[Chunk | DeadLetter]:
         if len(mono):
             self.parts.append(mono)
             self.buffered += len(mono)
         while self.buffered >= self.per_chunk:
-            yield self._emit(self.per_chunk)
+            yield from self._emit(self.per_chunk)
 
-    def finish(self) -> Iterator[Chunk]:
+    def finish(self) -> Iterator[Chunk | DeadLetter]:
         if self.buffered:
-            yield self._emit(self.buffered)
+            yield from self._emit(self.buffered)
 
-    def _emit(self, n: int) -> Chunk:
+    def _emit(self, n: int) -> Iterator[Chunk | DeadLetter]:
         buf = np.concatenate(self.parts)
         head, tail = buf[:n], buf[n:]
         self.parts = [tail] if len(tail) else []
         self.buffered = len(tail)
-        batch = blocks_batch(head, self.next_sample, self.block, self.sr, self.start_ns)
+        first = self.next_sample
         self.next_sample += n
-        return self.src.chunk(batch)
+        starts = np.arange(0, n, self.block, dtype=np.int64)
+        lens = np.minimum(self.block, n - starts)
+        t_ns, bad = checked_ns_array(sample_ns(first + starts, self.sr),
+                                     self.start_ns + self.src.time_offset_ns)
+        for i in np.flatnonzero(bad):
+            s0 = int(first + starts[i])
+            when = self.start_ns + self.src.time_offset_ns + int(sample_ns(s0, self.sr))
+            yield self.src.dead("timestamp_overflow", f"{self.src.path}: the block at sample "
+                                f"{s0} would be at {when} ns, outside int64 nanoseconds.",
+                                error_class="TimestampOverflow", position=f"sample={s0}",
+                                attrs={"sample": str(s0)})
+        if bad.any():
+            keep = ~bad
+            cuts = [head[s:s + ln] for s, ln, k in zip(starts, lens, keep, strict=True) if k]
+            if not cuts:
+                return
+            head = np.concatenate(cuts)
+            t_ns, starts, lens = t_ns[keep], starts[keep], lens[keep]
+        yield self.src.chunk(_pcm_batch(head, t_ns, first + starts, lens))
 
+
+# ---------------------------------------------------------------- declared lengths
+
+def wav_header(path: str) -> tuple[int, int] | None:
+    """(frames, sample_rate) a RIFF/WAVE file's header declares: its ``data`` chunk size over
+    the ``fmt `` block size, read from the chunks themselves (libsndfile reports the frames
+    actually present, so a file cut short would look whole). None if not a WAV with a known
+    data size (RF64, a streaming writer's 0xFFFFFFFF) or not PCM/float/A-law/mu-law."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        end = "<" if head[:4] == b"RIFF" else ">"
+        fmt = None
+        while True:
+            ch = f.read(8)
+            if len(ch) < 8:
+                return None
+            cid, (size,) = ch[:4], struct.unpack(end + "I", ch[4:])
+            if cid == b"fmt ":
+                body = f.read(min(size, 40))
+                if len(body) < 16:
+                    return None
+                tag, _ch, rate, _br, align, _bits = struct.unpack(end + "HHIIHH", body[:16])
+                if tag == 0xFFFE and len(body) >= 26:         # WAVE_FORMAT_EXTENSIBLE
+                    (tag,) = struct.unpack(end + "H", body[24:26])
+                fmt = (tag, rate, align)
+                f.seek(size - len(body) + (size & 1), 1)
+            elif cid == b"data":
+                if fmt is None or size == 0xFFFFFFFF:
+                    return None
+                tag, rate, align = fmt
+                if tag not in (1, 3, 6, 7) or align == 0 or rate == 0:
+                    return None
+                return size // align, rate
+            else:
+                f.seek(size + (size & 1), 1)
+
+
+def flac_header(path: str) -> tuple[int, int] | None:
+    """(total samples, sample_rate) from a FLAC file's STREAMINFO; None if not stated."""
+    with open(path, "rb") as f:
+        head = f.read(8 + 34)
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+        return None
+    v = int.from_bytes(head[18:26], "big")
+    rate, total = v >> 44, v & ((1 << 36) - 1)
+    return (total, rate) if total and rate else None
+
+
+def declared_frames(path: str) -> tuple[int, int, str] | None:
+    """(frames, rate, what states it) from the file's own header (WAV, FLAC), else None."""
+    for fn, what in ((wav_header, "its WAV header"), (flac_header, "its FLAC STREAMINFO")):
+        try:
+            got = fn(path)
+        except (OSError, struct.error):
+            got = None
+        if got is not None:
+            return (*got, what)
+    return None
+
+
+# ---------------------------------------------------------------- decoders
 
 def decode_audio_file(path: str, *, session_id: str, stream_id: str,
                       block_samples: int | None = None,
-                      options: DecodeOptions | dict | None = None
+                      options: DecodeOptions | dict | None = None,
+                      roots: tuple[str, ...] = (), time_offset_ns: int = 0
                       ) -> Iterator[Chunk | DeadLetter]:
-    """Decode an audio file: wav/flac/ogg/aiff blockwise with soundfile, others with PyAV."""
+    """Decode an audio file: wav/flac/ogg/aiff blockwise with soundfile, others with PyAV.
+
+    Declared blocks = ceil(declared frames / block_samples), the frames from the WAV header
+    or FLAC STREAMINFO (else libsndfile's count): a file cut short is a ``truncated`` letter
+    for the blocks it lost, a read error a ``corrupt_samples`` letter that stands for them."""
     if Path(path).suffix.lower() not in SOUNDFILE_EXTS:
-        yield from _decode_pyav(path, session_id, stream_id, block_samples, options)
+        yield from _decode_pyav(path, session_id, stream_id, block_samples, options, roots,
+                                time_offset_ns)
         return
     opts = DecodeOptions.of(options)
     block = block_samples or opts.block_samples
-    src = SourceFile(session_id, stream_id, "audio", str(path))
+    src = SourceFile(session_id, stream_id, "audio", str(path), roots=roots,
+                     time_offset_ns=time_offset_ns, unit="blocks")
+    yield from src.run(_soundfile(src, block, opts))
+
+
+def _soundfile(src: SourceFile, block: int, opts: DecodeOptions
+               ) -> Iterator[Chunk | DeadLetter]:
+    path = src.path
     if (bad := src.check_file(opts.max_bytes)) is not None:
         yield bad
         return
+    header = declared_frames(path)
+    if header is not None:
+        src.declared, src.declared_by = -(-header[0] // block), header[2]
+        src.extra_attrs["declared_samples"] = str(header[0])
     try:
-        f = sf.SoundFile(str(path))
+        f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         yield src.dead("corrupt_file", f"{path} cannot be opened as audio "
                        f"({short_error(e)}).", error_class="CorruptMedia")
         return
     with f:
-        src.meta = {"kind": "file", "sample_rate": f.samplerate, "channels": f.channels,
-                    "codec": f"{f.format}/{f.subtype}".lower(), "frames": f.frames}
+        if header is None and f.seekable():
+            src.declared, src.declared_by = -(-f.frames // block), "libsndfile's frame count"
+            src.extra_attrs["declared_samples"] = str(f.frames)
+        src.meta.update({"kind": "file", "sample_rate": f.samplerate, "channels": f.channels,
+                         "codec": f"{f.format}/{f.subtype}".lower(), "frames": f.frames})
         blocker = _Blocker(src, f.samplerate, block, opts.start_ns or 0)
+        failure = None
         while True:
             try:
                 data = f.read(blocker.per_chunk, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as e:
-                yield src.dead("corrupt_samples", f"{path}: samples from "
-                               f"{blocker.next_sample + blocker.buffered} on cannot be decoded "
-                               f"({short_error(e)}).", error_class="CorruptMedia",
-                               position=f"sample={blocker.next_sample + blocker.buffered}")
+                failure = e
                 break
             if not len(data):
                 break
             yield from blocker.add(to_mono(data))
-        yield from blocker.finish()
-        got = blocker.next_sample
-        if 0 <= got < f.frames and f.seekable():
-            yield src.dead("truncated_audio", f"{path}: the header promises {f.frames} "
-                           f"samples but only {got} could be read.", error_class="CorruptMedia",
-                           position=f"sample={got}", attrs={"missing": str(f.frames - got)})
+    if failure is not None:
+        # the failed read may have held good samples: read them again block by block
+        for data in _salvage(path, blocker.at, block):
+            yield from blocker.add(to_mono(data))
+        at = blocker.at
+        yield src.dead("corrupt_samples", f"{path}: samples from {at} on cannot be decoded "
+                       f"({short_error(failure)}).", error_class="CorruptMedia",
+                       position=f"sample={at}", ends=True)
+    yield from blocker.finish()
+    src.extra_attrs["decoded_samples"] = str(blocker.at)
+
+
+def _salvage(path: str, start: int, block: int) -> Iterator[np.ndarray]:
+    """Samples from ``start`` read ``block`` at a time until the first that fails."""
+    try:
+        with sf.SoundFile(path) as g:
+            g.seek(start)
+            while len(data := g.read(block, dtype="float32", always_2d=True)):
+                yield data
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return
 
 
 def decode_audio_track(path: str, *, session_id: str, stream_id: str,
                        block_samples: int | None = None,
-                       options: DecodeOptions | dict | None = None
+                       options: DecodeOptions | dict | None = None,
+                       roots: tuple[str, ...] = (), time_offset_ns: int = 0
                        ) -> Iterator[Chunk | DeadLetter]:
     """Decode the first audio stream of a (video) container with PyAV, native rate, mono."""
-    yield from _decode_pyav(path, session_id, stream_id, block_samples, options)
+    yield from _decode_pyav(path, session_id, stream_id, block_samples, options, roots,
+                            time_offset_ns)
 
 
 def _decode_pyav(path: str, session_id: str, stream_id: str, block_samples: int | None,
-                 options: DecodeOptions | dict | None) -> Iterator[Chunk | DeadLetter]:
+                 options: DecodeOptions | dict | None, roots: tuple[str, ...] = (),
+                 time_offset_ns: int = 0) -> Iterator[Chunk | DeadLetter]:
     opts = DecodeOptions.of(options)
     block = block_samples or opts.block_samples
-    src = SourceFile(session_id, stream_id, "audio", str(path))
+    src = SourceFile(session_id, stream_id, "audio", str(path), roots=roots,
+                     time_offset_ns=time_offset_ns, unit="blocks")
+    yield from src.run(_pyav(src, block, opts))
+
+
+def _pyav(src: SourceFile, block: int, opts: DecodeOptions) -> Iterator[Chunk | DeadLetter]:
+    path = src.path
     if (bad := src.check_file(opts.max_bytes)) is not None:
         yield bad
         return
     try:
-        container = av.open(str(path))
+        container = open_container(path)
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
-        yield src.dead("corrupt_file", f"{path} cannot be opened as a media container "
-                       f"({short_error(e)}).", error_class="CorruptMedia")
+        if isinstance(e, av.error.ArgumentError):
+            yield src.dead("unsupported_container", f"{path} is not one of the container "
+                           f"formats read ({', '.join(CONTAINER_FORMATS)}).",
+                           error_class="CorruptMedia")
+        else:
+            yield src.dead("corrupt_file", f"{path} cannot be opened as a media container "
+                           f"({short_error(e)}).", error_class="CorruptMedia")
         return
     with container:
         if not container.streams.audio:
@@ -179,8 +319,8 @@ def _decode_pyav(path: str, session_id: str, stream_id: str, block_samples: int 
         cc = stream.codec_context
         sr = cc.sample_rate
         tb = stream.time_base or Fraction(1, sr)
-        src.meta = {"kind": "track", "sample_rate": sr, "channels": cc.channels,
-                    "codec": cc.name}
+        src.meta.update({"kind": "track", "sample_rate": sr, "channels": cc.channels,
+                         "codec": cc.name})
         blocker: _Blocker | None = None
         packets = container.demux(stream)
         while True:
@@ -189,15 +329,15 @@ def _decode_pyav(path: str, session_id: str, stream_id: str, block_samples: int 
             except StopIteration:
                 break
             except av.error.FFmpegError as e:
-                at = blocker.next_sample + blocker.buffered if blocker else 0
+                at = blocker.at if blocker else 0
                 yield src.dead("corrupt_container", f"{path}: demuxing stopped at sample {at} "
                                f"({short_error(e)}); later audio is lost.",
-                               error_class="CorruptMedia", position=f"sample={at}")
+                               error_class="CorruptMedia", position=f"sample={at}", ends=True)
                 break
             try:
                 frames = pkt.decode()
             except av.error.FFmpegError as e:
-                at = blocker.next_sample + blocker.buffered if blocker else 0
+                at = blocker.at if blocker else 0
                 yield src.dead("corrupt_packet", f"{path}: an audio packet (pts {pkt.pts}) at "
                                f"sample {at} failed to decode ({short_error(e)}).",
                                error_class="CorruptFrame", position=f"sample={at}",
@@ -216,6 +356,62 @@ def _decode_pyav(path: str, session_id: str, stream_id: str, block_samples: int 
             yield from blocker.finish()
 
 
+# ---------------------------------------------------------------- segment spans
+
+def _ns_of_samples(n: int, rate: int) -> int:
+    return round(Fraction(n * 1_000_000_000, rate))
+
+
+def span_audio_file(path: str, options: DecodeOptions | dict | None = None
+                    ) -> tuple[int, int] | None:
+    """(first_ns, end_ns) from the header alone: start_ns (options, default 0) and start + the
+    declared frames / rate (end = where the sample after the last would be). Files PyAV reads
+    use ``span_audio_track``. None if unreadable."""
+    if Path(path).suffix.lower() not in SOUNDFILE_EXTS:
+        return span_audio_track(path, options)
+    opts = DecodeOptions.of(options)
+    start = opts.start_ns or 0
+    header = declared_frames(path)
+    if header is None:
+        try:
+            info = sf.info(path)
+        except (sf.LibsndfileError, RuntimeError, OSError):
+            return None
+        header = (info.frames, info.samplerate, "")
+    frames, rate, _ = header
+    return start, start + _ns_of_samples(frames, rate)
+
+
+def span_audio_track(path: str, options: DecodeOptions | dict | None = None
+                     ) -> tuple[int, int] | None:
+    """(first_ns, end_ns) of a container's first audio stream from its start time and
+    duration (first pts, or options.start_ns), else its demuxed packets. None if unreadable."""
+    opts = DecodeOptions.of(options)
+    try:
+        with open_container(path) as c:
+            st = c.streams.audio[0]
+            tb = st.time_base or Fraction(1, st.codec_context.sample_rate)
+            if st.start_time is not None and st.duration:
+                first, end = st.start_time, st.start_time + st.duration
+            else:
+                first = end = None
+                for pkt in c.demux(st):
+                    if pkt.pts is None or pkt.size == 0:
+                        continue
+                    first = pkt.pts if first is None else min(first, pkt.pts)
+                    e = pkt.pts + (pkt.duration or 0)
+                    end = e if end is None else max(end, e)
+                if first is None:
+                    return None
+    except (av.error.FFmpegError, OSError, IndexError, UnicodeDecodeError):
+        return None
+    t0 = round(Fraction(first) * tb * 1_000_000_000)
+    t1 = round(Fraction(end) * tb * 1_000_000_000)
+    if opts.start_ns is not None:
+        return opts.start_ns, opts.start_ns + (t1 - t0)
+    return t0, t1
+
+
 def load_audio(uri: str, start_sample: int, end_sample: int, kind: str = "file"
                ) -> np.ndarray:
     """Mono float32 samples [start_sample, end_sample) exactly as the decoder produced them
@@ -230,7 +426,7 @@ def load_audio(uri: str, start_sample: int, end_sample: int, kind: str = "file"
                           always_2d=True)
         return to_mono(data)
     parts, seen = [], 0
-    with av.open(uri) as c:
+    with open_container(uri) as c:
         for fr in _frames_skipping_bad_packets(c, c.streams.audio[0]):
             n = fr.samples
             if seen + n > start_sample:

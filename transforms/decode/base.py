@@ -31,7 +31,8 @@ from mmalign.schemas.decode_options import UNIT_NS, DecodeOptions, TimeUnit
 
 __all__ = ["UNIT_NS", "DecodeOptions", "TimeUnit", "SourceFile", "parse_time_ns", "short_error",
            "INT64_MIN", "INT64_MAX", "TimestampOverflow", "checked_ns", "checked_ns_array",
-           "scaled_ns", "time_reason", "inside_roots", "open_container"]
+           "scaled_ns", "time_reason", "inside_roots", "open_container",
+           "count_nonblank_lines", "SpanAccumulator"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _D_MIN, _D_MAX = Decimal(INT64_MIN), Decimal(INT64_MAX)
@@ -314,6 +315,54 @@ class SourceFile:
             except (OSError, ValueError):
                 return None
         return None if d is None else int(d)
+
+
+def count_nonblank_lines(path: str) -> int:
+    """Lines that are not blank (ASCII whitespace; a leading BOM ignored): a JSONL file's
+    records, counted without parsing them."""
+    n, first = 0, True
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if first:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            if raw.strip():
+                n += 1
+                first = False
+    return n
+
+
+class SpanAccumulator:
+    """(first, end) of a segment from its sample times, added chunk by chunk: first = the
+    smallest time, end = the largest + the median positive gap between the sorted distinct
+    times (1 ns if there is none). The median is taken over the last ``keep`` samples, so a
+    long file costs bounded memory."""
+
+    def __init__(self, keep: int = 1 << 20):
+        self.keep = keep
+        self.lo: int | None = None
+        self.hi: int | None = None
+        self.recent: list[np.ndarray] = []
+        self.n_recent = 0
+
+    def add(self, times: np.ndarray) -> None:
+        times = np.asarray(times, np.int64)
+        if not len(times):
+            return
+        lo, hi = int(times.min()), int(times.max())
+        self.lo = lo if self.lo is None else min(self.lo, lo)
+        self.hi = hi if self.hi is None else max(self.hi, hi)
+        self.recent.append(times)
+        self.n_recent += len(times)
+        while self.n_recent - len(self.recent[0]) >= self.keep:
+            self.n_recent -= len(self.recent.pop(0))
+
+    def span(self) -> tuple[int, int] | None:
+        if self.lo is None:
+            return None
+        u = np.unique(np.concatenate(self.recent))
+        gaps = np.diff(u)
+        period = int(np.median(gaps)) if len(gaps) else 1
+        return self.lo, min(self.hi + max(period, 1), INT64_MAX)
 
 
 def parse_time_ns(token: str, unit: str | None) -> int:

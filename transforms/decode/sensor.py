@@ -12,6 +12,7 @@ them). ``pos`` = 0-based data row (blank and '#' lines are not rows).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -30,7 +31,18 @@ from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.decode_options import DecodeOptions
 from mmalign.schemas.sensor import arrow_schema
-from mmalign.transforms.decode.base import UNIT_NS, SourceFile, parse_time_ns, short_error
+from mmalign.transforms.decode.base import (
+    INT64_MAX,
+    UNIT_NS,
+    SourceFile,
+    SpanAccumulator,
+    TimestampOverflow,
+    checked_ns,
+    checked_ns_array,
+    count_nonblank_lines,
+    parse_time_ns,
+    short_error,
+)
 
 TIME_CANDIDATES = ("t_ns", "timestamp_ns", "timestamp", "time", "t")
 NAN_TOKENS = {"", "nan", "+nan", "-nan", "na", "n/a", "null", "none"}
@@ -98,26 +110,39 @@ def parse_numbers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return vals, bad
 
 
-def parse_times(strings: pa.Array, unit: str) -> tuple[np.ndarray, np.ndarray]:
-    """Strings -> (int64 ns, bad mask), exact: integers vectorised, decimals via Decimal."""
+def _scale(ints: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ``ints * scale`` exactly: (products, overflow mask); overflowing entries 0."""
+    if scale == 1:
+        return ints, np.zeros(len(ints), bool)
+    lo, hi = -(2**63 // scale), INT64_MAX // scale
+    over = (ints < lo) | (ints > hi)
+    return np.where(over, 0, ints) * np.int64(scale), over
+
+
+def parse_times(strings: pa.Array, unit: str, offset: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Strings -> (int64 ns + ``offset``, unparseable mask, out-of-int64 mask), exact:
+    integers vectorised, decimals via Decimal; bad and overflowing entries are 0."""
     trimmed = pc.utf8_trim_whitespace(strings)
     try:
         ints = pc.cast(trimmed, pa.int64()).to_numpy(zero_copy_only=False)
-        if unit == "ns" or np.abs(ints).max(initial=0) < 2**63 // UNIT_NS[unit]:
-            return ints * UNIT_NS[unit], np.zeros(len(ints), bool)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
+        ints = None
+    if ints is not None:
+        out, over = _scale(ints, UNIT_NS[unit])
+        out, over2 = checked_ns_array(out, offset)
+        return out, np.zeros(len(out), bool), over | over2
     out = np.zeros(len(strings), np.int64)
     bad = np.zeros(len(strings), bool)
+    over = np.zeros(len(strings), bool)
     for i, tok in enumerate(trimmed.to_pylist()):
         try:
-            v = parse_time_ns(tok or "", unit)
-            if not -(2**63) <= v < 2**63:
-                raise ValueError("out of int64 range")
-            out[i] = v
+            out[i] = checked_ns(parse_time_ns(tok or "", unit), offset)
+        except TimestampOverflow:
+            over[i] = True
         except ValueError:
             bad[i] = True
-    return out, bad
+    return out, bad, over
 
 
 def _batch(t_ns: np.ndarray, pos: np.ndarray, cols: list[np.ndarray],
@@ -127,10 +152,12 @@ def _batch(t_ns: np.ndarray, pos: np.ndarray, cols: list[np.ndarray],
     return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema(channels))
 
 
-def _start(path: str, session_id: str, stream_id: str, options, fmt: str
+def _start(path: str, session_id: str, stream_id: str, options, fmt: str,
+           roots: tuple[str, ...], time_offset_ns: int
            ) -> tuple[DecodeOptions, SourceFile, DeadLetter | None]:
     opts = DecodeOptions.of(options)
-    src = SourceFile(session_id, stream_id, "sensor", str(path), meta={"format": fmt})
+    src = SourceFile(session_id, stream_id, "sensor", str(path), meta={"format": fmt},
+                     roots=roots, time_offset_ns=time_offset_ns, unit="rows")
     return opts, src, src.check_file(opts.max_bytes)
 
 
@@ -143,7 +170,8 @@ def _file_dead(src: SourceFile, e: SensorFileError) -> DeadLetter:
 def _needs_filter(body: bytes) -> bool:
     """True if some line may be blank, a comment, CR-terminated or start with whitespace."""
     return (body[:1] in (b"", b"\n", b" ", b"\t") or b"#" in body or b"\r" in body
-            or b"\n\n" in body or b"\n " in body or b"\n\t" in body)
+            or b"\n\n" in body or b"\n " in body or b"\n\t" in body or b"\x0b" in body
+            or b"\x0c" in body)
 
 
 def _csv_lines(fh, n: int, first: bytes | None = None) -> Iterator[tuple[int, list[bytes]]]:
@@ -197,14 +225,49 @@ def _find_header(fh, delimiter: str) -> tuple[bytes, bytes | None]:
     return last_comment, None
 
 
+def count_csv_rows(path: str, delimiter: str = ",") -> int:
+    """A sensor CSV's data lines, counted without parsing them: lines that are not blank and
+    not '#' comments, less the header line (see ``_find_header``)."""
+    n, comment, header = 0, False, False
+    with open(path, "rb") as fh:
+        for raw in fh:
+            line = raw.strip()
+            if not line:
+                continue
+            if line.startswith(b"#"):
+                comment = comment or not header
+                continue
+            if not header:
+                header = True
+                first = line.split(delimiter.encode(), 1)[0].strip()
+                try:
+                    float(first)
+                except ValueError:
+                    continue                    # a named header line
+                if not comment:
+                    continue                    # a numeric first line is the header
+            n += 1
+    return n
+
+
 def decode_sensor_csv(path: str, *, session_id: str, stream_id: str,
-                      options: DecodeOptions | dict | None = None
+                      options: DecodeOptions | dict | None = None,
+                      roots: tuple[str, ...] = (), time_offset_ns: int = 0
                       ) -> Iterator[Chunk | DeadLetter]:
-    """CSV with a header line (see ``_find_header``) -> sensor chunks."""
-    opts, src, bad = _start(path, session_id, stream_id, options, "csv")
+    """CSV with a header line (see ``_find_header``) -> sensor chunks. Declared rows: the data
+    lines (``count_csv_rows``)."""
+    opts, src, bad = _start(path, session_id, stream_id, options, "csv", roots, time_offset_ns)
+    src.unit, src.declared_by = "rows", "its data lines"
+    yield from src.run(_csv(src, opts, bad))
+
+
+def _csv(src: SourceFile, opts: DecodeOptions, bad: DeadLetter | None
+         ) -> Iterator[Chunk | DeadLetter]:
+    path = src.path
     if bad is not None:
         yield bad
         return
+    src.declared = functools.partial(count_csv_rows, path, opts.delimiter)
     unit = opts.time_unit or "ns"
     with open(path, "rb") as fh:
         header, first_data = _find_header(fh, opts.delimiter)
@@ -243,9 +306,9 @@ def decode_sensor_csv(path: str, *, session_id: str, stream_id: str,
                     yield _file_dead(src, e)
                     return
                 src.meta.update(channels=channels, time_column=time_col, time_unit=unit)
-            t_ns, bad_t = parse_times(table.column(time_col), unit)
-            cols, bad_any = [], bad_t.copy()
-            bad_col: list[str | None] = [time_col if b else None for b in bad_t]
+            t_ns, bad_t, over_t = parse_times(table.column(time_col), unit, src.time_offset_ns)
+            cols, bad_any = [], bad_t | over_t
+            bad_col: list[str | None] = [time_col if b else None for b in bad_any]
             for c in channels:
                 vals, bad_c = parse_numbers(table.column(c))
                 cols.append(vals)
@@ -254,12 +317,19 @@ def decode_sensor_csv(path: str, *, session_id: str, stream_id: str,
                 bad_any |= bad_c
             for i in np.flatnonzero(bad_any):
                 col = bad_col[i]
-                reason = "bad_timestamp" if col == time_col else "non_numeric"
                 value = table.column(col)[int(i)].as_py()
+                row = {"position": f"row={rows[i]}", "payload": lines[i],
+                       "payload_format": "csv-row", "attrs": {"column": col}}
+                if over_t[i]:
+                    yield src.dead("timestamp_overflow", f"{path}: row {rows[i]} time "
+                                   f"{value[:40]!r} ({unit}, offset {src.time_offset_ns} ns) "
+                                   "does not fit int64 nanoseconds.",
+                                   error_class="TimestampOverflow", **row)
+                    continue
+                reason = "bad_timestamp" if col == time_col else "non_numeric"
                 yield src.dead(reason, f"{path}: row {rows[i]} column {col!r} value "
                                f"{value[:40]!r} is not a number.", error_class="ParseError",
-                               position=f"row={rows[i]}", payload=lines[i],
-                               payload_format="csv-row", attrs={"column": col})
+                               **row)
             good = ~bad_any
             if good.any():
                 yield src.chunk(_batch(t_ns[good], rows[good], [c[good] for c in cols],
@@ -320,35 +390,70 @@ def _csv_channels(table: pa.Table, names: list[str], time_col: str,
 
 # ---------------------------------------------------------------- Parquet
 
-def _parquet_times(col: pa.ChunkedArray | pa.Array, unit: str) -> np.ndarray:
-    """A Parquet time column (timestamp, integer, float, string) -> int64 ns; nulls -> min."""
+_TS_UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+
+
+def _parquet_times(col: pa.ChunkedArray | pa.Array, unit: str
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Parquet time column (timestamp, integer, float, string) -> (int64 ns, unusable mask
+    (null, NaN, unparseable), out-of-int64 mask); masked entries are 0."""
     t = col.type
-    if pa.types.is_timestamp(t):
-        arr = pc.cast(col, pa.timestamp("ns", tz=t.tz)).cast(pa.int64())
-        return arr.fill_null(np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
-    if pa.types.is_integer(t):
-        v = pc.cast(col, pa.int64()).fill_null(np.iinfo(np.int64).min)
-        out = v.to_numpy(zero_copy_only=False)
-        return np.where(out == np.iinfo(np.int64).min, out, out * UNIT_NS[unit])
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return parse_times(pc.cast(col, pa.string()).fill_null(""), unit)
     if pa.types.is_floating(t):
         v = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
         ok = np.isfinite(v)
-        out = np.full(len(v), np.iinfo(np.int64).min, np.int64)
-        out[ok] = np.round(v[ok] * UNIT_NS[unit]).astype(np.int64)
-        return out
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        vals, bad = parse_times(pc.cast(col, pa.string()).fill_null(""), unit)
-        vals[bad] = np.iinfo(np.int64).min
-        return vals
-    raise SensorFileError("bad_time_type", f"has a time column of type {t}, which is not a "
-                          "timestamp, integer, float or string")
+        with np.errstate(invalid="ignore", over="ignore"):
+            ns = np.where(ok, v, 0.0) * UNIT_NS[unit]
+        over = ok & ~((ns >= -(2.0**63)) & (ns < 2.0**63))
+        out = np.zeros(len(v), np.int64)
+        fits = ok & ~over
+        out[fits] = np.round(ns[fits]).astype(np.int64)
+        return out, ~ok, over
+    if pa.types.is_timestamp(t):
+        scale = _TS_UNIT_NS[t.unit]
+        col = pc.cast(col, pa.int64())
+    elif pa.types.is_integer(t):
+        scale = UNIT_NS[unit]
+    else:
+        raise SensorFileError("bad_time_type", f"has a time column of type {t}, which is not "
+                              "a timestamp, integer, float or string")
+    null = np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), bool)
+    try:
+        ints = pc.cast(col, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        out, over = _scale(ints, scale)
+    except pa.ArrowInvalid:                      # uint64 beyond int64
+        out = np.zeros(len(col), np.int64)
+        over = np.zeros(len(col), bool)
+        for i, v in enumerate(col.to_pylist()):
+            if v is None:
+                continue
+            try:
+                out[i] = checked_ns(int(v) * scale)
+            except TimestampOverflow:
+                over[i] = True
+    return np.where(null, 0, out), null, over & ~null
+
+
+def count_parquet_rows(path: str) -> int:
+    """The rows a Parquet file's footer declares."""
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def decode_sensor_parquet(path: str, *, session_id: str, stream_id: str,
-                          options: DecodeOptions | dict | None = None
+                          options: DecodeOptions | dict | None = None,
+                          roots: tuple[str, ...] = (), time_offset_ns: int = 0
                           ) -> Iterator[Chunk | DeadLetter]:
-    """Parquet samples, read batch by batch."""
-    opts, src, bad = _start(path, session_id, stream_id, options, "parquet")
+    """Parquet samples, read batch by batch. Declared rows: the footer's row count."""
+    opts, src, bad = _start(path, session_id, stream_id, options, "parquet", roots,
+                            time_offset_ns)
+    src.declared_by = "its footer"
+    yield from src.run(_parquet(src, opts, bad))
+
+
+def _parquet(src: SourceFile, opts: DecodeOptions, bad: DeadLetter | None
+             ) -> Iterator[Chunk | DeadLetter]:
+    path = src.path
     if bad is not None:
         yield bad
         return
@@ -360,6 +465,7 @@ def decode_sensor_parquet(path: str, *, session_id: str, stream_id: str,
                        f"({short_error(e)}).", error_class="CorruptMedia")
         return
     with pf:
+        src.declared = pf.metadata.num_rows
         schema = pf.schema_arrow
         names = schema.names
         try:
@@ -383,11 +489,13 @@ def decode_sensor_parquet(path: str, *, session_id: str, stream_id: str,
             except (pa.ArrowException, OSError) as e:
                 yield src.dead("corrupt_file", f"{path}: reading stopped at row {row} "
                                f"({short_error(e)}); later rows are lost.",
-                               error_class="CorruptMedia", position=f"row={row}")
+                               error_class="CorruptMedia", position=f"row={row}", ends=True)
                 break
             n = batch.num_rows
             try:
-                t_ns = _parquet_times(batch.column(time_col), unit)
+                t_ns, bad_t, over_t = _parquet_times(batch.column(time_col), unit)
+                t_ns, over_o = src.t_array(t_ns)
+                over_t |= over_o & ~bad_t
                 cols = [pc.cast(batch.column(c), pa.float64()).fill_null(math.nan)
                         .to_numpy(zero_copy_only=False) for c in channels]
             except (SensorFileError, pa.ArrowException) as e:
@@ -396,15 +504,20 @@ def decode_sensor_parquet(path: str, *, session_id: str, stream_id: str,
                                error_class="SchemaMismatch")
                 return
             pos = np.arange(row, row + n, dtype=np.int64)
-            bad_t = t_ns == np.iinfo(np.int64).min
-            for i in np.flatnonzero(bad_t):
+            for i in np.flatnonzero(bad_t | over_t):
                 rec = {k: batch.column(k)[int(i)].as_py() for k in (time_col, *channels)}
-                yield src.dead("bad_timestamp", f"{path}: row {pos[i]} has no usable time in "
-                               f"column {time_col!r}.", error_class="ParseError",
-                               position=f"row={pos[i]}",
-                               payload=json.dumps(rec, default=str).encode(),
-                               payload_format="json")
-            good = ~bad_t
+                where = {"position": f"row={pos[i]}", "payload_format": "json",
+                         "payload": json.dumps(rec, default=str).encode()}
+                if over_t[i]:
+                    yield src.dead("timestamp_overflow", f"{path}: row {pos[i]} time "
+                                   f"{str(rec[time_col])[:40]!r} (offset "
+                                   f"{src.time_offset_ns} ns) does not fit int64 nanoseconds.",
+                                   error_class="TimestampOverflow", **where)
+                else:
+                    yield src.dead("bad_timestamp", f"{path}: row {pos[i]} has no usable "
+                                   f"time in column {time_col!r}.", error_class="ParseError",
+                                   **where)
+            good = ~(bad_t | over_t)
             if good.any():
                 yield src.chunk(_batch(t_ns[good], pos[good], [c[good] for c in cols],
                                        channels))
@@ -429,13 +542,24 @@ def _json_time(v, unit: str) -> int:
 
 
 def decode_sensor_jsonl(path: str, *, session_id: str, stream_id: str,
-                        options: DecodeOptions | dict | None = None
+                        options: DecodeOptions | dict | None = None,
+                        roots: tuple[str, ...] = (), time_offset_ns: int = 0
                         ) -> Iterator[Chunk | DeadLetter]:
-    """One JSON object per line -> sensor chunks (missing or null channel values are NaN)."""
-    opts, src, bad = _start(path, session_id, stream_id, options, "jsonl")
+    """One JSON object per line -> sensor chunks (missing or null channel values are NaN).
+    Declared rows: the non-blank lines."""
+    opts, src, bad = _start(path, session_id, stream_id, options, "jsonl", roots,
+                            time_offset_ns)
+    src.declared_by = "its non-blank lines"
+    yield from src.run(_jsonl(src, opts, bad))
+
+
+def _jsonl(src: SourceFile, opts: DecodeOptions, bad: DeadLetter | None
+           ) -> Iterator[Chunk | DeadLetter]:
+    path = src.path
     if bad is not None:
         yield bad
         return
+    src.declared = functools.partial(count_nonblank_lines, path)
     unit = opts.time_unit or "ns"
     time_col: str | None = None
     channels: list[str] = []
@@ -459,8 +583,9 @@ def decode_sensor_jsonl(path: str, *, session_id: str, stream_id: str,
                 continue
             here, row = row, row + 1
 
-            def dead(reason: str, what: str, line=line, here=here) -> DeadLetter:
-                return src.dead(reason, f"{path}: row {here} {what}.", error_class="ParseError",
+            def dead(reason: str, what: str, line=line, here=here,
+                     error_class="ParseError") -> DeadLetter:
+                return src.dead(reason, f"{path}: row {here} {what}.", error_class=error_class,
                                 position=f"row={here}", payload=line,
                                 payload_format="jsonl-row")
             try:
@@ -470,6 +595,9 @@ def decode_sensor_jsonl(path: str, *, session_id: str, stream_id: str,
                 continue
             except json.JSONDecodeError as e:
                 yield dead("bad_json", f"is not valid JSON ({e.msg})")
+                continue
+            except (ValueError, RecursionError) as e:   # 5000-digit numbers, deep nesting
+                yield dead("bad_json", f"is not usable JSON ({short_error(e)})")
                 continue
             if not isinstance(obj, dict):
                 yield dead("bad_json", "is not a JSON object")
@@ -490,7 +618,13 @@ def decode_sensor_jsonl(path: str, *, session_id: str, stream_id: str,
                 yield dead("bad_timestamp", f"has no {time_col!r} field")
                 continue
             try:
-                t = _json_time(obj[time_col], unit)
+                t = src.t(_json_time(obj[time_col], unit), f"field {time_col!r} =")
+            except TimestampOverflow as e:
+                yield dead("timestamp_overflow", f"field {time_col!r} value "
+                           f"{str(obj[time_col])[:40]!r} ({unit}, offset {src.time_offset_ns} "
+                           f"ns) does not fit int64 nanoseconds ({short_error(e)})",
+                           error_class="TimestampOverflow")
+                continue
             except (TypeError, ValueError):
                 yield dead("bad_timestamp", f"field {time_col!r} value "
                            f"{str(obj[time_col])[:40]!r} is not a number")
@@ -509,3 +643,18 @@ def decode_sensor_jsonl(path: str, *, session_id: str, stream_id: str,
                 yield flush()
     if t_l:
         yield flush()
+
+
+# ---------------------------------------------------------------- segment spans
+
+def span_sensor(path: str, fmt: str, options: DecodeOptions | dict | None = None
+                ) -> tuple[int, int] | None:
+    """(first_ns, end_ns) of a sensor file from its decoded times: the smallest, and the
+    largest + the median sample period (``SpanAccumulator``). None if no row decodes."""
+    decode = {"csv": decode_sensor_csv, "parquet": decode_sensor_parquet,
+              "jsonl": decode_sensor_jsonl}[fmt]
+    acc = SpanAccumulator()
+    for out in decode(path, session_id="", stream_id="", options=options):
+        if isinstance(out, Chunk):
+            acc.add(out.t_ns())
+    return acc.span()

@@ -3,13 +3,15 @@
 The per-modality decoders (video, audio, text, sensor in this package) are plain generators
 over what ``base`` provides; this module holds the format table, the dispatcher
 ``decode_file`` and the Beam shells ``DecodeFile`` (DoFn) and ``DecodeStreams`` (composite
-PTransform).
+PTransform), whose input elements are ``DecodeRequest``s. Multi-file streams: see
+``segments`` for the offsets that make a stream's files consecutive.
 """
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import apache_beam as beam
@@ -37,11 +39,34 @@ DECODERS: dict[tuple[str, str], Callable[..., Iterator[Chunk | DeadLetter]]] = {
 }
 
 
-def decode_file(stream: Stream, path: Path | str, *, session_id: str
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One file of one stream to decode: the decode stage's input element. ``roots``: the
+    resolved folders the decoder may open files in (empty = anywhere); ``time_offset_ns``: added
+    to every time the file's samples get (see ``segments.segment_offsets``)."""
+
+    session_id: str
+    stream: Stream
+    path: str
+    roots: tuple[str, ...] = ()
+    time_offset_ns: int = 0
+
+    @classmethod
+    def of(cls, element: DecodeRequest | tuple) -> DecodeRequest:
+        """A DecodeRequest, or the older ``(session_id, stream, path)`` tuple."""
+        if isinstance(element, DecodeRequest):
+            return element
+        session_id, stream, path = element
+        return cls(session_id, stream, str(path))
+
+
+def decode_file(stream: Stream, path: Path | str, *, session_id: str,
+                roots: tuple[str, ...] = (), time_offset_ns: int = 0
                 ) -> Iterator[Chunk | DeadLetter]:
-    """Decode one file of ``stream``. Never raises: unknown formats, bad options and any
+    """Decode one file of ``stream``: files outside ``roots`` (when given) are not opened,
+    ``time_offset_ns`` shifts every time. Never raises: unknown formats, bad options and any
     decoder exception become file-level DeadLetters (after the chunks already yielded)."""
-    src = SourceFile(session_id, stream.id, stream.modality, str(path))
+    src = SourceFile(session_id, stream.id, stream.modality, str(path), roots=roots)
     fmt = format_name(stream.format, str(path))
     key = decoder_key(stream.modality, stream.format, str(path))
     if key is None:
@@ -56,7 +81,8 @@ def decode_file(stream: Stream, path: Path | str, *, session_id: str
         yield src.dead("bad_options", f"{path}: {e}.", error_class="BadOptions")
         return
     fn = DECODERS[(stream.modality, key)]
-    kw: dict = {"session_id": session_id, "stream_id": stream.id, "options": opts}
+    kw: dict = {"session_id": session_id, "stream_id": stream.id, "options": opts,
+                "roots": tuple(roots), "time_offset_ns": int(time_offset_ns)}
     if stream.modality == "video":
         kw |= {"chunk_frames": opts.chunk_frames, "inline_images": opts.inline_images}
     try:
@@ -71,7 +97,8 @@ def decode_file(stream: Stream, path: Path | str, *, session_id: str
 # ---------------------------------------------------------------- Beam shells
 
 class DecodeFile(beam.DoFn):
-    """(session_id, Stream, path) -> Chunks (main) and DeadLetters (tagged "dead")."""
+    """DecodeRequest (or the older ``(session_id, Stream, path)`` tuple) -> Chunks (main) and
+    DeadLetters (tagged "dead")."""
 
     DEAD = "dead"
 
@@ -84,11 +111,12 @@ class DecodeFile(beam.DoFn):
         beam.metrics.Metrics.counter("decode", f"{modality}.{what}").inc(n)
 
     def process(self, element):
-        session_id, stream, path = element
-        modality = stream.modality
-        src = SourceFile(session_id, stream.id, modality, str(path))
+        req = DecodeRequest.of(element)
+        modality = req.stream.modality
+        src = SourceFile(req.session_id, req.stream.id, modality, str(req.path))
         try:
-            for out in decode_file(stream, Path(path), session_id=session_id):
+            for out in decode_file(req.stream, Path(req.path), session_id=req.session_id,
+                                   roots=req.roots, time_offset_ns=req.time_offset_ns):
                 if isinstance(out, DeadLetter):
                     self._count(modality, "dead", out.records)
                     yield beam.pvalue.TaggedOutput(self.DEAD, out.with_run(self.run_id))
@@ -98,12 +126,13 @@ class DecodeFile(beam.DoFn):
         except Exception as e:  # noqa: BLE001 -- nothing escapes the DoFn
             self._count(modality, "dead", 1)
             yield beam.pvalue.TaggedOutput(self.DEAD, src.dead(
-                "decoder_error", f"{path}: decoding stopped ({type(e).__name__}: "
+                "decoder_error", f"{req.path}: decoding stopped ({type(e).__name__}: "
                 f"{short_error(e)}).", error_class=type(e).__name__).with_run(self.run_id))
 
 
 class DecodeStreams(beam.PTransform):
-    """PCollection[(session_id, Stream, path)] -> tagged outputs ``chunks`` and ``dead``."""
+    """PCollection[DecodeRequest | (session_id, Stream, path)] -> tagged outputs ``chunks``
+    and ``dead``."""
 
     def __init__(self, run_id: str = ""):
         super().__init__()

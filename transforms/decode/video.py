@@ -28,8 +28,8 @@ from mmalign.schemas.decode_options import DecodeOptions
 from mmalign.schemas.video import ARROW_SCHEMA
 from mmalign.transforms.decode.base import (
     CONTAINER_FORMATS,
-    INT64_MAX,
     SourceFile,
+    SpanAccumulator,
     TimestampOverflow,
     inside_roots,
     open_container,
@@ -508,26 +508,17 @@ def _image_sequence(src: SourceFile, chunk_frames: int, inline_images: bool,
 
 def span_image_sequence(index_path: str, options: DecodeOptions | dict | None = None
                         ) -> tuple[int, int] | None:
-    """(first_ns, end_ns) of an index without reading images: its smallest and largest valid
-    time, end = largest + the median gap between consecutive distinct times (1 ns for a
-    single frame). None if no line has a time."""
+    """(first_ns, end_ns) of an index without reading images: its smallest valid time, and
+    its largest + the median gap between frames (``SpanAccumulator``). None if no line has a
+    valid time."""
     opts = DecodeOptions.of(options)
+    acc = SpanAccumulator()
     try:
         times = [e.t_ns for e in read_index(index_path, opts.time_unit) if e.error is None]
     except OSError:
         return None
-    return times_span(np.asarray(times, np.int64))
-
-
-def times_span(times: np.ndarray) -> tuple[int, int] | None:
-    """(first, end) of sample times: min, and max + the median positive gap between sorted
-    distinct times (1 ns if there is none), clamped to int64."""
-    if len(times) == 0:
-        return None
-    u = np.unique(times)
-    gaps = np.diff(u)
-    period = int(np.median(gaps)) if len(gaps) else 1
-    return int(u[0]), min(int(u[-1]) + max(period, 1), INT64_MAX)
+    acc.add(np.asarray(times, np.int64))
+    return acc.span()
 
 
 # ---------------------------------------------------------------- random access
