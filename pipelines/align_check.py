@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,21 +32,25 @@ from mmalign.pipelines.align_report import (
     FAIL,
     MISSING_OK,
     PASS,
+    SKIP,
     Check,
     Inspection,
     Thresholds,
     alignment_checks,
     alignment_stats,
     build_report,
+    check,
     clock_checks,
     clock_dict,
     clock_error_ms,
     dead_letter_stats,
+    lost_checks,
     missing_spans,
     registration_checks,
     registration_stats,
     stream_checks,
     stream_stats,
+    ticks_check,
 )
 from mmalign.schemas.clock import ClockModel
 
@@ -135,8 +139,11 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
     cal = Calibration()
     if m.calibration:
         cal_path = m.resolve(m.calibration, "calibration")
-        try:
+        try:    # the clocks every number below depends on: a bad entry is bad input (exit 2)
             cal = load_calibration(cal_path)
+        except ManifestError as e:
+            raise BadInput(str(e)) from None
+        try:    # the camera geometry only matters to registration: a failed check
             rig = load_camera_calibration(cal_path)
             ins.checks.append(Check("calibration", PASS, f"{cal_path.name}: {len(cal.clocks)} "
                                     f"clock(s), {len(rig.cameras)} camera(s) valid"))
@@ -151,11 +158,12 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
     parts: dict[tuple[str, float], list] = defaultdict(list)
     dead: list[DeadLetter] = []
     with _progress(progress) as bar:
-        task = bar.add_task("decoding", total=sum(len(s.files) for s in m.streams), note="")
+        task = bar.add_task("decoding", total=sum(len(s.paths) for s in m.streams), note="")
         for s in m.streams:
             need = plan.needs.get(s.id)
-            for f in s.files:
-                for i, out in enumerate(decode_file(s, m.resolve(f), session_id=m.session)):
+            for k, f in enumerate(s.paths):
+                src = m.resolve(f, f"streams[{s.id}].files[{k}]")
+                for i, out in enumerate(decode_file(s, src, session_id=m.session)):
                     bar.update(task, note=f"{s.id}: chunk {i + 1}")
                     if isinstance(out, DeadLetter):
                         dead.append(out)
@@ -199,6 +207,7 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
                           if t is not None and "n_samples" in t.column_names else None,
                           sample_rate=meta.get("sample_rate"))
         reasons = [d.reason for d in dead_by_stream[s.id]]
+        lost = sum(d.records for d in dead_by_stream[s.id])
         decl = declared[s.id]
         r = results.get(s.id)
         model = r.model if (r is not None and s.id not in check_only) else decl
@@ -207,7 +216,9 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
                             **{k: v for k, v in st.items() if k != "gap_spans"},
                             "duplicates": reasons.count("duplicate_timestamp"),
                             "out_of_order": reasons.count("out_of_order"),
-                            "dead": len(reasons)})
+                            "dead": len(reasons),
+                            "records_in": (t.num_rows if t is not None else 0) + lost,
+                            "lost": lost})
         ins.clocks.append(_clock_row(m.session, s, decl, r, s.id in check_only,
                                      s.clock_domain == ref_domain, cal, t_dev, th, estimate))
         spans = [(int(model.to_ref([a])[0]), int(model.to_ref([b])[0]))
@@ -216,9 +227,10 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
         ins.lanes.append(Lane(m.session, s.id, s.modality, model.to_ref(t_dev), spans,
                               dead_ns=model.to_ref(np.asarray(ev, np.int64)),
                               clock_note=_clock_note(ins.clocks[-1])))
-    records_in = sum(t.num_rows for t in whole.values() if t is not None) + len(dead)
+    records_in = sum(r["records_in"] for r in ins.streams)
     ins.dead = dead_letter_stats([d.stage for d in dead], [d.reason for d in dead],
-                                 [d.stream_id for d in dead], records_in)
+                                 [d.stream_id for d in dead], records_in,
+                                 [d.records for d in dead])
 
     # alignment preview: the align kernels over whole streams on the clocks the backfill uses
     splan = plan_from_manifest(m)
@@ -237,6 +249,11 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
         ins.alignment_note = ("approximate-time set ticks are not previewed; check the backfill "
                               "output")
     else:
+        ins.checks.append(ticks_check({m.session: int(ticks.size)},
+                                      {m.session: _no_ticks_reason(splan, dead_by_stream)}))
+        if not ticks.size:
+            ins.alignment_note = "no ticks: nothing to align"
+    if ticks is not None and ticks.size:
         ins.alignment_note = "preview on the recording"
         cols: dict[str, pa.Array] = {"tick_ns": pa.array(ticks, pa.int64())}
         for sp in splan.streams:
@@ -252,9 +269,25 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
     ins.registration = {"state": "not run", "reason": "registration runs in the backfill; "
                         "check its output folder", "cameras": []}
     ins.expectations = {"state": "not run", "reason": "the suite runs on an output folder"}
-    ins.checks += (stream_checks(ins.streams, th) + clock_checks(ins.clocks, th)
-                   + alignment_checks(ins.alignment, th))
+    ins.checks += (stream_checks(ins.streams, th) + lost_checks(ins.streams, th)
+                   + clock_checks(ins.clocks, th) + alignment_checks(ins.alignment, th))
     return ins
+
+
+def _letters(letters) -> str:
+    """``decode/corrupt_media x1, ...`` of dead letters (objects or rows)."""
+    def get(d, k):
+        return d[k] if isinstance(d, dict) else getattr(d, k)
+    c = Counter(f"{get(d, 'stage')}/{get(d, 'reason')}" for d in letters)
+    return ", ".join(f"{k} x{n}" for k, n in c.most_common(3)) or "none"
+
+
+def _no_ticks_reason(splan, dead_by_stream: dict) -> str:
+    """Why a session has no ticks: its tick source had no valid records (and its letters)."""
+    if splan.anchor:
+        return (f"its tick source {splan.anchor} has no valid records (dead letters: "
+                f"{_letters(dead_by_stream.get(splan.anchor, []))})")
+    return "no stream has valid records to span fixed-rate ticks"
 
 
 def _to_ref(t: pa.Table | None, model: ClockModel) -> pa.Table | None:
@@ -356,16 +389,31 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
     except (pa.ArrowException, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{out} is not a readable backfill output ({type(e).__name__}: "
                        f"{str(e).splitlines()[0][:200]}); rerun the backfill into it") from None
-    if aligned.num_rows == 0 or "session_id" not in aligned.column_names:
-        raise BadInput(f"{out / 'aligned'} holds no aligned rows; rerun the backfill or check "
-                       "its dead letters")
-    ins = Inspection("output", str(out), sorted(set(aligned.column("session_id").to_pylist())))
-    dead_rows = dead.select(["session_id", "stream_id", "modality", "stage", "reason",
-                             "event_time_ns"]).to_pylist()
-    records_in = (sum(a["records_in"] for a in summary["accounting"].values())
-                  if summary.get("accounting") else None)
+    if not isinstance(summary, dict):
+        raise BadInput(f"{out / 'summary.json'} is not a run summary (a JSON object); rerun the "
+                       "backfill into it")
+    has_rows = aligned.num_rows > 0 and "session_id" in aligned.column_names
+    if not has_rows and not summary:
+        raise BadInput(f"{out / 'aligned'} holds no aligned rows and {out} has no summary.json; "
+                       "rerun the backfill or check its dead letters")
+    if not has_rows:
+        aligned = pa.table({"session_id": pa.array([], pa.string()),
+                            "tick_ns": pa.array([], pa.int64())})
+    found = set(aligned.column("session_id").to_pylist())
+    ran = [s for s in (summary.get("sessions") or []) if isinstance(s, str)]
+    ins = Inspection("output", str(out), sorted(found | set(ran)))
+    cols = ["session_id", "stream_id", "modality", "stage", "reason", "event_time_ns"]
+    dead_rows = dead.select(cols + (["records"] if "records" in dead.column_names else [])
+                            ).to_pylist()
+    accounting = _accounting(summary)
+    records_in = (sum(a["records_in"] for a in accounting.values()) if accounting else None)
     ins.dead = dead_letter_stats([d["stage"] for d in dead_rows], [d["reason"] for d in dead_rows],
-                                 [d["stream_id"] for d in dead_rows], records_in)
+                                 [d["stream_id"] for d in dead_rows], records_in,
+                                 [d.get("records") for d in dead_rows])
+    counts = Counter(aligned.column("session_id").to_pylist())
+    manifests = _run_manifests(summary)
+    ins.checks.append(ticks_check({s: counts.get(s, 0) for s in ins.sessions},
+                                  _no_ticks_reasons(manifests, dead_rows)))
     cams = []
     policies_by_session = {}
     for session in ins.sessions:
@@ -407,14 +455,23 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
                                   missing_spans(ticks, ok), ticks[~ok], model.to_ref(ev),
                                   _clock_note(c)))
         cams += registration_stats(part, session)
-    _merge_recording_stats(ins, summary.get("manifests") or [], th, progress)
-    ins.alignment_note = "from the aligned Parquet"
+    recorded = _merge_recording_stats(ins, summary.get("manifests") or [], th, progress)
+    modality_of = {(d["stream_id"], d["modality"]) for d in dead_rows if d["stream_id"]}
+    modality_of |= {(r["stream"], r["modality"]) for r in ins.streams + recorded}
+    modality_of |= {(st.id, st.modality) for m in manifests for st in m.streams}
+    ins.checks += _lost_by_modality(accounting, modality_of, th)
+    # a modality with several streams: each stream's own share, measured on its recording
+    per_mod = Counter(mod for _, mod in modality_of)
+    ins.checks += lost_checks([r for r in recorded if per_mod[r["modality"]] > 1], th)
+    ins.alignment_note = "from the aligned Parquet" if has_rows else "no aligned rows"
     ins.registration = ({"state": "run", "reason": "", "cameras": cams} if cams else
                         {"state": "not run", "reason": "no <camera>__reg_status columns in the "
                          "aligned rows: the registration stage did not run", "cameras": []})
     ins.checks += (clock_checks(ins.clocks, th) + alignment_checks(ins.alignment, th)
                    + registration_checks(ins.registration, th))
-    if expectations:
+    if expectations and not has_rows:
+        ins.expectations = {"state": "not run", "reason": "no aligned rows"}
+    elif expectations:
         from mmalign.schemas.expectations import validate_aligned
         with _progress(progress) as bar:
             bar.add_task("great-expectations suite", total=None, note="")
@@ -428,22 +485,88 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
     return ins
 
 
-_RECORDING_FIELDS = ("duration_s", "rate_hz", "gaps", "dropped", "drop_rate")
+def _accounting(summary: dict) -> dict[str, dict]:
+    """The summary's per-modality accounting, entries with integer counts only."""
+    acc = summary.get("accounting")
+    if not isinstance(acc, dict):
+        return {}
+    return {m: a for m, a in acc.items() if isinstance(a, dict)
+            and isinstance(a.get("records_in"), int) and isinstance(a.get("dead"), int)}
+
+
+def _lost_by_modality(accounting: dict[str, dict], streams: set[tuple[str, str]],
+                      th: Thresholds) -> list[Check]:
+    """From the run's accounting (decode + validate dead letters / records in, per
+    modality): ``lost:<stream>`` when the stream is its modality's only one, else
+    ``lost:<modality>*`` over the modality's streams; ``streams`` holds (stream, modality)."""
+    by_mod: dict[str, set[str]] = defaultdict(set)
+    for sid, mod in streams:
+        by_mod[mod].add(sid)
+    out = []
+    for mod, a in sorted(accounting.items()):
+        names = sorted(by_mod.get(mod, ()))
+        name, who = ((f"lost:{names[0]}", names[0]) if len(names) == 1 else
+                     (f"lost:{mod}*", f"the {mod} streams"))
+        n, lost = a["records_in"], a["dead"]
+        if n <= 0:
+            out.append(Check(name, SKIP, f"{who}: no records came in", None, th.max_lost_rate))
+            continue
+        out.append(check(name, lost / n, th.max_lost_rate,
+                         what=f"{who} lost {lost} of {n} records to dead letters, rate"))
+    return out
+
+
+def _run_manifests(summary: dict) -> list:
+    """The run's manifests that still load (the summary names them)."""
+    from mmalign.schemas.manifest import ManifestError, load_manifest
+
+    out = []
+    for path in summary.get("manifests") or []:
+        try:
+            out.append(load_manifest(path))
+        except (ManifestError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _no_ticks_reasons(manifests: list, dead_rows: list[dict]) -> dict[str, str]:
+    """Why each session of the run may have no ticks: its tick source and its letters."""
+    out = {}
+    for m in manifests:
+        t = m.alignment.ticks
+        mine = [d for d in dead_rows if d["session_id"] == m.session]
+        if t.anchor:
+            out[m.session] = (f"its tick source {t.anchor} has no valid records (dead letters: "
+                              f"{_letters([d for d in mine if d['stream_id'] == t.anchor])})")
+        else:
+            out[m.session] = f"no aligned rows (dead letters: {_letters(mine)})"
+    for s in {d["session_id"] for d in dead_rows} - set(out):
+        out[s] = (f"no aligned rows (dead letters: "
+                  f"{_letters([d for d in dead_rows if d['session_id'] == s])})")
+    return out
+
+
+_RECORDING_FIELDS = ("duration_s", "rate_hz", "gaps", "dropped", "drop_rate", "records_in",
+                     "lost")
 
 
 def _merge_recording_stats(ins: Inspection, manifests: list[str], th: Thresholds,
-                           progress: bool) -> None:
-    """Per-stream duration, rate, gaps and drops from the recordings the summary names (when
-    they are still on disk), and their drop checks; clocks stay the output's own."""
+                           progress: bool) -> list[dict]:
+    """Per-stream duration, rate, gaps, drops and lost records from the recordings the
+    summary names (when they are still on disk), and their drop checks; clocks stay the
+    output's own. Returns every stream row of those recordings."""
+    from mmalign.schemas.manifest import ManifestError
+
     rows = {(r["session"], r["stream"]): r for r in ins.streams}
-    measured = []
+    measured, recorded = [], []
     for m in manifests:
-        if not Path(m).is_file():
+        if not isinstance(m, str) or not Path(m).is_file():
             continue
         try:
             rec = inspect_recording(Path(m), th, estimate=False, progress=progress)
-        except BadInput:
+        except (BadInput, ManifestError):
             continue
+        recorded += rec.streams
         for r in rec.streams:
             mine = rows.get((r["session"], r["stream"]))
             if mine is not None:
@@ -452,6 +575,7 @@ def _merge_recording_stats(ins: Inspection, manifests: list[str], th: Thresholds
                     mine["modality"] = r["modality"]
                 measured.append(r)
     ins.checks += stream_checks(measured, th)
+    return recorded
 
 
 def _distinct_used(part: pa.Table, s: str) -> int | None:
@@ -591,6 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from rich.console import Console
 
+    from mmalign.schemas.manifest import ManifestError
+
     err = Console(stderr=True, highlight=False)
     overrides = {k: getattr(args, k) for k in Thresholds.model_fields}
     try:
@@ -598,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_check(args.path, th, expectations=not args.no_expectations,
                            estimate=not args.no_estimate,
                            progress=not args.json and err.is_terminal, plot=args.plot)
-    except BadInput as e:
+    except (BadInput, ManifestError) as e:
         err.print(f"align-check: {e}", markup=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     report = _clean(report)

@@ -60,7 +60,7 @@ def finish(report: dict, checks: list[Check]) -> dict:
 
 class Thresholds(BaseModel):
     """What "well aligned" means; each is an option (``--max-offset-ms``) and a config key."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_offset_ms: float = Field(40.0, gt=0, description="max |declared - estimated| clock, "
                                  "over the stream's extent")
     min_confidence: float = Field(0.5, ge=0, le=1, description="DTW confidence an estimate "
@@ -69,6 +69,9 @@ class Thresholds(BaseModel):
     max_missing: float = Field(0.1, ge=0, le=1, description="max share of ticks a stream misses "
                                "(text excluded: speech is sparse)")
     max_dead_rate: float = Field(0.05, ge=0, le=1, description="max dead letters / records in")
+    max_lost_rate: float = Field(0.5, ge=0, le=1, description="max share of one stream's "
+                                 "records lost to dead letters (output: per modality when it "
+                                 "has several streams)")
     min_inlier_ratio: float = Field(0.3, ge=0, le=1, description="min median registration "
                                     "inlier ratio per camera")
     max_rmse_px: float = Field(3.0, gt=0, description="max median registration reprojection "
@@ -212,12 +215,15 @@ def registration_stats(table: pa.Table, session: str) -> list[dict]:
 
 
 def dead_letter_stats(stages: list[str], reasons: list[str], streams: list[str | None],
-                      records_in: int | None) -> dict:
-    """Counts by (stage, reason) and by stream; the rate over the records that came in."""
+                      records_in: int | None, records: list[int | None] | None = None) -> dict:
+    """Counts by (stage, reason) and by stream; the rate over the records that came in counts
+    the input records each letter stands for (``records``, default 1: a truncated file's
+    letter stands for the records it lost, an unreadable file's for at least one)."""
     pairs = Counter(zip(stages, reasons))
     total = len(stages)
-    return {"total": total, "records_in": records_in,
-            "rate": (total / records_in) if records_in else None,
+    lost = sum(1 if r is None else int(r) for r in records) if records is not None else total
+    return {"total": total, "records": lost, "records_in": records_in,
+            "rate": (lost / records_in) if records_in else None,
             "by_stage_reason": [{"stage": s, "reason": r, "count": n}
                                 for (s, r), n in sorted(pairs.items(), key=lambda kv: -kv[1])],
             "by_stream": dict(sorted(Counter(s or "-" for s in streams).items()))}
@@ -248,6 +254,39 @@ def stream_checks(streams: list[dict], th: Thresholds) -> list[Check]:
                          what=f"{s['stream']} dropped {s['dropped']} of "
                               f"{s['samples'] + s['dropped']} samples, rate", unit=""))
     return out
+
+
+def lost_checks(streams: list[dict], th: Thresholds) -> list[Check]:
+    """``lost:<stream>``: the share of a stream's records that became dead letters (rows with
+    ``records_in`` and ``lost``; rows without them are not measured)."""
+    out = []
+    for s in streams:
+        n, lost = s.get("records_in"), s.get("lost")
+        if n is None or lost is None:
+            continue
+        name = f"lost:{s['stream']}"
+        if n == 0:
+            out.append(Check(name, SKIP, f"{s['stream']} has no records", None,
+                             th.max_lost_rate))
+            continue
+        out.append(check(name, lost / n, th.max_lost_rate,
+                         what=f"{s['stream']} lost {lost} of its {n} records to dead letters, "
+                              f"rate"))
+    return out
+
+
+def ticks_check(ticks: dict[str, int], reasons: dict[str, str]) -> Check:
+    """``ticks``: every session has ticks to align to (``ticks`` {session: count}); a session
+    without any fails with its reason from ``reasons``."""
+    empty = [s for s, n in ticks.items() if n == 0]
+    if not ticks:
+        return Check("ticks", FAIL, "no session has ticks: nothing was aligned", 0.0, 1.0)
+    if empty:
+        why = "; ".join(f"session {s}: {reasons.get(s) or 'no ticks'}" for s in empty)
+        return Check("ticks", FAIL, f"{len(empty)} of {len(ticks)} session(s) have 0 ticks "
+                     f"({why})", 0.0, 1.0)
+    return Check("ticks", PASS, ", ".join(f"session {s}: {n} ticks" for s, n in ticks.items()),
+                 float(min(ticks.values())), 1.0)
 
 
 def clock_checks(clocks: list[dict], th: Thresholds) -> list[Check]:
@@ -327,9 +366,11 @@ def build_report(ins: Inspection, th: Thresholds, elapsed_s: float) -> dict:
     checks = list(ins.checks)
     dead = ins.dead
     if dead.get("rate") is not None:
+        lost = dead.get("records", dead["total"])
+        what = (f"{dead['total']} dead letters" if lost == dead["total"] else
+                f"{dead['total']} dead letters ({lost} records)")
         checks.append(check("dead_letters", dead["rate"], th.max_dead_rate,
-                            what=f"{dead['total']} dead letters of {dead['records_in']} "
-                                 "records in, rate"))
+                            what=f"{what} of {dead['records_in']} records in, rate"))
     return finish(report, checks)
 
 
@@ -388,11 +429,13 @@ def render(report: dict, console) -> None:
     console.print()
 
     table("Streams", ["stream", "modality", "samples", "dur s", "rate Hz", "gaps", "dropped",
-                      "drop", "dups", "out-of-order", "dead"],
+                      "drop", "dups", "out-of-order", "dead", "lost"],
           [[f"{s['session']}/{s['stream']}", s["modality"], _num(s["samples"]),
             _num(s["duration_s"]), _num(s["rate_hz"]), _num(s["gaps"]), _num(s["dropped"]),
             _pct(s["drop_rate"]), _num(s["duplicates"]), _num(s["out_of_order"]),
-            _num(s["dead"])] for s in report["streams"]], set(range(2, 11)))
+            _num(s["dead"]),
+            "-" if s.get("records_in") is None else f"{s['lost']}/{s['records_in']}"]
+           for s in report["streams"]], set(range(2, 12)))
 
     rows = []
     for c in report["clocks"]:
@@ -443,7 +486,9 @@ def render(report: dict, console) -> None:
     if not dl["total"]:
         note("Dead letters", "none")
     else:
-        table(f"Dead letters ({dl['total']} of {_num(dl['records_in'])} records in, "
+        lost = dl.get("records", dl["total"])
+        what = f"{dl['total']}" if lost == dl["total"] else f"{dl['total']} for {lost} records"
+        table(f"Dead letters ({what} of {_num(dl['records_in'])} records in, "
               f"{_pct(dl['rate'])})", ["stage", "reason", "count"],
               [[r["stage"], r["reason"], str(r["count"])] for r in dl["by_stage_reason"]], {2})
 

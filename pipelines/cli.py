@@ -1,7 +1,8 @@
 """`mmalign`: the command line. `mmalign --help` lists the commands.
 
-Exit codes: 0 done, 1 the run finished but its accounting did not balance, 2 bad input
-(manifest, config, paths) with one sentence saying what to fix.
+Exit codes: 0 done, 1 the run finished but something failed (its accounting did not balance,
+or a session has no aligned rows), 2 bad input (manifest, config, paths, names) with one
+sentence saying what to fix.
 """
 
 from __future__ import annotations
@@ -62,15 +63,35 @@ def cmd_generate(ns) -> int:
     return EXIT_OK
 
 
+def _sessions_without_rows(summary: dict) -> list[str]:
+    """Sessions of the run with no aligned Parquet part (no ticks: nothing was aligned)."""
+    root = Path(summary.get("aligned_dir") or "")
+    return [s for s in summary.get("sessions", [])
+            if not any((root / f"session_id={s}").glob("part-*.parquet"))]
+
+
 def _report(summary: dict, as_json: bool) -> int:
+    """Print the run summary; exit 1 when the accounting does not balance or a session has
+    no aligned rows (its tick source had no valid records), else 0."""
     from mmalign.pipelines.summary import render
     print(json.dumps(summary, indent=2, sort_keys=True) if as_json else render(summary))
     balanced = all(a["balanced"] for a in summary["accounting"].values())
-    return EXIT_OK if balanced else EXIT_FAILED
+    empty = _sessions_without_rows(summary)
+    if empty:
+        print(f"mmalign: session(s) {', '.join(empty)} have no aligned rows (0 ticks); check "
+              f"their tick source's dead letters in {summary.get('deadletter_dir')}",
+              file=sys.stderr)
+    if not balanced:
+        print("mmalign: the accounting does not balance (records in != aligned + dead); see "
+              "'accounting' in the summary", file=sys.stderr)
+    return EXIT_OK if balanced and not empty else EXIT_FAILED
 
 
 def cmd_backfill(ns) -> int:
     from mmalign.pipelines import backfill
+    from mmalign.schemas.names import check_name
+    if ns.run_id is not None:       # it names OUT/.staging/<run id>: check before any disk use
+        check_name(ns.run_id, "--run-id")
     with _runner_args(ns) as (runner, args):
         summary = backfill.run(ns.manifest, ns.out, runner=runner, pipeline_args=args,
                                run_id=ns.run_id)
@@ -118,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", action="append", required=True,
                    help="recording manifest (YAML/JSON); repeat for several sessions")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--run-id", default=None)
+    p.add_argument("--run-id", default=None,
+                   help="names the run's staging folder: letters, digits, _ . - (default: "
+                        "time + random)")
     runner_opts(p)
     p.set_defaults(fn=cmd_backfill)
 

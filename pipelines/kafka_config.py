@@ -191,6 +191,18 @@ def _lazy(module: str, name: str):
     return run
 
 
+def _names_checked(fn, **options: str):
+    """``fn`` after checking the options that become file or folder names (schemas/names.py),
+    e.g. ``run_id="--run-id"``: a bad one is a ManifestError (exit 2) before any disk use."""
+    def run(ns) -> int:
+        from mmalign.schemas.names import check_name
+        for attr, flag in options.items():
+            if getattr(ns, attr, None) is not None:
+                check_name(getattr(ns, attr), flag)
+        return fn(ns)
+    return run
+
+
 def add_kafka_commands(sub) -> None:
     """Register `mmalign publish`, `mmalign stream` and `mmalign deadletter`."""
     _add_publish(sub)
@@ -219,7 +231,9 @@ def _add_stream(sub) -> None:
     p.add_argument("--manifest", action="append", required=True,
                    help="manifest of a session to accept (streams, clocks, alignment); repeat")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--group-id", default="mmalign-stream", help="Kafka consumer group")
+    p.add_argument("--group-id", default="mmalign-stream",
+                   help="Kafka consumer group; names OUT/_stream/<group>/ (letters, digits, "
+                        "_ . -)")
     p.add_argument("--out-of-orderness", type=float, default=2.0,
                    help="seconds a message may arrive behind the latest event time")
     p.add_argument("--allowed-lateness", type=float, default=2.0,
@@ -228,12 +242,14 @@ def _add_stream(sub) -> None:
                    help="stop (and drain) once every partition was caught up this long")
     p.add_argument("--payload-root", action="append",
                    help="folder that file:// payload URIs may point into; repeat")
-    p.add_argument("--run-id", default=None)
+    p.add_argument("--run-id", default=None,
+                   help="names OUT/_stream/<run>.json (letters, digits, _ . -)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     add_kafka_args(p)
     p.add_argument("pipeline_args", nargs="*",
                    help="Beam options after -- (default: a local Prism in streaming mode)")
-    p.set_defaults(fn=_lazy("mmalign.pipelines.stream", "cmd_stream"))
+    p.set_defaults(fn=_names_checked(_lazy("mmalign.pipelines.stream", "cmd_stream"),
+                                     run_id="--run-id", group_id="--group-id"))
 
 
 def _add_deadletter(sub) -> None:
