@@ -55,9 +55,7 @@ def _alias_bomb(d: Path, m: dict):
 
 
 def _deep_json(d: Path, m: dict):
-    (d / "manifest.yaml").unlink()
-    raw = "[" * 200_000 + "]" * 200_000
-    (d / "deep.json").write_text(raw)
+    (d / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
 
 
 def _huge_manifest(d: Path, m: dict):
@@ -151,7 +149,7 @@ CONFIG_CASES = [
     Case("run-id-slash", "hostile id", lambda d, m: None, 2, "run", args=("--run-id", "a/../b")),
     # syntax-level
     Case("alias-bomb", "alias bomb", _alias_bomb, 2, "alias"),
-    Case("deep-json", "oversize", _deep_json, 2, "deep.json"),
+    Case("deep-json", "oversize", _deep_json, 2, "deep.json", manifest="deep.json"),
     Case("huge-manifest", "oversize", _huge_manifest, 2, "manifest",
          streams=("cam0",)),
     Case("not-a-mapping", "wrong schema", lambda d, m: raw_manifest(d, "- a\n- b\n"), 2,

@@ -42,6 +42,7 @@ class Case:
     streams: tuple[str, ...] = ("cam0",)   # streams of the base manifest the case keeps
     args: tuple[str, ...] = ()             # extra CLI arguments (exit-2 cases)
     command: str = "backfill"              # backfill | align-check
+    manifest: str = "manifest.yaml"        # the file handed to the command
 
 
 # ------------------------------------------------------------------ the base recording
@@ -67,10 +68,10 @@ def instantiate(case: Case, base: Path, root: Path) -> Path:
     if "cam0" not in case.streams:
         manifest["alignment"]["ticks"] = {"rate_hz": 10}
     case.build(d, manifest)
-    if manifest is not None and not (d / "manifest.yaml.raw").exists():
+    if not (d / "manifest.yaml.raw").exists():
         (d / "manifest.yaml").unlink()
         (d / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return d / "manifest.yaml"
+    return d / case.manifest
 
 
 def replace(path: Path, data: bytes) -> None:
