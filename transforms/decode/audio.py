@@ -136,11 +136,16 @@ class _Blocker:
 
 # ---------------------------------------------------------------- declared lengths
 
+class HeaderCut(ValueError):
+    """The file ends inside its header: it declares something, but not how much."""
+
+
 def wav_header(path: str) -> tuple[int, int] | None:
     """(frames, sample_rate) a RIFF/WAVE file's header declares: its ``data`` chunk size over
     the ``fmt `` block size, read from the chunks themselves (libsndfile reports the frames
     actually present, so a file cut short would look whole). None if not a WAV with a known
-    data size (RF64, a streaming writer's 0xFFFFFFFF) or not PCM/float/A-law/mu-law."""
+    data size (RF64, a streaming writer's 0xFFFFFFFF) or not PCM/float/A-law/mu-law;
+    ``HeaderCut`` if the file ends before its ``data`` chunk starts."""
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
@@ -150,12 +155,13 @@ def wav_header(path: str) -> tuple[int, int] | None:
         while True:
             ch = f.read(8)
             if len(ch) < 8:
-                return None
+                raise HeaderCut(f"the file ends inside its WAV header (before the data chunk, "
+                                f"at byte {f.tell()})")
             cid, (size,) = ch[:4], struct.unpack(end + "I", ch[4:])
             if cid == b"fmt ":
                 body = f.read(min(size, 40))
                 if len(body) < 16:
-                    return None
+                    raise HeaderCut("the file ends inside its WAV fmt chunk")
                 tag, _ch, rate, _br, align, _bits = struct.unpack(end + "HHIIHH", body[:16])
                 if tag == 0xFFFE and len(body) >= 26:         # WAVE_FORMAT_EXTENSIBLE
                     (tag,) = struct.unpack(end + "H", body[24:26])
@@ -184,7 +190,8 @@ def flac_header(path: str) -> tuple[int, int] | None:
 
 
 def declared_frames(path: str) -> tuple[int, int, str] | None:
-    """(frames, rate, what states it) from the file's own header (WAV, FLAC), else None."""
+    """(frames, rate, what states it) from the file's own header (WAV, FLAC), else None;
+    ``HeaderCut`` if a WAV file ends inside its header."""
     for fn, what in ((wav_header, "its WAV header"), (flac_header, "its FLAC STREAMINFO")):
         try:
             got = fn(path)
@@ -224,7 +231,12 @@ def _soundfile(src: SourceFile, block: int, opts: DecodeOptions
     if (bad := src.check_file(opts.max_bytes)) is not None:
         yield bad
         return
-    header = declared_frames(path)
+    try:
+        header = declared_frames(path)
+    except HeaderCut as e:
+        yield src.dead("truncated", f"{path}: {e}; its samples cannot be counted or read.",
+                       error_class="TruncatedSource")
+        return
     if header is not None:
         src.declared, src.declared_by = -(-header[0] // block), header[2]
         src.extra_attrs["declared_samples"] = str(header[0])
@@ -371,7 +383,10 @@ def span_audio_file(path: str, options: DecodeOptions | dict | None = None
         return span_audio_track(path, options)
     opts = DecodeOptions.of(options)
     start = opts.start_ns or 0
-    header = declared_frames(path)
+    try:
+        header = declared_frames(path)
+    except HeaderCut:
+        return None
     if header is None:
         try:
             info = sf.info(path)

@@ -290,14 +290,15 @@ def _csv(src: SourceFile, opts: DecodeOptions, bad: DeadLetter | None
         channels: list[str] | None = None
         for first_row, block in _csv_lines(fh, opts.chunk_rows, first_data):
             table, rejected = _parse_block(first_row, block, names, opts.delimiter)
-            for row, line, why in rejected:
-                yield src.dead("wrong_field_count", f"{path}: row {row} {why}.",
-                               error_class="ParseError", position=f"row={row}", payload=line,
+            for row, line, why, reason in rejected:
+                yield src.dead(reason, f"{path}: row {row} {why}.",
+                               error_class="EncodingError" if reason == "invalid_utf8"
+                               else "ParseError", position=f"row={row}", payload=line,
                                payload_format="csv-row")
             rows = np.arange(first_row, first_row + len(block), dtype=np.int64)
             lines = block
             if rejected:
-                keep = ~np.isin(rows, np.array([r for r, _, _ in rejected], np.int64))
+                keep = ~np.isin(rows, np.array([r[0] for r in rejected], np.int64))
                 rows, lines = rows[keep], [ln for ln, k in zip(block, keep, strict=True) if k]
             if channels is None:
                 try:
@@ -352,22 +353,43 @@ def _read_lines(first_row: int, lines: list[bytes], names: list[str], delimiter:
                                          ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                              strings_can_be_null=False))
-    return table, [(first_row + n - 1, lines[n - 1], why) for n, why in invalid]
+    return table, [(first_row + n - 1, lines[n - 1], why, "wrong_field_count")
+                   for n, why in invalid]
+
+
+Rejected = list[tuple[int, bytes, str, str]]        # (row, line, why, reason)
 
 
 def _parse_block(first_row: int, lines: list[bytes], names: list[str], delimiter: str
-                 ) -> tuple[pa.Table, list[tuple[int, bytes, str]]]:
-    """Lines -> all-string table, one row per line; lines with the wrong field count are
-    returned apart as (row, line, why). A block whose rows do not map 1:1 onto its lines (an
-    unbalanced quote joins lines) is parsed again line by line."""
-    table, rejected = _read_lines(first_row, lines, names, delimiter)
-    if table.num_rows + len(rejected) == len(lines):
-        return table, rejected
+                 ) -> tuple[pa.Table, Rejected]:
+    """Lines -> all-string table, one row per line; lines that cannot be rows are returned
+    apart as (row, line, why, reason): the wrong field count, or not UTF-8. A block whose rows
+    do not map 1:1 onto its lines (an unbalanced quote joins lines) or that Arrow refuses (a
+    line of invalid UTF-8) is parsed again line by line."""
+    try:
+        b"\n".join(lines).decode("utf-8")     # Arrow's bad-row handler fails on invalid UTF-8
+        table, rejected = _read_lines(first_row, lines, names, delimiter)
+        if table.num_rows + len(rejected) == len(lines):
+            return table, rejected
+    except (pa.ArrowException, UnicodeDecodeError):
+        pass
+    empty = pa.table({n: pa.array([], pa.string()) for n in names})
     tables, rejected = [], []
     for i, line in enumerate(lines):
-        t, r = _read_lines(first_row + i, [line], names, delimiter)
+        row = first_row + i
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            tables.append(empty)
+            rejected.append((row, line, f"has bytes that are not UTF-8 (at byte {e.start})",
+                             "invalid_utf8"))
+            continue
+        try:
+            t, r = _read_lines(row, [line], names, delimiter)
+        except (pa.ArrowException, UnicodeDecodeError) as e:
+            t, r = empty, [(row, line, f"cannot be parsed ({short_error(e)})", "bad_csv_row")]
         if t.num_rows > 1:
-            t, r = t.slice(0, 0), [(first_row + i, line, "cannot be split into fields")]
+            t, r = empty, [(row, line, "cannot be split into fields", "wrong_field_count")]
         tables.append(t)
         rejected += r
     return pa.concat_tables(tables), rejected
