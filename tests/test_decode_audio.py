@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -171,10 +172,42 @@ def test_truncated_wav_keeps_the_samples_it_has(tmp_path):
     chunks, dead = run(decode_audio_file(str(cut), session_id="s", stream_id="mic"))
     got = sum(table(chunks).column("n_samples").to_pylist())
     assert got == 10_000
-    # libsndfile trusts the file size, so the header length mismatch is not an error here;
-    # whatever it reports, nothing is lost silently: samples out + missing == header count
-    missing = sum(int(d.attrs["missing"]) for d in dead if d.reason == "truncated_audio")
-    assert got + missing == chunks[0].meta["frames"]
+    # libsndfile trusts the file size; the header's data size says 16000 frames = 16 blocks
+    assert [(d.reason, d.records) for d in dead] == [("truncated", 16 - 10)]
+    assert dead[0].attrs["declared_samples"] == "16000"
+    assert dead[0].attrs["decoded_samples"] == "10000"
+    assert sum(c.num_records for c in chunks) + dead[0].records == 16
+
+
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
+def test_float_samples_out_of_range_are_kept_not_clipped(tmp_path, subtype):
+    x = np.full((3000, 2), 0.25)
+    x[10] = [3.0, 3.0]                  # mono 3.0
+    x[20] = [np.inf, np.inf]            # mono inf
+    x[30] = [np.inf, -np.inf]           # mono NaN
+    x[40] = [np.nan, 0.5]               # mono NaN
+    x[50] = [-7.5, 0.5]                 # mono -3.5
+    p = tmp_path / "f.wav"
+    sf.write(p, x, SR, subtype=subtype)
+    chunks, dead = run(decode_audio_file(str(p), session_id="s", stream_id="mic",
+                                         block_samples=100))
+    assert dead == []
+    pcm = flat_pcm(chunks)
+    assert pcm[10] == 3.0 and pcm[20] == np.inf and pcm[50] == -3.5
+    assert np.isnan(pcm[30]) and np.isnan(pcm[40])
+    assert np.all(pcm[[0, 11, 2999]] == 0.25)
+    got = load_audio(str(p), 0, 60)
+    assert got[10] == 3.0 and got[20] == np.inf and np.isnan(got[30])
+
+
+def test_espeak_speech_wav(tmp_path):
+    p = tmp_path / "say.wav"
+    subprocess.run(["espeak-ng", "-w", str(p), "decode every block"], check=True)
+    info = sf.info(str(p))
+    chunks, dead = run(decode_audio_file(str(p), session_id="s", stream_id="mic"))
+    assert dead == []
+    assert sum(table(chunks).column("n_samples").to_pylist()) == info.frames
+    assert sum(c.num_records for c in chunks) == -(-info.frames // 1024)
 
 
 def test_decode_file_dispatches_audio_streams(tmp_path):
