@@ -385,22 +385,23 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
         params = _session_params(out / "aligned")
         summary = (json.loads((out / "summary.json").read_text())
                    if (out / "summary.json").is_file() else {})
-        sync = summary.get("sync") or read_sync_results(out)
+        if not isinstance(summary, dict):
+            raise BadInput(f"{out / 'summary.json'} is not a run summary (a JSON object); "
+                           "rerun the backfill into it")
+        sync = summary.get("sync")
+        sync = sync if isinstance(sync, dict) and sync else read_sync_results(out)
     except (pa.ArrowException, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{out} is not a readable backfill output ({type(e).__name__}: "
                        f"{str(e).splitlines()[0][:200]}); rerun the backfill into it") from None
-    if not isinstance(summary, dict):
-        raise BadInput(f"{out / 'summary.json'} is not a run summary (a JSON object); rerun the "
-                       "backfill into it")
     has_rows = aligned.num_rows > 0 and "session_id" in aligned.column_names
-    if not has_rows and not summary:
-        raise BadInput(f"{out / 'aligned'} holds no aligned rows and {out} has no summary.json; "
-                       "rerun the backfill or check its dead letters")
+    ran = [s for s in _listed(summary, "sessions") if isinstance(s, str)]
+    if not has_rows and not ran:
+        raise BadInput(f"{out / 'aligned'} holds no aligned rows and no summary.json in {out} "
+                       "names a session; rerun the backfill or check its dead letters")
     if not has_rows:
         aligned = pa.table({"session_id": pa.array([], pa.string()),
                             "tick_ns": pa.array([], pa.int64())})
     found = set(aligned.column("session_id").to_pylist())
-    ran = [s for s in (summary.get("sessions") or []) if isinstance(s, str)]
     ins = Inspection("output", str(out), sorted(found | set(ran)))
     cols = ["session_id", "stream_id", "modality", "stage", "reason", "event_time_ns"]
     dead_rows = dead.select(cols + (["records"] if "records" in dead.column_names else [])
@@ -455,7 +456,7 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
                                   missing_spans(ticks, ok), ticks[~ok], model.to_ref(ev),
                                   _clock_note(c)))
         cams += registration_stats(part, session)
-    recorded = _merge_recording_stats(ins, summary.get("manifests") or [], th, progress)
+    recorded = _merge_recording_stats(ins, _listed(summary, "manifests"), th, progress)
     modality_of = {(d["stream_id"], d["modality"]) for d in dead_rows if d["stream_id"]}
     modality_of |= {(r["stream"], r["modality"]) for r in ins.streams + recorded}
     modality_of |= {(st.id, st.modality) for m in manifests for st in m.streams}
@@ -483,6 +484,12 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
     else:
         ins.expectations = {"state": "not run", "reason": "--no-expectations"}
     return ins
+
+
+def _listed(summary: dict, key: str) -> list:
+    """``summary[key]`` when it is a list, else []: a hand-edited summary never crashes."""
+    v = summary.get(key)
+    return v if isinstance(v, list) else []
 
 
 def _accounting(summary: dict) -> dict[str, dict]:
@@ -521,7 +528,7 @@ def _run_manifests(summary: dict) -> list:
     from mmalign.schemas.manifest import ManifestError, load_manifest
 
     out = []
-    for path in summary.get("manifests") or []:
+    for path in _listed(summary, "manifests"):
         try:
             out.append(load_manifest(path))
         except (ManifestError, TypeError, ValueError):
