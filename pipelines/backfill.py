@@ -88,8 +88,22 @@ def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | Non
             declared[(m.session, s.id)] = cal.clock(s.clock_domain)
             for i, f in enumerate(s.files):
                 sources.append((m.session, s, str(m.resolve(f, f"streams[{s.id}].files[{i}]"))))
-    return Job(manifests, plans, declared, Path(out), run_id or new_run_id(), sources,
-               [str(Path(p).resolve()) for p in manifest_paths])
+    job = Job(manifests, plans, declared, Path(out), run_id or new_run_id(), sources,
+              [str(Path(p).resolve()) for p in manifest_paths])
+    try:
+        bucketing(job)
+    except ValueError as e:        # a margin as wide as the bucket: the width must grow
+        raise ManifestError(f"{manifest_paths[0]}: field 'alignment.bucket_s': {e}") from None
+    return job
+
+
+def bucketing(job: Job) -> AssignBuckets:
+    """The job's bucket transform (its margins decide which buckets a record reaches)."""
+    margins = {(sid, st.stream_id): st.margin_ns()
+               for sid, plan in job.plans.items() for st in plan.streams}
+    anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
+    tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
+    return AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
 
 
 class WriteSyncResults(beam.PTransform):
@@ -156,17 +170,13 @@ def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
         estimated = {"estimated": beam.pvalue.AsDict(
             results | "Models" >> beam.MapTuple(lambda s, st, r: ((s, st), r.model)))}
     clocked = valid.chunks | "Clock" >> beam.ParDo(ApplyClockFn(job.declared), **estimated)
-    margins = {(sid, st.stream_id): st.margin_ns()
-               for sid, plan in job.plans.items() for st in plan.streams}
-    anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
-    tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
     extents = clocked | "Extents" >> StreamExtents()
     if any(plan.sets for plan in job.plans.values()):
         sets = clocked | "ApproxSets" >> ApproxSetTicks(
             {s: p for s, p in job.plans.items() if p.sets})
         clocked = (clocked, sets) | "WithSets" >> beam.Flatten()
     aligned = (clocked
-               | "Buckets" >> AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
+               | "Buckets" >> bucketing(job)
                | "Align" >> AlignBuckets(job.plans, extents))
     stage_dead = []
     for name, stage in post_align_stages(job):

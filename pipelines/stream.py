@@ -30,7 +30,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmalign.deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
-from mmalign.pipelines.backfill import Job, new_run_id, post_align_stages, prepare
+from mmalign.pipelines.backfill import Job, bucketing, new_run_id, post_align_stages, prepare
 from mmalign.pipelines.kafka_config import KafkaSettings
 from mmalign.pipelines.stream_ledger import (
     Geometry,
@@ -44,7 +44,6 @@ from mmalign.pipelines.stream_ledger import (
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.envelope import MessageError, decode_chunk, split
 from mmalign.schemas.manifest import ManifestError
-from mmalign.transforms.align.buckets import AssignBuckets
 from mmalign.transforms.align.join import AlignBuckets
 from mmalign.transforms.clock.apply import ApplyClockFn
 from mmalign.transforms.io.kafka import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
@@ -144,15 +143,6 @@ def commit_offsets(settings: KafkaSettings, group_id: str, offsets: dict[str, in
                          OffsetAndMetadata(o, "", -1) for k, o in offsets.items()})
     finally:
         consumer.close()
-
-
-def bucketing(job: Job) -> AssignBuckets:
-    """The job's bucket transform (its margins decide which buckets a record reaches)."""
-    margins = {(sid, st.stream_id): st.margin_ns()
-               for sid, plan in job.plans.items() for st in plan.streams}
-    anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
-    tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
-    return AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
 
 
 def geometry(job: Job) -> Geometry:
