@@ -231,6 +231,18 @@ def test_container_times_outside_int64_are_frame_letters(mp4):
     assert all(d.error_class == "TimestampOverflow" and d.attrs["pts"] for d in dead)
 
 
+def test_container_pts_past_int64_ns_in_the_file_itself(mp4, tmp_path):
+    # Matroska stores ms: pts 9223372035000 + 40 k ms fits int64 as ms, not as ns after
+    # 9223372036.854 s, so frames 47..49 have no int64 time
+    late = tmp_path / "late.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(mp4), "-c", "copy",
+                    "-output_ts_offset", "9223372035", str(late)], check=True)
+    chunks, dead = assert_accounted(decode_video_container(str(late), **KW), 50)
+    assert rows_of(chunks)[0] == 9_223_372_035 * S and len(rows_of(chunks)) == 47
+    assert [(d.reason, d.position) for d in dead] == [
+        ("timestamp_overflow", f"frame={k}") for k in (47, 48, 49)]
+
+
 def png(i: int) -> bytes:
     img = np.full((24, 32, 3), 20 * i % 255, np.uint8)
     return cv2.imencode(".png", img)[1].tobytes()
