@@ -166,7 +166,7 @@ def independent_count(stream: dict, base_dir: Path) -> int:
             n = data_lines(path, header=False)
         elif stream["modality"] == "sensor" and path.suffix == ".csv":
             n = data_lines(path, header=True)
-        total += 1 if not n else n
+        total += 1 if n is None else n
     return total
 
 
