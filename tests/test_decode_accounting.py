@@ -389,6 +389,23 @@ def test_csv_cut_and_smashed(tmp_path):
             assert b"\xff" * 25 in dead[0].payload
 
 
+def test_csv_bare_cr_inside_a_line_does_not_shift_later_rows(tmp_path):
+    """Arrow splits a row at a bare CR where the decoder sees one line: such a line is its own
+    letter and every other row keeps its own values (found by fuzzing)."""
+    lines = [f"{i * 1000},{i},{-i}".encode() for i in range(300)]
+    lines[264] = b"264000\r,264,-264"          # Arrow: "264000" (bad) + ",264,-264" (valid)
+    lines[110] = b"110000,1\r10,-110"
+    lines[46] = b"46000,46,-4\x00\x00\x006"
+    p = tmp_path / "cr.csv"
+    p.write_bytes(b"t_ns,a,b\n" + b"\n".join(lines) + b"\n")
+    chunks, dead = assert_accounted(decode_sensor_csv(str(p), **KW), 300)
+    assert sorted((d.reason, d.position) for d in dead) == [
+        ("bad_csv_row", "row=110"), ("bad_csv_row", "row=264"), ("non_numeric", "row=46")]
+    pos, a = rows_of(chunks, "pos"), rows_of(chunks, "a")
+    assert len(pos) == 297 and a == [float(i) for i in pos]
+    assert rows_of(chunks) == [i * 1000 for i in pos]
+
+
 def test_sensor_jsonl_year_2500(tmp_path):
     p = tmp_path / "s.jsonl"
     rows = [{"t_ns": 1000, "a": 1}, {"t_ns": YEAR_2500_NS, "a": 2},

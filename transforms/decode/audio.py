@@ -329,6 +329,10 @@ def _pyav(src: SourceFile, block: int, opts: DecodeOptions) -> Iterator[Chunk | 
             return
         stream = container.streams.audio[0]
         cc = stream.codec_context
+        if cc is None or not cc.sample_rate:
+            yield src.dead("unknown_codec", f"{path}: its audio stream's codec has no decoder "
+                           "or no sample rate.", error_class="CorruptMedia")
+            return
         sr = cc.sample_rate
         tb = stream.time_base or Fraction(1, sr)
         src.meta.update({"kind": "track", "sample_rate": sr, "channels": cc.channels,

@@ -353,8 +353,14 @@ def _read_lines(first_row: int, lines: list[bytes], names: list[str], delimiter:
                                          ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                              strings_can_be_null=False))
+    if any(n > len(lines) for n, _ in invalid):   # a bare CR inside a line split it
+        raise _Misaligned
     return table, [(first_row + n - 1, lines[n - 1], why, "wrong_field_count")
                    for n, why in invalid]
+
+
+class _Misaligned(Exception):
+    """Arrow's rows do not map onto the lines given."""
 
 
 Rejected = list[tuple[int, bytes, str, str]]        # (row, line, why, reason)
@@ -363,15 +369,18 @@ Rejected = list[tuple[int, bytes, str, str]]        # (row, line, why, reason)
 def _parse_block(first_row: int, lines: list[bytes], names: list[str], delimiter: str
                  ) -> tuple[pa.Table, Rejected]:
     """Lines -> all-string table, one row per line; lines that cannot be rows are returned
-    apart as (row, line, why, reason): the wrong field count, or not UTF-8. A block whose rows
-    do not map 1:1 onto its lines (an unbalanced quote joins lines) or that Arrow refuses (a
-    line of invalid UTF-8) is parsed again line by line."""
+    apart as (row, line, why, reason): the wrong field count, not UTF-8, a carriage return
+    inside. A block whose rows do not map 1:1 onto its lines (an unbalanced quote joins
+    lines), that holds a CR (Arrow would split that line in two) or invalid UTF-8 is parsed
+    again line by line."""
+    joined = b"\n".join(lines)
     try:
-        b"\n".join(lines).decode("utf-8")     # Arrow's bad-row handler fails on invalid UTF-8
-        table, rejected = _read_lines(first_row, lines, names, delimiter)
-        if table.num_rows + len(rejected) == len(lines):
-            return table, rejected
-    except (pa.ArrowException, UnicodeDecodeError):
+        joined.decode("utf-8")          # Arrow's bad-row handler fails on invalid UTF-8
+        if b"\r" not in joined:         # Arrow splits rows at a bare CR, lines do not
+            table, rejected = _read_lines(first_row, lines, names, delimiter)
+            if table.num_rows + len(rejected) == len(lines):
+                return table, rejected
+    except (pa.ArrowException, UnicodeDecodeError, _Misaligned):
         pass
     empty = pa.table({n: pa.array([], pa.string()) for n in names})
     tables, rejected = [], []
@@ -384,12 +393,19 @@ def _parse_block(first_row: int, lines: list[bytes], names: list[str], delimiter
             rejected.append((row, line, f"has bytes that are not UTF-8 (at byte {e.start})",
                              "invalid_utf8"))
             continue
+        split = (row, line, "cannot be split into fields", "wrong_field_count")
+        if b"\r" in line:
+            tables.append(empty)
+            rejected.append((row, line, "has a carriage return inside it", "bad_csv_row"))
+            continue
         try:
             t, r = _read_lines(row, [line], names, delimiter)
+        except _Misaligned:                         # a bare CR: Arrow saw two rows
+            t, r = empty, [split]
         except (pa.ArrowException, UnicodeDecodeError) as e:
             t, r = empty, [(row, line, f"cannot be parsed ({short_error(e)})", "bad_csv_row")]
         if t.num_rows > 1:
-            t, r = empty, [(row, line, "cannot be split into fields", "wrong_field_count")]
+            t, r = empty, [split]
         tables.append(t)
         rejected += r
     return pa.concat_tables(tables), rejected

@@ -193,6 +193,10 @@ def _container(src: SourceFile, chunk_frames: int, inline_images: bool, opts: De
             src.declared, src.declared_by = len(index.pts), "its demuxed packets"
         rank = {int(p): i for i, p in enumerate(index.pts)}
         cc = vs.codec_context
+        if cc is None:
+            yield src.dead("unknown_codec", f"{path}: its video stream's codec has no "
+                           "decoder.", error_class="CorruptMedia")
+            return
         src.meta.update({"kind": "container", "codec": cc.name, "width": cc.width,
                          "height": cc.height, "time_base": f"{tb.numerator}/{tb.denominator}",
                          "avg_rate": float(vs.average_rate) if vs.average_rate else None,
@@ -359,6 +363,8 @@ def read_index(index_path: str, time_unit: str | None = None) -> Iterator[IndexE
             first_data = False
             if len(parts) < 2 or not parts[1]:
                 yield IndexEntry(pos, line_b, error="needs a timestamp and a filename")
+            elif "\x00" in parts[1]:
+                yield IndexEntry(pos, line_b, error="has a NUL byte in its filename")
             else:
                 try:
                     yield IndexEntry(pos, line_b, parse_time_ns(parts[0], time_unit), parts[1])
