@@ -137,19 +137,23 @@ def _decimal_seconds(v: Any) -> Any:
     (``_Float``), so 1700000000.123456789 s is 1700000000123456789 ns, not a float's."""
     if isinstance(v, bool):
         raise ValueError("must be a number of seconds, not true/false")
-    text = getattr(v, "text", None)
-    if isinstance(v, (int, float, str)):
+    if isinstance(v, int):
+        return Decimal(v)
+    if isinstance(v, float):
         try:
-            d = Decimal((text or str(v)).replace("_", "").strip()) if isinstance(v, (float, str)) \
-                else Decimal(v)
+            d = Decimal((getattr(v, "text", "") or repr(v)).replace("_", ""))
+        except InvalidOperation:        # YAML spellings such as .inf or 1:30.5
+            d = Decimal(repr(v))
+    elif isinstance(v, str):
+        try:
+            d = Decimal(v.replace("_", "").strip())
         except InvalidOperation:
-            if isinstance(v, str):
-                raise ValueError(f"{v!r} is not a decimal number of seconds") from None
-            d = Decimal(repr(float(v)))
-        if not d.is_finite():
-            raise ValueError(f"must be a finite number of seconds, got {v}")
-        return d
-    return v
+            raise ValueError(f"{v!r} is not a decimal number of seconds") from None
+    else:
+        return v
+    if not d.is_finite():
+        raise ValueError(f"must be a finite number of seconds, got {v}")
+    return d
 
 
 class FileEntry(_Strict):
