@@ -270,7 +270,7 @@ def test_image_index_with_absurd_times_and_damage(tmp_path):
     assert rows_of(chunks, "pos") == [0, 2, 6]
     assert [(d.reason, d.position) for d in dead] == [
         ("timestamp_overflow", "frame=1"), ("timestamp_overflow", "frame=3"),
-        ("corrupt_image", "frame=4"), ("bad_index_line", "frame=5")]
+        ("corrupt_image", "frame=4"), ("bad_timestamp", "frame=5")]
     assert dead[0].payload == b"1e30 1.png" and dead[0].payload_format == "index-line"
     assert dead[0].error_class == "TimestampOverflow" and str(index) in dead[0].message
     chunks, dead = run(decode_image_sequence(str(index), **KW, options={"time_unit": "s"}))

@@ -116,6 +116,11 @@ def test_a_declared_start_wins(mp4s):
     assert times[0][0] == 5 * S and times[1][0] == 7 * S and times[2][0] == 1 * S
     with pytest.raises(ValueError, match="3 files but 2 starts"):
         segment_offsets(cam, mp4s, [None, None])
+    # by default the starts are the stream's own ({path, start_ns} items in the manifest)
+    declared = Stream(id="cam", modality="video",
+                      files=[str(mp4s[0]), {"path": str(mp4s[1]), "start_ns": 10 * S},
+                             str(mp4s[2])])
+    assert segment_offsets(declared, mp4s) == [0, 10 * S, 11200 * MS]
 
 
 # ---------------------------------------------------------------- audio

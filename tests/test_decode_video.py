@@ -292,7 +292,7 @@ def test_image_sequence_units_bad_lines_and_escape(tmp_path):
     chunks, dead = run(decode_image_sequence(str(index), session_id="s", stream_id="cam"))
     assert rows(chunks).column("t_ns").to_pylist() == [100, 1_500_000_000]
     assert [(d.reason, d.position) for d in dead] == [
-        ("bad_index_line", "frame=2"), ("bad_index_line", "frame=3"), ("bad_path", "frame=4"),
+        ("bad_timestamp", "frame=2"), ("bad_index_line", "frame=3"), ("bad_path", "frame=4"),
         ("bad_index_line", "frame=5")]
     assert dead[0].payload == b"oops a.png" and dead[0].payload_format == "index-line"
     chunks, _ = run(decode_image_sequence(str(index), session_id="s", stream_id="cam",

@@ -71,8 +71,13 @@ def segment_offsets(stream: Stream, paths: Sequence[Path | str],
                     starts: Sequence[int | None] | None = None) -> list[int]:
     """The ``time_offset_ns`` of each of ``paths`` (the files of ``stream``, in order) that
     makes them consecutive segments; ``starts[k]`` is file k's declared start (device ns of
-    its first sample) or None. See the module docstring for the rule."""
-    starts = list(starts) if starts is not None else [None] * len(paths)
+    its first sample) or None; ``starts=None`` takes the stream's own (``Stream.starts``,
+    the manifest's ``{path, start_ns|start_s}`` items). See the module docstring for the
+    rule."""
+    if starts is None:
+        own = list(getattr(stream, "starts", []) or [])
+        starts = own if len(own) == len(paths) else [None] * len(paths)
+    starts = list(starts)
     if len(starts) != len(paths):
         raise ValueError(f"segment_offsets: {len(paths)} files but {len(starts)} starts")
     return offsets_from_spans([segment_span(stream, p) for p in paths], starts)

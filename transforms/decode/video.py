@@ -339,7 +339,8 @@ def _is_data(line_b: bytes) -> bool:
 def read_index(index_path: str, time_unit: str | None = None) -> Iterator[IndexEntry]:
     """Parse a ``timestamp filename`` index line by line (streamed, never whole-file). Every
     data line (not blank, not a '#' comment, not the header) is one entry, with an error if it
-    cannot be used (``reason`` ``timestamp_overflow`` for a time outside int64 ns)."""
+    cannot be used: ``reason`` ``bad_timestamp`` (a time that is not a number),
+    ``timestamp_overflow`` (outside int64 ns) or ``bad_index_line`` (no filename, not UTF-8)."""
     pos = 0
     first_data = True
     with open(index_path, "rb") as fh:
@@ -370,7 +371,7 @@ def read_index(index_path: str, time_unit: str | None = None) -> Iterator[IndexE
                     yield IndexEntry(pos, line_b, parse_time_ns(parts[0], time_unit), parts[1])
                 except ValueError as e:
                     yield IndexEntry(pos, line_b, error=str(e),
-                                     reason=time_reason(e, "bad_index_line"))
+                                     reason=time_reason(e, "bad_timestamp"))
             pos += 1
 
 
@@ -442,7 +443,8 @@ def _image_sequence(src: SourceFile, chunk_frames: int, inline_images: bool,
         if e.error is not None:
             yield src.dead(e.reason, f"{index_path}: line for frame {e.pos} {e.error}.",
                            error_class="TimestampOverflow" if e.reason == "timestamp_overflow"
-                           else "ParseError", position=where, **line)
+                           else "EncodingError" if "UTF-8" in e.error else "ParseError",
+                           position=where, **line)
             continue
         try:
             t_ns = src.t(e.t_ns, f"frame {e.pos} at")
