@@ -26,6 +26,7 @@ from mmalign.pipelines.runners import with_stage_hints
 from mmalign.schemas.calibration import load_calibration
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.manifest import Manifest, ManifestError, load_manifest
+from mmalign.schemas.names import check_name
 from mmalign.transforms.align.buckets import AssignBuckets
 from mmalign.transforms.align.join import (
     AlignBuckets,
@@ -68,6 +69,8 @@ class Job:
 
 
 def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | None = None) -> Job:
+    if run_id is not None:            # it names a staging folder: a plain name, never a path
+        check_name(run_id, "run_id")
     manifests = [load_manifest(p) for p in manifest_paths]
     seen: dict[str, str] = {}
     for path, m in zip(manifest_paths, manifests):
@@ -86,7 +89,7 @@ def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | Non
         cal = load_calibration(m.resolve(m.calibration, "calibration") if m.calibration else None)
         for s in m.streams:
             declared[(m.session, s.id)] = cal.clock(s.clock_domain)
-            for i, f in enumerate(s.files):
+            for i, f in enumerate(s.paths):
                 sources.append((m.session, s, str(m.resolve(f, f"streams[{s.id}].files[{i}]"))))
     job = Job(manifests, plans, declared, Path(out), run_id or new_run_id(), sources,
               [str(Path(p).resolve()) for p in manifest_paths])

@@ -116,7 +116,7 @@ def prepare(manifest_path: str | Path, settings: KafkaSettings,
     spans: dict[str, tuple[int, int]] = {}
     for s in m.streams:
         model = cal.clock(s.clock_domain)
-        for i, f in enumerate(s.files):
+        for i, f in enumerate(s.paths):
             path = m.resolve(f, f"streams[{s.id}].files[{i}]")
             for out in decode_file(s, path, session_id=m.session):
                 if isinstance(out, DeadLetter):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import soundfile as sf
 import yaml
 
 from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.names import RULE, is_name
 
 GENERATOR_VERSION = 1
 STREAM_CLOCKS = ("cam1", "mic", "imu", "transcript")   # cam0 is the reference (identity)
@@ -54,7 +54,6 @@ GRAVITY = 9.81
 CAM0_JITTER_S, CAM1_JITTER_S, IMU_JITTER_S = 0.002, 0.001, 0.00002
 CLICK_S, SPIKE_S, FLASH_S = 0.15, 0.3, 0.6   # how long an event's trace lasts per modality
 MIN_DURATION_S, MAX_DURATION_S = 4.0, 600.0
-SESSION_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"   # schemas/manifest.py ID
 
 
 # -- parameters ----------------------------------------------------------------------------
@@ -103,8 +102,8 @@ def _check_params(duration_s, size, fps, imu_hz, mic_rate, session) -> None:
         raise ValueError(f"imu_hz={imu_hz} must be within [100, 1000]")
     if int(mic_rate) != mic_rate or not 8000 <= mic_rate <= 48000:
         raise ValueError(f"mic_rate={mic_rate} must be an integer within [8000, 48000] Hz")
-    if not isinstance(session, str) or not re.fullmatch(SESSION_RE, session):
-        raise ValueError(f"session={session!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+    if not is_name(session):
+        raise ValueError(f"session={session!r} is not a valid name; {RULE}")
 
 
 # -- the hidden world ----------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pathlib import Path
 import apache_beam as beam
 
 from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.names import check_name
 from mmalign.transforms.align.buckets import bucket_range
 from mmalign.transforms.io.kafka import (
     PartitionSpec,
@@ -49,8 +50,8 @@ WRITTEN = "written.jsonl"
 
 
 def state_dir(out: str | Path, group_id: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in group_id)
-    return Path(out) / "_stream" / safe
+    """OUT/_stream/<group>: the consumer group id must be a plain name (schemas/names.py)."""
+    return Path(out) / "_stream" / check_name(group_id, "group_id")
 
 
 def load_written(state: str | Path) -> frozenset[tuple[str, int]]:

@@ -99,7 +99,7 @@ def test_a_kill_at_any_step_leaves_old_or_new_after_recovery(tmp_path):
         n = 0
         real_replace, real_rmtree, real_unlink = os.replace, shutil.rmtree, Path.unlink
 
-        def dying(fn):
+        def dying(fn, k=k):
             def wrapped(*a, **kw):
                 nonlocal n
                 n += 1

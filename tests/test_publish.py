@@ -72,7 +72,7 @@ def test_publish_sends_every_decoded_row_in_bounded_slices(kafka_broker, publish
     rows = collections.Counter()
     whole_chunks = collections.Counter()
     for s in m.streams:
-        for f in s.files:
+        for f in s.paths:
             for out in decode_file(s, m.resolve(f, "f"), session_id=m.session):
                 if hasattr(out, "num_records") and out.num_records:
                     pieces = slice_chunk(out, round(DEFAULT_SLICE_S * 1e9),

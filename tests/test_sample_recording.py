@@ -89,7 +89,7 @@ def test_all_files_written_and_manifest_loads(rec):
     assert [s.modality for s in m.streams] == ["video", "audio", "video", "audio", "text",
                                                "sensor"]
     for s in m.streams:
-        for f in s.files:
+        for f in s.paths:
             assert m.resolve(f).is_file()
     assert m.stream("cam0_audio").clock_domain == "cam0"
     assert m.alignment.ticks.anchor == "cam0" and m.alignment.bucket_s == 4.0

@@ -49,8 +49,8 @@ def manifest(tmp_path, streams_sync: dict) -> Manifest:
         if s["id"] in streams_sync:
             s["sync"] = streams_sync[s["id"]]
     return Manifest.model_validate({"session": SESSION, "streams": streams,
-                                    "alignment": {"ticks": {"rate_hz": 10}},
-                                    "base_dir": str(tmp_path)})
+                                    "alignment": {"ticks": {"rate_hz": 10}}},
+                                   context={"base_dir": str(tmp_path)})
 
 
 def chunk(stream, modality, seq, uri, batch, meta=None):
