@@ -66,9 +66,10 @@ def assert_accounted(gen, declared: int) -> tuple[list[Chunk], list[DeadLetter]]
 
 
 def count_data_lines(path: Path, *, header: bool) -> int:
-    """Lines with something on them that are not '#' comments, less a header line."""
-    lines = [ln for ln in path.read_bytes().split(b"\n")
-             if ln.strip(b" \t\r\n\x0b\x0c") and not ln.strip().startswith(b"#")]
+    """Lines (ended by LF, CRLF or a lone CR) with something on them that are not '#'
+    comments, less a header line."""
+    lines = [ln for ln in path.read_bytes().splitlines()
+             if ln.strip() and not ln.strip().startswith(b"#")]
     return len(lines) - (1 if header and lines else 0)
 
 
@@ -389,21 +390,35 @@ def test_csv_cut_and_smashed(tmp_path):
             assert b"\xff" * 25 in dead[0].payload
 
 
-def test_csv_bare_cr_inside_a_line_does_not_shift_later_rows(tmp_path):
-    """Arrow splits a row at a bare CR where the decoder sees one line: such a line is its own
-    letter and every other row keeps its own values (found by fuzzing)."""
+def test_csv_bare_cr_ends_a_line_and_never_shifts_values(tmp_path):
+    """A lone CR ends a line (as for Arrow's reader and ``splitlines``): the halves are rows
+    or letters of their own, and every decoded row keeps its own values. (Counting lines at
+    LF only once let Arrow's extra row shift every later row's values by one.)"""
     lines = [f"{i * 1000},{i},{-i}".encode() for i in range(300)]
-    lines[264] = b"264000\r,264,-264"          # Arrow: "264000" (bad) + ",264,-264" (valid)
+    lines[264] = b"264000\r,264,-264"          # "264000" (2 fields short) + ",264,-264"
     lines[110] = b"110000,1\r10,-110"
     lines[46] = b"46000,46,-4\x00\x00\x006"
+    lines[50] = b"50000,50,-50\r"               # CR then LF: one line end
     p = tmp_path / "cr.csv"
-    p.write_bytes(b"t_ns,a,b\n" + b"\n".join(lines) + b"\n")
-    chunks, dead = assert_accounted(decode_sensor_csv(str(p), **KW), 300)
-    assert sorted((d.reason, d.position) for d in dead) == [
-        ("bad_csv_row", "row=110"), ("bad_csv_row", "row=264"), ("non_numeric", "row=46")]
-    pos, a = rows_of(chunks, "pos"), rows_of(chunks, "a")
-    assert len(pos) == 297 and a == [float(i) for i in pos]
-    assert rows_of(chunks) == [i * 1000 for i in pos]
+    p.write_bytes(b"t_ns,a,b\r\n" + b"\n".join(lines) + b"\r")
+    declared = count_data_lines(p, header=True)
+    assert declared == 302
+    for chunk_rows in (4096, 7):
+        chunks, dead = assert_accounted(decode_sensor_csv(
+            str(p), **KW, options={"chunk_rows": chunk_rows}), declared)
+        assert sorted((d.reason, d.position) for d in dead) == [
+            ("bad_timestamp", "row=266"), ("non_numeric", "row=46"),
+            ("wrong_field_count", "row=110"), ("wrong_field_count", "row=111"),
+            ("wrong_field_count", "row=265")]
+        t, a = rows_of(chunks), rows_of(chunks, "a")
+        assert len(t) == 297 and a == [v / 1000 for v in t]
+
+
+def test_csv_without_line_ends_is_read_in_linear_time(tmp_path):
+    p = tmp_path / "one.csv"
+    p.write_bytes(b"t_ns,a\r" + b"\r".join(b"%d,%d" % (i, i) for i in range(400_000)))
+    chunks, dead = assert_accounted(decode_sensor_csv(str(p), **KW), 400_000)
+    assert dead == [] and rows_of(chunks)[-1] == 399_999
 
 
 def test_sensor_jsonl_year_2500(tmp_path):
@@ -458,6 +473,23 @@ def test_file_level_letter_stands_for_every_row(tmp_path):
     v.write_text("00:01.000 --> 00:02.000\na\n\n00:03.000 --> 00:04.000\nb\n")
     chunks, dead = assert_accounted(decode_vtt(str(v), **KW), 2)
     assert [(d.reason, d.records) for d in dead] == [("not_webvtt", 2)]
+
+
+def test_an_oversize_file_stands_for_what_its_header_declares(sox_wav, mp4, tmp_path):
+    """Oversize files are not read, but a header or footer is: the letter carries its count;
+    line-based files are not counted (that would mean reading them) and stand for 1."""
+    pq_path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"t_ns": list(range(70)), "v": [1.0] * 70}), pq_path)
+    csv_path = tmp_path / "s.csv"
+    csv_path.write_bytes(imu_csv(80))
+    small = {"max_bytes": 100}
+    for gen, records in ((decode_audio_file(str(sox_wav), **KW, options=small),
+                          wav_blocks(sox_wav, 1024)),
+                         (decode_video_container(str(mp4), **KW, options=small), 50),
+                         (decode_sensor_parquet(str(pq_path), **KW, options=small), 70),
+                         (decode_sensor_csv(str(csv_path), **KW, options=small), 1)):
+        chunks, dead = run(gen)
+        assert chunks == [] and [(d.reason, d.records) for d in dead] == [("oversize", records)]
 
 
 def test_a_decoder_crash_is_one_letter_for_what_it_lost(tmp_path, monkeypatch):

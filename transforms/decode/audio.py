@@ -9,6 +9,7 @@ pts for PyAV containers.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterator
 from fractions import Fraction
@@ -229,6 +230,10 @@ def _soundfile(src: SourceFile, block: int, opts: DecodeOptions
                ) -> Iterator[Chunk | DeadLetter]:
     path = src.path
     if (bad := src.check_file(opts.max_bytes)) is not None:
+        if bad.reason == "oversize":            # the header alone says what the letter costs
+            with contextlib.suppress(HeaderCut):
+                if (header := declared_frames(path)) is not None:
+                    src.declared, src.declared_by = -(-header[0] // block), header[2]
         yield bad
         return
     try:

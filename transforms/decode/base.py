@@ -32,7 +32,7 @@ from mmalign.schemas.decode_options import UNIT_NS, DecodeOptions, TimeUnit
 __all__ = ["UNIT_NS", "DecodeOptions", "TimeUnit", "SourceFile", "parse_time_ns", "short_error",
            "INT64_MIN", "INT64_MAX", "TimestampOverflow", "checked_ns", "checked_ns_array",
            "scaled_ns", "time_reason", "inside_roots", "open_container",
-           "count_nonblank_lines", "SpanAccumulator"]
+           "count_nonblank_lines", "SpanAccumulator", "iter_lines"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _D_MIN, _D_MAX = Decimal(INT64_MIN), Decimal(INT64_MAX)
@@ -317,12 +317,25 @@ class SourceFile:
         return None if d is None else int(d)
 
 
+def iter_lines(fh) -> Iterator[bytes]:
+    """The lines of a binary file, without their ends, split at LF, CRLF and a bare CR (as
+    ``bytes.splitlines``: a CR alone ends a line too, as it does for Arrow's CSV reader)."""
+    for raw in fh:
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if b"\r" in line:
+            yield from line.split(b"\r")
+        else:
+            yield line
+
+
 def count_nonblank_lines(path: str) -> int:
-    """Lines that are not blank (ASCII whitespace; a leading BOM ignored): a JSONL file's
-    records, counted without parsing them."""
+    """Lines (``iter_lines``) that are not blank (ASCII whitespace; a leading BOM ignored): a
+    JSONL file's records, counted without parsing them."""
     n, first = 0, True
     with open(path, "rb") as fh:
-        for raw in fh:
+        for raw in iter_lines(fh):
             if first:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
             if raw.strip():

@@ -40,6 +40,7 @@ from mmalign.transforms.decode.base import (
     checked_ns,
     checked_ns_array,
     count_nonblank_lines,
+    iter_lines,
     parse_time_ns,
     short_error,
 )
@@ -174,27 +175,39 @@ def _needs_filter(body: bytes) -> bool:
             or b"\x0c" in body)
 
 
-def _csv_lines(fh, n: int, first: bytes | None = None) -> Iterator[tuple[int, list[bytes]]]:
-    """Blocks of up to ``n`` data lines as (row index of the first, lines), ``first`` (a line
-    already read) leading; blank and '#' lines are skipped and not counted as rows. Reads
-    1 MiB at a time; buffers free of comments, CRs and blank lines are split in C."""
-    row, block = 0, []
-    tail = first or b""
+def _is_row(line: bytes) -> bool:
+    return bool(line.strip()) and not line.lstrip().startswith(b"#")
+
+
+def _csv_lines(fh, n: int, first: list[bytes] | None = None
+               ) -> Iterator[tuple[int, list[bytes]]]:
+    """Blocks of up to ``n`` data lines as (row index of the first, lines), ``first`` (lines
+    already read) leading; blank and '#' lines are skipped and not counted as rows. Lines end
+    at LF, CRLF or a bare CR (``iter_lines``, and Arrow's reader). Reads 1 MiB at a time;
+    buffers free of comments, CRs and blank lines are split in C."""
+    row, block = 0, [ln for ln in first or [] if _is_row(ln)]
+    pending: list[bytes] = []                   # the start of a line not yet ended
     while True:
         buf = fh.read(1 << 20)
-        data = tail + buf
         if buf:
-            cut = data.rfind(b"\n") + 1
-            data, tail = data[:cut], data[cut:]
+            cut = max(buf.rfind(b"\n"), buf.rfind(b"\r")) + 1
+            if cut == len(buf) and buf.endswith(b"\r"):
+                cut -= 1                        # maybe half of a CRLF: keep the CR
+            if cut <= 0:
+                pending.append(buf)             # no line end yet (joined once, not per read)
+                continue
+            data = b"".join([*pending, buf[:cut]])
+            pending = [buf[cut:]] if cut < len(buf) else []
         else:
-            tail = b""
+            data, pending = b"".join(pending), []
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if data:
             body = data[:-1] if data.endswith(b"\n") else data
             if not _needs_filter(body):
                 block += body.split(b"\n")
             else:
-                lines = (ln.rstrip(b"\r") for ln in body.split(b"\n"))
-                block += [ln for ln in lines if ln.strip() and not ln.lstrip().startswith(b"#")]
+                block += [ln for ln in body.split(b"\n") if _is_row(ln)]
         while len(block) >= n:
             yield row, block[:n]
             row, block = row + n, block[n:]
@@ -204,48 +217,47 @@ def _csv_lines(fh, n: int, first: bytes | None = None) -> Iterator[tuple[int, li
         yield row, block
 
 
-def _find_header(fh, delimiter: str) -> tuple[bytes, bytes | None]:
-    """(header line, first data line if it had to be read to tell). The header is the first
-    line that is not blank or a '#' comment, unless that line is data (its first field is a
-    number): then the last comment line is the header (the EuRoC "#timestamp,..." layout)."""
+def _find_header(fh, delimiter: str) -> tuple[bytes, list[bytes]]:
+    """(header line, lines already read after it). The header is the first line that is not
+    blank or a '#' comment, unless that line is data (its first field is a number): then the
+    last comment line is the header (the EuRoC "#timestamp,..." layout)."""
     last_comment = b""
     for raw in fh:
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith(b"#"):
-            last_comment = line
-            continue
-        first = line.split(delimiter.encode(), 1)[0].strip()
-        try:
-            float(first)
-        except ValueError:
-            return line, None
-        return (last_comment, raw) if last_comment else (line, None)
-    return last_comment, None
-
-
-def count_csv_rows(path: str, delimiter: str = ",") -> int:
-    """A sensor CSV's data lines, counted without parsing them: lines that are not blank and
-    not '#' comments, less the header line (see ``_find_header``)."""
-    n, comment, header = 0, False, False
-    with open(path, "rb") as fh:
-        for raw in fh:
-            line = raw.strip()
+        parts = list(iter_lines([raw]))
+        for k, part in enumerate(parts):
+            line = part.strip()
             if not line:
                 continue
             if line.startswith(b"#"):
-                comment = comment or not header
+                last_comment = line
+                continue
+            first = line.split(delimiter.encode(), 1)[0].strip()
+            try:
+                float(first)
+            except ValueError:
+                return line, parts[k + 1:]
+            if last_comment:
+                return last_comment, parts[k:]
+            return line, parts[k + 1:]
+    return last_comment, []
+
+
+def count_csv_rows(path: str, delimiter: str = ",") -> int:
+    """A sensor CSV's data lines, counted without parsing them: lines (``iter_lines``) that
+    are not blank and not '#' comments, less a header line (the first such line, unless its
+    first field is a number)."""
+    n, header = 0, False
+    with open(path, "rb") as fh:
+        for raw in iter_lines(fh):
+            line = raw.strip()
+            if not line or line.startswith(b"#"):
                 continue
             if not header:
                 header = True
-                first = line.split(delimiter.encode(), 1)[0].strip()
                 try:
-                    float(first)
+                    float(line.split(delimiter.encode(), 1)[0].strip())
                 except ValueError:
                     continue                    # a named header line
-                if not comment:
-                    continue                    # a numeric first line is the header
             n += 1
     return n
 
@@ -431,6 +443,14 @@ def _csv_channels(table: pa.Table, names: list[str], time_col: str,
 _TS_UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
+def count_parquet_rows(path: str) -> int | None:
+    """The rows a Parquet file's footer declares (None if it cannot be read)."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError):
+        return None
+
+
 def _parquet_times(col: pa.ChunkedArray | pa.Array, unit: str
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A Parquet time column (timestamp, integer, float, string) -> (int64 ns, unusable mask
@@ -473,11 +493,6 @@ def _parquet_times(col: pa.ChunkedArray | pa.Array, unit: str
     return np.where(null, 0, out), null, over & ~null
 
 
-def count_parquet_rows(path: str) -> int:
-    """The rows a Parquet file's footer declares."""
-    return pq.ParquetFile(path).metadata.num_rows
-
-
 def decode_sensor_parquet(path: str, *, session_id: str, stream_id: str,
                           options: DecodeOptions | dict | None = None,
                           roots: tuple[str, ...] = (), time_offset_ns: int = 0
@@ -493,6 +508,8 @@ def _parquet(src: SourceFile, opts: DecodeOptions, bad: DeadLetter | None
              ) -> Iterator[Chunk | DeadLetter]:
     path = src.path
     if bad is not None:
+        if bad.reason == "oversize":            # the footer alone says what the letter costs
+            src.declared = functools.partial(count_parquet_rows, path)
         yield bad
         return
     unit = opts.time_unit or "ns"
@@ -613,8 +630,7 @@ def _jsonl(src: SourceFile, opts: DecodeOptions, bad: DeadLetter | None
         return c
 
     with open(path, "rb") as fh:
-        for raw in fh:
-            line = raw.rstrip(b"\r\n")
+        for line in iter_lines(fh):
             if row == 0:
                 line = line.removeprefix(b"\xef\xbb\xbf")
             if not line.strip():

@@ -27,6 +27,7 @@ from mmalign.transforms.decode.base import (
     TimestampOverflow,
     checked_ns,
     count_nonblank_lines,
+    iter_lines,
     scaled_ns,
     short_error,
 )
@@ -291,8 +292,7 @@ def _jsonl(src: SourceFile, opts: DecodeOptions) -> Iterator[Chunk | DeadLetter]
     rows = _Rows(src, opts.chunk_rows)
     pos = 0
     with open(path, "rb") as fh:
-        for raw in fh:
-            raw = raw.rstrip(b"\r\n")
+        for raw in iter_lines(fh):
             if pos == 0:
                 raw = raw.removeprefix(_BOM)
             if not raw.strip():

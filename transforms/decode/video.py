@@ -32,6 +32,7 @@ from mmalign.transforms.decode.base import (
     SpanAccumulator,
     TimestampOverflow,
     inside_roots,
+    iter_lines,
     open_container,
     parse_time_ns,
     short_error,
@@ -168,10 +169,25 @@ def _open_failure(src: SourceFile, e: Exception, what: str) -> DeadLetter:
                     f"({short_error(e)}).", error_class="CorruptMedia")
 
 
+def _header_frames(path: str) -> int | None:
+    """The frames an MP4/MOV sample table declares, read from the header only (no demuxing);
+    None for other containers or when it says nothing."""
+    try:
+        with open_container(path) as c:
+            vs = c.streams.video[0]
+            if "mov" in c.format.name.split(",") and (vs.frames or 0) > 0:
+                return int(vs.frames)
+    except (av.error.FFmpegError, OSError, IndexError, UnicodeDecodeError):
+        pass
+    return None
+
+
 def _container(src: SourceFile, chunk_frames: int, inline_images: bool, opts: DecodeOptions
                ) -> Iterator[Chunk | DeadLetter]:
     path = src.path
     if (bad := src.check_file(opts.max_bytes)) is not None:
+        if bad.reason == "oversize":            # the header alone says what the letter costs
+            src.declared, src.declared_by = _header_frames(path), "its sample table"
         yield bad
         return
     try:
@@ -337,15 +353,16 @@ def _is_data(line_b: bytes) -> bool:
 
 
 def read_index(index_path: str, time_unit: str | None = None) -> Iterator[IndexEntry]:
-    """Parse a ``timestamp filename`` index line by line (streamed, never whole-file). Every
+    """Parse a ``timestamp filename`` index line by line (streamed, never whole-file; lines end
+    at LF, CRLF or a bare CR: ``iter_lines``). Every
     data line (not blank, not a '#' comment, not the header) is one entry, with an error if it
     cannot be used: ``reason`` ``bad_timestamp`` (a time that is not a number),
     ``timestamp_overflow`` (outside int64 ns) or ``bad_index_line`` (no filename, not UTF-8)."""
     pos = 0
     first_data = True
     with open(index_path, "rb") as fh:
-        for raw in fh:
-            line_b = raw.rstrip(b"\r\n")
+        for raw in iter_lines(fh):
+            line_b = raw
             if first_data:
                 line_b = line_b.removeprefix(_BOM)
             if not _is_data(line_b):
@@ -380,8 +397,8 @@ def count_index_lines(index_path: str) -> int:
     not '#' comments, less a header line (a first line whose first field is a column name)."""
     n, first = 0, True
     with open(index_path, "rb") as fh:
-        for raw in fh:
-            line_b = raw.rstrip(b"\r\n")
+        for raw in iter_lines(fh):
+            line_b = raw
             if first:
                 line_b = line_b.removeprefix(_BOM)
             if not _is_data(line_b):
