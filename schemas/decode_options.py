@@ -10,7 +10,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mmalign.schemas.clock import MAX_ABS_TIME_NS
 
 TimeUnit = Literal["ns", "us", "ms", "s"]
 UNIT_NS: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -24,8 +23,8 @@ class DecodeOptions(BaseModel):
 
     max_bytes: int = Field(2 * 1024**3, gt=0, description="larger files are dead letters")
     time_unit: TimeUnit | None = Field(None, description="unit of timestamps in index/sensor")
-    start_ns: int | None = Field(None, ge=-MAX_ABS_TIME_NS, le=MAX_ABS_TIME_NS,
-                                 description="audio: time of sample 0 (default 0/pts)")
+    start_ns: int | None = Field(None, description="audio: time of sample 0 (default 0/pts); "
+                                 "load_manifest bounds it by MAX_ABS_TIME_NS")
     time_column: str | None = None
     channels: list[str] | None = None
     delimiter: str = Field(",", min_length=1, max_length=1, description="sensor CSV")
