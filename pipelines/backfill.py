@@ -41,6 +41,7 @@ from mmalign.transforms.decode.stage import DecodeStreams
 from mmalign.transforms.io.commit import SUMMARY, commit, recover, staging_dir
 from mmalign.transforms.io.parquet import WriteAlignedFn
 from mmalign.transforms.validate.stage import Validate
+from mmalign.transforms.validate.timestamps import TimestampRule
 
 
 def new_run_id() -> str:
@@ -57,6 +58,15 @@ class Job:
     run_id: str
     sources: list[tuple[str, object, str]] = field(default_factory=list)
     manifest_paths: list[str] = field(default_factory=list)
+
+    @property
+    def rules(self) -> dict[str, TimestampRule]:
+        """session -> its timestamp plausibility rule (manifest ``validation:``)."""
+        return {m.session: TimestampRule(*m.validation.bounds_ns()) for m in self.manifests}
+
+    @property
+    def stream_options(self) -> dict[tuple[str, str], dict]:
+        return {(m.session, s.id): s.options for m in self.manifests for s in m.streams}
 
     @property
     def bucket_ns(self) -> int:
@@ -162,10 +172,10 @@ def post_align_stages(job: Job) -> list[tuple[str, beam.PTransform]]:
 
 def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
     """Wire the backfill into pipeline ``p``; returns the named PCollections."""
-    options = {(m.session, s.id): s.options for m in job.manifests for s in m.streams}
     decoded = (p | "Sources" >> beam.Create(job.sources, reshuffle=True)
                | "Decode" >> DecodeStreams())
-    valid = decoded.chunks | "Validate" >> Validate(options, job.run_id, centres=True)
+    valid = decoded.chunks | "Validate" >> Validate(job.stream_options, job.run_id,
+                                                      job.rules, centres=True)
     estimated = {}
     if any(s.sync for m in job.manifests for s in m.streams):
         results = valid.chunks | "Sync" >> EstimateClocks(job.manifests, job.declared)

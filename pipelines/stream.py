@@ -152,7 +152,6 @@ def geometry(job: Job) -> Geometry:
 def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
           opts: StreamOptions, state: Path, skip_ids: frozenset[str] = frozenset()) -> dict:
     """Wire the streaming job into ``p``; returns the named PCollections."""
-    options = {(m.session, s.id): s.options for m in job.manifests for s in m.streams}
     streams = {(m.session, s.id): s.modality for m in job.manifests for s in m.streams}
     bound = round(opts.max_out_of_orderness_s * 1e9)
     lateness = round(opts.allowed_lateness_s * 1e9)
@@ -165,7 +164,7 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
     read = p | "ReadKafka" >> ReadKafka(list(plan.specs), reader)
     ingested = read.records | "Ingest" >> beam.ParDo(
         IngestFn(streams, opts.payload_roots, job.run_id)).with_outputs("dead", main="chunks")
-    valid = ingested.chunks | "Validate" >> Validate(options, job.run_id)
+    valid = ingested.chunks | "Validate" >> Validate(job.stream_options, job.run_id, job.rules)
     clocked = valid.chunks | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
     buckets = bucketing(job)
     held = (clocked

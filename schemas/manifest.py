@@ -220,6 +220,21 @@ class Stream(_Strict):
         return [None if isinstance(f, str) else f.start for f in self.files]
 
 
+class Validation(_Strict):
+    """The session's timestamp plausibility rule (transforms/validate/timestamps.py): a record
+    whose time is beyond ``max_abs_time_s`` of 0 or more than ``max_time_span_s`` from its
+    stream's median time is the dead letter ``validate/implausible_timestamp``."""
+    max_time_span_s: float = Field(86400.0, gt=0, le=MAX_ABS_TIME_NS / 1e9,
+                                   description="largest distance from the stream's median")
+    max_abs_time_s: float = Field(MAX_ABS_TIME_NS / 1e9, gt=0, le=MAX_ABS_TIME_NS / 1e9,
+                                  description="largest |time| in seconds (2**62 ns at most)")
+
+    def bounds_ns(self) -> tuple[int, int]:
+        """(max |t|, max span) in whole nanoseconds."""
+        return (min(MAX_ABS_TIME_NS, round(self.max_abs_time_s * 1e9)),
+                round(self.max_time_span_s * 1e9))
+
+
 class Manifest(_Strict):
     session: ID
     streams: list[Stream] = Field(min_length=1)
@@ -228,6 +243,8 @@ class Manifest(_Strict):
     allowed_roots: list[str] = Field(default_factory=list)
     registration: RegistrationSpec | None = Field(None, description="camera registration")
     encoders: EncodersConfig | None = Field(None, description="encoders + feature store")
+    validation: Validation = Field(default_factory=Validation,
+                                   description="timestamp plausibility rule")
     # the manifest's folder: set by load_manifest (or the validation context's "base_dir"),
     # never by the manifest itself (a base_dir key is an unknown field)
     _base_dir: str = PrivateAttr("")
