@@ -39,8 +39,10 @@ def plain_loop(manifest: Path, out: Path) -> tuple[int, int]:
     buckets = defaultdict(list)
     records = 0
     dead = []
-    for session_id, stream, path in job.sources:
-        for item in decode_file(stream, Path(path), session_id=session_id):
+    for req in job.sources:
+        session_id, stream = req.session_id, req.stream
+        for item in decode_file(stream, req.path, session_id=session_id, roots=req.roots,
+                                time_offset_ns=req.time_offset_ns):
             if not isinstance(item, Chunk):
                 records += 1
                 dead.append(item)

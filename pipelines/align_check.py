@@ -128,7 +128,7 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
     from mmalign.transforms.align.join import fixed_rate_ticks, join_stream, plan_from_manifest
     from mmalign.transforms.clock.features import FeatureError
     from mmalign.transforms.clock.sync import chunk_partial, stream_features, sync_session
-    from mmalign.transforms.decode.stage import decode_file
+    from mmalign.transforms.decode.stage import decode_file, manifest_requests
     from mmalign.transforms.validate.stage import validate_chunk
 
     try:
@@ -159,29 +159,30 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
     dead: list[DeadLetter] = []
     with _progress(progress) as bar:
         task = bar.add_task("decoding", total=sum(len(s.paths) for s in m.streams), note="")
-        for s in m.streams:
+        for req in manifest_requests(m):
+            s = req.stream
             need = plan.needs.get(s.id)
-            for k, f in enumerate(s.paths):
-                src = m.resolve(f, f"streams[{s.id}].files[{k}]")
-                for i, out in enumerate(decode_file(s, src, session_id=m.session)):
-                    bar.update(task, note=f"{s.id}: chunk {i + 1}")
-                    if isinstance(out, DeadLetter):
-                        dead.append(out)
-                        continue
-                    good, letters = validate_chunk(out, s.options)
-                    dead += letters
-                    if good is None:
-                        continue
-                    for rate in (need.families if need else ()):
-                        try:
-                            part = chunk_partial(good, need, rate)
-                        except FeatureError as e:
-                            part = ("error", f"chunk {good.seq} of {good.source_uri}: {e}")
-                        if part is not None:
-                            parts[(s.id, rate)].append(part)
-                    tables[s.id].append(_slim(good))
-                    metas.setdefault(s.id, good.meta)
-                bar.advance(task)
+            for i, out in enumerate(decode_file(s, req.path, session_id=m.session,
+                                                roots=req.roots,
+                                                time_offset_ns=req.time_offset_ns)):
+                bar.update(task, note=f"{s.id}: chunk {i + 1}")
+                if isinstance(out, DeadLetter):
+                    dead.append(out)
+                    continue
+                good, letters = validate_chunk(out, s.options)
+                dead += letters
+                if good is None:
+                    continue
+                for rate in (need.families if need else ()):
+                    try:
+                        part = chunk_partial(good, need, rate)
+                    except FeatureError as e:
+                        part = ("error", f"chunk {good.seq} of {good.source_uri}: {e}")
+                    if part is not None:
+                        parts[(s.id, rate)].append(part)
+                tables[s.id].append(_slim(good))
+                metas.setdefault(s.id, good.meta)
+            bar.advance(task)
 
     results = {}
     if plan.specs:
@@ -377,8 +378,10 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
 
     from mmalign.deadletter.file_sink import read_dead_letters
     from mmalign.pipelines.backfill import read_sync_results
+    from mmalign.transforms.io.commit import recover
     from mmalign.transforms.io.parquet import read_aligned
 
+    recover(out)          # finish an interrupted commit first: the output is then whole
     try:
         aligned = read_aligned(out / "aligned")
         dead = read_dead_letters(out / "deadletter")

@@ -37,7 +37,7 @@ from mmalign.transforms.align.join import (
 )
 from mmalign.transforms.clock.apply import ApplyClockFn
 from mmalign.transforms.clock.sync import EstimateClocks
-from mmalign.transforms.decode.stage import DecodeStreams
+from mmalign.transforms.decode.stage import DecodeRequest, DecodeStreams, manifest_requests
 from mmalign.transforms.io.commit import SUMMARY, commit, recover, staging_dir
 from mmalign.transforms.io.parquet import WriteAlignedFn
 from mmalign.transforms.validate.stage import Validate
@@ -56,7 +56,7 @@ class Job:
     declared: dict[tuple[str, str], ClockModel]
     out: Path
     run_id: str
-    sources: list[tuple[str, object, str]] = field(default_factory=list)
+    sources: list[DecodeRequest] = field(default_factory=list)
     manifest_paths: list[str] = field(default_factory=list)
 
     @property
@@ -99,8 +99,7 @@ def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | Non
         cal = load_calibration(m.resolve(m.calibration, "calibration") if m.calibration else None)
         for s in m.streams:
             declared[(m.session, s.id)] = cal.clock(s.clock_domain)
-            for i, f in enumerate(s.paths):
-                sources.append((m.session, s, str(m.resolve(f, f"streams[{s.id}].files[{i}]"))))
+        sources += manifest_requests(m)
     job = Job(manifests, plans, declared, Path(out), run_id or new_run_id(), sources,
               [str(Path(p).resolve()) for p in manifest_paths])
     try:

@@ -37,7 +37,7 @@ from mmalign.schemas.envelope import Envelope, batch_to_ipc, chunk_envelope, enc
 from mmalign.schemas.manifest import load_manifest
 from mmalign.transforms.align.join import chunk_extent
 from mmalign.transforms.clock.apply import apply_clock
-from mmalign.transforms.decode.stage import decode_file
+from mmalign.transforms.decode.stage import decode_file, manifest_requests
 from mmalign.transforms.validate.stage import validate_chunk
 
 DEFAULT_INLINE_MAX_BYTES = 900_000   # under Kafka's default 1 MB message limit
@@ -114,22 +114,22 @@ def prepare(manifest_path: str | Path, settings: KafkaSettings,
     chunks: list[Chunk] = []
     dead: list[DeadLetter] = []
     spans: dict[str, tuple[int, int]] = {}
-    for s in m.streams:
+    for req in manifest_requests(m):
+        s = req.stream
         model = cal.clock(s.clock_domain)
-        for i, f in enumerate(s.paths):
-            path = m.resolve(f, f"streams[{s.id}].files[{i}]")
-            for out in decode_file(s, path, session_id=m.session):
-                if isinstance(out, DeadLetter):
-                    dead.append(out)
-                    continue
-                if out.num_records == 0:
-                    continue
-                chunks.extend(slice_chunk(out, round(slice_s * 1e9), slice_max_bytes))
-                good, _ = validate_chunk(out, s.options)
-                if good is not None:
-                    _, (lo, hi) = chunk_extent(apply_clock(good, model))
-                    old = spans.get(s.id)
-                    spans[s.id] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+        for out in decode_file(s, req.path, session_id=m.session, roots=req.roots,
+                               time_offset_ns=req.time_offset_ns):
+            if isinstance(out, DeadLetter):
+                dead.append(out)
+                continue
+            if out.num_records == 0:
+                continue
+            chunks.extend(slice_chunk(out, round(slice_s * 1e9), slice_max_bytes))
+            good, _ = validate_chunk(out, s.options)
+            if good is not None:
+                _, (lo, hi) = chunk_extent(apply_clock(good, model))
+                old = spans.get(s.id)
+                spans[s.id] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
     extents = {k: [int(a), int(b)] for k, (a, b) in sorted(spans.items())}
     seqs: dict[str, int] = {}
     messages = []

@@ -62,7 +62,9 @@ def summarize(job, result, elapsed_s: float, root=None) -> dict:
         for s in streams:
             col = f"{s}__status"
             if col in aligned.column_names:
-                status[s] = dict(Counter(aligned.column(col).to_pylist()))
+                # null: the row's session has no such stream (several sessions)
+                status[s] = dict(Counter(v for v in aligned.column(col).to_pylist()
+                                         if v is not None))
     return {
         "run_id": job.run_id,
         "elapsed_s": round(elapsed_s, 3),
@@ -90,7 +92,7 @@ def render(summary: dict) -> str:
         f"({len(summary['sessions'])} session(s), {len(summary['streams'])} streams: "
         f"{', '.join(summary['streams'])}) in {summary['elapsed_s']:.1f} s",
         f"  aligned Parquet : {summary['aligned_dir']}",
-        f"  dead letters    : {summary['deadletter_dir']} ({summary['dead_letters']} records)",
+        f"  dead letters    : {summary['deadletter_dir']} ({summary['dead_letters']} letters)",
     ]
     for reason, n in summary["dead_letters_by_reason"].items():
         lines.append(f"    {n:6d}  {reason}")

@@ -36,7 +36,8 @@ class Case:
     name: str                              # also the session id of its manifest
     category: str
     build: Callable[[Path, dict], None]    # (case folder, manifest dict) -> damage them
-    exit: int = 0                          # 2: refused before the run; else a data case
+    exit: int = 0                          # 2: refused before the run; 1: the run ends with
+    #                                        a failure (e.g. a session without ticks); 0: ok
     message: str = ""                      # exit 2: words the one sentence must contain
     reasons: set[str] = field(default_factory=set)   # data: "stage/reason" letters expected
     streams: tuple[str, ...] = ("cam0",)   # streams of the base manifest the case keeps
@@ -107,12 +108,16 @@ def riff_frames(path: Path) -> int | None:
     return size // align
 
 
-def ffprobe_frames(path: Path) -> int | None:
-    p = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-                        "stream=nb_frames", "-of", "json", str(path)],
-                       capture_output=True, text=True)
+def ffprobe_frames(path: Path, kind: str = "v") -> int | None:
+    """Frames (video) or packets (audio) the container's index declares, per ffprobe."""
+    p = subprocess.run(["ffprobe", "-v", "error", "-select_streams", f"{kind}:0",
+                        "-show_entries", "stream=nb_frames,codec_name", "-of", "json",
+                        str(path)], capture_output=True, text=True)
     try:
-        return int(json.loads(p.stdout)["streams"][0]["nb_frames"])
+        st = json.loads(p.stdout)["streams"][0]
+        if kind == "a" and st.get("codec_name") != "aac":
+            return None          # AAC: one packet = 1024 samples = one block
+        return int(st["nb_frames"])
     except (KeyError, IndexError, ValueError, json.JSONDecodeError):
         return None
 
@@ -157,6 +162,8 @@ def independent_count(stream: dict, base_dir: Path) -> int:
             n = data_lines(path, header=True)
         elif stream["modality"] == "video":
             n = ffprobe_frames(path)
+        elif stream["modality"] == "audio" and path.suffix == ".mp4":
+            n = ffprobe_frames(path, "a")
         elif stream["modality"] == "audio" and path.suffix == ".wav":
             frames = riff_frames(path)
             n = None if frames is None else math.ceil(frames / BLOCK)

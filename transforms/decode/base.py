@@ -28,6 +28,7 @@ import pyarrow as pa
 from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.decode_options import UNIT_NS, DecodeOptions, TimeUnit
+from mmalign.transforms.validate.timestamps import TimestampRule, implausible
 
 __all__ = ["UNIT_NS", "DecodeOptions", "TimeUnit", "SourceFile", "parse_time_ns", "short_error",
            "INT64_MIN", "INT64_MAX", "TimestampOverflow", "checked_ns", "checked_ns_array",
@@ -137,6 +138,8 @@ def open_container(path: str) -> av.container.InputContainer:
     return av.open(str(path), options=dict(_OPEN_OPTIONS))
 
 
+_DEFAULT_RULE = TimestampRule()
+
 @dataclass
 class SourceFile:
     """One file being decoded: makes its Chunks (seq, prev_t_ns) and its DeadLetters, shifts
@@ -187,11 +190,17 @@ class SourceFile:
     # ------------------------------------------------------------ outputs
 
     def chunk(self, data: pa.RecordBatch, meta: dict | None = None) -> Chunk:
-        """Wrap the next batch of rows; updates ``seq`` and the running max of t_ns."""
+        """Wrap the next batch of rows; updates ``seq`` and the running max of t_ns. Rows the
+        default plausibility rule rejects around the chunk's own median (one absurd time
+        among sane ones) do not enter the running max, so they cannot make every later
+        chunk of the file look out of order."""
         prev = self.max_t_ns
         if data.num_rows:
-            m = int(np.max(data.column("t_ns").to_numpy(zero_copy_only=False)))
-            self.max_t_ns = m if prev is None else max(prev, m)
+            t = data.column("t_ns").fill_null(0).to_numpy(zero_copy_only=False)
+            t = t[~implausible(t, None, _DEFAULT_RULE)]
+            if t.size:
+                m = int(np.max(t))
+                self.max_t_ns = m if prev is None else max(prev, m)
         c = Chunk(session_id=self.session_id, stream_id=self.stream_id, modality=self.modality,
                   seq=self.seq, source_uri=self.path, data=data,
                   meta=dict(meta if meta is not None else self.meta), prev_t_ns=prev)

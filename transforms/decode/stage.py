@@ -22,6 +22,7 @@ from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, 
 from mmalign.schemas.manifest import Stream
 from mmalign.transforms.decode import audio, sensor, text, video
 from mmalign.transforms.decode.base import SourceFile, short_error
+from mmalign.transforms.decode.segments import segment_offsets
 
 # ---------------------------------------------------------------- dispatch
 
@@ -58,6 +59,23 @@ class DecodeRequest:
             return element
         session_id, stream, path = element
         return cls(session_id, stream, str(path))
+
+
+def manifest_requests(manifest) -> list[DecodeRequest]:
+    """Every file of a validated manifest as a DecodeRequest: resolved inside the manifest's
+    allowed roots, and shifted so that a stream's files are consecutive segments
+    (``segments.segment_offsets``; probed only for streams of several files or declared
+    starts)."""
+    roots = tuple(str(r) for r in manifest.roots())
+    out = []
+    for s in manifest.streams:
+        paths = [manifest.resolve(f, f"streams[{s.id}].files[{i}]")
+                 for i, f in enumerate(s.paths)]
+        multi = len(paths) > 1 or any(x is not None for x in s.starts)
+        offsets = segment_offsets(s, paths) if multi else [0] * len(paths)
+        out += [DecodeRequest(manifest.session, s, str(p), roots, off)
+                for p, off in zip(paths, offsets)]
+    return out
 
 
 def decode_file(stream: Stream, path: Path | str, *, session_id: str,
