@@ -39,6 +39,7 @@ from mmalign.transforms.align.join import chunk_extent
 from mmalign.transforms.clock.apply import apply_clock
 from mmalign.transforms.decode.stage import decode_file, manifest_requests
 from mmalign.transforms.validate.stage import validate_chunk
+from mmalign.transforms.validate.timestamps import TimestampRule, implausible
 
 DEFAULT_INLINE_MAX_BYTES = 900_000   # under Kafka's default 1 MB message limit
 DEFAULT_SLICE_S = 1.0                # at most this much event time per message
@@ -58,7 +59,11 @@ def slice_chunk(chunk: Chunk, max_span_ns: int, max_bytes: int) -> list[Chunk]:
         raise ValueError(f"slice span must be positive, got {max_span_ns} ns")
     lo_i64 = np.iinfo(np.int64).min
     t = chunk.data.column("t_ns").fill_null(lo_i64).to_numpy(zero_copy_only=False)
-    run_max = np.maximum.accumulate(t.astype(np.int64))
+    t = t.astype(np.int64)
+    # rows implausible around the chunk's median (validate dead-letters them) do not move
+    # the running maximum: one absurd time must not swallow the rest of the chunk
+    t[implausible(t, None, TimestampRule())] = lo_i64
+    run_max = np.maximum.accumulate(t)
     per_row = max(1, chunk.data.nbytes // n)
     rows_per_slice = max(1, max_bytes // per_row)
     cuts = [0]

@@ -164,7 +164,8 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
     read = p | "ReadKafka" >> ReadKafka(list(plan.specs), reader)
     ingested = read.records | "Ingest" >> beam.ParDo(
         IngestFn(streams, opts.payload_roots, job.run_id)).with_outputs("dead", main="chunks")
-    valid = ingested.chunks | "Validate" >> Validate(job.stream_options, job.run_id, job.rules)
+    valid = ingested.chunks | "Validate" >> Validate(
+        job.stream_options, job.run_id, job.rules, clocks=job.declared)
     clocked = valid.chunks | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
     buckets = bucketing(job)
     held = (clocked

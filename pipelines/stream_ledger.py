@@ -34,9 +34,9 @@ from pathlib import Path
 
 import apache_beam as beam
 
-from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.clock import MAX_ABS_TIME_NS, ClockModel
 from mmalign.schemas.names import check_name
-from mmalign.transforms.align.buckets import bucket_range
+from mmalign.transforms.align.buckets import bucket_range, touched_buckets
 from mmalign.transforms.io.kafka import (
     PartitionSpec,
     append_lines,
@@ -47,6 +47,7 @@ from mmalign.transforms.io.kafka import (
 )
 
 WRITTEN = "written.jsonl"
+MAX_LEDGER_BUCKETS = 10_000   # buckets one message may reach before its span is absurd
 
 
 def state_dir(out: str | Path, group_id: str) -> Path:
@@ -71,7 +72,14 @@ class Geometry:
         if model is None or row.get("t") is None:
             return []
         hi_dev = max(v for v in (row["t"], row.get("tl"), row.get("te")) if v is not None)
-        lo, hi = (int(v) for v in model.to_ref([row["t"], hi_dev]))
+        lo_dev, hi_dev = (min(max(int(v), -MAX_ABS_TIME_NS), MAX_ABS_TIME_NS)
+                          for v in (row["t"], hi_dev))
+        lo, hi = (int(v) for v in model.to_ref([lo_dev, hi_dev]))
+        if (hi - lo) // self.bucket_ns > MAX_LEDGER_BUCKETS:
+            # a message whose rows span more than any plausible chunk holds absurd times
+            # (dead-lettered by validate): its ends' buckets, never a loop over the span
+            return sorted({(row["s"], int(b)) for b in touched_buckets(
+                [lo, hi], self.bucket_ns, self.margin_ns)})
         return [(row["s"], b) for b in bucket_range(lo, hi, self.bucket_ns, self.margin_ns)]
 
 

@@ -25,6 +25,13 @@ pytestmark = pytest.mark.slow
 def run(kafka_broker, fresh_topics, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stream")
     manifest = generate_recording(tmp / "rec", seed=5, duration_s=6.0)
+    # two absurd sensor times (years 2100 and 2200): implausible letters in both jobs, and the
+    # streaming watermark must not jump to them
+    imu = tmp / "rec" / "imu.csv"
+    lines = imu.read_text().splitlines()
+    for row, t in ((300, 4_102_444_800 * 10**9), (600, 7_258_118_400 * 10**9)):
+        lines[row] = ",".join([str(t), *lines[row].split(",")[1:]])
+    imu.write_text("\n".join(lines) + "\n")
     backfill.run([manifest], tmp / "batch", run_id="batch")
     settings, tag = fresh_topics()
     report = publish(manifest, settings, run_id="publish")
@@ -70,6 +77,7 @@ def test_stream_rows_equal_backfill_rows(run):
 
 def test_deadletter_topic_holds_exactly_bad_poison_and_late(run):
     batch = read_dead_letters(run["tmp"] / "batch" / "deadletter").to_pylist()
+    assert sum(d["reason"] == "implausible_timestamp" for d in batch) == 2
     expected = collections.Counter((d["stage"], d["reason"], d["stream_id"], d["position"])
                                    for d in batch)
     offsets = {k: m.offset for k, m in run["meta"].items()}

@@ -49,6 +49,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from mmalign.deadletter.kafka_topic import kafka_attrs
 from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.clock import MAX_ABS_TIME_NS
 from mmalign.schemas.envelope import MessageError, split
 
 FINISH = "finish"          # claim this to end the restriction (every partition stops)
@@ -348,6 +349,8 @@ class ReadKafkaFn(beam.DoFn):
                 rec = KafkaRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp,
                                   replayed, tuple(m.headers or ()))
                 e, header = event_time_ns(m.value)
+                if e is not None and abs(e) > MAX_ABS_TIME_NS:
+                    e = None   # never a watermark: validate dead-letters its rows as implausible
                 why = ""
                 if e is not None:
                     latest = max((v for v in (max_e[i], spec.max_event_ns) if v is not None),

@@ -33,6 +33,8 @@ from mmalign.schemas import sensor as sensor_schema
 from mmalign.schemas import text as text_schema
 from mmalign.schemas import video as video_schema
 from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.envelope import EXTENTS_META_KEY
 from mmalign.transforms.validate.timestamps import (
     TimestampRule,
     chunk_centre,
@@ -229,18 +231,33 @@ class ValidateFn(beam.DoFn):
     (session, stream) -> the stream's median time (batch; absent in streaming)."""
 
     def __init__(self, options: dict[tuple[str, str], dict] | None = None, run_id: str = "",
-                 rules: dict[str, TimestampRule] | None = None):
+                 rules: dict[str, TimestampRule] | None = None,
+                 clocks: dict[tuple[str, str], ClockModel] | None = None):
         self.options = options or {}
         self.run_id = run_id
         self.rules = rules or {}
+        self.clocks = clocks or {}
+
+    def _declared_centre(self, chunk: Chunk) -> int | None:
+        """Streaming: the middle of the stream's extents its producer declared (reference
+        clock, EXTENTS_META_KEY), on the stream's device clock."""
+        span = (chunk.meta.get(EXTENTS_META_KEY) or {}).get(chunk.stream_id)
+        model = self.clocks.get(stream_key(chunk))
+        if not span or model is None:
+            return None
+        mid = int(span[0]) // 2 + int(span[1]) // 2
+        return int(model.to_dev([mid])[0])
 
     def process(self, chunk: Chunk, centres=None):
         m = chunk.modality
         key = stream_key(chunk)
         try:
+            centre = (centres or {}).get(key)
+            if centre is None:
+                centre = self._declared_centre(chunk)
             good, letters = validate_chunk(
                 chunk, self.options.get(key), self.run_id, rule=self.rules.get(
-                    chunk.session_id), centre=(centres or {}).get(key))
+                    chunk.session_id), centre=centre)
         except Exception as e:  # a validator bug must not lose the chunk: dead-letter it whole
             letters = [DeadLetter.from_exception(
                 "validate", e, "validator_error", run_id=self.run_id,
@@ -302,20 +319,24 @@ class StreamCentres(beam.PTransform):
 class Validate(beam.PTransform):
     """Chunks -> {"chunks": valid chunks, "dead": DeadLetters}. With ``centres`` (batch), the
     relative plausibility bound is measured from each stream's median over the whole run;
-    without (streaming), from each chunk's own median."""
+    without (streaming), from the middle of the stream's extents when the producer declared
+    them (``clocks``: the declared models, to put that middle on the device clock), else from
+    each chunk's own median."""
 
     def __init__(self, options: dict[tuple[str, str], dict] | None = None, run_id: str = "",
-                 rules: dict[str, TimestampRule] | None = None, centres: bool = False):
+                 rules: dict[str, TimestampRule] | None = None, centres: bool = False,
+                 clocks: dict[tuple[str, str], ClockModel] | None = None):
         super().__init__()
         self.options = options
         self.run_id = run_id
         self.rules = rules
         self.centres = centres
+        self.clocks = clocks
 
     def expand(self, chunks):
         side = {}
         if self.centres:
             side["centres"] = beam.pvalue.AsDict(chunks | "Centres" >> StreamCentres(self.rules))
         return chunks | "ValidateChunk" >> beam.ParDo(
-            ValidateFn(self.options, self.run_id, self.rules), **side).with_outputs(
+            ValidateFn(self.options, self.run_id, self.rules, self.clocks), **side).with_outputs(
                 "dead", main="chunks")
