@@ -82,3 +82,20 @@ def test_group_of_broken_recordings(group, base, tmp_path):
     for c in cases:
         missing = c.reasons - by_session[c.name]
         assert not missing, (c.name, missing, sorted(by_session[c.name]))
+
+    # and every reason that occurred is documented in the README's failure table
+    documented = readme_reasons()
+    for stage_reason in set().union(*by_session.values()):
+        stage, reason = stage_reason.split("/")
+        assert reason in documented.get(stage, set()), f"{stage_reason} not in README.md"
+
+
+def readme_reasons() -> dict[str, set[str]]:
+    """stage -> reasons, from the README's dead-letter table."""
+    import re
+    out: dict[str, set[str]] = defaultdict(set)
+    for line in (ROOT / "README.md").read_text().splitlines():
+        m = re.match(r"^\| (\w+)[^|]*\| (.*) \|$", line)
+        if m and m.group(1) in ("decode", "validate", "ingest", "register", "encode", "sink"):
+            out[m.group(1)] |= set(re.findall(r"`([a-z0-9_]+)`", m.group(2)))
+    return out
