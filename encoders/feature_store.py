@@ -23,6 +23,7 @@ import yaml
 
 from mmalign.deadletter.record import DeadLetter
 from mmalign.encoders.fusion import FUSED, MASK, emb_col, model_col, status_col
+from mmalign.schemas import aligned
 
 PROJECT = "mmalign"
 VIEW = "tick_embeddings"
@@ -41,7 +42,7 @@ def embedded_streams(path: str | Path) -> tuple[list[str], bool]:
         raise FileNotFoundError(f"no Parquet files at {path}; run the backfill with encoders "
                                 "first")
     names = pq.read_schema(files[0]).names
-    streams = [n[: -len("__emb")] for n in names if n.endswith("__emb") and n != FUSED]
+    streams = aligned.embedded_streams(names)
     if not streams:
         raise ValueError(f"{files[0]} has no <stream>__emb columns; enable encoders in the "
                          "manifest")
@@ -131,7 +132,7 @@ def load_store(repo_path: str | Path):
 def registered_features(store) -> tuple[list[str], bool]:
     """(streams, has fusion) of the registered tick_embeddings view."""
     names = [f.name for f in store.get_feature_view(VIEW).features]
-    streams = [n[: -len("__emb")] for n in names if n.endswith("__emb") and n != FUSED]
+    streams = aligned.embedded_streams(names)
     return streams, FUSED in names
 
 

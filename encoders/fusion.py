@@ -13,24 +13,26 @@ import numpy as np
 import pyarrow as pa
 
 from mmalign.encoders.handlers import Embedding
+from mmalign.schemas import aligned
 
 Fusion = Literal["concat", "mean"]
-FUSED, MASK = "fused__emb", "fused__mask"
-OK = "ok"
+FUSED, MASK = aligned.column(aligned.FUSED, aligned.EMB), aligned.column(aligned.FUSED,
+                                                                         aligned.MASK)
+OK = aligned.OK
 
 
 def emb_col(stream_id: str) -> str:
     """Column of a stream's embedding; ``model_col``/``status_col`` hold its model id and
-    status, as in the aligned table's ``<stream>__<name>`` convention."""
-    return f"{stream_id}__emb"
+    status (schemas/aligned.py)."""
+    return aligned.column(stream_id, aligned.EMB)
 
 
 def model_col(stream_id: str) -> str:
-    return f"{stream_id}__model_id"
+    return aligned.column(stream_id, aligned.MODEL_ID)
 
 
 def status_col(stream_id: str) -> str:
-    return f"{stream_id}__emb_status"
+    return aligned.column(stream_id, aligned.EMB_STATUS)
 
 
 def fused_dim(dims: Sequence[int], how: Fusion) -> int:

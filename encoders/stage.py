@@ -36,6 +36,21 @@ from mmalign.encoders.handlers import (
     preprocess_video,
     run_batch,
 )
+from mmalign.schemas.aligned import (
+    EMB_STATUS,
+    POS,
+    POS_RIGHT,
+    SAMPLE_END,
+    SAMPLE_RATE,
+    SAMPLE_START,
+    SESSION_ID,
+    SRC,
+    STATUS,
+    TEXT,
+    TICK_NS,
+    H,
+    column,
+)
 from mmalign.schemas.decode_options import AUDIO_FILES, VIDEO_CONTAINERS
 from mmalign.schemas.manifest import Manifest, ManifestError, Stream
 
@@ -165,8 +180,8 @@ def video_inputs(table: pa.Table, se: StreamEncode, opts: dict[str, Any]) -> lis
     share its decode. After a frame that cannot be loaded, the rest are loaded one by one."""
     from mmalign.transforms.decode.video import iter_frames, load_frames
     s = se.stream_id
-    pos, src = _col(table, f"{s}__pos"), _col(table, f"{s}__src")
-    hs = _col(table, f"{s}__H") if se.warp else [None] * table.num_rows
+    pos, src = _col(table, column(s, POS)), _col(table, column(s, SRC))
+    hs = _col(table, column(s, H)) if se.warp else [None] * table.num_rows
     out: list = [None] * table.num_rows
     by_src: dict[str, dict[int, list[int]]] = {}
     for i, (p, u) in enumerate(zip(pos, src)):
@@ -207,8 +222,8 @@ def audio_inputs(table: pa.Table, se: StreamEncode) -> list:
     """Per row: (samples float32, sample_rate), an exception, or None."""
     from mmalign.transforms.decode.audio import load_audio
     s = se.stream_id
-    s0, s1 = _col(table, f"{s}__sample_start"), _col(table, f"{s}__sample_end")
-    sr, src = _col(table, f"{s}__sample_rate"), _col(table, f"{s}__src")
+    s0, s1 = _col(table, column(s, SAMPLE_START)), _col(table, column(s, SAMPLE_END))
+    sr, src = _col(table, column(s, SAMPLE_RATE)), _col(table, column(s, SRC))
     out: list = [None] * table.num_rows
     by_src: dict[str, list[int]] = {}
     for i in range(table.num_rows):
@@ -229,7 +244,7 @@ def audio_inputs(table: pa.Table, se: StreamEncode) -> list:
 
 
 def text_inputs(table: pa.Table, se: StreamEncode) -> list:
-    return [None if t is None else t.split("\n") for t in _col(table, f"{se.stream_id}__text")]
+    return [None if t is None else t.split("\n") for t in _col(table, column(se.stream_id, TEXT))]
 
 
 @dataclass
@@ -282,8 +297,8 @@ def read_sensor_rows(stream: Stream, uri: str, session_id: str,
 def sensor_inputs(table: pa.Table, se: StreamEncode, load) -> list:
     """Per row: a (w, c) window, an exception, or None. ``load(uri)`` gives SensorRows."""
     s = se.stream_id
-    pos, src = _col(table, f"{s}__pos"), _col(table, f"{s}__src")
-    right = _col(table, f"{s}__pos_right") if f"{s}__pos_right" in table.column_names else pos
+    pos, src = _col(table, column(s, POS)), _col(table, column(s, SRC))
+    right = _col(table, column(s, POS_RIGHT)) if column(s, POS_RIGHT) in table.column_names else pos
     out: list = [None] * table.num_rows
     for i in range(table.num_rows):
         if pos[i] is None or src[i] is None:
@@ -302,11 +317,11 @@ def sensor_inputs(table: pa.Table, se: StreamEncode, load) -> list:
 def _position(se: StreamEncode, table: pa.Table, i: int) -> str:
     s, m = se.stream_id, se.stream.modality
     if m == "audio":
-        return (f"samples={table.column(f'{s}__sample_start')[i].as_py()}.."
-                f"{table.column(f'{s}__sample_end')[i].as_py()}")
-    if m in ("video", "sensor") and f"{s}__pos" in table.column_names:
-        return f"{'frame' if m == 'video' else 'row'}={table.column(f'{s}__pos')[i].as_py()}"
-    return f"tick={table.column('tick_ns')[i].as_py()}"
+        return (f"samples={table.column(column(s, SAMPLE_START))[i].as_py()}.."
+                f"{table.column(column(s, SAMPLE_END))[i].as_py()}")
+    if m in ("video", "sensor") and column(s, POS) in table.column_names:
+        return f"{'frame' if m == 'video' else 'row'}={table.column(column(s, POS))[i].as_py()}"
+    return f"tick={table.column(TICK_NS)[i].as_py()}"
 
 
 def _request(se: StreamEncode, session_id: str, tick: int, value: Any) -> EncodeRequest:
@@ -321,9 +336,9 @@ def encode_stream(table: pa.Table, se: StreamEncode, runner, inputs: list, opts:
                   run_id: str = "") -> tuple[dict[str, pa.Array], np.ndarray, list[DeadLetter]]:
     """One stream's columns for the bucket: (columns, (N, D) matrix, dead letters)."""
     n, dim = table.num_rows, runner.encoder.dim
-    session_id = table.column("session_id")[0].as_py() if n else ""
-    ticks = table.column("tick_ns").to_pylist()
-    align_status = _col(table, f"{se.stream_id}__status")
+    session_id = table.column(SESSION_ID)[0].as_py() if n else ""
+    ticks = table.column(TICK_NS).to_pylist()
+    align_status = _col(table, column(se.stream_id, STATUS))
     mat = np.full((n, dim), np.nan, np.float32)
     ids: list[str | None] = [None] * n
     status: list[str] = [f"no_input:{align_status[i] or 'missing'}" for i in range(n)]
@@ -334,7 +349,7 @@ def encode_stream(table: pa.Table, se: StreamEncode, runner, inputs: list, opts:
         dead.append(DeadLetter(
             stage="encode", error_class=exc_class, reason=reason, message=message,
             run_id=run_id, session_id=session_id, stream_id=se.stream_id,
-            modality=se.stream.modality, source_uri=_col(table, f"{se.stream_id}__src")[i],
+            modality=se.stream.modality, source_uri=_col(table, column(se.stream_id, SRC))[i],
             position=_position(se, table, i), event_time_ns=ticks[i]))
 
     todo: list[tuple[int, Any]] = []
@@ -445,7 +460,7 @@ class EncodeAlignedFn(beam.DoFn):
             return
         out, dead = encode_table(table, plan, self.runners, self._sensor_rows, self.run_id)
         for se in plan.streams:
-            st = out.column(f"{se.stream_id}__emb_status").to_pylist()
+            st = out.column(column(se.stream_id, EMB_STATUS)).to_pylist()
             ok = sum(s == OK for s in st)
             missing = sum(s.startswith("no_input") for s in st)
             m = se.stream.modality

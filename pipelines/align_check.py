@@ -30,7 +30,6 @@ from mmalign.pipelines.align_plot import Lane
 from mmalign.pipelines.align_report import (
     EXIT_BAD_INPUT,
     FAIL,
-    MISSING_OK,
     PASS,
     SKIP,
     Check,
@@ -51,6 +50,17 @@ from mmalign.pipelines.align_report import (
     stream_checks,
     stream_stats,
     ticks_check,
+)
+from mmalign.schemas.aligned import (
+    DT_NS,
+    POS,
+    SAMPLE_START,
+    SRC,
+    STATUS,
+    TICK_NS,
+    VALUE_STATUSES,
+    column,
+    split_column,
 )
 from mmalign.schemas.clock import ClockModel
 
@@ -261,11 +271,12 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
             cols.update(join_stream(sp, ticks, clocked.get(sp.stream_id),
                                     metas.get(sp.stream_id)))
         aligned = pa.table({k: v for k, v in cols.items()
-                            if k == "tick_ns" or k.endswith(("__status", "__dt_ns"))})
+                            if k == TICK_NS or (split_column(k) or ("", ""))[1] in (STATUS,
+                                                                                     DT_NS)})
         ins.alignment = alignment_stats(aligned, splan.params["policies"], m.session)
         for lane in ins.lanes:
-            st_col = aligned.column(f"{lane.stream}__status").cast(pa.string()).to_pylist()
-            ok = np.isin(np.asarray(st_col, object), MISSING_OK)
+            st_col = aligned.column(column(lane.stream, STATUS)).cast(pa.string()).to_pylist()
+            ok = np.isin(np.asarray(st_col, object), VALUE_STATUSES)
             lane.missing_ns = ticks[~ok]
     ins.registration = {"state": "not run", "reason": "registration runs in the backfill; "
                         "check its output folder", "cameras": []}
@@ -447,8 +458,8 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
             c = _output_clock(session, s, clocks.get(f"{session}/{s}"),
                               sync.get(f"{session}/{s}"), t_mid)
             ins.clocks.append(c)
-            st = part.column(f"{s}__status").cast(pa.string()).to_pylist()
-            ok = np.isin(np.asarray(st, object), MISSING_OK)
+            st = part.column(column(s, STATUS)).cast(pa.string()).to_pylist()
+            ok = np.isin(np.asarray(st, object), VALUE_STATUSES)
             decl = clocks.get(f"{session}/{s}") or {}
             model = ClockModel(int(decl.get("offset_ns", 0)),
                                float(decl.get("drift_ppm", 0.0)) * 1e-6,
@@ -590,12 +601,12 @@ def _merge_recording_stats(ins: Inspection, manifests: list[str], th: Thresholds
 
 def _distinct_used(part: pa.Table, s: str) -> int | None:
     """How many distinct source samples the stream's ticks used (``__src``, ``__pos``)."""
-    names = [c for c in (f"{s}__pos", f"{s}__sample_start") if c in part.column_names]
+    names = [c for c in (column(s, POS), column(s, SAMPLE_START)) if c in part.column_names]
     if not names:
         return None
     keys = [part.column(names[0])]
-    if f"{s}__src" in part.column_names:
-        keys.append(part.column(f"{s}__src").cast(pa.string()))
+    if column(s, SRC) in part.column_names:
+        keys.append(part.column(column(s, SRC)).cast(pa.string()))
     t = pa.table({f"k{i}": k for i, k in enumerate(keys)}).drop_null()
     return t.group_by([f"k{i}" for i in range(len(keys))]).aggregate([]).num_rows
 

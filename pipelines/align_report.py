@@ -16,12 +16,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmalign.schemas import aligned
 from mmalign.schemas.clock import ClockModel
 
 SCHEMA_VERSION = "1"
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-MISSING_OK = ("ok", "partial_window")     # statuses that carry a value
+MISSING_OK = aligned.VALUE_STATUSES     # statuses that carry a value
 NS = 1_000_000_000
 
 
@@ -152,23 +153,17 @@ def _tolerance_ms(pol: dict) -> float | None:
     return None
 
 
-def stream_ids(columns: list[str]) -> list[str]:
-    """Aligned streams of a table: the ``<stream>__status`` columns (registration excluded)."""
-    return [c[: -len("__status")] for c in columns
-            if c.endswith("__status") and not c.endswith("__reg_status")]
-
-
 def alignment_stats(table: pa.Table, policies: dict[str, dict], session: str) -> list[dict]:
     """Per stream of one session's aligned rows: |dt| to the ticks (p50/p95/max, ms) against
     the tolerance, the statuses and the missing-modality rate."""
     rows = []
-    for s in stream_ids(table.column_names):
-        status = table.column(f"{s}__status").cast(pa.string()).to_pylist()
+    for s in aligned.stream_ids(table.column_names):
+        status = table.column(aligned.column(s, aligned.STATUS)).cast(pa.string()).to_pylist()
         counts = Counter("null" if x is None else x for x in status)
         n = len(status)
         dt = None
-        if f"{s}__dt_ns" in table.column_names:
-            col = table.column(f"{s}__dt_ns").drop_null()
+        if aligned.column(s, aligned.DT_NS) in table.column_names:
+            col = table.column(aligned.column(s, aligned.DT_NS)).drop_null()
             dt = _quantiles_ms(col.to_numpy().astype(np.int64)) if len(col) else None
         pol = policies.get(s, {})
         missing = sum(v for k, v in counts.items() if k not in MISSING_OK)
@@ -182,14 +177,12 @@ def alignment_stats(table: pa.Table, policies: dict[str, dict], session: str) ->
 def registration_stats(table: pa.Table, session: str) -> list[dict]:
     """Per camera with ``<cam>__reg_status``: outcome counts, inlier ratio and RMSE (px)."""
     out = []
-    for c in table.column_names:
-        if not c.endswith("__reg_status"):
-            continue
-        cam = c[: -len("__reg_status")]
+    for cam in aligned.registered_cameras(table.column_names):
+        c = aligned.column(cam, aligned.REG_STATUS)
         st = Counter(x for x in table.column(c).cast(pa.string()).to_pylist() if x is not None)
 
         def summary(name: str, cam: str = cam) -> dict:
-            col = f"{cam}__{name}"
+            col = aligned.column(cam, name)
             v = (table.column(col).drop_null().to_numpy().astype(np.float64)
                  if col in table.column_names else np.zeros(0))
             v = v[np.isfinite(v)]

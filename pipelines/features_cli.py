@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from mmalign.schemas import aligned
+
 EXIT_OK, EXIT_NOT_FOUND, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -71,16 +73,16 @@ def get_features(repo: str, session: str, at: pd.Timestamp | None = None) -> dic
 def render(row: dict) -> str:
     """Human view: the tick, then per stream status, model id, dim and the first values."""
     lines = [f"session {row['session_id']}  tick_ns {row['tick_ns']}"]
-    for name in sorted(k for k in row if k.endswith("__emb")):
-        base = name[: -len("__emb")]
-        vec = row[name]
+    for base in sorted(aligned.embedded_streams(row)):
+        vec = row[aligned.column(base, aligned.EMB)]
         dim = len(vec) if vec is not None else 0
         head = "" if vec is None else " ".join(f"{x:+.3f}" for x in vec[:4])
-        status = row.get(f"{base}__emb_status", "")
-        model = row.get(f"{base}__model_id") or "-"
+        status = row.get(aligned.column(base, aligned.EMB_STATUS), "")
+        model = row.get(aligned.column(base, aligned.MODEL_ID)) or "-"
         lines.append(f"  {base:<14} {status or '':<22} {model:<36} dim {dim:<4} [{head} ...]")
-    if "fused__mask" in row:
-        lines.append(f"  fused mask {row['fused__mask']}")
+    mask = aligned.column(aligned.FUSED, aligned.MASK)
+    if mask in row:
+        lines.append(f"  fused mask {row[mask]}")
     return "\n".join(lines)
 
 

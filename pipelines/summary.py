@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from mmalign.deadletter.file_sink import read_dead_letters
+from mmalign.schemas.aligned import STATUS, column
 from mmalign.schemas.chunk import MODALITIES
 from mmalign.transforms.io.parquet import read_aligned
 
@@ -60,7 +61,7 @@ def summarize(job, result, elapsed_s: float, root=None) -> dict:
     status = {}
     if aligned.num_rows:
         for s in streams:
-            col = f"{s}__status"
+            col = column(s, STATUS)
             if col in aligned.column_names:
                 # null: the row's session has no such stream (several sessions)
                 status[s] = dict(Counter(v for v in aligned.column(col).to_pylist()

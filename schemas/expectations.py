@@ -12,14 +12,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mmalign.schemas import aligned
 from mmalign.schemas.sensor import MAX_ABS_VALUE
-from mmalign.transforms.align.policies import STATUS_NAMES
 
-MISSING_OK = ("ok", "partial_window")    # statuses that carry a value
 INT_TYPES = ["int64", "Int64Dtype"]       # numpy int64, pandas nullable Int64
 STR_TYPES = ["str", "string", "object"]
 FLOAT_TYPES = ["float64", "Float64"]
@@ -33,11 +33,6 @@ class Expectation:
     @property
     def column(self) -> str | None:
         return self.kwargs.get("column")
-
-
-def _streams(columns: list[str]) -> list[str]:
-    return [c[: -len("__status")] for c in columns
-            if c.endswith("__status") and not c.endswith("__reg_status")]
 
 
 def aligned_expectations(columns: list[str], policies: dict[str, dict],
@@ -54,48 +49,53 @@ def aligned_expectations(columns: list[str], policies: dict[str, dict],
     ]
     cols = set(columns)
     keep = 1.0 - max_missing
-    for s in _streams(columns):
-        p = s + "__"
+    for s in aligned.stream_ids(columns):
+        col = partial(aligned.column, s)
         pol = policies.get(s, {})
-        e.append(Expectation("ExpectColumnValuesToNotBeNull", {"column": p + "status"}))
-        e.append(Expectation("ExpectColumnValuesToBeInSet", {"column": p + "status",
-                                                             "value_set": list(STATUS_NAMES)}))
-        e.append(Expectation("ExpectColumnValuesToBeInTypeList", {"column": p + "status",
+        e.append(Expectation("ExpectColumnValuesToNotBeNull", {"column": col(aligned.STATUS)}))
+        e.append(Expectation("ExpectColumnValuesToBeInSet", {
+            "column": col(aligned.STATUS), "value_set": list(aligned.STATUS_NAMES)}))
+        e.append(Expectation("ExpectColumnValuesToBeInTypeList", {"column": col(aligned.STATUS),
                                                                   "type_list": STR_TYPES}))
         if pol.get("policy") != "text_overlap":   # speech is sparse: no-overlap is not missing
             e.append(Expectation("ExpectColumnValuesToBeInSet", {
-                "column": p + "status", "value_set": list(MISSING_OK), "mostly": keep}))
-        if p + "dt_ns" in cols:
-            e.append(Expectation("ExpectColumnValuesToBeInTypeList", {"column": p + "dt_ns",
+                "column": col(aligned.STATUS), "value_set": list(aligned.VALUE_STATUSES),
+                "mostly": keep}))
+        if col(aligned.DT_NS) in cols:
+            e.append(Expectation("ExpectColumnValuesToBeInTypeList", {"column": col(aligned.DT_NS),
                                                                       "type_list": INT_TYPES}))
             if pol.get("policy") in ("nearest", "one_to_one"):
                 tol = round(float(pol.get("tolerance_ms", 0)) * 1e6)
                 e.append(Expectation("ExpectColumnValuesToBeBetween", {
-                    "column": p + "dt_ns", "min_value": -tol, "max_value": tol}))
+                    "column": col(aligned.DT_NS), "min_value": -tol, "max_value": tol}))
             elif pol.get("policy") == "interpolate":
                 gap = round(float(pol.get("max_gap_ms", 0)) * 1e6)
                 e.append(Expectation("ExpectColumnValuesToBeBetween", {
-                    "column": p + "dt_ns", "min_value": 0, "max_value": gap}))
-        if p + "pos" in cols:
-            e.append(Expectation("ExpectColumnValuesToBeBetween", {"column": p + "pos",
+                    "column": col(aligned.DT_NS), "min_value": 0, "max_value": gap}))
+        if col(aligned.POS) in cols:
+            e.append(Expectation("ExpectColumnValuesToBeBetween", {"column": col(aligned.POS),
                                                                    "min_value": 0}))
-        if p + "coverage" in cols:
+        if col(aligned.COVERAGE) in cols:
             e.append(Expectation("ExpectColumnValuesToBeBetween", {
-                "column": p + "coverage", "min_value": 0.0, "max_value": 1.0}))
-        if p + "sample_start" in cols:
+                "column": col(aligned.COVERAGE), "min_value": 0.0, "max_value": 1.0}))
+        if col(aligned.SAMPLE_START) in cols:
             e.append(Expectation("ExpectColumnValuesToNotBeNull", {
-                "column": p + "sample_start", "mostly": keep}))
+                "column": col(aligned.SAMPLE_START), "mostly": keep}))
         if pol.get("policy") == "interpolate":
+            non_channels = {aligned.STATUS, aligned.DT_NS, aligned.POS, aligned.POS_RIGHT,
+                            aligned.SRC}
             for c in columns:
-                if c.startswith(p) and c[len(p):] not in ("status", "dt_ns", "pos", "pos_right",
-                                                          "src") and "reg_" not in c:
+                parts = aligned.split_column(c)
+                if parts and parts[0] == s and parts[1] not in non_channels \
+                        and not parts[1].startswith("reg_"):
                     e.append(Expectation("ExpectColumnValuesToBeBetween", {
                         "column": c, "min_value": -MAX_ABS_VALUE, "max_value": MAX_ABS_VALUE}))
     for c in columns:
-        if c.endswith("__reg_inlier_ratio"):
+        field = (aligned.split_column(c) or ("", ""))[1]
+        if field == aligned.REG_INLIER_RATIO:
             e.append(Expectation("ExpectColumnValuesToBeBetween", {
                 "column": c, "min_value": 0.0, "max_value": 1.0}))
-        elif c.endswith("__reg_rmse_px"):
+        elif field == aligned.REG_RMSE_PX:
             e.append(Expectation("ExpectColumnValuesToBeBetween", {"column": c, "min_value": 0.0}))
     return e
 

@@ -25,10 +25,12 @@ from pydantic import (
     Tag,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from mmalign.encoders.config import EncodersConfig
+from mmalign.schemas import aligned
 from mmalign.schemas.chunk import MODALITIES
 from mmalign.schemas.clock import MAX_ABS_TIME_NS
 from mmalign.schemas.names import Name
@@ -204,6 +206,17 @@ class Stream(_Strict):
     clock: ID | None = Field(None, description="clock domain in the calibration; default: id")
     options: dict = Field(default_factory=dict, description="decoder options")
     sync: SyncSpec | None = Field(None, description="estimate the clock by DTW against a stream")
+
+    @field_validator("id")
+    @classmethod
+    def _column_prefix(cls, v: str) -> str:
+        # a stream id prefixes its aligned columns (schemas/aligned.py): <id>__<field>
+        if aligned.SEP in v:
+            raise ValueError(f"stream id {v!r} contains {aligned.SEP!r}, which separates a "
+                             f"stream from its fields in the aligned columns; use single '_'")
+        if v == aligned.FUSED:
+            raise ValueError(f"stream id {v!r} is reserved for the fused embedding columns")
+        return v
 
     @property
     def clock_domain(self) -> str:

@@ -19,15 +19,37 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from mmalign.schemas.aligned import (
+    BUCKET,
+    COVERAGE,
+    CUES,
+    DT_NS,
+    FILE,
+    OK,
+    POS,
+    POS_RIGHT,
+    SAMPLE_END,
+    SAMPLE_RATE,
+    SAMPLE_START,
+    SESSION_ID,
+    SRC,
+    STATUS,
+    T_NS,
+    TEXT,
+    TICK_NS,
+    TICK_POS,
+    TICK_TIME,
+    column,
+)
 from mmalign.transforms.align import policies as ap
 from mmalign.transforms.align.buckets import Piece
 
-SEP = "__"
 SETS_STREAM = "__sets__"   # the synthetic anchor stream whose rows are approximate-time sets
 
 
@@ -109,7 +131,7 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
     ``bounds``: the stream's whole extent (for out_of_range); ``context``: the [lo, hi) the
     ticks and samples cover, for one_to_one (see align_policies.one_to_one)."""
     m = len(ticks)
-    p = plan.stream_id + SEP
+    c = partial(column, plan.stream_id)
     if table is None or table.num_rows == 0:
         table = None
     t = table.column("t_ns").to_numpy() if table is not None else np.zeros(0, np.int64)
@@ -122,22 +144,22 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
             idx, dt, status = ap.one_to_one(ticks, t, plan.tolerance_ns, context=context,
                                             bounds=bounds)
         ok = idx >= 0
-        cols[p + "status"] = _status(status)
-        cols[p + "dt_ns"] = pa.array(dt, pa.int64(), mask=~ok)
-        names = ["t_ns", "pos", "src"] + (["file"] if plan.modality == "video" else []) + \
+        cols[c(STATUS)] = _status(status)
+        cols[c(DT_NS)] = pa.array(dt, pa.int64(), mask=~ok)
+        names = [T_NS, POS, SRC] + ([FILE] if plan.modality == "video" else []) + \
             (list(plan.channels) if plan.modality == "sensor" else [])
         for name in names:
             if table is not None and name in table.column_names:
-                cols[p + name] = _take(table.column(name), idx, ok)
+                cols[c(name)] = _take(table.column(name), idx, ok)
             elif name in ("t_ns", "pos"):
-                cols[p + name] = pa.nulls(m, pa.int64())
+                cols[c(name)] = pa.nulls(m, pa.int64())
             elif name in plan.channels:
-                cols[p + name] = pa.nulls(m, pa.float64())
+                cols[c(name)] = pa.nulls(m, pa.float64())
             else:
-                cols[p + name] = pa.nulls(m, pa.string())
+                cols[c(name)] = pa.nulls(m, pa.string())
         if plan.modality == "sensor" and table is not None and not plan.channels:
             for name in _channels(table):
-                cols[p + name] = _take(table.column(name), idx, ok)
+                cols[c(name)] = _take(table.column(name), idx, ok)
 
     elif plan.policy == "interpolate":
         channels = list(plan.channels) or (_channels(table) if table is not None else [])
@@ -146,21 +168,21 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
         out, left, right, status = ap.interpolate(ticks, t, values, plan.max_gap_ns,
                                                   bounds=bounds)
         ok = left >= 0
-        cols[p + "status"] = _status(status)
+        cols[c(STATUS)] = _status(status)
         near = np.where(ok, np.minimum(np.abs(ticks - t[np.maximum(left, 0)]) if t.size else 0,
                                        np.abs(t[np.maximum(right, 0)] - ticks) if t.size else 0),
                         0)
-        cols[p + "dt_ns"] = pa.array(near, pa.int64(), mask=~ok)
-        for j, c in enumerate(channels):
-            cols[p + c] = pa.array(out[:, j], pa.float64(), from_pandas=True)
+        cols[c(DT_NS)] = pa.array(near, pa.int64(), mask=~ok)
+        for j, ch in enumerate(channels):
+            cols[c(ch)] = pa.array(out[:, j], pa.float64(), from_pandas=True)
         if table is not None:
-            cols[p + "pos"] = _take(table.column("pos"), left, ok)
-            cols[p + "pos_right"] = _take(table.column("pos"), right, ok)
-            cols[p + "src"] = _take(table.column("src"), left, ok)
+            cols[c(POS)] = _take(table.column("pos"), left, ok)
+            cols[c(POS_RIGHT)] = _take(table.column("pos"), right, ok)
+            cols[c(SRC)] = _take(table.column("src"), left, ok)
         else:
-            cols[p + "pos"] = pa.nulls(m, pa.int64())
-            cols[p + "pos_right"] = pa.nulls(m, pa.int64())
-            cols[p + "src"] = pa.nulls(m, pa.string())
+            cols[c(POS)] = pa.nulls(m, pa.int64())
+            cols[c(POS_RIGHT)] = pa.nulls(m, pa.int64())
+            cols[c(SRC)] = pa.nulls(m, pa.string())
 
     elif plan.policy == "audio_window":
         sr = int((meta or {}).get("sample_rate") or 0)
@@ -170,21 +192,21 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
         s0, s1, cov, status = ap.audio_window(ticks, t, pos, n, sr or 1, plan.window_ns,
                                               bounds=bounds)
         ok = s1 > s0
-        cols[p + "status"] = _status(status)
-        cols[p + "sample_start"] = pa.array(s0, pa.int64(), mask=~ok)
-        cols[p + "sample_end"] = pa.array(s1, pa.int64(), mask=~ok)
-        cols[p + "coverage"] = pa.array(cov, pa.float64())
-        cols[p + "sample_rate"] = pa.array(np.full(m, sr or 0), pa.int32(), mask=np.full(m, not sr))
+        cols[c(STATUS)] = _status(status)
+        cols[c(SAMPLE_START)] = pa.array(s0, pa.int64(), mask=~ok)
+        cols[c(SAMPLE_END)] = pa.array(s1, pa.int64(), mask=~ok)
+        cols[c(COVERAGE)] = pa.array(cov, pa.float64())
+        cols[c(SAMPLE_RATE)] = pa.array(np.full(m, sr or 0), pa.int32(), mask=np.full(m, not sr))
         if table is not None:
             first = np.clip(np.searchsorted(t, ticks, side="right") - 1, 0, len(t) - 1)
-            cols[p + "src"] = _take(table.column("src"), first, ok)
+            cols[c(SRC)] = _take(table.column("src"), first, ok)
         else:
-            cols[p + "src"] = pa.nulls(m, pa.string())
+            cols[c(SRC)] = pa.nulls(m, pa.string())
 
     elif plan.policy == "text_overlap":
         end = table.column("t_end_ns").to_numpy() if table is not None else np.zeros(0, np.int64)
         offsets, seg, status = ap.text_overlap(ticks, t, end)
-        cols[p + "status"] = _status(status)
+        cols[c(STATUS)] = _status(status)
         if table is not None and seg.size:
             texts = table.column("text").to_numpy(zero_copy_only=False)[seg]
             cues = table.column("pos").to_numpy()[seg]
@@ -192,10 +214,10 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
             texts, cues = np.zeros(0, object), np.zeros(0, np.int64)
         joined = ["\n".join(texts[offsets[i]:offsets[i + 1]]) if offsets[i + 1] > offsets[i]
                   else None for i in range(m)]
-        cols[p + "text"] = pa.array(joined, pa.string())
-        cols[p + "cues"] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+        cols[c(TEXT)] = pa.array(joined, pa.string())
+        cols[c(CUES)] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
                                                     pa.array(cues, pa.int64()))
-        cols[p + "src"] = (_take(table.column("src"), seg[offsets[:-1].clip(max=max(len(seg)-1, 0))]
+        cols[c(SRC)] = (_take(table.column("src"), seg[offsets[:-1].clip(max=max(len(seg)-1, 0))]
                                  if seg.size else np.zeros(m, np.int64),
                                  np.diff(offsets) > 0) if table is not None
                            else pa.nulls(m, pa.string()))
@@ -240,11 +262,11 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece],
 
     m = len(ticks)
     cols = {
-        "session_id": pa.array([plan.session_id] * m, pa.string()),
-        "bucket": pa.array(np.full(m, bucket), pa.int64()),
-        "tick_ns": pa.array(ticks, pa.int64()),
-        "tick_time": pa.array(ticks, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
-        "tick_pos": pa.array(ctx_pos[own], pa.int64()),
+        SESSION_ID: pa.array([plan.session_id] * m, pa.string()),
+        BUCKET: pa.array(np.full(m, bucket), pa.int64()),
+        TICK_NS: pa.array(ticks, pa.int64()),
+        TICK_TIME: pa.array(ticks, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+        TICK_POS: pa.array(ctx_pos[own], pa.int64()),
     }
     for sp in plan.streams:
         if sp.stream_id in plan.sets:
@@ -267,19 +289,19 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece],
 def set_member_columns(stream_id: str, tick_table: pa.Table | None, own: np.ndarray,
                        ticks: np.ndarray) -> dict:
     """A set member stream's columns, read off the set ticks (every member is matched)."""
-    p = stream_id + SEP
+    c = partial(column, stream_id)
     m = len(ticks)
     if tick_table is None or m == 0:
-        return {p + "status": pa.array([], pa.string()), p + "dt_ns": pa.array([], pa.int64()),
-                p + "t_ns": pa.array([], pa.int64()), p + "pos": pa.array([], pa.int64()),
-                p + "src": pa.array([], pa.string())}
+        return {c(STATUS): pa.array([], pa.string()), c(DT_NS): pa.array([], pa.int64()),
+                c(T_NS): pa.array([], pa.int64()), c(POS): pa.array([], pa.int64()),
+                c(SRC): pa.array([], pa.string())}
     keep = pa.array(own)
-    t = tick_table.column(p + "t_ns").combine_chunks().filter(keep)
-    return {p + "status": pa.array(["ok"] * m, pa.string()),
-            p + "dt_ns": pa.array(t.to_numpy() - ticks, pa.int64()),
-            p + "t_ns": t,
-            p + "pos": tick_table.column(p + "pos").combine_chunks().filter(keep),
-            p + "src": tick_table.column(p + "src").combine_chunks().filter(keep)}
+    t = tick_table.column(c(T_NS)).combine_chunks().filter(keep)
+    return {c(STATUS): pa.array([OK] * m, pa.string()),
+            c(DT_NS): pa.array(t.to_numpy() - ticks, pa.int64()),
+            c(T_NS): t,
+            c(POS): tick_table.column(c(POS)).combine_chunks().filter(keep),
+            c(SRC): tick_table.column(c(SRC)).combine_chunks().filter(keep)}
 
 
 def approx_set_ticks(plan: SessionPlan, members: list[tuple[str, pa.Table]]):
@@ -305,9 +327,9 @@ def approx_set_ticks(plan: SessionPlan, members: list[tuple[str, pa.Table]]):
             "pos": pa.array(np.arange(len(idx)), pa.int64())}
     for j, s in enumerate(plan.sets):
         take = pa.array(idx[:, j])
-        cols[s + SEP + "t_ns"] = pa.array(member_t[:, j], pa.int64())
-        cols[s + SEP + "pos"] = tables[s].column("pos").take(take)
-        cols[s + SEP + "src"] = tables[s].column("src").take(take).cast(pa.string())
+        cols[column(s, T_NS)] = pa.array(member_t[:, j], pa.int64())
+        cols[column(s, POS)] = tables[s].column("pos").take(take)
+        cols[column(s, SRC)] = tables[s].column("src").take(take).cast(pa.string())
     batch = pa.table(cols).combine_chunks().to_batches()[0]
     return Chunk(plan.session_id, SETS_STREAM, "sets", 0, "approximate-time-sets", batch,
                  clock="reference")

@@ -37,6 +37,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from mmalign.schemas import aligned
+
 
 class Status(IntEnum):
     OK = 0
@@ -50,7 +52,8 @@ class Status(IntEnum):
     NOT_LOCAL = 8                # one_to_one in a bucket: decision may depend on data beyond it
 
 
-STATUS_NAMES: tuple[str, ...] = tuple(s.name.lower() for s in Status)
+STATUS_NAMES = aligned.STATUS_NAMES   # the column text of each Status code
+assert STATUS_NAMES == tuple(s.name.lower() for s in Status)
 STATUS_DTYPE = np.int8
 ONE_TO_ONE_MARGIN_TOLERANCES = 4
 DEFAULT_AUDIO_BLOCK_NS = 1_024_000_000   # 1024-sample blocks at the lowest allowed rate, 1 kHz

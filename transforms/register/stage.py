@@ -35,6 +35,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.aligned import (
+    OK,
+    POS,
+    PROJECTION_FIELDS,
+    REG_COVERAGE,
+    REG_INLIER_RATIO,
+    REG_INLIERS,
+    REG_RMSE_PX,
+    REG_STATUS,
+    REG_TICK_NS,
+    REGISTRATION_FIELDS,
+    SRC,
+    STATUS,
+    H,
+    column,
+)
 from mmalign.schemas.camera_calibration import CameraRig, load_camera_calibration
 from mmalign.schemas.decode_options import FORMATS
 from mmalign.schemas.manifest import Manifest, ManifestError
@@ -49,7 +65,6 @@ from mmalign.transforms.register.registration import (
 )
 
 STAGE = "register"
-SEP = "__"
 
 
 # ---------------------------------------------------------------- plan (validated up front)
@@ -134,10 +149,10 @@ def registration_plans(manifests: list[Manifest]) -> dict[str, SessionRegistrati
 
 def frames_ok(table: pa.Table, stream_id: str) -> np.ndarray:
     """True where the stream has a frame (or sample) at the tick."""
-    name = f"{stream_id}{SEP}status"
+    name = column(stream_id, STATUS)
     if name not in table.column_names:
         return np.zeros(table.num_rows, bool)
-    return pc.fill_null(pc.equal(table.column(name), "ok"), False).to_numpy(zero_copy_only=False)
+    return pc.fill_null(pc.equal(table.column(name), OK), False).to_numpy(zero_copy_only=False)
 
 
 def _floats(table: pa.Table, name: str) -> np.ndarray:
@@ -150,10 +165,10 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
 
 def frame_refs(table: pa.Table, stream_id: str) -> tuple[np.ndarray, np.ndarray]:
     """(src uris, positions as int64 with -1 where missing) of a video stream per row."""
-    name = f"{stream_id}{SEP}src"
+    name = column(stream_id, SRC)
     src = (table.column(name).to_numpy(zero_copy_only=False) if name in table.column_names
            else np.full(table.num_rows, None, object))
-    pos = _floats(table, f"{stream_id}{SEP}pos")
+    pos = _floats(table, column(stream_id, POS))
     return src, np.where(np.isfinite(pos), pos, -1).astype(np.int64)
 
 
@@ -244,14 +259,11 @@ class CameraColumns:
         self.coverage[i] = q.get("coverage")
 
     def arrays(self, cam: str) -> dict[str, pa.Array]:
-        p = f"{cam}{SEP}"
-        return {f"{p}H": pa.array(self.H, pa.list_(pa.float64())),
-                f"{p}reg_status": pa.array(self.status, pa.string()),
-                f"{p}reg_tick_ns": pa.array(self.reg_tick, pa.int64()),
-                f"{p}reg_inliers": pa.array(self.inliers, pa.int64()),
-                f"{p}reg_inlier_ratio": pa.array(self.ratio, pa.float64()),
-                f"{p}reg_rmse_px": pa.array(self.rmse, pa.float64()),
-                f"{p}reg_coverage": pa.array(self.coverage, pa.float64())}
+        values = {H: self.H, REG_STATUS: self.status, REG_TICK_NS: self.reg_tick,
+                  REG_INLIERS: self.inliers, REG_INLIER_RATIO: self.ratio,
+                  REG_RMSE_PX: self.rmse, REG_COVERAGE: self.coverage}
+        return {column(cam, f.name): pa.array(values[f.name], f.type)
+                for f in REGISTRATION_FIELDS}
 
 
 def _dead(plan: SessionRegistration, cam: str, tick_ns: int, src, pos, reason: str,
@@ -360,7 +372,7 @@ def projection_columns(table: pa.Table, rig: CameraRig,
     """Each row's sensor position (aligned channels) projected into each camera; null where the
     sensor has no sample at the tick or the position is not finite."""
     n = table.num_rows
-    names = [f"{proj.sensor}{SEP}{c}" for c in proj.channels]
+    names = [column(proj.sensor, c) for c in proj.channels]
     missing = [c for c in names if c not in table.column_names]
     if missing:
         raise KeyError(f"aligned rows lack sensor columns {missing}; the sensor stream "
@@ -371,12 +383,12 @@ def projection_columns(table: pa.Table, rig: CameraRig,
     cols = {}
     for cam in proj.cameras:
         pr = project_sensor_points(xyz, rig, proj.sensor, cam)
-        p = f"{proj.sensor}{SEP}{cam}{SEP}"
         mask = ~np.isfinite(pr.uv[:, 0])
-        cols[f"{p}u"] = pa.array(pr.uv[:, 0], pa.float64(), mask=mask)
-        cols[f"{p}v"] = pa.array(pr.uv[:, 1], pa.float64(), mask=mask)
-        cols[f"{p}depth"] = pa.array(pr.depth, pa.float64(), mask=~np.isfinite(pr.depth))
-        cols[f"{p}visible"] = pa.array(pr.visible, pa.bool_())
+        values = {"u": pa.array(pr.uv[:, 0], pa.float64(), mask=mask),
+                  "v": pa.array(pr.uv[:, 1], pa.float64(), mask=mask),
+                  "depth": pa.array(pr.depth, pa.float64(), mask=~np.isfinite(pr.depth)),
+                  "visible": pa.array(pr.visible, pa.bool_())}
+        cols |= {column(proj.sensor, cam, f.name): values[f.name] for f in PROJECTION_FIELDS}
     assert all(len(a) == n for a in cols.values())
     return cols
 
@@ -384,9 +396,8 @@ def projection_columns(table: pa.Table, rig: CameraRig,
 def null_projection_columns(n: int, proj: ProjectionPlan) -> dict[str, pa.Array]:
     cols = {}
     for cam in proj.cameras:
-        p = f"{proj.sensor}{SEP}{cam}{SEP}"
-        cols |= {f"{p}u": pa.nulls(n, pa.float64()), f"{p}v": pa.nulls(n, pa.float64()),
-                 f"{p}depth": pa.nulls(n, pa.float64()), f"{p}visible": pa.nulls(n, pa.bool_())}
+        cols |= {column(proj.sensor, cam, f.name): pa.nulls(n, f.type)
+                 for f in PROJECTION_FIELDS}
     return cols
 
 
