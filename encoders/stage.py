@@ -51,8 +51,8 @@ from mmalign.schemas.aligned import (
     H,
     column,
 )
-from mmalign.schemas.decode_options import AUDIO_FILES, VIDEO_CONTAINERS
 from mmalign.schemas.manifest import Manifest, ManifestError, Stream
+from mmalign.transforms.decode.sources import SensorRows, SourceRef
 
 DEAD = "dead"
 SENSOR_CACHE_FILES = 4
@@ -66,10 +66,15 @@ class StreamEncode:
     warp: bool = False
     window_ns: int = 200_000_000
     channels: tuple[str, ...] = ()
+    source: SourceRef | None = None     # how to reopen its files (validated data only)
 
     @property
     def stream_id(self) -> str:
         return self.stream.id
+
+    @property
+    def ref(self) -> SourceRef:
+        return self.source or SourceRef("", self.stream)
 
     @property
     def key(self) -> str:
@@ -127,7 +132,8 @@ def plan_encoders(m: Manifest) -> SessionEncode | None:
             if channels and not has:
                 enc = enc.model_copy(update={"preprocess": {**enc.preprocess,
                                                             "channels": len(channels)}})
-        out.append(StreamEncode(s, enc, spec.warp, round(spec.window_ms * 1e6), channels))
+        out.append(StreamEncode(s, enc, spec.warp, round(spec.window_ms * 1e6), channels,
+                                SourceRef.of(m, s.id)))
     if not out:
         return None
     fusion = None if cfg.fusion == "none" else cfg.fusion
@@ -139,13 +145,6 @@ def plan_encoders(m: Manifest) -> SessionEncode | None:
 def _col(table: pa.Table, name: str) -> list:
     return table.column(name).to_pylist() if name in table.column_names else \
         [None] * table.num_rows
-
-
-def video_kind(stream: Stream, uri: str) -> str:
-    if stream.format in ("container", "image_sequence"):
-        return stream.format
-    fmt = (stream.format or Path(uri).suffix.lstrip(".")).lower()
-    return "container" if f".{fmt}" in VIDEO_CONTAINERS else "image_sequence"
 
 
 def _homography(value: Any) -> np.ndarray | None:
@@ -178,7 +177,6 @@ def video_inputs(table: pa.Table, se: StreamEncode, opts: dict[str, Any]) -> lis
     batch) and each is cropped as it arrives, so only one full-size frame is held at a time: a
     10 s bucket of 1080p frames is 1.9 GB, its 112 px crops 11 MB. Rows that share a frame
     share its decode. After a frame that cannot be loaded, the rest are loaded one by one."""
-    from mmalign.transforms.decode.video import iter_frames, load_frames
     s = se.stream_id
     pos, src = _col(table, column(s, POS)), _col(table, column(s, SRC))
     hs = _col(table, column(s, H)) if se.warp else [None] * table.num_rows
@@ -200,16 +198,14 @@ def video_inputs(table: pa.Table, se: StreamEncode, opts: dict[str, Any]) -> lis
             except Exception as e:  # noqa: BLE001 - the row's dead letter
                 out[i] = PrepareFailed(e)
 
-    image_dir = se.stream.options.get("image_dir")
     for uri, rows_at in by_src.items():
-        kind = video_kind(se.stream, uri)
         try:
-            for p, frame in iter_frames(uri, list(rows_at), kind=kind, image_dir=image_dir):
+            for p, frame in se.ref.iter_frames(uri, list(rows_at)):
                 take(frame, rows_at.pop(p))
         except Exception:  # noqa: BLE001 - find the bad frame(s) one by one
             for p in sorted(rows_at):
                 try:
-                    frame = load_frames(uri, [p], kind=kind, image_dir=image_dir)[0]
+                    frame = se.ref.frames(uri, [p])[0]
                 except Exception as e:  # noqa: BLE001
                     for i in rows_at[p]:
                         out[i] = e
@@ -220,7 +216,6 @@ def video_inputs(table: pa.Table, se: StreamEncode, opts: dict[str, Any]) -> lis
 
 def audio_inputs(table: pa.Table, se: StreamEncode) -> list:
     """Per row: (samples float32, sample_rate), an exception, or None."""
-    from mmalign.transforms.decode.audio import load_audio
     s = se.stream_id
     s0, s1 = _col(table, column(s, SAMPLE_START)), _col(table, column(s, SAMPLE_END))
     sr, src = _col(table, column(s, SAMPLE_RATE)), _col(table, column(s, SRC))
@@ -231,9 +226,8 @@ def audio_inputs(table: pa.Table, se: StreamEncode) -> list:
             by_src.setdefault(src[i], []).append(i)
     for uri, rows in by_src.items():
         lo, hi = min(s0[i] for i in rows), max(s1[i] for i in rows)
-        kind = "file" if Path(uri).suffix.lower() in AUDIO_FILES else "track"
         try:
-            pcm = load_audio(uri, lo, hi, kind)
+            pcm = se.ref.audio(uri, lo, hi)
         except Exception as e:  # noqa: BLE001 - every tick of this file fails alike
             for i in rows:
                 out[i] = e
@@ -245,53 +239,6 @@ def audio_inputs(table: pa.Table, se: StreamEncode) -> list:
 
 def text_inputs(table: pa.Table, se: StreamEncode) -> list:
     return [None if t is None else t.split("\n") for t in _col(table, column(se.stream_id, TEXT))]
-
-
-@dataclass
-class SensorRows:
-    """A sensor file's decoded rows: pos, device time (sorted by time) and channel values."""
-    pos: np.ndarray
-    t_ns: np.ndarray
-    values: np.ndarray
-
-    def window(self, pos_left: int, pos_right: int, half_ns: int) -> np.ndarray:
-        by_pos = np.argsort(self.pos, kind="stable")
-        sorted_pos = self.pos[by_pos]
-        idx = []
-        for p in (pos_left, pos_right):
-            j = int(np.searchsorted(sorted_pos, p))
-            if j >= len(sorted_pos) or sorted_pos[j] != p:
-                raise ValueError(f"row {p} is not among the decoded rows")
-            idx.append(by_pos[j])
-        centre = (int(self.t_ns[idx[0]]) + int(self.t_ns[idx[1]])) // 2
-        a = np.searchsorted(self.t_ns, centre - half_ns, side="left")
-        b = np.searchsorted(self.t_ns, centre + half_ns, side="right")
-        w = self.values[a:b]
-        return w[np.isfinite(w).all(axis=1)]
-
-
-def read_sensor_rows(stream: Stream, uri: str, session_id: str,
-                     channels: tuple[str, ...]) -> SensorRows:
-    """Decode ``uri`` with the stream's own decoder and options (rows the decoder rejected
-    are absent, as they were for the aligner)."""
-    from mmalign.schemas.chunk import Chunk
-    from mmalign.transforms.decode.stage import decode_file
-    pos, t, vals = [], [], []
-    for item in decode_file(stream, uri, session_id=session_id):
-        if not isinstance(item, Chunk):
-            continue
-        data = item.data
-        names = list(channels) or [c for c in data.schema.names
-                                   if c not in ("t_ns", "pos", "src", "t_dev_ns")]
-        pos.append(data.column("pos").to_numpy(zero_copy_only=False))
-        t.append(data.column("t_ns").to_numpy(zero_copy_only=False))
-        vals.append(np.column_stack([data.column(c).to_numpy(zero_copy_only=False)
-                                     .astype(np.float64) for c in names]))
-    if not pos:
-        raise ValueError(f"{uri}: the decoder yields no sensor rows")
-    p, tt, v = np.concatenate(pos), np.concatenate(t).astype(np.int64), np.concatenate(vals)
-    order = np.argsort(tt, kind="stable")
-    return SensorRows(p[order], tt[order], v[order])
 
 
 def sensor_inputs(table: pa.Table, se: StreamEncode, load) -> list:
@@ -445,7 +392,7 @@ class EncodeAlignedFn(beam.DoFn):
             if key in self._sensor_cache:
                 self._sensor_cache.move_to_end(key)
                 return self._sensor_cache[key]
-        rows = read_sensor_rows(se.stream, uri, "", se.channels)
+        rows = se.ref.sensor_rows(uri, se.channels)
         with self._lock:
             self._sensor_cache[key] = rows
             while len(self._sensor_cache) > SENSOR_CACHE_FILES:
@@ -481,4 +428,4 @@ def encode_stage(manifests: list[Manifest], run_id: str = "") -> beam.PTransform
 
 
 __all__ = ["EncodeAlignedFn", "SessionEncode", "StreamEncode", "encode_stage", "encode_table",
-           "plan_encoders", "read_sensor_rows"]
+           "plan_encoders"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -52,10 +51,9 @@ from mmalign.schemas.aligned import (
     column,
 )
 from mmalign.schemas.camera_calibration import CameraRig, load_camera_calibration
-from mmalign.schemas.decode_options import FORMATS
 from mmalign.schemas.manifest import Manifest, ManifestError
 from mmalign.schemas.registration_spec import RegistrationSpec
-from mmalign.transforms.decode.video import load_frames
+from mmalign.transforms.decode.sources import SourceRef
 from mmalign.transforms.register.projection import project_sensor_points
 from mmalign.transforms.register.registration import (
     Registration,
@@ -70,14 +68,6 @@ STAGE = "register"
 # ---------------------------------------------------------------- plan (validated up front)
 
 @dataclass(frozen=True)
-class FrameSource:
-    """How to load one video stream's frames by (src, pos)."""
-    stream_id: str
-    kind: str                       # "container" | "image_sequence"
-    image_dir: str | None = None
-
-
-@dataclass(frozen=True)
 class ProjectionPlan:
     sensor: str
     channels: tuple[str, str, str]
@@ -88,16 +78,9 @@ class ProjectionPlan:
 class SessionRegistration:
     session_id: str
     spec: RegistrationSpec
-    sources: dict[str, FrameSource]     # reference + cameras
+    sources: dict[str, SourceRef]       # reference + cameras
     rig: CameraRig | None = None
     projections: tuple[ProjectionPlan, ...] = ()
-
-
-def _frame_source(manifest: Manifest, stream_id: str) -> FrameSource:
-    s = manifest.stream(stream_id)
-    fmt = (s.format or Path(s.paths[0]).suffix.lstrip(".")).lower()
-    kind = FORMATS["video"].get(fmt, "container")
-    return FrameSource(stream_id, kind, s.options.get("image_dir"))
 
 
 def session_registration(manifest: Manifest) -> SessionRegistration | None:
@@ -136,7 +119,7 @@ def session_registration(manifest: Manifest) -> SessionRegistration | None:
                                 f" are not in the calibration file's cameras section "
                                 f"{sorted(rig.cameras)}; add their intrinsics there")
         projections.append(ProjectionPlan(p.sensor, tuple(channels), tuple(cameras)))
-    sources = {c: _frame_source(manifest, c) for c in (spec.reference, *spec.cameras)}
+    sources = {c: SourceRef.of(manifest, c) for c in (spec.reference, *spec.cameras)}
     return SessionRegistration(manifest.session, spec, sources, rig, tuple(projections))
 
 
@@ -172,7 +155,7 @@ def frame_refs(table: pa.Table, stream_id: str) -> tuple[np.ndarray, np.ndarray]
     return src, np.where(np.isfinite(pos), pos, -1).astype(np.int64)
 
 
-def load_rows(source: FrameSource, src: np.ndarray, pos: np.ndarray, rows: list[int]
+def load_rows(source: SourceRef, src: np.ndarray, pos: np.ndarray, rows: list[int]
               ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Frames of ``rows`` (one load per source file) and, per row that cannot be loaded, why."""
     frames: dict[int, np.ndarray] = {}
@@ -182,14 +165,12 @@ def load_rows(source: FrameSource, src: np.ndarray, pos: np.ndarray, rows: list[
         by_src.setdefault(str(src[r]), []).append(r)
     for uri, rs in by_src.items():
         try:
-            got = load_frames(uri, [int(pos[r]) for r in rs], kind=source.kind,
-                              image_dir=source.image_dir)
+            got = source.frames(uri, [int(pos[r]) for r in rs])
             frames.update(zip(rs, got))
         except (ValueError, OSError):
             for r in rs:      # find the frame(s) at fault
                 try:
-                    frames[r] = load_frames(uri, [int(pos[r])], kind=source.kind,
-                                            image_dir=source.image_dir)[0]
+                    frames[r] = source.frames(uri, [int(pos[r])])[0]
                 except (ValueError, OSError) as e:
                     errors[r] = str(e)
     return frames, errors
