@@ -18,7 +18,7 @@ import yaml
 
 from mmalign.encoders import feature_store as fs
 from mmalign.encoders.handlers import load_runner
-from mmalign.encoders.stage import encode_table, plan_encoders, read_sensor_rows
+from mmalign.encoders.stage import encode_table, plan_encoders
 from mmalign.pipelines import features_cli
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.manifest import ManifestError, load_manifest
@@ -186,11 +186,10 @@ def test_failures_keep_the_tick_and_warp_uses_the_homography(run):
         assert same == (i % 2 == 0), i        # identity warp: unchanged; 12 px shift: not
 
 
-def test_sensor_window_is_the_decoders_rows(run):
+def test_sensor_window_is_the_validated_rows(run):
     m = load_manifest(run["manifest"])
     imu = next(se for se in plan_encoders(m).streams if se.stream_id == "imu")
-    rows = read_sensor_rows(imu.stream, str(run["tmp"] / "rec" / "imu.csv"), "enc-001",
-                            imu.channels)
+    rows = imu.ref.sensor_rows(str(run["tmp"] / "rec" / "imu.csv"), imu.channels)
     raw = pd.read_csv(run["tmp"] / "rec" / "imu.csv", dtype=str)
     assert rows.values.shape[1] == 6 and len(rows.pos) <= len(raw)
     k = int(np.searchsorted(np.sort(rows.pos), 50))
