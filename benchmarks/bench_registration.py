@@ -27,7 +27,7 @@ from mmalign.transforms.register.registration import (
     corner_error,
     register_pair,
 )
-from tests.test_registration import texture
+from tests.media import texture
 
 H_UNIT = np.array([[0.9, 0.08, 0.047], [-0.06, 0.95, 0.042], [0.064, -0.024, 1.0]])
 

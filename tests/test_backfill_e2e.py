@@ -1,8 +1,6 @@
 """End to end: a generated recording through the backfill, checked against its ground truth."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +12,9 @@ from mmalign.pipelines import backfill
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.clock import ClockModel
 from mmalign.transforms.io.parquet import read_aligned
+from tests.cli import run_mmalign
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +145,9 @@ def test_rerun_replaces_never_duplicates(run):
     assert len(d) == len(run["dead"]) and (d["run_id"] == "e2e-rerun").all()
 
 
-def mmalign(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, **kw)
-
-
 def test_cli_backfill_as_a_user_runs_it(run, tmp_path):
-    p = mmalign("backfill", "--manifest", str(run["manifest"]), "--out", str(tmp_path),
-                "--json")
+    p = run_mmalign("backfill", "--manifest", str(run["manifest"]), "--out", str(tmp_path),
+                    "--json")
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     assert s["aligned_rows"] == len(run["aligned"]) and s["dead_letters"] == len(run["dead"])
@@ -163,7 +156,7 @@ def test_cli_backfill_as_a_user_runs_it(run, tmp_path):
 def test_cli_bad_manifest_is_exit_2_with_one_sentence(tmp_path):
     m = tmp_path / "m.yaml"
     m.write_text("session: x\nstreams: []\nalignment: {ticks: {rate_hz: 10}}\n")
-    p = mmalign("backfill", "--manifest", str(m), "--out", str(tmp_path / "o"))
+    p = run_mmalign("backfill", "--manifest", str(m), "--out", str(tmp_path / "o"))
     assert p.returncode == 2
     assert str(m) in p.stderr and "streams" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 

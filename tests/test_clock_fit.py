@@ -13,18 +13,6 @@ import json
 
 import numpy as np
 import pytest
-from test_sync_features import (
-    RATE,
-    Clock,
-    decode_grey,
-    expected_map,
-    make_audio,
-    make_cues,
-    make_events,
-    make_imu,
-    make_speech,
-    make_video,
-)
 
 from mmalign.schemas.clock import ClockModel
 from mmalign.transforms.clock.features import (
@@ -48,7 +36,19 @@ from mmalign.transforms.clock.fit import (
     prior_offset_ns,
     ransac_line,
 )
+from tests.media import (
+    Clock,
+    decode_grey,
+    expected_map,
+    make_audio,
+    make_cues,
+    make_events,
+    make_imu,
+    make_speech,
+    make_video,
+)
 
+RATE = 100.0          # feature bins per second, as in test_sync_features.py
 CLOCKS = {"audio": Clock(2.0, -150.0), "imu": Clock(-2.9, 145.0), "video": Clock(0.0, 150.0)}
 TARGET_MS = {("video", "audio"): 33.0, ("video", "imu"): 33.0, ("imu", "audio"): 10.0,
              ("audio", "video"): 33.0, ("audio", "imu"): 10.0}

@@ -16,7 +16,6 @@ import wave
 from pathlib import Path
 
 import apache_beam as beam
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +37,7 @@ from mmalign.transforms.decode.sensor import (
 from mmalign.transforms.decode.stage import DecodeStreams, decode_file
 from mmalign.transforms.decode.text import decode_srt, decode_text_jsonl, decode_vtt
 from mmalign.transforms.decode.video import decode_image_sequence, decode_video_container
+from tests.media import ffmpeg_testsrc, png_bytes, sox_tone, write_srt
 
 S = 1_000_000_000
 YEAR_2500_NS = 16_725_225_600 * S          # 2500-01-01T00:00:00Z: 1.67e19 > int64
@@ -131,10 +131,7 @@ def test_checked_ns_is_the_one_int64_rule():
 
 @pytest.fixture(scope="module")
 def sox_wav(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("a") / "tone.wav"
-    subprocess.run(["sox", "-n", "-r", "16000", "-c", "2", "-b", "16", str(p),
-                    "synth", "1.3", "sine", "440", "sine", "660"], check=True)
-    return p
+    return sox_tone(tmp_path_factory.mktemp("a") / "tone.wav", 1.3, 440, 660, channels=2)
 
 
 def test_wav_cut_at_half_is_a_truncated_letter_for_the_lost_blocks(sox_wav, tmp_path):
@@ -189,11 +186,7 @@ def test_wav_with_a_cut_header_is_one_file_letter(sox_wav, tmp_path):
 
 @pytest.fixture(scope="module")
 def mp4(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("v") / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc=size=160x120:rate=25", "-t", "2", "-c:v", "libx264", "-g", "10",
-                    "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(p)], check=True)
-    return p
+    return ffmpeg_testsrc(tmp_path_factory.mktemp("v") / "clip.mp4", 2, gop=10, faststart=True)
 
 
 def corrupt_packets(src: Path, dst: Path, numbers: list[int]) -> None:
@@ -245,8 +238,7 @@ def test_container_pts_past_int64_ns_in_the_file_itself(mp4, tmp_path):
 
 
 def png(i: int) -> bytes:
-    img = np.full((24, 32, 3), 20 * i % 255, np.uint8)
-    return cv2.imencode(".png", img)[1].tobytes()
+    return png_bytes(20 * i % 255, width=32, height=24)
 
 
 def test_image_index_with_absurd_times_and_damage(tmp_path):
@@ -534,8 +526,7 @@ def test_stage_counters_add_letter_records(sox_wav, tmp_path):
 
 
 def test_decode_file_passes_offsets_and_letters_keep_device_times(tmp_path):
-    p = tmp_path / "a.srt"
-    p.write_bytes(b"1\n00:00:01,000 --> 00:00:02,000\nhi\n")
+    p = write_srt(tmp_path / "a.srt", [(1000, 2000, "hi")])
     s = Stream(id="sub", modality="text", files=[str(p)])
     chunks, dead = run(decode_file(s, p, session_id="s", time_offset_ns=5 * S))
     assert dead == [] and rows_of(chunks) == [6 * S] and rows_of(chunks, "t_end_ns") == [7 * S]

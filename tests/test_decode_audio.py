@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from mmalign.transforms.decode.audio import (
     load_audio,
     sample_ns,
 )
+from tests.media import espeak_wav
 
 SR = 16000
 
@@ -201,8 +201,7 @@ def test_float_samples_out_of_range_are_kept_not_clipped(tmp_path, subtype):
 
 
 def test_espeak_speech_wav(tmp_path):
-    p = tmp_path / "say.wav"
-    subprocess.run(["espeak-ng", "-w", str(p), "decode every block"], check=True)
+    p = espeak_wav(tmp_path / "say.wav", "decode every block")
     info = sf.info(str(p))
     chunks, dead = run(decode_audio_file(str(p), session_id="s", stream_id="mic"))
     assert dead == []

@@ -11,7 +11,6 @@ import random
 import subprocess
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +27,7 @@ from mmalign.transforms.decode.sensor import (
 )
 from mmalign.transforms.decode.text import decode_srt, decode_text_jsonl, decode_vtt
 from mmalign.transforms.decode.video import decode_image_sequence, decode_video_container
+from tests.media import ffmpeg_testsrc, one_image_index, sensor_csv
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,22 +49,19 @@ def seeds(tmp_path_factory) -> dict[str, tuple[Path, object, object]]:
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (20000, 2))
     sf.write(d / "s.wav", x, 16000, subtype="PCM_16")
     sf.write(d / "s.flac", x, 16000, subtype="PCM_16")
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc=size=64x48:rate=25", "-t", "1", "-c:v", "libx264",
-                    "-movflags", "+faststart", str(d / "s.mp4")], check=True)
+    ffmpeg_testsrc(d / "s.mp4", 1, size="64x48", pix_fmt=None, faststart=True)
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(d / "s.mp4"), "-c", "copy",
                     str(d / "s.mkv")], check=True)
-    cv2.imwrite(str(d / "img.png"), np.zeros((8, 8, 3), np.uint8))
-    (d / "s.txt").write_text("timestamp filename\n" + "".join(
-        f"{i}.{i:09d} img.png\n" for i in range(40)))
+    one_image_index(d, [f"{i}.{i:09d}" for i in range(40)], index="s.txt", image="img.png",
+                    header="timestamp filename")
     (d / "s.srt").write_text("".join(
         f"{i + 1}\n00:00:{i:02d},000 --> 00:00:{i:02d},500\ncue {i}\n\n" for i in range(30)))
     (d / "s.vtt").write_text("WEBVTT\n\n" + "".join(
         f"00:00:{i:02d}.000 --> 00:00:{i:02d}.500\ncue {i}\n\n" for i in range(30)))
     (d / "t.jsonl").write_text("".join(
         json.dumps({"start": i, "end": i + 0.5, "text": f"w{i}"}) + "\n" for i in range(40)))
-    (d / "s.csv").write_text("t_ns,a,b\n" + "".join(f"{i * 1000},{i},{-i}\n"
-                                                   for i in range(300)))
+    sensor_csv(d / "s.csv", [i * 1000 for i in range(300)], a=range(300),
+               b=[-i for i in range(300)])
     (d / "s.jsonl").write_text("".join(json.dumps({"t_ns": i * 1000, "a": i}) + "\n"
                                        for i in range(100)))
     pq.write_table(pa.table({"t_ns": list(range(0, 100_000, 1000)), "a": [1.0] * 100}),

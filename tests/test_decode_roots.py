@@ -9,11 +9,8 @@ Playlists that would make FFmpeg open other files are refused.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from mmalign.deadletter.record import DeadLetter
@@ -22,6 +19,7 @@ from mmalign.schemas.manifest import Stream
 from mmalign.transforms.decode.audio import decode_audio_track
 from mmalign.transforms.decode.stage import DecodeFile, DecodeRequest, decode_file
 from mmalign.transforms.decode.video import decode_image_sequence, decode_video_container
+from tests.media import ffmpeg_testsrc, png_bytes, write_srt
 
 pytestmark = pytest.mark.timeout(60)          # a decoder that opened a FIFO would block
 
@@ -31,18 +29,14 @@ def run(gen) -> tuple[list[Chunk], list[DeadLetter]]:
     return ([o for o in out if isinstance(o, Chunk)], [o for o in out if isinstance(o, DeadLetter)])
 
 
-def png() -> bytes:
-    return cv2.imencode(".png", np.full((8, 8, 3), 99, np.uint8))[1].tobytes()
-
-
 @pytest.fixture
 def layout(tmp_path) -> tuple[Path, Path]:
     """root/ (allowed) with an image, links and a FIFO; outside/ with a FIFO and an image."""
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "cam").mkdir(parents=True)
     outside.mkdir()
-    (root / "cam" / "a.png").write_bytes(png())
-    (outside / "secret.png").write_bytes(png())
+    (root / "cam" / "a.png").write_bytes(png_bytes(99))
+    (outside / "secret.png").write_bytes(png_bytes(99))
     os.mkfifo(outside / "fifo.png")
     os.mkfifo(root / "cam" / "pipe.png")
     (root / "cam" / "link.png").symlink_to(outside / "fifo.png")
@@ -102,7 +96,7 @@ def test_image_dir_outside_the_roots_is_a_file_letter(layout):
 def test_the_file_itself_outside_the_roots(layout, tmp_path):
     root, outside = layout
     srt = outside / "a.srt"
-    srt.write_text("1\n00:00:01,000 --> 00:00:02,000\nhi\n")
+    write_srt(srt, [(1000, 2000, "hi")])
     (root / "a.srt").symlink_to(srt)
     s = Stream(id="sub", modality="text", files=["a.srt"])
     for p in (srt, root / "a.srt"):
@@ -119,9 +113,7 @@ def test_the_file_itself_outside_the_roots(layout, tmp_path):
 
 def test_playlists_and_concat_lists_are_refused(tmp_path):
     ts = tmp_path / "outside.ts"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc=size=64x48:rate=10", "-t", "1", "-c:v", "libx264", str(ts)],
-                   check=True)
+    ffmpeg_testsrc(ts, 1, size="64x48", rate=10, pix_fmt=None)
     hls = tmp_path / "cam.m3u8"
     hls.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{ts}\n#EXT-X-ENDLIST\n")
     concat = tmp_path / "cam.mp4"

@@ -12,8 +12,6 @@ import subprocess
 from pathlib import Path
 
 import apache_beam as beam
-import cv2
-import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -27,22 +25,10 @@ from mmalign.transforms.decode.segments import (
     segment_span,
 )
 from mmalign.transforms.decode.stage import DecodeRequest, DecodeStreams, decode_file
+from tests.media import ffmpeg_testsrc, one_image_index, sensor_csv, sox_tone, write_srt
 
 S = 1_000_000_000
 MS = 1_000_000
-
-
-def ffmpeg_video(path: Path, seconds: float, src: str = "testsrc") -> Path:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"{src}=size=160x120:rate=25", "-t", str(seconds), "-c:v", "libx264",
-                    "-pix_fmt", "yuv420p", str(path)], check=True)
-    return path
-
-
-def sox_wav(path: Path, seconds: float, freq: int) -> Path:
-    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(path),
-                    "synth", str(seconds), "sine", str(freq)], check=True)
-    return path
 
 
 def decode_all(stream: Stream, paths: list[Path], offsets: list[int]
@@ -72,9 +58,9 @@ def assert_seamless(times: list[list[int]], step: int) -> None:
 @pytest.fixture(scope="module")
 def mp4s(tmp_path_factory) -> list[Path]:
     d = tmp_path_factory.mktemp("cam")
-    return [ffmpeg_video(d / "part1.mp4", 2, "testsrc"),
-            ffmpeg_video(d / "part2.mp4", 1.2, "testsrc2"),
-            ffmpeg_video(d / "part3.mp4", 0.4, "testsrc")]
+    return [ffmpeg_testsrc(d / "part1.mp4", 2, pattern="testsrc"),
+            ffmpeg_testsrc(d / "part2.mp4", 1.2, pattern="testsrc2"),
+            ffmpeg_testsrc(d / "part3.mp4", 0.4, pattern="testsrc")]
 
 
 def test_mp4_parts_that_restart_at_zero(mp4s):
@@ -126,8 +112,8 @@ def test_a_declared_start_wins(mp4s):
 # ---------------------------------------------------------------- audio
 
 def test_wav_parts(tmp_path):
-    wavs = [sox_wav(tmp_path / "a.wav", 1.0, 440), sox_wav(tmp_path / "b.wav", 0.7, 660),
-            sox_wav(tmp_path / "c.wav", 0.3, 880)]
+    wavs = [sox_tone(tmp_path / "a.wav", 1.0, 440), sox_tone(tmp_path / "b.wav", 0.7, 660),
+            sox_tone(tmp_path / "c.wav", 0.3, 880)]
     mic = Stream(id="mic", modality="audio", files=[str(p) for p in wavs],
                  options={"block_samples": 1000})
     assert segment_span(mic, wavs[0]) == (0, 1 * S)           # 16000 samples at 16 kHz
@@ -166,9 +152,7 @@ def test_audio_track_parts(tmp_path):
 # ---------------------------------------------------------------- sensor, text, images
 
 def imu(path: Path, n: int, t0_ms: int = 0, period_ms: int = 10) -> Path:
-    lines = ["t_ns,x"] + [f"{(t0_ms + i * period_ms) * MS},{i}" for i in range(n)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return sensor_csv(path, [(t0_ms + i * period_ms) * MS for i in range(n)], x=range(n))
 
 
 def test_csv_parts(tmp_path):
@@ -197,8 +181,8 @@ def test_offsets_that_overflow_are_record_letters(tmp_path):
 
 def test_srt_parts_chain_on_the_last_cue_end(tmp_path):
     a, b = tmp_path / "a.srt", tmp_path / "b.srt"
-    a.write_text("1\n00:00:01,000 --> 00:00:02,000\nx\n\n2\n00:00:03,000 --> 00:00:04,500\ny\n")
-    b.write_text("1\n00:00:00,500 --> 00:00:01,000\nz\n")
+    write_srt(a, [(1000, 2000, "x"), (3000, 4500, "y")])
+    write_srt(b, [(500, 1000, "z")])
     s = Stream(id="sub", modality="text", files=[str(a), str(b)])
     assert segment_span(s, a) == (1 * S, 4500 * MS)
     assert segment_offsets(s, [a, b], [None, None]) == [0, 4 * S]
@@ -208,14 +192,11 @@ def test_srt_parts_chain_on_the_last_cue_end(tmp_path):
 
 
 def test_image_index_parts(tmp_path):
-    img = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
     idx = []
     for k in range(2):
         d = tmp_path / f"seq{k}"
         d.mkdir()
-        (d / "f.png").write_bytes(img)
-        (d / "index.txt").write_text("".join(f"{i * 33_333_333} f.png\n" for i in range(30)))
-        idx.append(d / "index.txt")
+        idx.append(one_image_index(d, [i * 33_333_333 for i in range(30)]))
     s = Stream(id="cam", modality="video", format="image_sequence",
                files=[str(p) for p in idx])
     assert segment_span(s, idx[0]) == (0, 30 * 33_333_333)
@@ -244,7 +225,7 @@ def test_decode_streams_takes_requests_and_old_tuples(tmp_path):
                 ("s1", s, str(csvs[0]))]
     p = beam.Pipeline("DirectRunner")
     out = p | beam.Create(elements) | DecodeStreams(run_id="r")
-    assert_that(out.chunks | beam.Map(lambda c: (c.source_uri, int(c.t_ns().min()),
+    assert_that(out.main | beam.Map(lambda c: (c.source_uri, int(c.t_ns().min()),
                                                  int(c.t_ns().max()))),
                 equal_to([(str(csvs[0]), 0, 990 * MS), (str(csvs[1]), 1 * S, 1490 * MS)]))
     p.run().wait_until_finish()

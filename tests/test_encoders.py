@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import textwrap
 
 import numpy as np
@@ -18,6 +17,7 @@ from mmalign.encoders.fusion import embeddings_schema, embeddings_table, fuse
 from mmalign.encoders.handlers import Embedding, EncodeRequest, encode_requests, load_runner
 from mmalign.encoders.registry import EncoderConfig, EncoderError, build_encoder
 from mmalign.encoders.text import tick_text
+from tests.media import espeak_wav
 
 
 @pytest.fixture
@@ -29,9 +29,8 @@ def frames():
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
     """A real spoken WAV from espeak-ng (22.05 kHz), read with soundfile."""
-    path = tmp_path_factory.mktemp("audio") / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), "the quick brown fox jumps over the dog"],
-                   check=True, capture_output=True)
+    path = espeak_wav(tmp_path_factory.mktemp("audio") / "speech.wav",
+                      "the quick brown fox jumps over the dog")
     pcm, rate = sf.read(path, dtype="float32")
     return pcm, rate
 

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +22,10 @@ from mmalign.pipelines import features_cli
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.manifest import ManifestError, load_manifest
 from mmalign.transforms.io.parquet import read_aligned
+from tests.cli import run_mmalign
 from tests.e2e_checks import assert_online_holds
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 STREAMS = ["cam0", "cam0_audio", "cam1", "mic", "transcript", "imu"]
 ENCODERS = {"video": {"max_batch_size": 16, "device": "cpu", "warp": True},
             "audio": {"device": "cpu"}, "text": {"device": "cpu"},
@@ -35,9 +34,7 @@ ENCODERS = {"video": {"max_batch_size": 16, "device": "cpu", "warp": True},
 
 
 def _mmalign(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_mmalign(*args, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 def _with_encoders(manifest: Path, encoders: dict, name: str) -> Path:

@@ -9,8 +9,6 @@ server for the run) is compared file by file and row for row with the DirectRunn
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,9 +19,9 @@ from mmalign.pipelines import backfill
 from mmalign.pipelines.runners import RunnerConfigError, flink_args, runner_session
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.transforms.io.parquet import METADATA_KEY, read_aligned
+from tests.cli import run_mmalign
 from tests.e2e_checks import assert_rows_equal
 
-ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "flink-vs-local"
 
 
@@ -59,12 +57,11 @@ def runs(tmp_path_factory):
                            session="flink-b"),
     ]
     local = backfill.run(manifests, tmp / "local", run_id=RUN_ID)
-    cmd = [sys.executable, "-m", "mmalign.pipelines.cli", "backfill", "--json", "--run-id", RUN_ID,
-           "--out", str(tmp / "flink"), "--runner", "flink"]
+    args = ["backfill", "--json", "--run-id", RUN_ID, "--out", tmp / "flink", "--runner", "flink"]
     for m in manifests:
-        cmd += ["--manifest", str(m)]
-    cmd += ["--", "--parallelism=2"]      # no --job_endpoint: an embedded Flink for the run
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        args += ["--manifest", m]
+    args += ["--", "--parallelism=2"]      # no --job_endpoint: an embedded Flink for the run
+    proc = run_mmalign(*args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"tmp": tmp, "local": local, "flink": json.loads(proc.stdout)}
 

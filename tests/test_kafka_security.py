@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,15 +25,14 @@ from mmalign.pipelines import backfill
 from mmalign.pipelines.kafka_config import MODALITY_TOPICS, load_settings
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.transforms.io.parquet import read_aligned
+from tests.cli import run_mmalign
 from tests.e2e_checks import assert_rows_equal
 
 USER = "mmalign-app"
 WRONG = "not-the-Pw-93ad"
 
 
-def _mmalign(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+_mmalign = partial(run_mmalign, timeout=300)
 
 
 def _user_env(broker, tag: str, password: str) -> dict[str, str]:

@@ -5,8 +5,6 @@ manifest that widens its roots, missing inputs); a run that aligns nothing exits
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import yaml
 
 from mmalign.pipelines import cli
 from mmalign.pipelines.sample_recording import generate_recording
+from tests.cli import run_mmalign
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +120,7 @@ def test_backfill_missing_file_as_a_user_runs_it(rec, tmp_path):
     m = _manifest(rec, tmp_path, lambda d, _: _stream(d, "mic").__setitem__("files",
                                                                             ["gone.wav"]))
     out = tmp_path / "o"
-    p = subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", "backfill", "--manifest",
-                        str(m), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    p = run_mmalign("backfill", "--manifest", m, "--out", out, timeout=300)
     assert p.returncode == 2, p.stderr[-2000:]
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and "streams[mic].files[0]" in err[0] and "gone.wav" in err[0]

@@ -4,8 +4,6 @@ samples are aligned (none silently dropped as duplicates of the first file's).""
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 import yaml
@@ -13,22 +11,17 @@ import yaml
 from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.pipelines import backfill
 from mmalign.transforms.io.parquet import read_aligned
-
-
-def _mp4(path, seconds: int, pattern: str) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"{pattern}=size=160x120:rate=20", "-t", str(seconds), "-c:v", "libx264",
-                    "-pix_fmt", "yuv420p", str(path)], check=True)
+from tests.media import ffmpeg_testsrc, sensor_csv
 
 
 @pytest.mark.slow
 def test_two_mp4s_that_both_start_at_zero(tmp_path):
-    _mp4(tmp_path / "a.mp4", 2, "testsrc")
-    _mp4(tmp_path / "b.mp4", 2, "smptebars")
+    ffmpeg_testsrc(tmp_path / "a.mp4", 2, pattern="testsrc", rate=20)
+    ffmpeg_testsrc(tmp_path / "b.mp4", 2, pattern="smptebars", rate=20)
     # a sensor logged in two files that each restart at 0, 100 Hz
     t = np.arange(0, 2_000_000_000, 10_000_000)
     for name, v in (("imu_a.csv", 1.0), ("imu_b.csv", 2.0)):
-        (tmp_path / name).write_text("t_ns,x\n" + "".join(f"{x},{v}\n" for x in t))
+        sensor_csv(tmp_path / name, t, x=[v] * len(t))
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(yaml.safe_dump({
         "session": "segments",

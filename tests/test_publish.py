@@ -6,9 +6,8 @@ from __future__ import annotations
 import collections
 import json
 import os
-import subprocess
-import sys
 import uuid
+from functools import partial
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -19,13 +18,12 @@ from mmalign.pipelines.publish import DEFAULT_SLICE_MAX_BYTES, DEFAULT_SLICE_S, 
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.envelope import decode_chunk, split
 from mmalign.transforms.decode.stage import decode_file
+from tests.cli import run_mmalign
 
 pytestmark = pytest.mark.slow
 
 
-def _mmalign(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", *args],
-                          capture_output=True, text=True, timeout=300, env=env)
+_mmalign = partial(run_mmalign, timeout=300)
 
 
 def _read_all(bootstrap: str, topic: str) -> list:

@@ -4,9 +4,6 @@ registration: cam1's homography against the generator's, and broken configs stop
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,16 +12,11 @@ import yaml
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.transforms.io.parquet import read_aligned
 from mmalign.transforms.register.registration import corner_error
+from tests.cli import run_mmalign
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 GOOD_CAMERA = {"intrinsics": {"image_size": [320, 240],
                               "K": [[300, 0, 160], [0, 300, 120], [0, 0, 1]]}}
-
-
-def mmalign(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,7 @@ def rec(tmp_path_factory):
 
 def test_backfill_registers_cam1_onto_cam0(rec):
     out = rec["tmp"] / "out"
-    r = mmalign("backfill", "--manifest", str(rec["manifest"]), "--out", str(out), "--json")
+    r = run_mmalign("backfill", "--manifest", str(rec["manifest"]), "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout)
     gt = json.loads((rec["manifest"].parent / "ground_truth.json").read_text())
@@ -106,5 +98,5 @@ def test_broken_config_stops_with_exit_2(rec, name, capsys):
 
 def test_broken_calibration_exit_code_of_the_process(rec):
     path = broken(rec, "proc", CASES["not_rotation"][0])
-    r = mmalign("backfill", "--manifest", str(path), "--out", str(rec["tmp"] / "out_proc"))
+    r = run_mmalign("backfill", "--manifest", str(path), "--out", str(rec["tmp"] / "out_proc"))
     assert r.returncode == 2 and "cameras.cam1.extrinsics.rotation" in r.stderr

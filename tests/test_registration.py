@@ -19,26 +19,11 @@ from mmalign.transforms.register.registration import (
     to_gray,
     warp_to_reference,
 )
+from tests.media import texture
 from tests.opencv_doc_data import opencv_doc_data
 
 W, H = 640, 480
 H_TRUE = np.array([[0.9, 0.08, 30.0], [-0.06, 0.95, 20.0], [1e-4, -5e-5, 1.0]])
-
-
-def texture(w: int, h: int, seed: int) -> np.ndarray:
-    """A cluttered colour scene: random discs and boxes plus fine blurred noise."""
-    rng = np.random.default_rng(seed)
-    img = np.full((h, w, 3), 128, np.uint8)
-    for _ in range(int(400 * w * h / 800_000)):
-        c = tuple(int(x) for x in rng.integers(0, 256, 3))
-        p = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        if rng.random() < 0.5:
-            cv2.circle(img, p, int(rng.integers(3, 40)), c, -1)
-        else:
-            q = (p[0] + int(rng.integers(5, 60)), p[1] + int(rng.integers(5, 60)))
-            cv2.rectangle(img, p, q, c, -1)
-    noise = cv2.GaussianBlur(rng.normal(0, 25, (h, w)).astype(np.float32), (0, 0), 2)
-    return np.clip(img + noise[..., None], 0, 255).astype(np.uint8)
 
 
 def through_jpeg(img: np.ndarray, tmp_path, name: str) -> np.ndarray:

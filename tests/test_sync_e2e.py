@@ -9,9 +9,6 @@ the camera's audio track (a high-rate reference) instead of the 30 fps video.
 """
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +16,9 @@ import pytest
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.pipelines.summary import render
 from mmalign.transforms.io.parquet import read_aligned
+from tests.cli import run_mmalign
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 CLOCKS = {"cam1": {"offset_ns": -1_700_000_000, "drift_ppm": 180.0},
           "mic": {"offset_ns": 2_350_000_000, "drift_ppm": -250.0},
@@ -42,9 +39,8 @@ def synced(tmp_path_factory):
                                 declare_clocks=False, bad_records=False, **SMALL,
                                 session="demo-002", sync={"mic": {"min_confidence": 1.0}})
     out = tmp / "out"
-    p = subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", "backfill", "--manifest",
-                        str(manifest), "--manifest", str(strict), "--out", str(out), "--json"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    p = run_mmalign("backfill", "--manifest", manifest, "--manifest", strict, "--out", out,
+                    "--json", timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     gt = json.loads((tmp / "rec" / "ground_truth.json").read_text())
     return {"summary": json.loads(p.stdout), "gt": gt, "out": out}

@@ -1,22 +1,17 @@
 """Sync features from real media: a WAV written and read back, an H.264 video, IMU samples and
 subtitle timings, all rendering the same random events, each on its own device clock.
 
-The ``make_*`` helpers below are the synthetic recording used by test_clock_fit.py and
-test_sync_stage.py as well: a device with clock (offset, drift) records true time
+The synthetic recording (``Clock``, ``make_*``) is in tests/media.py, shared with
+test_clock_fit.py and test_sync_stage.py: a device with clock (offset, drift) records true time
 ``t_true = offset + (1 + drift) * t_dev``.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from pathlib import Path
 
-import av
-import cv2
 import numpy as np
 import pytest
-import soundfile as sf
 
 from mmalign.transforms.clock.features import (
     NS,
@@ -34,136 +29,18 @@ from mmalign.transforms.clock.features import (
     speech_activity,
     text_activity,
 )
+from tests.media import (
+    Clock,
+    decode_grey,
+    make_audio,
+    make_cues,
+    make_events,
+    make_imu,
+    make_speech,
+    make_video,
+)
 
 RATE = 100.0
-
-
-@dataclass(frozen=True)
-class Clock:
-    offset_s: float
-    drift_ppm: float
-
-    def true(self, t_dev_s):
-        return self.offset_s + (1 + self.drift_ppm * 1e-6) * np.asarray(t_dev_s, np.float64)
-
-    def dev(self, t_true_s):
-        return (np.asarray(t_true_s, np.float64) - self.offset_s) / (1 + self.drift_ppm * 1e-6)
-
-
-def expected_map(dev: Clock, ref: Clock, t_dev_s):
-    """Where the stream's device times fall on the reference device's clock."""
-    return ref.dev(dev.true(t_dev_s))
-
-
-def make_events(seed: int, start_s: float = 100.0, duration_s: float = 40.0, n: int = 30,
-                min_gap_s: float = 0.5) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    free = duration_s - 2.0 - n * min_gap_s
-    return start_s + 1.0 + np.sort(rng.uniform(0, free, n)) + np.arange(n) * min_gap_s
-
-
-def make_audio(path: Path, events: np.ndarray, clock: Clock, start_s: float, duration_s: float,
-               sr: int = 16000, seed: int = 0) -> tuple[float, np.ndarray]:
-    """Tone-burst clicks at the events, written as 16-bit WAV and read back.
-    Returns (device time of sample 0 in s, the PCM read back)."""
-    rng = np.random.default_rng(seed)
-    t_dev0 = float(np.round(clock.dev(start_s), 3))
-    t_true = clock.true(t_dev0 + np.arange(int(duration_s * sr)) / sr)
-    x = 0.01 * rng.standard_normal(len(t_true))
-    for e in events:
-        k = np.searchsorted(t_true, e)
-        seg = t_true[k:k + int(0.08 * sr)] - e
-        x[k:k + len(seg)] += 0.6 * np.sin(2 * np.pi * 900 * seg) * np.exp(-seg / 0.02)
-    sf.write(path, x.astype(np.float32), sr, subtype="PCM_16")
-    pcm, sr_read = sf.read(path, dtype="float32")
-    assert sr_read == sr
-    return t_dev0, pcm
-
-
-def make_speech(path: Path, cues_true: np.ndarray, clock: Clock, start_s: float,
-                duration_s: float, sr: int = 16000, seed: int = 0) -> tuple[float, np.ndarray]:
-    """Syllable-modulated band noise during each (start, end) cue, quiet noise elsewhere."""
-    rng = np.random.default_rng(seed)
-    t_dev0 = float(np.round(clock.dev(start_s), 3))
-    t_true = clock.true(t_dev0 + np.arange(int(duration_s * sr)) / sr)
-    x = 0.003 * rng.standard_normal(len(t_true))
-    voice = np.convolve(rng.standard_normal(len(t_true)), np.ones(8) / 8, mode="same")
-    syll = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t_true)
-    on = np.zeros(len(t_true), bool)
-    for s, e in cues_true:
-        on |= (t_true >= s) & (t_true < e)
-    x += np.where(on, 0.5 * voice * syll, 0.0)
-    sf.write(path, x.astype(np.float32), sr, subtype="PCM_16")
-    pcm, _ = sf.read(path, dtype="float32")
-    return t_dev0, pcm
-
-
-def make_cues(seed: int, start_s: float, duration_s: float) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    cues, t = [], start_s + 0.5
-    while True:
-        s = t + rng.uniform(0.4, 1.5)
-        e = s + rng.uniform(0.8, 2.5)
-        if e > start_s + duration_s - 0.5:
-            return np.array(cues)
-        cues.append((s, e))
-        t = e
-
-
-def make_imu(events: np.ndarray, clock: Clock, start_s: float, duration_s: float,
-             rate: float = 200.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Accelerometer (gravity + noise + decaying impacts) with jittered int64 ns timestamps."""
-    rng = np.random.default_rng(seed)
-    t_dev = clock.dev(start_s) + np.arange(int(duration_s * rate)) / rate
-    t_true = clock.true(t_dev)
-    acc = np.tile([0.0, 0.0, 9.81], (len(t_dev), 1)) + 0.03 * rng.standard_normal(
-        (len(t_dev), 3))
-    acc += 0.2 * np.sin(2 * np.pi * 0.2 * t_true)[:, None]       # slow body motion
-    for e in events:
-        dt = t_true - e
-        m = (dt >= 0) & (dt < 0.1)
-        direction = rng.standard_normal(3)
-        acc[m] += 4.0 * np.exp(-dt[m] / 0.012)[:, None] * direction / np.linalg.norm(direction)
-    t_ns = np.rint(t_dev * NS + rng.normal(0, 3e5, len(t_dev))).astype(np.int64)
-    return np.sort(t_ns), acc
-
-
-def make_video(path: Path, events: np.ndarray, clock: Clock, start_s: float,
-               duration_s: float, fps: int = 30, seed: int = 0) -> np.ndarray:
-    """H.264 video whose picture switches to a new random pattern at each event. Frame k has
-    container time k / fps = device time - t_dev0; returns the device times (s) of frames."""
-    rng = np.random.default_rng(seed)
-    t_dev0 = float(np.round(clock.dev(start_s), 3))
-    t_dev = t_dev0 + np.arange(int(duration_s * fps)) / fps
-    state = np.searchsorted(events, clock.true(t_dev), side="right")
-    patterns = rng.integers(30, 220, (len(events) + 1, 6, 8)).astype(np.uint8)
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-        vs.options = {"crf": "18"}
-        for k, s in enumerate(state):
-            img = np.kron(patterns[s], np.ones((8, 8), np.uint8))
-            frame = av.VideoFrame.from_ndarray(np.dstack([img] * 3), format="rgb24")
-            frame.pts = k
-            for pkt in vs.encode(frame):
-                c.mux(pkt)
-        for pkt in vs.encode():
-            c.mux(pkt)
-    return t_dev
-
-
-def decode_grey(path: Path, width: int = 32, height: int = 24):
-    """(frame device times relative to the container start in ns, [k, h, w] grey frames):
-    the luma plane, area-downscaled."""
-    ts, frames = [], []
-    with av.open(str(path)) as c:
-        vs = c.streams.video[0]
-        for f in c.decode(vs):
-            ts.append(round(float(f.pts * vs.time_base) * NS))
-            p = f.planes[0]
-            y = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
-            frames.append(cv2.resize(y, (width, height), interpolation=cv2.INTER_AREA))
-    return np.array(ts, np.int64), np.stack(frames)
 
 
 def peak_times_s(feature, rel=0.3) -> np.ndarray:

@@ -12,16 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from apache_beam.testing.util import assert_that
-from test_sync_features import (
-    Clock,
-    expected_map,
-    make_audio,
-    make_cues,
-    make_events,
-    make_imu,
-    make_speech,
-    make_video,
-)
 
 from mmalign.schemas import audio as audio_schema
 from mmalign.schemas import sensor as sensor_schema
@@ -32,6 +22,16 @@ from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.manifest import Manifest, ManifestError
 from mmalign.transforms.clock.features import NS
 from mmalign.transforms.clock.sync import EstimateClocks, plan_sync, sync_session, video_grey
+from tests.media import (
+    Clock,
+    expected_map,
+    make_audio,
+    make_cues,
+    make_events,
+    make_imu,
+    make_speech,
+    make_video,
+)
 
 SESSION = "s1"
 DUR = 40.0

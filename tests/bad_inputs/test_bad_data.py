@@ -6,8 +6,6 @@ this test without the project's decoders, no traceback, and nothing outside OUT 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from corpus import independent_count, instantiate, make_base
 from test_bad_config import tree
 
 from mmalign.deadletter.file_sink import read_dead_letters
+from tests.cli import run_mmalign
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS = {
@@ -52,11 +51,10 @@ def test_group_of_broken_recordings(group, base, tmp_path):
             expected_in[s["modality"]] += independent_count(s, m.parent)
     before = tree(work)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "mmalign.pipelines.cli", "backfill", "--json", "--out",
-           str(out)]
+    args = ["backfill", "--json", "--out", out]
     for m in manifests:
-        cmd += ["--manifest", str(m)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=560)
+        args += ["--manifest", m]
+    p = run_mmalign(*args, timeout=560)
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
     assert p.returncode == max(c.exit for c in cases), p.stderr[-3000:]
     if p.returncode == 1:           # sessions without ticks: named on stderr
