@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmalign.deadletter.file_sink import write_session_letters
-from mmalign.pipelines import backfill
+from mmalign.pipelines import backfill, core
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.chunk import Chunk
 from mmalign.transforms.align.buckets import chunk_pieces
@@ -32,7 +32,7 @@ from mmalign.transforms.validate.stage import validate_chunk
 def plain_loop(manifest: Path, out: Path) -> tuple[int, int]:
     """The backfill's work without Beam: decode, validate, clock, bucket, align, and the same
     sinks (one Parquet file per bucket, the session's dead letters)."""
-    job = backfill.prepare([manifest], out)
+    job = core.prepare([manifest], out)
     session = job.manifests[0].session
     plan = job.plans[session]
     margins = plan.margins()

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmalign.infra.kafka_broker import KafkaBroker
 from mmalign.pipelines import backfill, stream
-from mmalign.pipelines.backfill import prepare as prepare_job
+from mmalign.pipelines.core import prepare as prepare_job
 from mmalign.pipelines.kafka_config import MODALITY_TOPICS, KafkaSettings
 from mmalign.pipelines.publish import publish
 from mmalign.pipelines.sample_recording import generate_recording

@@ -24,6 +24,7 @@ import yaml
 from mmalign.deadletter.record import DeadLetter
 from mmalign.encoders.fusion import FUSED, MASK, emb_col, model_col, status_col
 from mmalign.schemas import aligned
+from mmalign.transforms.tags import DEAD, MAIN
 
 PROJECT = "mmalign"
 VIEW = "tick_embeddings"
@@ -234,7 +235,7 @@ class WriteOnlineFn(beam.DoFn):
             n = write_online(self.store, pq.read_table(path, columns=cols))
         except Exception as e:  # noqa: BLE001 - one bucket's failed write is a dead letter
             beam.metrics.Metrics.counter("sink", "online.failed").inc()
-            yield beam.pvalue.TaggedOutput("dead", DeadLetter.from_exception(
+            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.from_exception(
                 "sink", e, "online_write_failed", run_id=self.run_id, source_uri=path,
                 position="file"))
             return
@@ -275,4 +276,4 @@ def feature_store_sink(manifests: list, out: str | Path, run_id: str = ""):
     repo, online, redis, fusion = next(iter(wanted.values()))
     fn = WriteOnlineFn(repo, str(Path(out).resolve() / "aligned"), streams, fusion, online,
                        redis, run_id)
-    return beam.ParDo(fn).with_outputs("dead", main="main")
+    return beam.ParDo(fn).with_outputs(DEAD, main=MAIN)

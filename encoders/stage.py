@@ -53,8 +53,8 @@ from mmalign.schemas.aligned import (
 )
 from mmalign.schemas.manifest import Manifest, ManifestError, Stream
 from mmalign.transforms.decode.sources import SensorRows, SourceRef
+from mmalign.transforms.tags import DEAD, MAIN
 
-DEAD = "dead"
 SENSOR_CACHE_FILES = 4
 
 
@@ -424,7 +424,7 @@ def encode_stage(manifests: list[Manifest], run_id: str = "") -> beam.PTransform
     plans = {m.session: p for m in manifests if (p := plan_encoders(m)) is not None}
     if not plans:
         return None
-    return beam.ParDo(EncodeAlignedFn(plans, run_id)).with_outputs(DEAD, main="main")
+    return beam.ParDo(EncodeAlignedFn(plans, run_id)).with_outputs(DEAD, main=MAIN)
 
 
 __all__ = ["EncodeAlignedFn", "SessionEncode", "StreamEncode", "encode_stage", "encode_table",

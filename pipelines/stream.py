@@ -30,7 +30,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmalign.deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
-from mmalign.pipelines.backfill import Job, bucketing, new_run_id, post_align_stages, prepare
+from mmalign.encoders.feature_store import feature_store_sink
+from mmalign.pipelines.core import AlignCore, Job, bucketing, new_run_id, prepare
 from mmalign.pipelines.kafka_config import KafkaSettings
 from mmalign.pipelines.stream_ledger import (
     Geometry,
@@ -44,11 +45,10 @@ from mmalign.pipelines.stream_ledger import (
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.envelope import MessageError, decode_chunk, split
 from mmalign.schemas.manifest import ManifestError
-from mmalign.transforms.align.join import AlignBuckets
-from mmalign.transforms.clock.apply import ApplyClockFn
 from mmalign.transforms.io.kafka import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
 from mmalign.transforms.io.parquet import WriteAlignedFn, part_key
-from mmalign.transforms.validate.stage import ORIGIN_META_KEY, Validate
+from mmalign.transforms.tags import DEAD, MAIN
+from mmalign.transforms.validate.stage import ORIGIN_META_KEY
 
 DRIFT_BUDGET_S = 3600.0   # clock slack covers drift over this much recording time
 
@@ -89,14 +89,14 @@ class IngestFn(beam.DoFn):
             except MessageError:
                 header = None
             beam.metrics.Metrics.counter("ingest", "dead").inc()
-            yield beam.pvalue.TaggedOutput("dead", rec.dead(
+            yield beam.pvalue.TaggedOutput(DEAD, rec.dead(
                 "ingest", e.reason, "PoisonMessage", str(e), header).with_run(self.run_id))
             return
         modality = self.streams.get(chunk.key)
         if modality != chunk.modality:
             why = ("is not in the job's manifests" if modality is None
                    else f"is {modality} in the manifest, not {chunk.modality}")
-            yield beam.pvalue.TaggedOutput("dead", rec.dead(
+            yield beam.pvalue.TaggedOutput(DEAD, rec.dead(
                 "ingest", "unknown_stream", "UnknownStream",
                 f"stream {chunk.session_id}/{chunk.stream_id} {why}",
                 {"session": chunk.session_id, "stream": chunk.stream_id,
@@ -162,41 +162,36 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
         stop_after_idle_s=opts.stop_after_idle_s, poll_ms=opts.poll_ms,
         closed_sessions=plan.closed_sessions, late_floors_us=plan.late_floors_us)
     read = p | "ReadKafka" >> ReadKafka(list(plan.specs), reader)
-    ingested = read.records | "Ingest" >> beam.ParDo(
-        IngestFn(streams, opts.payload_roots, job.run_id)).with_outputs("dead", main="chunks")
-    valid = ingested.chunks | "Validate" >> Validate(
-        job.stream_options, job.run_id, job.rules, clocks=job.declared)
-    clocked = valid.chunks | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
-    buckets = bucketing(job)
-    held = (clocked
-            | "Buckets" >> buckets
-            | "Align" >> AlignBuckets(job.plans, extents_from_meta=True, emit_empty=True)
-            | "HoldBack" >> beam.ParDo(HoldBackFn(
-                str(state), job.run_id, plan.written, job.bucket_ns, buckets.window_margin_ns)
-            ).with_outputs(HoldBackFn.EMPTY, main="aligned"))
-    held.empty | "MarkEmpty" >> beam.ParDo(MarkDoneFn(str(state), job.run_id, empty=True))
-    aligned = held.aligned
-    stage_dead = []
-    for name, stage in post_align_stages(job):
-        out = aligned | name >> stage
-        aligned = out.main
-        stage_dead.append(out.dead)
-    written = aligned | "WriteAligned" >> beam.ParDo(
+    ingested = read[MAIN] | "Ingest" >> beam.ParDo(
+        IngestFn(streams, opts.payload_roots, job.run_id)).with_outputs(DEAD, main=MAIN)
+    window_margin_ns = bucketing(job).window_margin_ns
+
+    def hold(aligned):
+        """Buckets wait in the ledger until complete; empty ones are recorded as done."""
+        held = aligned | "HoldBack" >> beam.ParDo(HoldBackFn(
+            str(state), job.run_id, plan.written, job.bucket_ns, window_margin_ns)
+        ).with_outputs(HoldBackFn.EMPTY, main=MAIN)
+        held[HoldBackFn.EMPTY] | "MarkEmpty" >> beam.ParDo(
+            MarkDoneFn(str(state), job.run_id, empty=True))
+        return held[MAIN]
+
+    core = ingested[MAIN] | "Core" >> AlignCore(job, streaming=True, hold=hold)
+    written = core["aligned"] | "WriteAligned" >> beam.ParDo(
         WriteAlignedFn(str(job.out / "aligned"), job.metadata()))
     done = written
-    from mmalign.encoders.feature_store import feature_store_sink
+    dead = [read[DEAD], ingested[DEAD], core["dead"]]
     sink = feature_store_sink(job.manifests, job.out, job.run_id)
     if sink is not None:                    # Feast online store, after each bucket's Parquet
         online = written | "WriteOnline" >> sink
-        stage_dead.append(online.dead)
-        done = ((online.main, online.dead | "FailedOnline" >> beam.Map(lambda d: d.source_uri))
+        dead.append(online[DEAD])
+        done = ((online[MAIN], online[DEAD] | "FailedOnline" >> beam.Map(lambda d: d.source_uri))
                 | "OnlineDone" >> beam.Flatten())
     (done | "DoneBuckets" >> beam.Map(part_key)                      # the ledger, last
      | "MarkWritten" >> beam.ParDo(MarkDoneFn(str(state), job.run_id)))
-    dead = ((read.dead, ingested.dead, valid.dead, *stage_dead) | "AllDead" >> beam.Flatten()
-            | "DeadLetterTopic" >> beam.ParDo(
-                WriteDeadLettersToKafkaFn(settings, job.run_id, skip_ids)))
-    return {"aligned": aligned, "written": written, "dead": dead}
+    letters = (tuple(dead) | "AllDead" >> beam.Flatten()
+               | "DeadLetterTopic" >> beam.ParDo(
+                   WriteDeadLettersToKafkaFn(settings, job.run_id, skip_ids)))
+    return {"aligned": core["aligned"], "written": written, "dead": letters}
 
 
 def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettings,

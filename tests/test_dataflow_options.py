@@ -19,7 +19,7 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_runner_api_pb2 as pb
 
-from mmalign.pipelines import backfill
+from mmalign.pipelines import backfill, core
 from mmalign.pipelines.runners import DEFAULT_GPU, RunnerConfigError, dataflow_args, runner_session
 from mmalign.pipelines.sample_recording import generate_recording
 
@@ -45,7 +45,7 @@ def dry_run(tmp_path_factory):
     doc = yaml.safe_load(manifest.read_text())
     doc["encoders"] = {"sensor": {"window_ms": 200}}
     manifest.write_text(yaml.safe_dump(doc))
-    job = backfill.prepare([manifest], tmp / "out", run_id="dataflow-dry")
+    job = core.prepare([manifest], tmp / "out", run_id="dataflow-dry")
     args = dataflow_args(project="mmalign-ci", region="europe-west4",
                          temp_location="gs://mmalign-ci/tmp", machine_type="n1-standard-8",
                          max_num_workers=4, job_name="mmalign-backfill-ci",

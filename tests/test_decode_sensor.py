@@ -203,7 +203,7 @@ def test_decode_streams_on_direct_runner(tmp_path):
                 ("s1", stream("gone", "sensor", ["x.csv"]), str(tmp_path / "x.csv"))]
     p = beam.Pipeline("DirectRunner")
     out = p | beam.Create(elements) | DecodeStreams(run_id="r1")
-    assert_that(out.chunks | "rows" >> beam.Map(lambda c: (c.stream_id, c.num_records)),
+    assert_that(out.main | "rows" >> beam.Map(lambda c: (c.stream_id, c.num_records)),
                 equal_to([("imu", 4), ("sub", 1)]), label="chunks")
     assert_that(out.dead | "why" >> beam.Map(lambda d: (d.stream_id, d.reason, d.position,
                                                        d.run_id)),

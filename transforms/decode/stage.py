@@ -23,6 +23,7 @@ from mmalign.schemas.manifest import Stream
 from mmalign.transforms.decode import audio, sensor, text, video
 from mmalign.transforms.decode.base import SourceFile, short_error
 from mmalign.transforms.decode.segments import segment_offsets
+from mmalign.transforms.tags import DEAD, MAIN
 
 # ---------------------------------------------------------------- dispatch
 
@@ -118,7 +119,7 @@ class DecodeFile(beam.DoFn):
     """DecodeRequest (or the older ``(session_id, Stream, path)`` tuple) -> Chunks (main) and
     DeadLetters (tagged "dead")."""
 
-    DEAD = "dead"
+    DEAD = DEAD
 
     def __init__(self, run_id: str = ""):
         self.run_id = run_id
@@ -158,4 +159,4 @@ class DecodeStreams(beam.PTransform):
 
     def expand(self, pcoll):
         return pcoll | "DecodeFile" >> beam.ParDo(DecodeFile(self.run_id)).with_outputs(
-            DecodeFile.DEAD, main="chunks")
+            DEAD, main=MAIN)

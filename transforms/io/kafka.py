@@ -51,6 +51,7 @@ from mmalign.deadletter.kafka_topic import kafka_attrs
 from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.clock import MAX_ABS_TIME_NS
 from mmalign.schemas.envelope import MessageError, split
+from mmalign.transforms.tags import DEAD, MAIN
 
 FINISH = "finish"          # claim this to end the restriction (every partition stops)
 
@@ -420,12 +421,12 @@ class SplitLateFn(beam.DoFn):
             return
         beam.metrics.Metrics.counter("ingest", "too_late").inc()
         _, header = event_time_ns(rec.value)
-        yield beam.pvalue.TaggedOutput("dead", rec.dead(
+        yield beam.pvalue.TaggedOutput(DEAD, rec.dead(
             "ingest", "too_late", "LateRecord", rec.too_late, header, rec.event_ns))
 
 
 class ReadKafka(beam.PTransform):
-    """PBegin -> {"records": KafkaRecord, "dead": DeadLetter} for the given partitions."""
+    """PBegin -> {MAIN: KafkaRecord, DEAD: DeadLetter} for the given partitions."""
 
     def __init__(self, specs: list[PartitionSpec], fn: ReadKafkaFn):
         super().__init__()
@@ -436,4 +437,4 @@ class ReadKafka(beam.PTransform):
         return (pbegin
                 | "Plan" >> beam.Create([ReadPlan(self.specs)])
                 | "ReadPartitions" >> beam.ParDo(self.fn)
-                | "SplitLate" >> beam.ParDo(SplitLateFn()).with_outputs("dead", main="records"))
+                | "SplitLate" >> beam.ParDo(SplitLateFn()).with_outputs(DEAD, main=MAIN))

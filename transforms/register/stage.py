@@ -61,6 +61,7 @@ from mmalign.transforms.register.registration import (
     RegistrationTracker,
     register_pair,
 )
+from mmalign.transforms.tags import DEAD, MAIN
 
 STAGE = "register"
 
@@ -444,7 +445,7 @@ class RegisterTicksFn(beam.DoFn):
             except Exception as e:  # noqa: BLE001 -- a bug must not lose the bucket's rows
                 out, dead = self._crashed(plan, cam, table, e, bucket)
             for d in dead:
-                yield beam.pvalue.TaggedOutput("dead", d)
+                yield beam.pvalue.TaggedOutput(DEAD, d)
             for s in out.status:
                 key = ("ok" if s == "ok" else "no_frame" if s == "no_frame"
                        else "dead" if s.startswith("failed:") else "flagged")
@@ -455,7 +456,7 @@ class RegisterTicksFn(beam.DoFn):
                 cols |= projection_columns(table, plan.rig, proj)
             except (KeyError, ValueError) as e:
                 cols |= null_projection_columns(table.num_rows, proj)
-                yield beam.pvalue.TaggedOutput("dead", DeadLetter(
+                yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
                     stage=STAGE, error_class=type(e).__name__, reason="projection_failed",
                     message=f"projecting sensor {proj.sensor!r} in bucket {bucket}: "
                             f"{str(e).strip(chr(39))}; its {table.num_rows} rows have null "
@@ -504,7 +505,7 @@ class RegisterAligned(beam.PTransform):
                      | "Estimate" >> beam.ParDo(EstimateSessionFn(self.plans)))
         return aligned | "RegisterTicks" >> beam.ParDo(
             RegisterTicksFn(self.plans, self.run_id),
-            beam.pvalue.AsDict(estimates)).with_outputs("dead", main="main")
+            beam.pvalue.AsDict(estimates)).with_outputs(DEAD, main=MAIN)
 
 
 def registration_stages(manifests: list[Manifest], run_id: str

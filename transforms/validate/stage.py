@@ -35,6 +35,7 @@ from mmalign.schemas import video as video_schema
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.envelope import EXTENTS_META_KEY
+from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate.timestamps import (
     TimestampRule,
     chunk_centre,
@@ -273,7 +274,7 @@ class ValidateFn(beam.DoFn):
             beam.metrics.Metrics.counter("validate", f"{m}.valid").inc(good.num_records)
             yield good
         for d in letters:
-            yield beam.pvalue.TaggedOutput("dead", d)
+            yield beam.pvalue.TaggedOutput(DEAD, d)
 
 
 class _WeightedMedian(beam.CombineFn):
@@ -317,7 +318,7 @@ class StreamCentres(beam.PTransform):
 
 
 class Validate(beam.PTransform):
-    """Chunks -> {"chunks": valid chunks, "dead": DeadLetters}. With ``centres`` (batch), the
+    """Chunks -> {MAIN: valid chunks, DEAD: DeadLetters}. With ``centres`` (batch), the
     relative plausibility bound is measured from each stream's median over the whole run;
     without (streaming), from the middle of the stream's extents when the producer declared
     them (``clocks``: the declared models, to put that middle on the device clock), else from
@@ -339,4 +340,4 @@ class Validate(beam.PTransform):
             side["centres"] = beam.pvalue.AsDict(chunks | "Centres" >> StreamCentres(self.rules))
         return chunks | "ValidateChunk" >> beam.ParDo(
             ValidateFn(self.options, self.run_id, self.rules, self.clocks), **side).with_outputs(
-                "dead", main="chunks")
+                DEAD, main=MAIN)

@@ -1,0 +1,191 @@
+"""The pipeline core, shared by the backfill and the streaming job: a ``Job`` (everything a run
+needs, resolved and validated before Beam starts) and ``AlignCore``, the one composite
+PTransform for the middle of every pipeline:
+
+    chunks -> validate -> (DTW-sync) -> clock -> buckets -> align -> register -> encode
+                 \\__________________________________________\\________\\______-> dead letters
+
+Sources (files or Kafka) come before it and sinks (Parquet, feature store, dead letters)
+after it; they are the only parts the two jobs do not share. What differs between batch and
+streaming inside the core is a flag: batch measures timestamp plausibility around each
+stream's median over the whole run and takes stream extents from the data (side inputs),
+streaming takes both from what producers declare; DTW-sync and approximate-time sets need a
+whole recording and run in batch only; the streaming job holds buckets back until complete
+(``hold``) before the post-align stages.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
+
+from mmalign.encoders.stage import encode_stage
+from mmalign.pipelines.runners import with_stage_hints
+from mmalign.schemas.calibration import load_calibration
+from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.manifest import Manifest, ManifestError, load_manifest
+from mmalign.schemas.names import check_name
+from mmalign.transforms.align.buckets import AssignBuckets
+from mmalign.transforms.align.join import (
+    AlignBuckets,
+    ApproxSetTicks,
+    SessionPlan,
+    StreamExtents,
+    plan_from_manifest,
+)
+from mmalign.transforms.clock.apply import ApplyClockFn
+from mmalign.transforms.clock.sync import EstimateClocks
+from mmalign.transforms.decode.stage import DecodeRequest, manifest_requests
+from mmalign.transforms.register.stage import registration_stages
+from mmalign.transforms.tags import DEAD, MAIN
+from mmalign.transforms.validate.stage import Validate
+from mmalign.transforms.validate.timestamps import TimestampRule
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass
+class Job:
+    """Everything a run needs, resolved and validated before any Beam code runs."""
+    manifests: list[Manifest]
+    plans: dict[str, SessionPlan]
+    declared: dict[tuple[str, str], ClockModel]
+    out: Path
+    run_id: str
+    sources: list[DecodeRequest] = field(default_factory=list)
+    manifest_paths: list[str] = field(default_factory=list)
+
+    @property
+    def rules(self) -> dict[str, TimestampRule]:
+        """session -> its timestamp plausibility rule (manifest ``validation:``)."""
+        return {m.session: TimestampRule(*m.validation.bounds_ns()) for m in self.manifests}
+
+    @property
+    def stream_options(self) -> dict[tuple[str, str], dict]:
+        return {(m.session, s.id): s.options for m in self.manifests for s in m.streams}
+
+    @property
+    def bucket_ns(self) -> int:
+        return next(iter(self.plans.values())).bucket_ns
+
+    @property
+    def synced(self) -> bool:
+        """Whether a stream's clock is estimated by DTW-sync."""
+        return any(s.sync for m in self.manifests for s in m.streams)
+
+    @property
+    def set_plans(self) -> dict[str, SessionPlan]:
+        """Sessions whose ticks are approximate-time sets."""
+        return {s: p for s, p in self.plans.items() if p.sets}
+
+    def metadata(self) -> dict:
+        return {"run_id": self.run_id,
+                "sessions": {s: p.params for s, p in self.plans.items()},
+                "clocks": {f"{k[0]}/{k[1]}": m.as_dict() for k, m in self.declared.items()}}
+
+
+def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | None = None) -> Job:
+    """Load and check everything a run needs; raises ManifestError (exit 2) with one
+    sentence for anything that cannot be used."""
+    if run_id is not None:            # it names a staging folder: a plain name, never a path
+        check_name(run_id, "run_id")
+    manifests = [load_manifest(p) for p in manifest_paths]
+    seen: dict[str, str] = {}
+    for path, m in zip(manifest_paths, manifests):
+        if m.session in seen:
+            raise ManifestError(f"{path}: field 'session': {m.session!r} is also the session of "
+                                f"{seen[m.session]}; give each recording its own session id")
+        seen[m.session] = str(path)
+    plans = {m.session: plan_from_manifest(m) for m in manifests}
+    widths = {p.bucket_ns for p in plans.values()}
+    if len(widths) > 1:
+        raise ManifestError(f"field 'alignment.bucket_s' differs between manifests "
+                            f"({sorted(w / 1e9 for w in widths)}); use one bucket width per run")
+    declared = {}
+    sources = []
+    for m in manifests:
+        cal = load_calibration(m.resolve(m.calibration, "calibration") if m.calibration else None)
+        for s in m.streams:
+            declared[(m.session, s.id)] = cal.clock(s.clock_domain)
+        sources += manifest_requests(m)
+    job = Job(manifests, plans, declared, Path(out), run_id or new_run_id(), sources,
+              [str(Path(p).resolve()) for p in manifest_paths])
+    try:
+        bucketing(job)
+    except ValueError as e:        # a margin as wide as the bucket: the width must grow
+        raise ManifestError(f"{manifest_paths[0]}: field 'alignment.bucket_s': {e}") from None
+    return job
+
+
+def bucketing(job: Job) -> AssignBuckets:
+    """The job's bucket transform (its margins decide which buckets a record reaches)."""
+    margins = {(sid, st.stream_id): st.margin_ns()
+               for sid, plan in job.plans.items() for st in plan.streams}
+    anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
+    tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
+    return AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
+
+
+def post_align_stages(job: Job) -> list[tuple[str, beam.PTransform]]:
+    """The stages that run on aligned tables before they are written, in order: spatial
+    registration, then encoders, when the manifests configure them. Each maps
+    ((session, bucket), table) to the same keys with new columns (main) and DeadLetters."""
+    stages = registration_stages(job.manifests, job.run_id)
+    encode = encode_stage(job.manifests, job.run_id)
+    if encode is not None:
+        stages.append(("Encode", encode))
+    return stages
+
+
+class AlignCore(beam.PTransform):
+    """Chunks -> {"aligned": ((session, bucket), table), "dead": DeadLetters, "sync":
+    (session, stream, SyncResult) or None}: the middle every pipeline shares (module
+    docstring). ``streaming``: plausibility and extents from producers' declarations, no
+    DTW-sync or approximate-time sets, empty buckets emitted (the streaming ledger records
+    them); ``hold``: applied to the aligned buckets before the post-align stages."""
+
+    def __init__(self, job: Job, *, streaming: bool = False,
+                 hold: Callable[[beam.PCollection], beam.PCollection] | None = None):
+        super().__init__()
+        self.job = job
+        self.streaming = streaming
+        self.hold = hold
+
+    def expand(self, chunks):
+        job, streaming = self.job, self.streaming
+        valid = chunks | "Validate" >> Validate(
+            job.stream_options, job.run_id, job.rules, centres=not streaming,
+            clocks=job.declared)
+        estimated, results = {}, None
+        if job.synced and not streaming:
+            results = valid[MAIN] | "Sync" >> EstimateClocks(job.manifests, job.declared)
+            estimated = {"estimated": beam.pvalue.AsDict(
+                results | "Models" >> beam.MapTuple(lambda s, st, r: ((s, st), r.model)))}
+        clocked = valid[MAIN] | "Clock" >> beam.ParDo(ApplyClockFn(job.declared), **estimated)
+        extents = None if streaming else clocked | "Extents" >> StreamExtents()
+        if job.set_plans and not streaming:
+            sets = clocked | "ApproxSets" >> ApproxSetTicks(job.set_plans)
+            clocked = (clocked, sets) | "WithSets" >> beam.Flatten()
+        aligned = (clocked
+                   | "Buckets" >> bucketing(job)
+                   | "Align" >> AlignBuckets(job.plans, extents, extents_from_meta=streaming,
+                                             emit_empty=streaming))
+        if self.hold is not None:
+            aligned = self.hold(aligned)
+        dead = [valid[DEAD]]
+        options = chunks.pipeline.options
+        for name, stage in post_align_stages(job):
+            out = aligned | name >> with_stage_hints(options, name, stage)  # GPU: encoder only
+            aligned = out[MAIN]
+            # letters leave a stage in its bucket windows; the dead-letter sinks are global
+            dead.append(out[DEAD] | f"{name}DeadGlobal" >> beam.WindowInto(GlobalWindows()))
+        return {"aligned": aligned, "sync": results,
+                "dead": tuple(dead) | "CoreDead" >> beam.Flatten()}
