@@ -225,7 +225,7 @@ def test_decode_streams_takes_requests_and_old_tuples(tmp_path):
                 ("s1", s, str(csvs[0]))]
     p = beam.Pipeline("DirectRunner")
     out = p | beam.Create(elements) | DecodeStreams(run_id="r")
-    assert_that(out.chunks | beam.Map(lambda c: (c.source_uri, int(c.t_ns().min()),
+    assert_that(out.main | beam.Map(lambda c: (c.source_uri, int(c.t_ns().min()),
                                                  int(c.t_ns().max()))),
                 equal_to([(str(csvs[0]), 0, 990 * MS), (str(csvs[1]), 1 * S, 1490 * MS)]))
     p.run().wait_until_finish()
