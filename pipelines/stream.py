@@ -45,8 +45,10 @@ from mmalign.pipelines.stream_ledger import (
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.envelope import MessageError, decode_chunk, split
 from mmalign.schemas.manifest import ManifestError
+from mmalign.transforms import metrics
 from mmalign.transforms.io.kafka import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
 from mmalign.transforms.io.parquet import WriteAlignedFn, part_key
+from mmalign.transforms.metrics import INGEST
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate.stage import ORIGIN_META_KEY
 
@@ -88,7 +90,7 @@ class IngestFn(beam.DoFn):
                 header, _ = split(rec.value)
             except MessageError:
                 header = None
-            beam.metrics.Metrics.counter("ingest", "dead").inc()
+            INGEST.count(metrics.DEAD)
             yield beam.pvalue.TaggedOutput(DEAD, rec.dead(
                 "ingest", e.reason, "PoisonMessage", str(e), header).with_run(self.run_id))
             return
@@ -102,7 +104,7 @@ class IngestFn(beam.DoFn):
                 {"session": chunk.session_id, "stream": chunk.stream_id,
                  "modality": chunk.modality}).with_run(self.run_id))
             return
-        beam.metrics.Metrics.counter("ingest", f"{chunk.modality}.records").inc(
+        INGEST.count(metrics.RECORDS, modality=chunk.modality, n=
             chunk.num_records)
         yield Chunk(**{**chunk.__dict__, "meta": {**chunk.meta, ORIGIN_META_KEY: rec.attrs()}})
 

@@ -14,6 +14,7 @@ from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.schemas.aligned import STATUS, column
 from mmalign.schemas.chunk import MODALITIES
 from mmalign.transforms.io.parquet import read_aligned
+from mmalign.transforms.metrics import ALIGN, DEAD, DECODE, RECORDS, SAMPLES, VALIDATE
 
 
 def counters(result) -> dict[str, int]:
@@ -33,10 +34,10 @@ def accounting(cnt: dict[str, int]) -> dict[str, dict]:
     by_mod: dict[str, dict] = {}
     mods = {k.split(".")[1] for k in cnt if k.count(".") == 2} & set(MODALITIES)
     for m in sorted(mods):
-        decoded = cnt.get(f"decode.{m}.records", 0)
-        dead_decode = cnt.get(f"decode.{m}.dead", 0)
-        dead_validate = cnt.get(f"validate.{m}.dead", 0)
-        aligned = cnt.get(f"align.{m}.samples", 0)
+        decoded = cnt.get(DECODE.key(RECORDS, m), 0)
+        dead_decode = cnt.get(DECODE.key(DEAD, m), 0)
+        dead_validate = cnt.get(VALIDATE.key(DEAD, m), 0)
+        aligned = cnt.get(ALIGN.key(SAMPLES, m), 0)
         records_in = decoded + dead_decode
         by_mod[m] = {"records_in": records_in, "aligned": aligned,
                      "dead": dead_decode + dead_validate,

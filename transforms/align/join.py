@@ -47,8 +47,10 @@ from mmalign.schemas.aligned import (
     TICK_TIME,
     column,
 )
+from mmalign.transforms import metrics
 from mmalign.transforms.align import policies as ap
 from mmalign.transforms.align.buckets import Piece
+from mmalign.transforms.metrics import ALIGN
 
 SETS_STREAM = "__sets__"   # the synthetic anchor stream whose rows are approximate-time sets
 
@@ -356,7 +358,7 @@ class ApproxSetTicks(beam.PTransform):
         def make(session_id, items):
             chunk = approx_set_ticks(plans[session_id], list(items))
             if chunk is not None:
-                beam.metrics.Metrics.counter("align", "sets").inc(chunk.num_records)
+                ALIGN.count("sets", chunk.num_records)
                 yield chunk
 
         return (chunks
@@ -399,10 +401,9 @@ class AlignBucketFn(beam.DoFn):
             extents = meta_extents(session_id, pieces)
         for piece in pieces:
             if piece.role == "samples" and piece.owned:
-                beam.metrics.Metrics.counter("align", f"{piece.modality}.samples").inc(
-                    piece.owned)
+                ALIGN.count(metrics.SAMPLES, piece.owned, modality=piece.modality)
         table = align_bucket(self.plans[session_id], bucket, pieces, extents)
-        beam.metrics.Metrics.counter("align", "ticks").inc(table.num_rows)
+        ALIGN.count(metrics.TICKS, table.num_rows)
         if table.num_rows or self.emit_empty:
             yield (session_id, bucket), table
 

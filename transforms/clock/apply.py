@@ -7,6 +7,8 @@ import apache_beam as beam
 import pyarrow as pa
 
 from mmalign.schemas.clock import ClockModel
+from mmalign.transforms import metrics
+from mmalign.transforms.metrics import CLOCK
 
 TIME_COLUMNS = ("t_ns", "t_end_ns")   # columns rewritten onto the reference clock
 
@@ -38,5 +40,5 @@ class ApplyClockFn(beam.DoFn):
     def process(self, chunk, estimated=None):
         key = (chunk.session_id, chunk.stream_id)
         model = (estimated or {}).get(key) or self.declared.get(key) or ClockModel()
-        beam.metrics.Metrics.counter("clock", f"{chunk.modality}.records").inc(chunk.num_records)
+        CLOCK.count(metrics.RECORDS, chunk.num_records, modality=chunk.modality)
         yield apply_clock(chunk, model)

@@ -20,9 +20,11 @@ from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
 from mmalign.schemas.manifest import Stream
+from mmalign.transforms import metrics
 from mmalign.transforms.decode import audio, sensor, text, video
 from mmalign.transforms.decode.base import SourceFile, short_error
 from mmalign.transforms.decode.segments import segment_offsets
+from mmalign.transforms.metrics import DECODE
 from mmalign.transforms.tags import DEAD, MAIN
 
 # ---------------------------------------------------------------- dispatch
@@ -127,7 +129,7 @@ class DecodeFile(beam.DoFn):
     @staticmethod
     def _count(modality: str, what: str, n: int) -> None:
         # namespace "decode", name "<modality>.records|dead": reads as decode.<modality>.<what>
-        beam.metrics.Metrics.counter("decode", f"{modality}.{what}").inc(n)
+        DECODE.count(what, n, modality=modality)
 
     def process(self, element):
         req = DecodeRequest.of(element)
@@ -137,13 +139,13 @@ class DecodeFile(beam.DoFn):
             for out in decode_file(req.stream, Path(req.path), session_id=req.session_id,
                                    roots=req.roots, time_offset_ns=req.time_offset_ns):
                 if isinstance(out, DeadLetter):
-                    self._count(modality, "dead", out.records)
+                    self._count(modality, metrics.DEAD, out.records)
                     yield beam.pvalue.TaggedOutput(self.DEAD, out.with_run(self.run_id))
                 else:
-                    self._count(modality, "records", out.num_records)
+                    self._count(modality, metrics.RECORDS, out.num_records)
                     yield out
         except Exception as e:  # noqa: BLE001 -- nothing escapes the DoFn
-            self._count(modality, "dead", 1)
+            self._count(modality, metrics.DEAD, 1)
             yield beam.pvalue.TaggedOutput(self.DEAD, src.dead(
                 "decoder_error", f"{req.path}: decoding stopped ({type(e).__name__}: "
                 f"{short_error(e)}).", error_class=type(e).__name__).with_run(self.run_id))

@@ -19,6 +19,9 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmalign.transforms import metrics
+from mmalign.transforms.metrics import SINK
+
 METADATA_KEY = b"mmalign"
 
 
@@ -75,5 +78,5 @@ class WriteAlignedFn(beam.DoFn):
 
     def process(self, element):
         (session_id, bucket), table = element
-        beam.metrics.Metrics.counter("sink", "aligned.rows").inc(table.num_rows)
+        SINK.count(metrics.ROWS, table.num_rows, modality="aligned")
         yield write_bucket(table, self.root, session_id, bucket, self.metadata)

@@ -35,6 +35,8 @@ from mmalign.schemas import video as video_schema
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.envelope import EXTENTS_META_KEY
+from mmalign.transforms import metrics
+from mmalign.transforms.metrics import VALIDATE
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate.timestamps import (
     TimestampRule,
@@ -268,10 +270,10 @@ class ValidateFn(beam.DoFn):
                 attrs={"rows": str(chunk.num_records),
                        **(chunk.meta.get(ORIGIN_META_KEY) or {})})]
             good = None
-        beam.metrics.Metrics.counter("validate", f"{m}.dead").inc(
+        VALIDATE.count(metrics.DEAD, modality=m, n=
             sum(d.records for d in letters))
         if good is not None:
-            beam.metrics.Metrics.counter("validate", f"{m}.valid").inc(good.num_records)
+            VALIDATE.count(metrics.VALID, good.num_records, modality=m)
             yield good
         for d in letters:
             yield beam.pvalue.TaggedOutput(DEAD, d)
