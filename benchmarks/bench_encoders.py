@@ -52,11 +52,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils import shared
 
-from mmalign.encoders.config import EncoderConfig
 from mmalign.encoders.device import inference_context, to_device
 from mmalign.encoders.handlers import EncodeModality, EncodeRequest, EncoderRunner, load_runner
 from mmalign.encoders.stage import DEAD, EncodeAlignedFn, SessionEncode, StreamEncode
 from mmalign.encoders.video import preprocess_frames
+from mmalign.schemas.encoders import EncoderConfig
 from mmalign.schemas.manifest import Stream
 from mmalign.transforms.decode.video import load_frames
 

@@ -21,12 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2
 import numpy as np
 
-from mmalign.transforms.register.registration import (
-    RegistrationConfig,
-    available_detectors,
-    corner_error,
-    register_pair,
-)
+from mmalign.schemas.registration_spec import RegistrationConfig, available_detectors
+from mmalign.transforms.register.registration import corner_error, register_pair
 from tests.media import texture
 
 H_UNIT = np.array([[0.9, 0.08, 0.047], [-0.06, 0.95, 0.042], [0.064, -0.024, 1.0]])

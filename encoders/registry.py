@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mmalign.encoders import audio, sensor, video
-from mmalign.encoders.config import EncoderConfig
+from mmalign.schemas.encoders import EncoderConfig
 
 DEFAULT_NAMES = {"video": "video-cnn", "audio": "audio-logmel-cnn", "text": "all-MiniLM-L6-v2",
                  "sensor": "sensor-conv1d"}

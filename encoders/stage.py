@@ -27,7 +27,6 @@ import pyarrow as pa
 from apache_beam.utils import shared
 
 from mmalign.deadletter.record import DeadLetter
-from mmalign.encoders.config import EncoderConfig, EncodersConfig
 from mmalign.encoders.fusion import OK, fusion_columns, stream_columns
 from mmalign.encoders.handlers import (
     EncodeFailure,
@@ -51,6 +50,7 @@ from mmalign.schemas.aligned import (
     H,
     column,
 )
+from mmalign.schemas.encoders import EncoderConfig, EncodersConfig
 from mmalign.schemas.manifest import Manifest, ManifestError, Stream
 from mmalign.transforms.decode.sources import SensorRows, SourceRef
 from mmalign.transforms.tags import DEAD, MAIN

@@ -29,19 +29,17 @@ from pydantic import (
     model_validator,
 )
 
-from mmalign.encoders.config import EncodersConfig
 from mmalign.schemas import aligned
 from mmalign.schemas.chunk import MODALITIES
 from mmalign.schemas.clock import MAX_ABS_TIME_NS
+from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
+from mmalign.schemas.encoders import EncodersConfig
+from mmalign.schemas.errors import ManifestError
 from mmalign.schemas.names import Name
 from mmalign.schemas.registration_spec import RegistrationSpec
 
 ID = Name            # session and stream ids: file and folder names (schemas/names.py)
 MAX_MARGIN_MS = 3_600_000.0     # tolerances, gaps and windows: at most an hour
-
-
-class ManifestError(ValueError):
-    """A manifest, calibration or config that cannot be used; the message says how to fix it."""
 
 
 class _Strict(BaseModel):
@@ -488,8 +486,6 @@ def _inside(m: Manifest, path: Path, field: str, rel: str) -> Path:
 
 def _check_stream(m: Manifest, path: Path, s: Stream) -> None:
     """A stream's options, formats and files: everything the decoders will read."""
-    from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
-
     try:
         opts = DecodeOptions.of(s.options)
     except ValueError as e:

@@ -12,6 +12,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+from mmalign.schemas.errors import ManifestError
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
 RULE = "use 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
@@ -38,8 +40,6 @@ def check_name(value: object, what: str) -> str:
     ``what`` (e.g. ``"--run-id"``) and the fix. Call it before anything touches the disk."""
     if is_name(value):
         return value  # type: ignore[return-value]
-    from mmalign.schemas.manifest import ManifestError  # manifest.py imports this module
-
     shown = repr(value) if isinstance(value, str) else type(value).__name__
     raise ManifestError(f"{what} {shown} is not a valid name (it becomes a file or folder "
                         f"name); {RULE}")

@@ -11,12 +11,12 @@ import apache_beam as beam
 import pytest
 import yaml
 
-from mmalign.encoders.config import FeatureStoreSpec
 from mmalign.encoders.feature_store import open_store
 from mmalign.infra.flink_jobserver import DEFAULT_JOB_PORT, FLINK_MINOR
 from mmalign.pipelines.cli import build_parser
 from mmalign.pipelines.kafka_config import DEADLETTER_TOPIC, MODALITY_TOPICS, KafkaSettings
 from mmalign.pipelines.runners import COMPOSE_WORKER_POOL, runner_session
+from mmalign.schemas.encoders import FeatureStoreSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

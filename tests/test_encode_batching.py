@@ -15,7 +15,6 @@ import torch
 from apache_beam.utils import shared
 
 from mmalign.encoders import video
-from mmalign.encoders.config import EncoderConfig
 from mmalign.encoders.device import configure_cpu_threads
 from mmalign.encoders.handlers import (
     EncodeRequest,
@@ -23,6 +22,7 @@ from mmalign.encoders.handlers import (
     load_runner,
     preprocess_request,
 )
+from mmalign.schemas.encoders import EncoderConfig
 from mmalign.transforms.decode.video import load_frames
 
 ROOT = Path(__file__).resolve().parents[1]

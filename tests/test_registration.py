@@ -7,12 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
+from mmalign.schemas.registration_spec import RegistrationConfig, available_detectors
 from mmalign.transforms.register.registration import (
-    RegistrationConfig,
     RegistrationImpossible,
     RegistrationTracker,
     apply_homography,
-    available_detectors,
     corner_error,
     degeneracy,
     register_pair,

@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
-from mmalign.encoders.config import EncoderConfig
 from mmalign.encoders.stage import StreamEncode, sensor_inputs
 from mmalign.schemas.aligned import POS, POS_RIGHT, SRC, column
+from mmalign.schemas.encoders import EncoderConfig
 from mmalign.schemas.manifest import Stream
 from mmalign.transforms.decode.sources import SourceRef
 from mmalign.transforms.validate.stage import validate_chunk

@@ -19,17 +19,12 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_DETECTORS = {"orb": "ORB_create", "sift": "SIFT_create", "akaze": "AKAZE_create"}
+from mmalign.schemas.registration_spec import RegistrationConfig
+
 _METHODS = {"magsac": "USAC_MAGSAC", "usac_accurate": "USAC_ACCURATE",
             "usac_default": "USAC_DEFAULT", "ransac": "RANSAC"}
 MIN_SIDE = 16
-
-
-def available_detectors() -> list[str]:
-    """Feature detectors the installed OpenCV ships."""
-    return [name for name, fn in _DETECTORS.items() if hasattr(cv2, fn)]
 
 
 class RegistrationImpossible(Exception):
@@ -38,43 +33,6 @@ class RegistrationImpossible(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
-
-
-class RegistrationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    detector: Literal["orb", "sift", "akaze"] = "orb"
-    max_features: int = Field(5000, ge=16, le=100000)
-    ratio: float = Field(0.8, gt=0, lt=1, description="Lowe ratio test threshold")
-    method: Literal["magsac", "usac_accurate", "usac_default", "ransac"] = "magsac"
-    ransac_threshold_px: float = Field(3.0, gt=0)
-    max_iters: int = Field(10000, ge=10)
-    confidence: float = Field(0.999, gt=0, lt=1)
-    refine: Literal["none", "ecc"] = "ecc"
-    ecc_levels: int = Field(2, ge=1, le=6, description="pyramid levels (1 = full resolution)")
-    ecc_gauss: int = Field(1, ge=1, le=31, description="ECC Gaussian filter size (odd)")
-    ecc_iters: int = Field(50, ge=1, description="ECC iterations per level")
-    ecc_eps: float = Field(1e-4, gt=0, description="ECC stops when cc improves less")
-    ecc_max_side: int = Field(1024, ge=64, description="ECC runs at most at this long side")
-    ecc_residual_mask: bool = Field(True, description="ECC only where the feature fit agrees")
-    ecc_rounds: int = Field(3, ge=1, le=10, description="ECC rounds, mask recomputed each round")
-    max_ecc_shift_px: float = Field(10.0, gt=0, description="reject ECC moving corners more")
-    min_inliers: int = Field(15, ge=4, description="below: flagged")
-    min_inlier_ratio: float = Field(0.2, ge=0, le=1, description="below: flagged")
-    max_rmse_px: float = Field(2.5, gt=0, description="above: flagged")
-    min_coverage: float = Field(0.15, ge=0, le=1, description="below: flagged (inliers' convex "
-                                "hull / source image area: a small patch extrapolates badly)")
-    mode: Literal["tick", "session"] = Field(
-        "tick", description="register every tick, or once per session then reuse")
-
-    @model_validator(mode="after")
-    def _checks(self):
-        have = available_detectors()
-        if self.detector not in have:
-            raise ValueError(f"detector {self.detector!r} is not in this OpenCV build "
-                             f"({cv2.__version__}); use one of {have}")
-        if self.ecc_gauss % 2 == 0:
-            raise ValueError(f"ecc_gauss must be odd, got {self.ecc_gauss}")
-        return self
 
 
 @dataclass(frozen=True)
