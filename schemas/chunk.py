@@ -61,3 +61,23 @@ class Chunk:
 
 
 POSITION_FIELD = {"video": "frame", "audio": "sample", "text": "cue", "sensor": "row"}
+
+
+@dataclass(frozen=True)
+class TickTable:
+    """Ticks that no stream carries as samples: a session's approximate-time sets (one row
+    per set: ``t_ns`` = the set's latest member time, ``pos`` = the set's number, and each
+    member's ``<stream>__t_ns/__pos/__src``). Bucketed as ticks only, already on the
+    reference clock."""
+    session_id: str
+    stream_id: str
+    data: pa.RecordBatch
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_records(self) -> int:
+        return self.data.num_rows
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.session_id, self.stream_id)

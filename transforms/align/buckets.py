@@ -22,7 +22,7 @@ import pyarrow as pa
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.chunk import Chunk, TickTable
 
 NS_PER_US = 1000
 NS_PER_MS = 1_000_000
@@ -104,14 +104,17 @@ def _with_src(chunk: Chunk) -> pa.RecordBatch:
     return data.append_column("src", src)
 
 
-def chunk_pieces(chunk: Chunk, *, bucket_ns: int, margin_ns: int, is_anchor: bool,
-                 tick_margin_ns: int = 0):
+def chunk_pieces(chunk: Chunk | TickTable, *, bucket_ns: int, margin_ns: int,
+                 is_anchor: bool, tick_margin_ns: int = 0):
     """Yield (bucket, Piece) for one clocked chunk (times sorted: validation guarantees it).
     An anchor stream's rows are also ticks: each bucket gets its own ticks plus those within
-    ``tick_margin_ns`` of its edges (one-to-one association needs its neighbours' ticks)."""
-    data = _with_src(chunk) if chunk.modality != "sets" else chunk.data
+    ``tick_margin_ns`` of its edges (one-to-one association needs its neighbours' ticks). A
+    ``TickTable`` (approximate-time sets) is ticks only."""
+    ticks_only = isinstance(chunk, TickTable)
+    data = chunk.data if ticks_only else _with_src(chunk)
+    modality = "ticks" if ticks_only else chunk.modality
     t = data.column("t_ns").to_numpy(zero_copy_only=False)
-    if chunk.modality == "sets":   # synthetic tick stream (approximate-time sets): ticks only
+    if ticks_only:
         pass
     elif chunk.modality == "text":
         end = data.column("t_end_ns").to_numpy(zero_copy_only=False)
@@ -122,9 +125,9 @@ def chunk_pieces(chunk: Chunk, *, bucket_ns: int, margin_ns: int, is_anchor: boo
         for b, lo, hi, owned in point_slices(t, bucket_ns, margin_ns):
             yield b, Piece(chunk.stream_id, chunk.modality, "samples",
                            data.slice(lo, hi - lo), chunk.meta, owned)
-    if is_anchor:
+    if is_anchor or ticks_only:
         for b, lo, hi, owned in point_slices(t, bucket_ns, tick_margin_ns):
-            yield b, Piece(chunk.stream_id, chunk.modality, "ticks",
+            yield b, Piece(chunk.stream_id, modality, "ticks",
                            data.slice(lo, hi - lo), chunk.meta, owned)
 
 

@@ -47,8 +47,10 @@ from mmalign.schemas.aligned import (
     TICK_TIME,
     column,
 )
+from mmalign.schemas.chunk import TickTable
 from mmalign.transforms import metrics
 from mmalign.transforms.align import policies as ap
+from mmalign.transforms.align.approx_sets import approx_time_sets
 from mmalign.transforms.align.buckets import Piece
 from mmalign.transforms.metrics import ALIGN
 
@@ -307,11 +309,9 @@ def set_member_columns(stream_id: str, tick_table: pa.Table | None, own: np.ndar
 
 
 def approx_set_ticks(plan: SessionPlan, members: list[tuple[str, pa.Table]]):
-    """The session's approximate-time sets as one synthetic anchor chunk: tick = the set's
-    latest member time, plus each member's t_ns/pos/src. Sequential by definition (the ROS
-    policy decides set by set), so it runs per session, before bucketing."""
-    from mmalign.schemas.chunk import Chunk
-    from mmalign.transforms.align.approx_sets import approx_time_sets
+    """The session's approximate-time sets as one ``TickTable``: tick = the set's latest
+    member time, plus each member's t_ns/pos/src. Sequential by definition (the ROS policy
+    decides set by set), so it runs per session, before bucketing."""
 
     by = defaultdict(list)
     for stream_id, table in members:
@@ -333,13 +333,12 @@ def approx_set_ticks(plan: SessionPlan, members: list[tuple[str, pa.Table]]):
         cols[column(s, POS)] = tables[s].column("pos").take(take)
         cols[column(s, SRC)] = tables[s].column("src").take(take).cast(pa.string())
     batch = pa.table(cols).combine_chunks().to_batches()[0]
-    return Chunk(plan.session_id, SETS_STREAM, "sets", 0, "approximate-time-sets", batch,
-                 clock="reference")
+    return TickTable(plan.session_id, SETS_STREAM, batch)
 
 
 class ApproxSetTicks(beam.PTransform):
-    """Clocked chunks -> one synthetic anchor chunk per session holding its sets (for
-    sessions whose ticks are approximate-time sets)."""
+    """Clocked chunks -> one ``TickTable`` per session holding its sets (for sessions whose
+    ticks are approximate-time sets)."""
 
     def __init__(self, plans: dict[str, SessionPlan]):
         super().__init__()
