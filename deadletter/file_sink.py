@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmalign.deadletter.record import ARROW_SCHEMA, DeadLetter, to_table
-from mmalign.transforms.io.parquet import atomic_write_table, session_dir
+from mmalign.schemas.layout import PARTITION_PREFIX, atomic_write_table, session_dir
 
 FILE_NAME = "deadletters.parquet"
 UNKNOWN_SESSION = "_unknown"
@@ -38,7 +38,7 @@ def write_session_letters(root: str | Path, session_id: str, letters) -> str:
 
 
 def read_dead_letters(root: str | Path) -> pa.Table:
-    files = sorted(Path(root).glob(f"session_id=*/{FILE_NAME}"))
+    files = sorted(Path(root).glob(f"{PARTITION_PREFIX}*/{FILE_NAME}"))
     if not files:
         return ARROW_SCHEMA.empty_table()
     return pa.concat_tables([pq.read_table(f) for f in files])

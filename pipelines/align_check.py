@@ -24,9 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from mmalign.pipelines.align_plot import Lane
+from mmalign.deadletter.file_sink import read_dead_letters
+from mmalign.deadletter.record import DeadLetter
+from mmalign.pipelines.align_plot import Lane, plot_timeline
 from mmalign.pipelines.align_report import (
     EXIT_BAD_INPUT,
     FAIL,
@@ -47,6 +51,7 @@ from mmalign.pipelines.align_report import (
     missing_spans,
     registration_checks,
     registration_stats,
+    render,
     stream_checks,
     stream_stats,
     ticks_check,
@@ -62,7 +67,20 @@ from mmalign.schemas.aligned import (
     column,
     split_column,
 )
+from mmalign.schemas.calibration import Calibration, load_calibration
+from mmalign.schemas.camera_calibration import load_camera_calibration
 from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.expectations import validate_aligned
+from mmalign.schemas.layout import ALIGNED, DEADLETTER, METADATA_KEY, SUMMARY, session_of
+from mmalign.schemas.manifest import ManifestError, SyncSpec, _read_mapping, load_manifest
+from mmalign.schemas.sync import SyncResult, read_sync_results
+from mmalign.transforms.align.join import fixed_rate_ticks, join_stream, plan_from_manifest
+from mmalign.transforms.clock.features import FeatureError
+from mmalign.transforms.clock.sync import chunk_partial, plan_sync, stream_features, sync_session
+from mmalign.transforms.decode.stage import decode_file, manifest_requests
+from mmalign.transforms.io.commit import recover
+from mmalign.transforms.io.parquet import read_aligned
+from mmalign.transforms.validate.stage import validate_chunk
 
 PAYLOAD_COLUMNS = ("image", "pcm")        # dropped from the in-memory copy of each stream
 
@@ -74,6 +92,7 @@ class BadInput(ValueError):
 @contextmanager
 def _progress(enabled: bool):
     """A rich progress display on stderr (transient), or nothing."""
+    # rich: lazy, a display dependency only for people at a terminal (--json needs none)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -105,9 +124,6 @@ def _check_reference(m, stream, ref_domain: str) -> str | None:
 
 def _sync_plan(m, declared: dict, ref_domain: str, estimate: bool):
     """The manifest's sync specs plus, for the check, one per stream off the reference clock."""
-    from mmalign.schemas.manifest import SyncSpec
-    from mmalign.transforms.clock.sync import plan_sync
-
     streams, check_only = [], set()
     for s in m.streams:
         if s.sync is None and estimate and s.clock_domain != ref_domain:
@@ -131,16 +147,6 @@ def _slim(chunk) -> pa.Table:
 def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
                       progress: bool = False) -> Inspection:
     """Decode + validate every stream (no Beam), estimate clocks, preview the alignment."""
-    from mmalign.deadletter.record import DeadLetter
-    from mmalign.schemas.calibration import Calibration, load_calibration
-    from mmalign.schemas.camera_calibration import load_camera_calibration
-    from mmalign.schemas.manifest import ManifestError, load_manifest
-    from mmalign.transforms.align.join import fixed_rate_ticks, join_stream, plan_from_manifest
-    from mmalign.transforms.clock.features import FeatureError
-    from mmalign.transforms.clock.sync import chunk_partial, stream_features, sync_session
-    from mmalign.transforms.decode.stage import decode_file, manifest_requests
-    from mmalign.transforms.validate.stage import validate_chunk
-
     try:
         m = load_manifest(path)
     except ManifestError as e:
@@ -366,16 +372,12 @@ def _clock_note(c: dict) -> str:
 
 def _session_params(aligned_dir: Path) -> dict[str, dict]:
     """The ``mmalign`` Parquet metadata of each session's first part file."""
-    import pyarrow.parquet as pq
-
-    from mmalign.transforms.io.parquet import METADATA_KEY
-
     out = {}
     for d in sorted(aligned_dir.glob("session_id=*")):
         files = sorted(d.glob("part-*.parquet"))
         if files:
             meta = pq.read_schema(files[0]).metadata or {}
-            out[d.name.split("=", 1)[1]] = json.loads(meta.get(METADATA_KEY, b"{}"))
+            out[session_of(d)] = json.loads(meta.get(METADATA_KEY, b"{}"))
     return out
 
 
@@ -385,25 +387,19 @@ _MODALITY_OF_POLICY = {"audio_window": "audio", "text_overlap": "text", "interpo
 def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
                    progress: bool = False) -> Inspection:
     """Aligned Parquet, dead letters, sync results and the GX suite of a backfill output."""
-    import pyarrow.compute as pc
-
-    from mmalign.deadletter.file_sink import read_dead_letters
-    from mmalign.pipelines.backfill import read_sync_results
-    from mmalign.transforms.io.commit import recover
-    from mmalign.transforms.io.parquet import read_aligned
-
     recover(out)          # finish an interrupted commit first: the output is then whole
     try:
-        aligned = read_aligned(out / "aligned")
-        dead = read_dead_letters(out / "deadletter")
-        params = _session_params(out / "aligned")
-        summary = (json.loads((out / "summary.json").read_text())
-                   if (out / "summary.json").is_file() else {})
+        aligned = read_aligned(out / ALIGNED)
+        dead = read_dead_letters(out / DEADLETTER)
+        params = _session_params(out / ALIGNED)
+        summary = (json.loads((out / SUMMARY).read_text())
+                   if (out / SUMMARY).is_file() else {})
         if not isinstance(summary, dict):
-            raise BadInput(f"{out / 'summary.json'} is not a run summary (a JSON object); "
+            raise BadInput(f"{out / SUMMARY} is not a run summary (a JSON object); "
                            "rerun the backfill into it")
         sync = summary.get("sync")
-        sync = sync if isinstance(sync, dict) and sync else read_sync_results(out)
+        sync = ({k: SyncResult.from_dict(r) for k, r in sync.items()}
+                if isinstance(sync, dict) and sync else read_sync_results(out))
     except (pa.ArrowException, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{out} is not a readable backfill output ({type(e).__name__}: "
                        f"{str(e).splitlines()[0][:200]}); rerun the backfill into it") from None
@@ -460,10 +456,7 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
             ins.clocks.append(c)
             st = part.column(column(s, STATUS)).cast(pa.string()).to_pylist()
             ok = np.isin(np.asarray(st, object), VALUE_STATUSES)
-            decl = clocks.get(f"{session}/{s}") or {}
-            model = ClockModel(int(decl.get("offset_ns", 0)),
-                               float(decl.get("drift_ppm", 0.0)) * 1e-6,
-                               int(decl.get("anchor_ns", 0)))
+            model = ClockModel.from_dict(clocks.get(f"{session}/{s}") or {})
             ev = np.asarray([d["event_time_ns"] for d in mine if d["stream_id"] == s
                              and d["event_time_ns"] is not None], np.int64)
             ins.lanes.append(Lane(session, s, ins.streams[-1]["modality"], ticks[ok],
@@ -487,7 +480,6 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
     if expectations and not has_rows:
         ins.expectations = {"state": "not run", "reason": "no aligned rows"}
     elif expectations:
-        from mmalign.schemas.expectations import validate_aligned
         with _progress(progress) as bar:
             bar.add_task("great-expectations suite", total=None, note="")
             ins.expectations = validate_aligned(aligned, policies_by_session, th.max_missing)
@@ -539,8 +531,6 @@ def _lost_by_modality(accounting: dict[str, dict], streams: set[tuple[str, str]]
 
 def _run_manifests(summary: dict) -> list:
     """The run's manifests that still load (the summary names them)."""
-    from mmalign.schemas.manifest import ManifestError, load_manifest
-
     out = []
     for path in _listed(summary, "manifests"):
         try:
@@ -576,8 +566,6 @@ def _merge_recording_stats(ins: Inspection, manifests: list[str], th: Thresholds
     """Per-stream duration, rate, gaps, drops and lost records from the recordings the
     summary names (when they are still on disk), and their drop checks; clocks stay the
     output's own. Returns every stream row of those recordings."""
-    from mmalign.schemas.manifest import ManifestError
-
     rows = {(r["session"], r["stream"]): r for r in ins.streams}
     measured, recorded = [], []
     for m in manifests:
@@ -611,13 +599,12 @@ def _distinct_used(part: pa.Table, s: str) -> int | None:
     return t.group_by([f"k{i}" for i in range(len(keys))]).aggregate([]).num_rows
 
 
-def _output_clock(session: str, s: str, decl: dict | None, r: dict | None,
+def _output_clock(session: str, s: str, decl: dict | None, r: SyncResult | None,
                   t_mid: int) -> dict:
-    def model(d):
-        return ClockModel(int(d["offset_ns"]), float(d["drift_ppm"]) * 1e-6,
-                          int(d.get("anchor_ns", 0)), d.get("source", "declared"))
-
-    declared = model(decl) if decl and decl.get("source") != "identity" else None
+    """Declared (``decl``: a ``ClockModel.to_dict()`` of the output's metadata) vs estimated
+    clock of one stream of an output folder."""
+    declared = (ClockModel.from_dict({"source": "declared", **decl})
+                if decl and decl.get("source") != "identity" else None)
     row = {"session": session, "stream": s, "reference": None,
            "declared": clock_dict(declared, t_mid) if declared else None, "estimated": None,
            "confidence": None, "error_ms": None,
@@ -625,9 +612,10 @@ def _output_clock(session: str, s: str, decl: dict | None, r: dict | None,
            "reason": "no sync spec for the stream"}
     if r is None:
         return row
-    row.update(reference=r["reference"], confidence=r["confidence"], reason=r["reason"])
-    if not r["fell_back"]:
-        est = model(r["model"])
+    row.update(reference=r.reference, reason=r.reason,
+               confidence=None if math.isnan(r.confidence) else r.confidence)
+    if not r.fell_back:
+        est = r.model
         row.update(estimated=clock_dict(est, t_mid), state="estimated", used="estimated")
         if declared:
             row["error_ms"] = round(clock_error_ms(declared, est, [t_mid]), 3)
@@ -645,7 +633,6 @@ def load_thresholds(config: str | None, overrides: dict) -> Thresholds:
     """Defaults, then the config file (top level or under ``align_check:``), then options."""
     data: dict = {}
     if config:
-        from mmalign.schemas.manifest import ManifestError, _read_mapping
         try:
             raw = _read_mapping(Path(config), "config file")
         except ManifestError as e:
@@ -690,7 +677,7 @@ def run_check(path: str, th: Thresholds, *, expectations: bool = True, estimate:
     t0 = time.perf_counter()
     p = Path(path)
     if p.is_dir():
-        if not ((p / "aligned").is_dir() or (p / "summary.json").is_file()):
+        if not ((p / ALIGNED).is_dir() or (p / SUMMARY).is_file()):
             raise BadInput(f"{p} is a folder without aligned/ or summary.json; give a backfill "
                            "--out folder or a manifest file")
         ins = inspect_output(p, th, expectations=expectations, progress=progress)
@@ -700,7 +687,6 @@ def run_check(path: str, th: Thresholds, *, expectations: bool = True, estimate:
         raise BadInput(f"{p} does not exist; give a manifest file or a backfill --out folder")
     report = build_report(ins, th, time.perf_counter() - t0)
     if plot:
-        from mmalign.pipelines.align_plot import plot_timeline
         failed = {n.split(":", 1)[1] for n in report["failed"] if ":" in n}
         for lane in ins.lanes:
             lane.failed = lane.stream in failed
@@ -734,9 +720,7 @@ def _clean(v):
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from rich.console import Console
-
-    from mmalign.schemas.manifest import ManifestError
+    from rich.console import Console  # rich: lazy, a display dependency (see _progress)
 
     err = Console(stderr=True, highlight=False)
     overrides = {k: getattr(args, k) for k in Thresholds.model_fields}
@@ -752,7 +736,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2, default=_json_default) + "\n")
     else:
-        from mmalign.pipelines.align_report import render
         out = Console(no_color=args.no_color, highlight=False)
         if not out.is_terminal:
             out = Console(no_color=args.no_color, highlight=False, width=150)

@@ -2,9 +2,10 @@
 restart -- after a graceful stop or a hard kill -- loses nothing and duplicates nothing.
 
     OUT/_stream/<group>/read-<topic>-<partition>.jsonl   one line per record the reader
-        claimed: offset ``o``, run, session ``s``, stream ``st``, device times ``t`` / ``tl`` /
-        ``te`` (first, last sample, latest interval end), ``late``, ``eos`` (+ ``x``: the
-        session's declared streams), ``w`` (the reader's watermark after that poll, in us)
+        claimed (schemas/ledger.py ``LedgerLine``): offset ``o``, run, session ``s``, stream
+        ``st``, device times ``t`` / ``tl`` / ``te`` (first, last sample, latest interval
+        end), ``late``, ``eos`` (+ ``x``: the session's declared streams), ``w`` (the
+        reader's watermark after that poll, in us)
     OUT/_stream/<group>/written.jsonl   one line per bucket file written: session, bucket, run
         (``empty``: a complete bucket with no ticks, done without a file)
     OUT/_stream/<group>/final-<run>.json   on a stop: the last real watermark and the sessions
@@ -35,6 +36,7 @@ from pathlib import Path
 import apache_beam as beam
 
 from mmalign.schemas.clock import MAX_ABS_TIME_NS, ClockModel
+from mmalign.schemas.ledger import LedgerLine
 from mmalign.schemas.names import check_name
 from mmalign.transforms.align.buckets import bucket_range, touched_buckets
 from mmalign.transforms.io.kafka import (
@@ -42,6 +44,7 @@ from mmalign.transforms.io.kafka import (
     append_lines,
     final_path,
     jsonl,
+    load_ledger,
     load_lines,
     read_log,
 )
@@ -66,21 +69,21 @@ class Geometry:
     bucket_ns: int
     margin_ns: int
 
-    def buckets(self, row: dict) -> list[tuple[str, int]]:
+    def buckets(self, row: LedgerLine) -> list[tuple[str, int]]:
         """(session, bucket) pairs a logged record can put samples (or ticks) into."""
-        model = self.clocks.get((row.get("s"), row.get("st")))
-        if model is None or row.get("t") is None:
+        model = self.clocks.get((row.session, row.stream))
+        if model is None or row.t_ns is None:
             return []
-        hi_dev = max(v for v in (row["t"], row.get("tl"), row.get("te")) if v is not None)
+        hi_dev = max(v for v in (row.t_ns, row.t_last_ns, row.t_end_ns) if v is not None)
         lo_dev, hi_dev = (min(max(int(v), -MAX_ABS_TIME_NS), MAX_ABS_TIME_NS)
-                          for v in (row["t"], hi_dev))
+                          for v in (row.t_ns, hi_dev))
         lo, hi = (int(v) for v in model.to_ref([lo_dev, hi_dev]))
         if (hi - lo) // self.bucket_ns > MAX_LEDGER_BUCKETS:
             # a message whose rows span more than any plausible chunk holds absurd times
             # (dead-lettered by validate): its ends' buckets, never a loop over the span
-            return sorted({(row["s"], int(b)) for b in touched_buckets(
+            return sorted({(row.session, int(b)) for b in touched_buckets(
                 [lo, hi], self.bucket_ns, self.margin_ns)})
-        return [(row["s"], b) for b in bucket_range(lo, hi, self.bucket_ns, self.margin_ns)]
+        return [(row.session, b) for b in bucket_range(lo, hi, self.bucket_ns, self.margin_ns)]
 
 
 @dataclass(frozen=True)
@@ -105,21 +108,21 @@ def resume(state: str | Path, fresh: list[PartitionSpec], geometry: Geometry) ->
     written = load_written(state)
     specs, all_rows = [], []
     for spec in fresh:
-        by_offset = {int(r["o"]): r for r in load_lines(read_log(state, spec.topic,
-                                                                 spec.partition))}
+        by_offset = {r.offset: r for r in load_ledger(read_log(state, spec.topic,
+                                                               spec.partition))}
         if not by_offset:
             specs.append(spec)
             continue
         rows = [by_offset[o] for o in sorted(by_offset)]
         all_rows.extend(rows)
-        after = rows[-1]["o"] + 1
-        needed = [r["o"] for r in rows if not r.get("late")
+        after = rows[-1].offset + 1
+        needed = [r.offset for r in rows if not r.late
                   and any(k not in written for k in geometry.buckets(r))]
         start = min([*needed, after])
-        on_time = [r["t"] for r in rows if r.get("t") is not None and not r.get("late")]
+        on_time = [r.t_ns for r in rows if r.t_ns is not None and not r.late]
         specs.append(PartitionSpec(
             spec.topic, spec.partition, start, replay_below=after,
-            late=tuple(r["o"] for r in rows if r.get("late") and r["o"] >= start),
+            late=tuple(r.offset for r in rows if r.late and r.offset >= start),
             max_event_ns=max(on_time) if on_time else None))
     closed: set[str] = set()
     for f in Path(state).glob("final-*.json"):
@@ -130,31 +133,31 @@ def resume(state: str | Path, fresh: list[PartitionSpec], geometry: Geometry) ->
     return Resume(tuple(specs), written, frozenset(closed), late_floors(all_rows))
 
 
-def compact_rows(rows: list[dict], start: int) -> list[dict]:
+def compact_rows(rows: list[LedgerLine], start: int) -> list[LedgerLine]:
     """The lines of one read log that ``resume`` and ``complete_sessions`` still use, once
     the partition restarts at ``start`` (offsets below it are never read again): every
     offset from ``start`` on; below it, the last offset read (where reading resumes), the
     on-time line with the highest event time (late checks), every end-of-stream line (which
     sessions are complete), and per run its highest-watermark line plus one line per session
     it read (``late_floors``). One line per offset, the last one logged, as ``resume`` reads."""
-    by_offset = {int(r["o"]): r for r in rows}
+    by_offset = {r.offset: r for r in rows}
     if not by_offset:
         return []
     keep = {o for o in by_offset if o >= start}
     keep.add(max(by_offset))
-    on_time = [o for o, r in by_offset.items() if r.get("t") is not None and not r.get("late")]
+    on_time = [o for o, r in by_offset.items() if r.t_ns is not None and not r.late]
     if on_time:
-        keep.add(max(on_time, key=lambda o: by_offset[o]["t"]))
+        keep.add(max(on_time, key=lambda o: by_offset[o].t_ns))
     top_w: dict[str, int] = {}
     per_session: dict[tuple[str, str], int] = {}
     for o, r in by_offset.items():
-        if r.get("eos"):
+        if r.eos:
             keep.add(o)
-        if r.get("w") is not None and (r["run"] not in top_w
-                                       or r["w"] > by_offset[top_w[r["run"]]]["w"]):
-            top_w[r["run"]] = o
-        if r.get("s"):
-            per_session.setdefault((r["s"], r["run"]), o)
+        if r.watermark_us is not None and (
+                r.run not in top_w or r.watermark_us > by_offset[top_w[r.run]].watermark_us):
+            top_w[r.run] = o
+        if r.session:
+            per_session.setdefault((r.session, r.run), o)
     keep.update(top_w.values(), per_session.values())
     return [by_offset[o] for o in sorted(keep)]
 
@@ -166,28 +169,28 @@ def compact(state: str | Path, plan: Resume) -> tuple[int, int]:
     before = after = 0
     for spec in plan.specs:
         path = read_log(state, spec.topic, spec.partition)
-        rows = load_lines(path)
+        rows = load_ledger(path)
         kept = compact_rows(rows, spec.start)
         before, after = before + len(rows), after + len(kept)
         if len(kept) == len(rows):
             continue
         tmp = path.with_name(f".{path.name}.compact")
-        tmp.write_text(jsonl(kept))
+        tmp.write_text(jsonl([r.to_dict() for r in kept]))
         os.replace(tmp, path)
     return before, after
 
 
-def late_floors(rows: list[dict]) -> dict[str, int]:
+def late_floors(rows: list[LedgerLine]) -> dict[str, int]:
     """Per session, the highest watermark (us) of any earlier run that read it: buckets of the
     session up to there may be written, so a new record behind it is too late. A session no
     earlier run read has no floor (its event times may well be behind other sessions')."""
     run_max: dict[str, int] = {}
     runs: dict[str, set[str]] = {}
     for r in rows:
-        if r.get("w") is not None:
-            run_max[r["run"]] = max(run_max.get(r["run"], r["w"]), r["w"])
-        if r.get("s"):
-            runs.setdefault(r["s"], set()).add(r["run"])
+        if r.watermark_us is not None:
+            run_max[r.run] = max(run_max.get(r.run, r.watermark_us), r.watermark_us)
+        if r.session:
+            runs.setdefault(r.session, set()).add(r.run)
     return {s: max(run_max[r] for r in rs if r in run_max)
             for s, rs in runs.items() if any(r in run_max for r in rs)}
 

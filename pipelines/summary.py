@@ -13,6 +13,8 @@ from collections import Counter, defaultdict
 from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.schemas.aligned import STATUS, column
 from mmalign.schemas.chunk import MODALITIES
+from mmalign.schemas.layout import ALIGNED, DEADLETTER
+from mmalign.schemas.sync import SyncResult, read_sync_results
 from mmalign.transforms.io.parquet import read_aligned
 from mmalign.transforms.metrics import ALIGN, DEAD, DECODE, RECORDS, SAMPLES, VALIDATE
 
@@ -48,11 +50,9 @@ def accounting(cnt: dict[str, int]) -> dict[str, dict]:
 def summarize(job, result, elapsed_s: float, root=None) -> dict:
     """The run's summary, read from its outputs under ``root`` (its staging folder before the
     commit; default OUT), reporting the final folders under OUT."""
-    from mmalign.pipelines.backfill import read_sync_results
-
     root = job.out if root is None else root
-    aligned = read_aligned(root / "aligned")
-    dead = read_dead_letters(root / "deadletter")
+    aligned = read_aligned(root / ALIGNED)
+    dead = read_dead_letters(root / DEADLETTER)
     cnt = counters(result)
     reasons = Counter(zip(dead.column("stage").to_pylist(), dead.column("reason").to_pylist()))
     per_stream = defaultdict(int)
@@ -73,8 +73,8 @@ def summarize(job, result, elapsed_s: float, root=None) -> dict:
         "sessions": sorted(job.plans),
         "manifests": list(job.manifest_paths),
         "streams": streams,
-        "aligned_dir": str(job.out / "aligned"),
-        "deadletter_dir": str(job.out / "deadletter"),
+        "aligned_dir": str(job.out / ALIGNED),
+        "deadletter_dir": str(job.out / DEADLETTER),
         "aligned_rows": aligned.num_rows,
         "dead_letters": dead.num_rows,
         "dead_letters_by_reason": {f"{st}/{r}": n for (st, r), n in sorted(reasons.items())},
@@ -82,8 +82,8 @@ def summarize(job, result, elapsed_s: float, root=None) -> dict:
         "status_by_stream": status,
         "accounting": accounting(cnt),
         "counters": dict(sorted(cnt.items())),
-        "clocks": {f"{k[0]}/{k[1]}": m.as_dict() for k, m in job.declared.items()},
-        "sync": read_sync_results(root),
+        "clocks": {f"{k[0]}/{k[1]}": m.to_dict() for k, m in job.declared.items()},
+        "sync": {k: r.to_dict() for k, r in read_sync_results(root).items()},
     }
 
 
@@ -102,11 +102,11 @@ def render(summary: dict) -> str:
         mark = "ok" if a["balanced"] else "MISMATCH"
         lines.append(f"  {m:7s} in {a['records_in']:8d} = aligned {a['aligned']:8d} + dead "
                      f"{a['dead']:5d}  [{mark}]")
-    for key, r in summary.get("sync", {}).items():
-        m = r["model"]
-        state = f"FELL BACK ({r['reason']})" if r["fell_back"] else "estimated"
-        lines.append(f"  clock {key}: offset {m['offset_ns'] / 1e6:+.1f} ms, drift "
-                     f"{m['drift_ppm']:+.1f} ppm, confidence {r['confidence']:.2f} [{state}]")
+    for key, d in summary.get("sync", {}).items():
+        r = SyncResult.from_dict(d)
+        state = f"FELL BACK ({r.reason})" if r.fell_back else "estimated"
+        lines.append(f"  clock {key}: offset {r.model.offset_ns / 1e6:+.1f} ms, drift "
+                     f"{r.model.drift_ppm:+.1f} ppm, confidence {r.confidence:.2f} [{state}]")
     for s, st in summary["status_by_stream"].items():
         parts = ", ".join(f"{k} {v}" for k, v in sorted(st.items(), key=lambda kv: -kv[1]))
         lines.append(f"  {s:12s} {parts}")

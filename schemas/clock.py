@@ -54,7 +54,28 @@ class ClockModel:
         rel = (t - np.int64(self.anchor_ns) - np.int64(self.offset_ns)).astype(np.float64)
         return np.int64(self.anchor_ns) + np.rint(rel / (1.0 + self.drift)).astype(np.int64)
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
+        """The model as a plain dict (drift in ppm): ``from_dict`` reads it back."""
         return {"offset_ns": self.offset_ns, "drift_ppm": self.drift_ppm,
                 "anchor_ns": self.anchor_ns, "source": self.source,
                 "confidence": self.confidence}
+
+    as_dict = to_dict   # the older name, still used by pipelines/core.py and backfill.py
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClockModel:
+        """The model of a ``to_dict`` dict; missing keys take the defaults (the identity)."""
+        conf = d.get("confidence")
+        return cls(int(d.get("offset_ns", 0)), _drift(float(d.get("drift_ppm", 0.0))),
+                   int(d.get("anchor_ns", 0)), str(d.get("source", "identity")),
+                   None if conf is None else float(conf))
+
+
+def _drift(ppm: float) -> float:
+    """The drift fraction whose ``drift * 1e6`` is ``ppm`` exactly when one exists (so a
+    written model reads back to the same dict), else ``ppm * 1e-6``."""
+    first = ppm * 1e-6
+    for d in (first, ppm / 1e6, np.nextafter(first, -np.inf), np.nextafter(first, np.inf)):
+        if float(d) * 1e6 == ppm:
+            return float(d)
+    return first

@@ -18,7 +18,8 @@ from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.pipelines import backfill
 from mmalign.pipelines.runners import RunnerConfigError, flink_args, runner_session
 from mmalign.pipelines.sample_recording import generate_recording
-from mmalign.transforms.io.parquet import METADATA_KEY, read_aligned
+from mmalign.schemas.layout import METADATA_KEY
+from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import run_mmalign
 from tests.e2e_checks import assert_rows_equal
 

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
 from mmalign.pipelines.stream_ledger import WRITTEN, Geometry, compact, compact_rows, resume
 from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.ledger import LedgerLine
 from mmalign.transforms.io.kafka import (
     PartitionSpec,
     append_lines,
     complete_sessions,
+    load_ledger,
     load_lines,
     read_log,
 )
@@ -70,7 +73,7 @@ def simulate_run(state, rng: random.Random, run: str, plan, offsets: dict) -> No
 
 
 def all_rows(state):
-    return [r for t, p in TOPICS for r in load_lines(read_log(state, t, p))]
+    return [r for t, p in TOPICS for r in load_ledger(read_log(state, t, p))]
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -98,15 +101,14 @@ def test_compaction_keeps_every_restart_decision(tmp_path, seed):
 def test_compaction_drops_what_no_restart_reads(tmp_path):
     """A session read long ago and fully written: only the last offset, the newest on-time
     event, its end-of-stream line and the run's watermark line stay."""
-    rows = [{"o": o, "run": "r1", "s": "s1", "st": "cam", "t": o * B, "w": o * 1000}
-            for o in range(100)]
-    rows[40] |= {"eos": 1, "x": ["cam"]}
+    rows = [LedgerLine(o, "r1", "s1", "cam", o * B, watermark_us=o * 1000) for o in range(100)]
+    rows[40] = replace(rows[40], eos=True, extents=("cam",))
     kept = compact_rows(rows, start=100)
-    assert [r["o"] for r in kept] == [0, 40, 99]       # 0: run r1's first line for s1
+    assert [r.offset for r in kept] == [0, 40, 99]     # 0: run r1's first line for s1
     assert compact_rows(rows, start=90)[-10:] == rows[90:]
     # a replayed offset keeps its last logged line, as resume() reads it
-    again = rows + [dict(rows[99], run="r2", w=5)]
-    assert compact_rows(again, start=100)[-1]["run"] == "r2"
+    again = rows + [replace(rows[99], run="r2", watermark_us=5)]
+    assert compact_rows(again, start=100)[-1].run == "r2"
 
 
 def test_compact_rewrites_atomically_and_reports_sizes(tmp_path):

@@ -27,7 +27,7 @@ def apply_clock(chunk, model: ClockModel):
     data = data.append_column("t_dev_ns", dev)
     prev = None if chunk.prev_t_ns is None else int(model.to_ref([chunk.prev_t_ns])[0])
     return chunk.with_data(data, clock="reference", prev_t_ns=prev,
-                           meta={**chunk.meta, "clock": model.as_dict()})
+                           meta={**chunk.meta, "clock": model.to_dict()})
 
 
 class ApplyClockFn(beam.DoFn):

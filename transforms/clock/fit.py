@@ -19,12 +19,12 @@ The fitted model maps the stream's device clock onto the *reference stream's dev
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import correlate, correlation_lags, find_peaks
 
 from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.sync import SyncResult
 from mmalign.transforms.clock.dtw import run_dtw
 from mmalign.transforms.clock.features import NS, Feature, condition
 
@@ -36,36 +36,6 @@ LANDMARK_SEPARATION_S = 0.1
 
 class SyncError(ValueError):
     """The two streams cannot be synchronised; the message says why."""
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    stream_id: str
-    reference: str
-    model: ClockModel             # what the clock stage uses for this stream
-    confidence: float
-    fell_back: bool
-    reason: str = ""              # why it fell back ("" when it did not)
-    engine: str = "banded"
-    features: str = ""            # "<stream feature>~<reference feature>"
-    coarse_offset_ns: int = 0     # device(ref) - device(stream) from cross-correlation
-    dtw_cost: float = float("nan")  # mean local cost per warping-path step
-    n_landmarks: int = 0          # matched landmark pairs
-    n_inliers: int = 0
-    residual_rms_ms: float = float("nan")
-    residual_max_ms: float = float("nan")
-    estimate: ClockModel | None = None   # the fitted model, also when it was not used
-    warnings: tuple[str, ...] = ()       # input problems that were skipped (bad chunks)
-
-    def as_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["model"] = self.model.as_dict()
-        d["estimate"] = self.estimate.as_dict() if self.estimate else None
-        d["warnings"] = list(self.warnings)
-        for k, v in d.items():
-            if isinstance(v, float) and not np.isfinite(v):
-                d[k] = None
-        return d
 
 
 # ---------------------------------------------------------------- clock algebra

@@ -27,6 +27,7 @@ import pyarrow as pa
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.manifest import Manifest, ManifestError, SyncSpec
+from mmalign.schemas.sync import SyncResult
 from mmalign.transforms.clock.features import (
     FAMILIES,
     Feature,
@@ -46,7 +47,6 @@ from mmalign.transforms.clock.features import (
 )
 from mmalign.transforms.clock.fit import (
     SyncError,
-    SyncResult,
     estimate_clock,
     failed,
     finalize,

@@ -25,28 +25,25 @@ import os
 import shutil
 from pathlib import Path
 
+from mmalign.schemas.layout import (
+    DATASETS,
+    PARTITION_PREFIX,
+    SUMMARY,
+    atomic_write_text,
+    session_dir,
+    session_of,
+)
+
 STAGING = ".staging"
 JOURNAL = "_COMMIT"
-DATASETS = ("aligned", "deadletter", "sync")
-SUMMARY = "summary.json"
 
 
 def staging_dir(out: str | Path, run_id: str) -> Path:
     return Path(out) / STAGING / run_id
 
 
-def _partition(root: Path, session_id: str) -> Path:
-    return root / f"session_id={session_id}"
-
-
 def _aside(root: Path, session_id: str, run_id: str) -> Path:
-    return root / f".session_id={session_id}.old-{run_id}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return root / f".{PARTITION_PREFIX}{session_id}.old-{run_id}"
 
 
 def commit(out: str | Path, run_id: str, sessions: list[str]) -> None:
@@ -54,7 +51,7 @@ def commit(out: str | Path, run_id: str, sessions: list[str]) -> None:
     stage = staging_dir(out, run_id)
     stage.mkdir(parents=True, exist_ok=True)
     _mark_staged(stage)
-    _write_atomic(stage / JOURNAL, json.dumps({"run_id": run_id, "sessions": sorted(sessions)}))
+    atomic_write_text(stage / JOURNAL, json.dumps({"run_id": run_id, "sessions": sorted(sessions)}))
     _roll_forward(Path(out), stage)
 
 
@@ -73,7 +70,7 @@ def _roll_forward(out: Path, stage: Path) -> None:
     for dataset in DATASETS:
         final = out / dataset
         for s in sessions:
-            src, dest, old = (_partition(stage / dataset, s), _partition(final, s),
+            src, dest, old = (session_dir(stage / dataset, s), session_dir(final, s),
                               _aside(final, s, run_id))
             if src.exists():                  # not moved yet: the old partition goes aside
                 final.mkdir(parents=True, exist_ok=True)
@@ -106,8 +103,8 @@ def _mark_staged(stage: Path) -> None:
     for dataset in DATASETS:
         d = stage / dataset
         if d.is_dir():
-            for part in d.glob("session_id=*"):
-                (d / f".staged-{part.name.split('=', 1)[1]}").touch()
+            for part in d.glob(f"{PARTITION_PREFIX}*"):
+                (d / f".staged-{session_of(part)}").touch()
 
 
 def _remove_if_empty(d: Path) -> None:
@@ -134,6 +131,6 @@ def recover(out: str | Path) -> list[str]:
     for dataset in DATASETS:
         d = out / dataset
         if d.is_dir():
-            for old in d.glob(".session_id=*.old-*"):
+            for old in d.glob(f".{PARTITION_PREFIX}*.old-*"):
                 shutil.rmtree(old, ignore_errors=True)
     return finished

@@ -22,10 +22,11 @@ stamped behind the watermark already set, is too late: it becomes a DeadLetter (
 dead-letters them with the reason). With ``stop_after_idle_s`` the reader finishes once every
 partition has been caught up for that long; the pipeline then drains its windows and ends.
 
-Restarts: every claimed record is logged to ``<state_dir>/read-<topic>-<p>.jsonl`` (offset,
-session, stream, device times, late/eos flags, the watermark after the poll); on a stop the
-reader writes ``final-<run>.json`` (its last real watermark and the sessions whose declared
-streams all sent their end-of-stream message) before it ends. pipelines/stream_ledger.py turns
+Restarts: every claimed record is logged to ``<state_dir>/read-<topic>-<p>.jsonl`` as a
+``schemas.ledger.LedgerLine`` (offset, session, stream, device times, late/eos flags, the
+watermark after the poll); on a stop the reader writes ``final-<run>.json`` (its last real
+watermark and the sessions whose declared streams all sent their end-of-stream message)
+before it ends. pipelines/stream_ledger.py turns
 these into the next run's ``PartitionSpec``: records below ``replay_below`` were read by an
 earlier run and are *replayed*: never judged late again (those in ``late`` are dead-lettered
 again as too late, with the same letter id); a new record is also too late when it is behind
@@ -51,6 +52,7 @@ from mmalign.deadletter.kafka_topic import kafka_attrs
 from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.clock import MAX_ABS_TIME_NS
 from mmalign.schemas.envelope import MessageError, split
+from mmalign.schemas.ledger import LedgerLine
 from mmalign.transforms.tags import DEAD, MAIN
 
 FINISH = "finish"          # claim this to end the restriction (every partition stops)
@@ -217,28 +219,20 @@ def load_lines(path: str | Path) -> list[dict]:
     return rows
 
 
+def load_ledger(path: str | Path) -> list[LedgerLine]:
+    """The read log at ``path`` (``read_log``) as ledger lines, in file order."""
+    return [LedgerLine.from_dict(d) for d in load_lines(path)]
+
+
 def complete_sessions(rows) -> set[str]:
-    """Sessions whose declared streams (``x`` of an eos row) have all sent their eos."""
+    """Sessions whose declared streams (``extents`` of an eos line) have all sent their eos."""
     declared: dict[str, set[str]] = {}
     ended: dict[str, set[str]] = {}
     for r in rows:
-        if r.get("eos") and r.get("s"):
-            declared.setdefault(r["s"], set()).update(r.get("x") or ())
-            ended.setdefault(r["s"], set()).add(r["st"])
+        if r.eos and r.session:
+            declared.setdefault(r.session, set()).update(r.extents)
+            ended.setdefault(r.session, set()).add(r.stream)
     return {s for s, want in declared.items() if want and want <= ended[s]}
-
-
-def log_row(offset: int, run_id: str, header: dict | None, late: bool) -> dict:
-    """The read-log line of one claimed record (see the module docstring)."""
-    r: dict = {"o": offset, "run": run_id}
-    if header:
-        r |= {"s": header.get("session"), "st": header.get("stream"), "t": header.get("t_ns"),
-              "tl": header.get("t_last_ns"), "te": header.get("t_end_ns")}
-        if header.get("eos"):
-            r |= {"eos": 1, "x": sorted(header.get("extents") or ())}
-    if late:
-        r["late"] = 1
-    return r
 
 
 def event_time_ns(value: bytes | None) -> tuple[int | None, dict | None]:
@@ -339,7 +333,7 @@ class ReadKafkaFn(beam.DoFn):
         current = wm.current_watermark()
         wm_ns = None if current is None or current.micros <= -(2**62) else current.micros * 1000
         polled = consumer.poll(timeout_ms=self.poll_ms)
-        rows: dict[int, list[dict]] = {}
+        rows: dict[int, list[LedgerLine]] = {}
         for tp, batch in polled.items():
             i = index[(tp.topic, tp.partition)]
             spec = plan.specs[i]
@@ -365,7 +359,8 @@ class ReadKafkaFn(beam.DoFn):
                 if not tracker.try_claim((i, m.offset, new_max)):
                     break
                 nxt[i], max_e[i] = m.offset + 1, new_max
-                rows.setdefault(i, []).append(log_row(m.offset, self.run_id, header, bool(why)))
+                rows.setdefault(i, []).append(
+                    LedgerLine.of_header(m.offset, self.run_id, header, bool(why)))
                 if e is None:                  # poison: ingest dead-letters it with the reason
                     yield beam.window.TimestampedValue(
                         rec, Timestamp(micros=(wm_ns or 0) // 1000))
@@ -384,9 +379,9 @@ class ReadKafkaFn(beam.DoFn):
             wm_ns = target
         for i, r in rows.items():
             if wm_ns is not None:
-                r[-1]["w"] = wm_ns // 1000
+                r[-1] = replace(r[-1], watermark_us=wm_ns // 1000)
             append_lines(read_log(self.state_dir, plan.specs[i].topic, plan.specs[i].partition),
-                         r)
+                         [line.to_dict() for line in r])
         if polled or not caught_up or not all(caught_up):
             self._idle_since = None
         elif self.stop_after_idle_s is not None:
@@ -400,7 +395,7 @@ class ReadKafkaFn(beam.DoFn):
     def _finish(self, plan: ReadPlan, wm_ns: int | None) -> None:
         """Record the last real watermark and the complete sessions, before the drain."""
         rows = [r for s in plan.specs
-                for r in load_lines(read_log(self.state_dir, s.topic, s.partition))]
+                for r in load_ledger(read_log(self.state_dir, s.topic, s.partition))]
         final = {"watermark_us": None if wm_ns is None else wm_ns // 1000,
                  "complete": sorted(complete_sessions(rows))}
         path = final_path(self.state_dir, self.run_id)

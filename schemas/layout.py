@@ -1,0 +1,59 @@
+"""The output folder's layout: dataset folders, partition folders, file names, atomic writes.
+
+    OUT/aligned/session_id=<s>/part-b<bucket>.parquet     transforms/io/parquet.py
+    OUT/deadletter/session_id=<s>/deadletters.parquet     deadletter/file_sink.py
+    OUT/sync/session_id=<s>/sync.json                     schemas/sync.py
+    OUT/summary.json                                      pipelines/summary.py
+    OUT/.staging/<run>/...                                transforms/io/commit.py
+
+Every file is written under a temporary name in its folder and renamed into place, so a
+reader sees the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ALIGNED, DEADLETTER, SYNC = "aligned", "deadletter", "sync"
+DATASETS = (ALIGNED, DEADLETTER, SYNC)       # the per-session datasets of a run
+SUMMARY = "summary.json"
+PARTITION_PREFIX = "session_id="
+METADATA_KEY = b"mmalign"                    # Parquet schema metadata key of our JSON
+
+
+def session_dir(root: str | Path, session_id: str) -> Path:
+    """A dataset's partition folder of one session: ``<root>/session_id=<session>``."""
+    return Path(root) / f"{PARTITION_PREFIX}{session_id}"
+
+
+def session_of(partition: str | Path) -> str:
+    """The session of a partition folder (the inverse of ``session_dir``)."""
+    return Path(partition).name[len(PARTITION_PREFIX):]
+
+
+def atomic_write_table(table: pa.Table, path: Path, metadata: dict | None = None) -> Path:
+    """Write ``table`` as zstd Parquet at ``path`` (``metadata``: JSON under
+    ``METADATA_KEY`` in the schema metadata) through a temporary file renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata:
+        meta = dict(table.schema.metadata or {})
+        meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True).encode()
+        table = table.replace_schema_metadata(meta)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` at ``path`` through ``.<name>.tmp`` renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,94 @@
+"""A DTW-sync result: the clock model estimated for one stream, and how much to trust it.
+
+On disk, one JSON object per session, ``OUT/sync/session_id=<s>/sync.json``: stream id ->
+``SyncResult.to_dict()`` (models as ``ClockModel.to_dict()``, NaN as null), e.g.
+
+    {"mic": {"stream_id": "mic", "reference": "cam0", "confidence": 0.93,
+             "fell_back": false, "reason": "", "model": {"offset_ns": ..., "drift_ppm": ...},
+             "estimate": {...}, "engine": "banded", "warnings": [], ...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.layout import (
+    PARTITION_PREFIX,
+    SYNC,
+    atomic_write_text,
+    session_dir,
+    session_of,
+)
+
+SYNC_FILE = "sync.json"
+_FLOATS = ("confidence", "dtw_cost", "residual_rms_ms", "residual_max_ms")   # null = NaN
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    stream_id: str
+    reference: str
+    model: ClockModel             # what the clock stage uses for this stream
+    confidence: float
+    fell_back: bool
+    reason: str = ""              # why it fell back ("" when it did not)
+    engine: str = "banded"
+    features: str = ""            # "<stream feature>~<reference feature>"
+    coarse_offset_ns: int = 0     # device(ref) - device(stream) from cross-correlation
+    dtw_cost: float = float("nan")  # mean local cost per warping-path step
+    n_landmarks: int = 0          # matched landmark pairs
+    n_inliers: int = 0
+    residual_rms_ms: float = float("nan")
+    residual_max_ms: float = float("nan")
+    estimate: ClockModel | None = None   # the fitted model, also when it was not used
+    warnings: tuple[str, ...] = ()       # input problems that were skipped (bad chunks)
+
+    def to_dict(self) -> dict:
+        """A plain JSON-ready dict (non-finite numbers as None): ``from_dict`` reads it."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["model"] = self.model.to_dict()
+        d["estimate"] = self.estimate.to_dict() if self.estimate else None
+        d["warnings"] = list(self.warnings)
+        for k, v in d.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                d[k] = None
+        return d
+
+    as_dict = to_dict   # the older name, still used by pipelines/backfill.py
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SyncResult:
+        """The result of a ``to_dict`` dict (sync.json, the run summary); None floats are NaN."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["model"] = ClockModel.from_dict(d["model"])
+        kw["estimate"] = ClockModel.from_dict(d["estimate"]) if d.get("estimate") else None
+        kw["warnings"] = tuple(d.get("warnings") or ())
+        for k in _FLOATS:
+            if k in kw:
+                kw[k] = float("nan") if kw[k] is None else float(kw[k])
+        return cls(**kw)
+
+
+def write_session_sync(root: str | Path, session_id: str,
+                       results: dict[str, SyncResult]) -> Path:
+    """``<root>/session_id=<s>/sync.json`` of one session's results (stream id -> result)."""
+    d = session_dir(root, session_id)
+    d.mkdir(parents=True, exist_ok=True)
+    body = {stream: r.to_dict() for stream, r in sorted(results.items())}
+    return atomic_write_text(d / SYNC_FILE, json.dumps(body, indent=2, sort_keys=True))
+
+
+def read_sync_results(out: str | Path) -> dict[str, SyncResult]:
+    """{"<session>/<stream>": SyncResult} of a run's output (or staging) folder ``out``."""
+    found = {}
+    for f in sorted(Path(out, SYNC).glob(f"{PARTITION_PREFIX}*/{SYNC_FILE}")):
+        session = session_of(f.parent)
+        for stream, r in json.loads(f.read_text()).items():
+            found[f"{session}/{stream}"] = SyncResult.from_dict(r)
+    return found
