@@ -1,6 +1,10 @@
 # `make demo`: set up everything and run the main job on embedded defaults (no servers).
 # `make test`: set up everything (venv, packages, Debian tools, Kafka and Flink jars) and run
 #              the whole suite, slow integration tests included. `.ci/run` calls it.
+# `make test-fast`: the tests not marked slow. Layout: tests/unit/<area>/ (fast, one idea
+#              each), tests/integration/ (real servers, whole pipelines, CLI subprocesses),
+#              tests/bad_inputs/ (the bad-input corpus); `slow` marks, not folders, decide
+#              what test-fast skips.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv

@@ -1,3 +1,3 @@
 """Shared fixtures: real servers (Kafka, Flink job server) live in tests/conftest_infra.py."""
 
-pytest_plugins = ["conftest_infra"]
+pytest_plugins = ["tests.conftest_infra"]

@@ -1,7 +1,7 @@
 """Fixtures for real servers: a KRaft Kafka broker, a Beam Flink job server, a redis-server.
 
-Import them from tests/conftest.py (``from tests.conftest_infra import kafka_broker,
-flink_job_server``, or ``pytest_plugins = ["conftest_infra"]``). Each session gets its own
+tests/conftest.py registers them for every test folder (``pytest_plugins =
+["tests.conftest_infra"]``). Each session gets its own
 state dirs and free ports, so a broker or job server started by hand
 (``python -m mmalign.infra...``) is left alone. Jars come from the download cache (fetched on
 first use).

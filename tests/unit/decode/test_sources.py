@@ -49,8 +49,8 @@ def test_a_rejected_row_never_reaches_an_encoder_window(tmp_path):
     path = _imu(tmp_path)
     stream = Stream(id="imu", modality="sensor", files=[str(path)],
                     options={"channels": ["x", "y", "z"]})
-    se = StreamEncode(stream, EncoderConfig(modality="sensor"), window_ns=200 * MS, channels=("x", "y", "z"),
-                      source=SourceRef("s", stream, (str(tmp_path),)))
+    se = StreamEncode(stream, EncoderConfig(modality="sensor"), window_ns=200 * MS,
+                      channels=("x", "y", "z"), source=SourceRef("s", stream, (str(tmp_path),)))
     # ticks whose neighbours are rows 49/51 and 53/55: their windows span the bad rows
     table = pa.table({column("imu", POS): [49, 53, 55], column("imu", POS_RIGHT): [51, 55, 57],
                       column("imu", SRC): [str(path)] * 3})

@@ -99,7 +99,7 @@ def test_historical_point_in_time(data, tmp_path):
 
 def test_shipped_feature_repo_definitions(data, monkeypatch):
     root, _ = data
-    repo = Path(__file__).resolve().parents[1] / "feature_repo"
+    repo = Path(__file__).resolve().parents[3] / "feature_repo"
     assert (repo / "feature_store.yaml").is_file() and (repo / "feature_store.redis.yaml").is_file()
     monkeypatch.setenv("MMALIGN_ALIGNED_PATH", str(root / "embeddings"))
     defs = runpy.run_path(str(repo / "features.py"))

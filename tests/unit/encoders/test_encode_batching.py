@@ -25,7 +25,7 @@ from mmalign.encoders.handlers import (
 from mmalign.schemas.encoders import EncoderConfig
 from mmalign.transforms.decode.video import load_frames
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _bench():

@@ -24,7 +24,7 @@ from mmalign.pipelines.align_report import (
 )
 from mmalign.pipelines.sample_recording import generate_recording
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = json.loads((ROOT / "schemas" / "align_report.schema.json").read_text())
 
 # 5 cues, 4 of them bad: invalid UTF-8, a broken time line, two that end before they start

@@ -18,7 +18,7 @@ from mmalign.pipelines.kafka_config import DEADLETTER_TOPIC, MODALITY_TOPICS, Ka
 from mmalign.pipelines.runners import COMPOSE_WORKER_POOL, runner_session
 from mmalign.schemas.encoders import FeatureStoreSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
