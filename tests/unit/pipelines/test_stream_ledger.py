@@ -2,7 +2,8 @@
 ledgers written by several runs (restarts with replays, late records, end-of-stream lines,
 unreadable values, torn last lines), the restart plan and the complete sessions are the same
 before and after compaction, run after run, and the logs shrink to what is still needed.
-The same code runs at every start and stop of the real job (tests/integration/test_stream_restart.py)."""
+The same code runs at every start and stop of the real job
+(tests/integration/test_stream_restart.py)."""
 
 from __future__ import annotations
 
