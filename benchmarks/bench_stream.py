@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmalign.infra.kafka_broker import KafkaBroker
 from mmalign.pipelines import backfill, stream
 from mmalign.pipelines.core import prepare as prepare_job
-from mmalign.pipelines.kafka_config import MODALITY_TOPICS, KafkaSettings
 from mmalign.pipelines.publish import publish
 from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas.kafka import MODALITY_TOPICS, KafkaSettings
 
 
 def _settings(broker: KafkaBroker) -> KafkaSettings:

@@ -115,7 +115,7 @@ class DeadLetterProducer:
     """Sends dead letters to the topic; ``flush()`` returns once the broker has them all."""
 
     def __init__(self, settings, topic: str | None = None):
-        from kafka import KafkaProducer
+        from kafka import KafkaProducer  # lazy: kafka-python only where a broker is used
         self.topic = topic or settings.deadletter_topic
         self.producer = KafkaProducer(**settings.common(), acks="all", retries=20,
                                       retry_backoff_ms=250, linger_ms=5,
@@ -175,6 +175,7 @@ class TopicRecord:
 def read_topic(settings, topic: str | None = None, timeout_s: float = 10.0
                ) -> Iterator[TopicRecord]:
     """Every record now on the dead-letter topic, from the beginning (no group, no commits)."""
+    # lazy: kafka-python only where a broker is used
     from kafka import KafkaConsumer, TopicPartition
     topic = topic or settings.deadletter_topic
     consumer = KafkaConsumer(**settings.common(), group_id=None, enable_auto_commit=False,
@@ -231,7 +232,7 @@ def replay(settings, *, stage: str | None = None, reason: str | None = None,
     """Re-publish dead letters that came from a Kafka topic back to it, with their original
     key. ``fixed_values``: (dlq partition, offset) -> a corrected value; letters not from a
     topic (decode of a file, row-level copies) are skipped and counted."""
-    from kafka import KafkaProducer
+    from kafka import KafkaProducer  # lazy: kafka-python only where a broker is used
     producer = KafkaProducer(**settings.common(), acks="all", retries=20)
     sent, skipped = Counter(), Counter()
     try:
@@ -258,43 +259,3 @@ def replay(settings, *, stage: str | None = None, reason: str | None = None,
 def to_json_lines(records: Iterable[TopicRecord]) -> Iterator[str]:
     for r in records:
         yield json.dumps(describe(r), sort_keys=True)
-
-
-def cmd_deadletter(ns) -> int:
-    """`mmalign deadletter inspect|replay`: exit 0, 1 Kafka failure, 2 bad input."""
-    import sys
-
-    from kafka.errors import KafkaError
-
-    from mmalign.pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
-    try:
-        settings = settings_from_args(ns)
-        if ns.action == "inspect":
-            records = [r for r in read_topic(settings, ns.topic, timeout_s=ns.timeout)
-                       if (not ns.stage or r.letter.stage == ns.stage)
-                       and (not ns.reason or r.letter.reason == ns.reason)]
-            if ns.json:
-                print(json.dumps({**summarize(records),
-                                  "letters": [describe(r) for r in records[:ns.limit]]},
-                                 sort_keys=True))
-            else:
-                s = summarize(records)
-                print(f"{s['records']} dead letters on {ns.topic or settings.deadletter_topic}")
-                for k, v in s["by_reason"].items():
-                    print(f"  {v:6d}  {k}")
-                for line in list(to_json_lines(records))[:ns.limit]:
-                    print(line)
-        else:
-            result = replay(settings, stage=ns.stage, reason=ns.reason, topic=ns.topic)
-            print(json.dumps(result, sort_keys=True) if ns.json else
-                  f"re-published {sum(result['sent'].values())} records {result['sent']}; "
-                  f"skipped (not from a topic) {result['skipped']}")
-    except KafkaConfigError as e:
-        print(f"mmalign deadletter: {e}", file=sys.stderr)
-        return 2
-    except KafkaError as e:
-        print("mmalign deadletter: " + kafka_failure(
-            settings, f"Kafka failed ({type(e).__name__}: {e}); is the broker up?"),
-            file=sys.stderr)
-        return 1
-    return 0

@@ -21,8 +21,10 @@ data ``out_of_range`` as the backfill does.
 
 from __future__ import annotations
 
+import json
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +32,11 @@ import pyarrow.compute as pc
 
 from mmalign.deadletter.kafka_topic import DeadLetterProducer
 from mmalign.deadletter.record import DeadLetter
-from mmalign.pipelines.kafka_config import KafkaSettings
+from mmalign.pipelines.kafka_config import kafka_failure, settings_from_args
 from mmalign.schemas.calibration import load_calibration
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.envelope import Envelope, batch_to_ipc, chunk_envelope, encode
+from mmalign.schemas.kafka import KafkaConfigError, KafkaSettings
 from mmalign.schemas.manifest import load_manifest
 from mmalign.transforms.align.join import chunk_extent
 from mmalign.transforms.clock.apply import apply_clock
@@ -163,7 +166,7 @@ def publish(manifest_path: str | Path, settings: KafkaSettings, *, speed: float 
             progress=None, slice_s: float = DEFAULT_SLICE_S,
             slice_max_bytes: int = DEFAULT_SLICE_MAX_BYTES) -> PublishReport:
     """Send the recording's messages (and its decode dead letters); returns counts."""
-    from kafka import KafkaProducer
+    from kafka import KafkaProducer  # lazy: kafka-python only where a broker is used
 
     prep = prepare(manifest_path, settings, declare_extents, slice_s=slice_s,
                    slice_max_bytes=slice_max_bytes)
@@ -235,18 +238,13 @@ class _Spool:
 
 
 def _with_payload(env: Envelope, payload: dict) -> Envelope:
-    from dataclasses import replace
     return replace(env, payload=payload)
 
 
 def cmd_publish(ns) -> int:
     """`mmalign publish`: exit 0 sent, 1 Kafka unreachable, 2 bad input."""
-    import json
-    import sys
+    from kafka.errors import KafkaError  # lazy: kafka-python only where a broker is used
 
-    from kafka.errors import KafkaError
-
-    from mmalign.pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
     try:
         settings = settings_from_args(ns)
         shown = [0]

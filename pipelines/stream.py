@@ -32,7 +32,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from mmalign.deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
 from mmalign.encoders.feature_store import feature_store_sink
 from mmalign.pipelines.core import AlignCore, Job, bucketing, new_run_id, prepare
-from mmalign.pipelines.kafka_config import KafkaSettings
 from mmalign.pipelines.stream_ledger import (
     Geometry,
     HoldBackFn,
@@ -44,6 +43,7 @@ from mmalign.pipelines.stream_ledger import (
 )
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.envelope import MessageError, decode_chunk, split
+from mmalign.schemas.kafka import KafkaSettings
 from mmalign.schemas.manifest import ManifestError
 from mmalign.transforms import metrics
 from mmalign.transforms.io.kafka import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
@@ -262,7 +262,8 @@ def cmd_stream(ns) -> int:
     from kafka.errors import KafkaError
 
     from mmalign.infra import InfraError
-    from mmalign.pipelines.kafka_config import KafkaConfigError, kafka_failure, settings_from_args
+    from mmalign.pipelines.kafka_config import kafka_failure, settings_from_args
+    from mmalign.schemas.kafka import KafkaConfigError
     try:
         settings = settings_from_args(ns)
         opts = StreamOptions(group_id=ns.group_id, max_out_of_orderness_s=ns.out_of_orderness,

@@ -48,7 +48,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
 def fresh_topics(kafka_broker: KafkaBroker) -> Callable[[int], tuple]:
     """A function ``(partitions=1) -> (KafkaSettings, tag)``: the ingest and dead-letter topics
     under a new suffix ``.<tag>``, created on ``kafka_broker``, so tests never share topics."""
-    from mmalign.pipelines.kafka_config import DEADLETTER_TOPIC, MODALITY_TOPICS, KafkaSettings
+    from mmalign.schemas.kafka import DEADLETTER_TOPIC, MODALITY_TOPICS, KafkaSettings
 
     def make(partitions: int = 1) -> tuple[KafkaSettings, str]:
         tag = uuid.uuid4().hex[:8]

@@ -22,8 +22,8 @@ import pytest
 
 from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.pipelines import backfill
-from mmalign.pipelines.kafka_config import MODALITY_TOPICS, load_settings
 from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas.kafka import MODALITY_TOPICS, load_settings
 from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import run_mmalign
 from tests.e2e_checks import assert_rows_equal

@@ -13,10 +13,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from mmalign.deadletter.kafka_topic import H
-from mmalign.pipelines.kafka_config import MODALITY_TOPICS
 from mmalign.pipelines.publish import DEFAULT_SLICE_MAX_BYTES, DEFAULT_SLICE_S, slice_chunk
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.envelope import decode_chunk, split
+from mmalign.schemas.kafka import MODALITY_TOPICS
 from mmalign.transforms.decode.stage import decode_file
 from tests.cli import run_mmalign
 

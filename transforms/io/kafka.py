@@ -285,6 +285,7 @@ class ReadKafkaFn(beam.DoFn):
             self._consumer = None
 
     def _assigned(self, plan: ReadPlan, positions: Positions):
+        # lazy: kafka-python only where a broker is used
         from kafka import KafkaConsumer, TopicPartition
         tps = [TopicPartition(s.topic, s.partition) for s in plan.specs]
         if self._consumer is None:
@@ -299,7 +300,7 @@ class ReadKafkaFn(beam.DoFn):
         return self._consumer, tps
 
     def _caught_up(self, consumer, tps, nxt: list[int]) -> list[bool] | None:
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError  # lazy: kafka-python only where a broker is used
         try:
             end = consumer.end_offsets(tps)
         except KafkaError:

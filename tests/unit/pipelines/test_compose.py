@@ -14,9 +14,9 @@ import yaml
 from mmalign.encoders.feature_store import open_store
 from mmalign.infra.flink_jobserver import DEFAULT_JOB_PORT, FLINK_MINOR
 from mmalign.pipelines.cli import build_parser
-from mmalign.pipelines.kafka_config import DEADLETTER_TOPIC, MODALITY_TOPICS, KafkaSettings
 from mmalign.pipelines.runners import COMPOSE_WORKER_POOL, runner_session
 from mmalign.schemas.encoders import FeatureStoreSpec
+from mmalign.schemas.kafka import DEADLETTER_TOPIC, MODALITY_TOPICS, KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 
