@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
@@ -161,19 +160,3 @@ def embeddings_table(embeddings: Iterable[Embedding], streams: dict[str, int],
     if fusion is not None:
         cols.update(fusion_columns(mats, fusion))
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
-
-
-class EmbeddingsToTable(beam.PTransform):
-    """Embedding PCollection -> one Arrow table per session (all its ticks), ready for the
-    Parquet and feature-store sinks."""
-
-    def __init__(self, streams: dict[str, int], fusion: Fusion | None = None):
-        super().__init__()
-        self.streams, self.fusion = dict(streams), fusion
-
-    def expand(self, pcoll):
-        streams, fusion = self.streams, self.fusion
-        return (pcoll
-                | "BySession" >> beam.Map(lambda e: (e.session_id, e))
-                | "Group" >> beam.GroupByKey()
-                | "Table" >> beam.MapTuple(lambda _, es: embeddings_table(es, streams, fusion)))

@@ -14,6 +14,19 @@ import os
 import sys
 from pathlib import Path
 
+from mmalign.infra import InfraError
+from mmalign.pipelines.features_cli import add_parser as add_features
+from mmalign.pipelines.kafka_config import add_kafka_commands
+from mmalign.pipelines.runners import RunnerConfigError, runner_session
+from mmalign.pipelines.sample_recording import (
+    add_generate_arguments,
+    generate_from_args,
+    generate_recording,
+)
+from mmalign.pipelines.summary import render
+from mmalign.schemas.manifest import ManifestError
+from mmalign.schemas.names import check_name
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -27,30 +40,7 @@ def _quiet_logs(verbose: bool) -> None:
 
 def _runner_args(ns):
     """Context manager -> (Beam runner, pipeline args) for ``--runner`` (pipelines/runners.py)."""
-    from mmalign.pipelines.runners import runner_session
     return runner_session(ns.runner, ns.pipeline_args)
-
-
-def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    """The generator's options (all but the output folder), for its command lines:
-    ``mmalign generate`` and ``python -m mmalign.pipelines.sample_recording``."""
-    p.add_argument("--duration", type=float, default=12.0, help="seconds (default 12)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--session", default="demo-001")
-    p.add_argument("--undeclared-clocks", action="store_true",
-                   help="leave clocks out of the calibration; the manifest asks for DTW-sync")
-    p.add_argument("--no-bad-records", action="store_true", help="plant no bad records")
-    p.add_argument("--registration", action="store_true",
-                   help="add a registration section (cam1 onto cam0) to the manifest")
-
-
-def generate_from_args(out_dir: str | Path, ns: argparse.Namespace) -> Path:
-    """``generate_recording`` with the options of ``add_generate_arguments``."""
-    from mmalign.pipelines.sample_recording import generate_recording
-    return generate_recording(out_dir, seed=ns.seed, duration_s=ns.duration,
-                              declare_clocks=not ns.undeclared_clocks,
-                              bad_records=not ns.no_bad_records, session=ns.session,
-                              registration=ns.registration)
 
 
 def cmd_generate(ns) -> int:
@@ -73,7 +63,6 @@ def _sessions_without_rows(summary: dict) -> list[str]:
 def _report(summary: dict, as_json: bool) -> int:
     """Print the run summary; exit 1 when the accounting does not balance or a session has
     no aligned rows (its tick source had no valid records), else 0."""
-    from mmalign.pipelines.summary import render
     print(json.dumps(summary, indent=2, sort_keys=True) if as_json else render(summary))
     balanced = all(a["balanced"] for a in summary["accounting"].values())
     empty = _sessions_without_rows(summary)
@@ -88,8 +77,8 @@ def _report(summary: dict, as_json: bool) -> int:
 
 
 def cmd_backfill(ns) -> int:
-    from mmalign.pipelines import backfill
-    from mmalign.schemas.names import check_name
+    from mmalign.pipelines import backfill  # lazy: the backfill loads the encoders (torch)
+
     if ns.run_id is not None:       # it names OUT/.staging/<run id>: check before any disk use
         check_name(ns.run_id, "--run-id")
     with _runner_args(ns) as (runner, args):
@@ -99,8 +88,8 @@ def cmd_backfill(ns) -> int:
 
 
 def cmd_demo(ns) -> int:
-    from mmalign.pipelines import backfill
-    from mmalign.pipelines.sample_recording import generate_recording
+    from mmalign.pipelines import backfill  # lazy: the backfill loads the encoders (torch)
+
     out = Path(ns.out)
     rec = out / "recording"
     print(f"generating a {ns.duration:.0f} s sample recording in {rec} ...", flush=True)
@@ -150,17 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_arguments(p)
     p.set_defaults(fn=cmd_generate)
 
-    from mmalign.pipelines.features_cli import add_parser as add_features
     add_features(sub)
-    from mmalign.pipelines.kafka_config import add_kafka_commands
     add_kafka_commands(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmalign.infra import InfraError
-    from mmalign.pipelines.runners import RunnerConfigError
-    from mmalign.schemas.manifest import ManifestError
     ns = build_parser().parse_args(argv)
     _quiet_logs(ns.verbose)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")

@@ -24,6 +24,8 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from mmalign.infra.flink_jobserver import FlinkJobServer
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESETS = {"local": "DirectRunner", "direct": "DirectRunner", "prism": "PrismRunner",
            "flink": "PortableRunner", "flinkrunner": "PortableRunner",
@@ -60,29 +62,6 @@ def _value(args: Sequence[str], name: str) -> str | None:
         if a == f"--{name}" and i + 1 < len(args):
             return args[i + 1]
     return None
-
-
-def flink_args(job_endpoint: str, *, parallelism: int | None = None,
-               environment: str = "LOOPBACK", environment_config: str | None = None,
-               streaming: bool = False) -> list[str]:
-    """Pipeline args for a Beam Flink job server at ``job_endpoint``.
-
-    LOOPBACK runs the Python SDK harness inside this process (needs no Docker; the job server
-    must reach this machine); EXTERNAL hands work to an SDK worker pool at
-    ``environment_config`` (docker-compose: ``localhost:50000`` from the taskmanager)."""
-    env = environment.upper()
-    if env not in ("LOOPBACK", "EXTERNAL", "PROCESS", "DOCKER"):
-        raise RunnerConfigError(f"environment {environment!r} is not LOOPBACK, EXTERNAL, "
-                                f"PROCESS or DOCKER")
-    if env in ("EXTERNAL", "PROCESS") and not environment_config:
-        raise RunnerConfigError(f"environment {env} needs environment_config (EXTERNAL: the "
-                                f"worker pool's host:port, e.g. {COMPOSE_WORKER_POOL})")
-    args = [f"--job_endpoint={job_endpoint}", f"--environment_type={env}"]
-    if environment_config:
-        args.append(f"--environment_config={environment_config}")
-    if parallelism:
-        args.append(f"--parallelism={int(parallelism)}")
-    return [*args, "--streaming"] if streaming else args
 
 
 def dataflow_args(*, project: str, region: str, temp_location: str,
@@ -196,8 +175,6 @@ def runner_session(runner: str, pipeline_args: Sequence[str] | None = None,
         env = [] if _has(args, "environment_type") else ["--environment_type=LOOPBACK"]
         yield name, [*args, *env]
         return
-    from mmalign.infra.flink_jobserver import FlinkJobServer
-
     with tempfile.TemporaryDirectory(prefix="mmalign-flink-") as home:
         server = FlinkJobServer(Path(home)).start()
         try:

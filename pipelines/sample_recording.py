@@ -713,11 +713,31 @@ def generate_recording(out_dir: str | Path, *, seed: int = 0, duration_s: float 
     return manifest_path
 
 
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    """The generator's options (all but the output folder), for its command lines:
+    ``mmalign generate`` and ``python -m mmalign.pipelines.sample_recording``."""
+    p.add_argument("--duration", type=float, default=12.0, help="seconds (default 12)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--session", default="demo-001")
+    p.add_argument("--undeclared-clocks", action="store_true",
+                   help="leave clocks out of the calibration; the manifest asks for DTW-sync")
+    p.add_argument("--no-bad-records", action="store_true", help="plant no bad records")
+    p.add_argument("--registration", action="store_true",
+                   help="add a registration section (cam1 onto cam0) to the manifest")
+
+
+def generate_from_args(out_dir: str | Path, ns: argparse.Namespace) -> Path:
+    """``generate_recording`` with the options of ``add_generate_arguments``."""
+    return generate_recording(out_dir, seed=ns.seed, duration_s=ns.duration,
+                              declare_clocks=not ns.undeclared_clocks,
+                              bad_records=not ns.no_bad_records, session=ns.session,
+                              registration=ns.registration)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Write a synthetic multimodal recording with known ground truth "
                     "(manifest.yaml, media, ground_truth.json).")
-    from mmalign.pipelines.cli import add_generate_arguments, generate_from_args
     p.add_argument("out_dir")
     add_generate_arguments(p)
     a = p.parse_args(argv)

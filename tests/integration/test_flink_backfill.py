@@ -16,7 +16,7 @@ import pytest
 
 from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.pipelines import backfill
-from mmalign.pipelines.runners import RunnerConfigError, flink_args, runner_session
+from mmalign.pipelines.runners import RunnerConfigError, runner_session
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.layout import METADATA_KEY
 from mmalign.transforms.io.parquet import read_aligned
@@ -106,13 +106,6 @@ def test_flink_dead_letters_and_accounting_equal_local(runs) -> None:
 
 
 def test_flink_preset_args_and_errors() -> None:
-    args = flink_args("jobserver:8099", parallelism=2)
-    assert args == ["--job_endpoint=jobserver:8099", "--environment_type=LOOPBACK",
-                    "--parallelism=2"]
-    ext = flink_args("localhost:8099", environment="external", environment_config="localhost:50000")
-    assert "--environment_type=EXTERNAL" in ext and "--environment_config=localhost:50000" in ext
-    with pytest.raises(RunnerConfigError, match="environment_config"):
-        flink_args("localhost:8099", environment="EXTERNAL")
     with runner_session("flink", ["--job_endpoint=h:1"]) as (runner, resolved):
         assert runner == "PortableRunner"
         assert resolved == ["--job_endpoint=h:1", "--environment_type=LOOPBACK"]
@@ -146,8 +139,8 @@ def test_stream_on_flink_equals_the_backfill(fresh_topics, flink_job_server: str
     settings, tag = fresh_topics(2)
     publish(manifest, settings, run_id="publish")
     opts = stream.StreamOptions(group_id=f"flink-{tag}", stop_after_idle_s=3.0)
-    args = ["--runner=PortableRunner", *flink_args(flink_job_server, parallelism=2,
-                                                   streaming=True)]
+    args = ["--runner=PortableRunner", f"--job_endpoint={flink_job_server}",
+            "--environment_type=LOOPBACK", "--parallelism=2", "--streaming"]
     summary = stream.run([manifest], tmp_path / "stream", settings, opts, pipeline_args=args,
                          run_id="flink-stream")
     assert summary["committed"]

@@ -1,4 +1,4 @@
-"""Sensor -> camera projection and undistortion, as plain vectorised functions over numpy/Arrow.
+"""Sensor -> camera projection, as plain vectorised functions over numpy.
 
 Points are (N, 3) float arrays in metres. A camera rig (schemas/camera_calibration.py) gives each
 camera's intrinsics and every camera/sensor pose in the reference frame; projection uses OpenCV
@@ -16,7 +16,6 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
-import pyarrow as pa
 
 from mmalign.schemas.camera_calibration import CameraIntrinsics, CameraRig
 
@@ -51,22 +50,6 @@ def reference_to_camera(rig: CameraRig, camera_id: str) -> np.ndarray:
 def sensor_to_camera(rig: CameraRig, sensor_id: str, camera_id: str) -> np.ndarray:
     """4x4 transform sensor (or camera) frame -> camera frame."""
     return reference_to_camera(rig, camera_id) @ rig.to_reference(sensor_id)
-
-
-_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
-
-
-def normalise_pixels(uv: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
-    """Undistort pixels to normalised camera coordinates (x/z, y/z), shape (N, 2)."""
-    pts = np.asarray(uv, dtype=np.float64).reshape(-1, 1, 2)
-    k, d = intr.k_array(), intr.distortion.array()
-    if intr.distortion.model == "fisheye":
-        out = cv2.fisheye.undistortPoints(pts, k, d, criteria=_UNDISTORT_CRITERIA)
-    elif hasattr(cv2, "undistortPointsIter"):           # OpenCV 4.x
-        out = cv2.undistortPointsIter(pts, k, d, None, None, _UNDISTORT_CRITERIA)
-    else:                                                # OpenCV 5: criteria on undistortPoints
-        out = cv2.undistortPoints(pts, k, d, criteria=_UNDISTORT_CRITERIA)
-    return out.reshape(-1, 2)
 
 
 def _distort(xy: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
@@ -138,97 +121,8 @@ def project_camera_points(points_cam: np.ndarray, intr: CameraIntrinsics,
     return Projection(uv=uv, depth=depth, in_front=in_front, visible=in_fov & inside)
 
 
-def project_points(points_ref: np.ndarray, rig: CameraRig, camera_id: str,
-                   min_depth: float = 1e-6) -> Projection:
-    """Project (N, 3) reference-frame points into camera ``camera_id``."""
-    pc = transform_points(points_ref, reference_to_camera(rig, camera_id))
-    return project_camera_points(pc, rig.camera(camera_id).intrinsics, min_depth)
-
-
 def project_sensor_points(points: np.ndarray, rig: CameraRig, sensor_id: str, camera_id: str,
                           min_depth: float = 1e-6) -> Projection:
     """Project (N, 3) points given in sensor ``sensor_id``'s frame into camera ``camera_id``."""
     pc = transform_points(points, sensor_to_camera(rig, sensor_id, camera_id))
     return project_camera_points(pc, rig.camera(camera_id).intrinsics, min_depth)
-
-
-PROJECTED_SCHEMA = pa.schema([
-    ("t_ns", pa.int64()), ("pos", pa.int64()), ("point", pa.int32()), ("camera_id", pa.string()),
-    ("u", pa.float64()), ("v", pa.float64()), ("depth", pa.float64()), ("visible", pa.bool_()),
-])
-
-
-def project_ticks(t_ns: np.ndarray, points: list[np.ndarray], rig: CameraRig, sensor_id: str,
-                  camera_ids: list[str], pos: np.ndarray | None = None) -> pa.RecordBatch:
-    """Project a point list per tick (tick i: points[i] of shape (N_i, 3), sensor frame) into each
-    camera in one OpenCV call per camera. Long format: one row per (tick, point, camera)."""
-    t = np.asarray(t_ns, dtype=np.int64)
-    if len(points) != len(t):
-        raise ValueError(f"project_ticks: {len(t)} ticks but {len(points)} point lists")
-    arrays = [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in points]
-    counts = np.array([len(a) for a in arrays], dtype=np.int64)
-    flat = np.concatenate(arrays) if arrays else np.zeros((0, 3))
-    tick = np.repeat(np.arange(len(t)), counts)
-    point = (np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int32)
-    pos = np.arange(len(t), dtype=np.int64) if pos is None else np.asarray(pos, dtype=np.int64)
-    cols: dict[str, list] = {f.name: [] for f in PROJECTED_SCHEMA}
-    for cam in camera_ids:
-        pr = project_sensor_points(flat, rig, sensor_id, cam)
-        cols["t_ns"].append(t[tick])
-        cols["pos"].append(pos[tick])
-        cols["point"].append(point)
-        cols["camera_id"].append(np.full(len(flat), cam, dtype=object))
-        cols["u"].append(pr.uv[:, 0])
-        cols["v"].append(pr.uv[:, 1])
-        cols["depth"].append(pr.depth)
-        cols["visible"].append(pr.visible)
-    data = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
-    return pa.RecordBatch.from_pydict(
-        {f.name: pa.array(data[f.name], type=f.type, from_pandas=f.type == pa.float64())
-         for f in PROJECTED_SCHEMA}, schema=PROJECTED_SCHEMA)
-
-
-def project_positions(batch: pa.RecordBatch, rig: CameraRig, sensor_id: str,
-                      camera_ids: list[str], channels: list[str] | None = None) -> pa.RecordBatch:
-    """Project a position channel (one x, y, z point per sensor row) into each camera.
-
-    ``channels`` default to the sensor's ``position_channels`` in the calibration. A row with a
-    non-finite position is kept with null u, v and visible = False.
-    """
-    spec = rig.sensors.get(sensor_id)
-    channels = channels or (spec.position_channels if spec else None)
-    if not channels:
-        raise ValueError(f"sensor {sensor_id!r} has no position_channels in the calibration; "
-                         f"add position_channels: [x, y, z] or pass channels")
-    missing = [c for c in channels if c not in batch.schema.names]
-    if missing:
-        raise ValueError(f"sensor {sensor_id!r} batch lacks position channels {missing}; "
-                         f"its columns are {batch.schema.names}")
-    xyz = np.stack([batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-                    for c in channels], axis=1)
-    t = batch.column("t_ns").to_numpy(zero_copy_only=False)
-    pos = batch.column("pos").to_numpy(zero_copy_only=False)
-    return project_ticks(t, list(xyz[:, None, :]), rig, sensor_id, camera_ids, pos=pos)
-
-
-def undistort_image(frame: np.ndarray, intr: CameraIntrinsics, alpha: float = 0.0,
-                    new_K: np.ndarray | None = None,
-                    interpolation: int = cv2.INTER_LINEAR) -> tuple[np.ndarray, np.ndarray]:
-    """Undistorted frame and its camera matrix: ``new_K`` if given, else OpenCV's optimal one
-    (alpha 0: only valid pixels, 1: all source pixels kept)."""
-    h, w = frame.shape[:2]
-    if (w, h) != tuple(intr.image_size):
-        raise ValueError(f"frame is {w}x{h} but the calibration's image_size is "
-                         f"{intr.width}x{intr.height}; undistort frames of the calibrated size")
-    k, d = intr.k_array(), intr.distortion.array()
-    if intr.distortion.model == "fisheye":
-        new_k = new_K if new_K is not None else \
-            cv2.fisheye.estimateNewCameraMatrixForUndistortRectify(k, d, (w, h), np.eye(3),
-                                                                   balance=alpha)
-        m1, m2 = cv2.fisheye.initUndistortRectifyMap(k, d, np.eye(3), new_k, (w, h),
-                                                     cv2.CV_32FC1)
-    else:
-        new_k = new_K if new_K is not None else \
-            cv2.getOptimalNewCameraMatrix(k, d, (w, h), alpha, (w, h))[0]
-        m1, m2 = cv2.initUndistortRectifyMap(k, d, np.eye(3), new_k, (w, h), cv2.CV_32FC1)
-    return cv2.remap(frame, m1, m2, interpolation), new_k

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that
 
-from mmalign.encoders.fusion import EmbeddingsToTable, embeddings_table
+from mmalign.encoders.fusion import embeddings_table
 from mmalign.encoders.handlers import EncodeModality, EncodeRequest, encode_requests
 from mmalign.encoders.registry import EncoderConfig
 
@@ -157,7 +157,8 @@ def test_two_modalities_fused_into_tick_tables():
         v = p | "V" >> beam.Create(video_reqs) | "EncV" >> EncodeModality(vcfg)
         s = p | "S" >> beam.Create(sensor_reqs) | "EncS" >> EncodeModality(scfg)
         tables = ((v["embeddings"], s["embeddings"]) | beam.Flatten()
-                  | EmbeddingsToTable(streams, "mean"))
+                  | beam.Map(lambda e: (e.session_id, e)) | beam.GroupByKey()
+                  | beam.MapTuple(lambda _, es: embeddings_table(es, streams, "mean")))
         assert_that(tables, _check(check_tables))
 
 

@@ -19,7 +19,7 @@ from mmalign.schemas.camera_calibration import (
     rotation_from_rvec,
 )
 from mmalign.schemas.manifest import ManifestError
-from mmalign.transforms.register.projection import project_points, transform_points
+from mmalign.transforms.register.projection import project_sensor_points, transform_points
 from tests.opencv_doc_data import opencv_doc_data
 
 GOOD = {
@@ -203,7 +203,7 @@ def test_stereo_chessboard_calibration_to_validated_rig():
     errs = []
     for obj, rv, tv, cr in zip(objs, rvecs, tvecs, right):
         in_left = transform_points(obj, np.r_[np.c_[cv2.Rodrigues(rv)[0], tv], [[0, 0, 0, 1]]])
-        pr = project_points(in_left, rig, "right")
+        pr = project_sensor_points(in_left, rig, "left", "right")
         assert pr.visible.all()
         errs.append(np.linalg.norm(pr.uv - cr.reshape(-1, 2), axis=1))
     mean_err = float(np.mean(np.concatenate(errs)))
