@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 
@@ -51,7 +51,6 @@ class DeadLetter:
                    message=str(exc) or type(exc).__name__, **kw)
 
     def with_run(self, run_id: str) -> DeadLetter:
-        from dataclasses import replace
         return replace(self, run_id=run_id)
 
     def to_row(self) -> dict:

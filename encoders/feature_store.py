@@ -23,7 +23,9 @@ import yaml
 
 from mmalign.deadletter.record import DeadLetter
 from mmalign.encoders.fusion import FUSED, MASK, emb_col, model_col, status_col
+from mmalign.encoders.stage import plan_encoders
 from mmalign.schemas import aligned
+from mmalign.schemas.manifest import ManifestError
 from mmalign.transforms.tags import DEAD, MAIN
 
 PROJECT = "mmalign"
@@ -66,6 +68,7 @@ def feature_refs(streams: Sequence[str], fusion: bool) -> list[str]:
 def feature_definitions(source_path: str | Path, streams: Sequence[str], fusion: bool = False,
                         ttl: timedelta = timedelta(days=36500)):
     """[Entity session, FeatureView tick_embeddings] over the Parquet at ``source_path``."""
+    # lazy: feast (an optional extra to be) only where a store is built or read
     from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast.types import Array, Bool, Float32, Int64, String
 
@@ -104,7 +107,7 @@ def open_store(repo_path: str | Path, source_path: str | Path,
                online: OnlineStore = "sqlite", redis_connection: str = "localhost:6379"):
     """Write ``repo_path/feature_store.yaml``, apply the definitions, return the FeatureStore.
     Streams and fusion come from the Parquet columns unless given."""
-    from feast import FeatureStore
+    from feast import FeatureStore  # lazy: feast, see feature_definitions
 
     if streams is None:
         streams, found = embedded_streams(source_path)
@@ -121,7 +124,7 @@ def open_store(repo_path: str | Path, source_path: str | Path,
 
 def load_store(repo_path: str | Path):
     """The FeatureStore of an applied repo (``open_store`` or ``mmalign backfill`` made it)."""
-    from feast import FeatureStore
+    from feast import FeatureStore  # lazy: feast, see feature_definitions
 
     repo = Path(repo_path)
     if not (repo / "feature_store.yaml").is_file():
@@ -247,8 +250,6 @@ def feature_store_sink(manifests: list, out: str | Path, run_id: str = ""):
     """The online-store sink the manifests ask for (``encoders.feature_store.enabled``), as a
     ParDo over written aligned Parquet paths with a ``dead`` output; None when disabled.
     Sessions that enable it must agree on the repo and the online store."""
-    from mmalign.schemas.manifest import ManifestError
-
     wanted = {}
     for m in manifests:
         enc = m.encoders
@@ -266,7 +267,6 @@ def feature_store_sink(manifests: list, out: str | Path, run_id: str = ""):
         raise ManifestError(f"field 'encoders.feature_store' (and 'encoders.fusion') differ "
                             f"between the sessions {sorted(wanted)} of one run; give them one "
                             "feature repo, online store and fusion setting")
-    from mmalign.encoders.stage import plan_encoders
     streams: list[str] = []
     for m in manifests:
         plan = plan_encoders(m) if m.session in wanted else None

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mmalign.encoders import audio, sensor, video
+from mmalign.encoders.text import MiniLMEncoder
 from mmalign.schemas.encoders import EncoderConfig
 
 DEFAULT_NAMES = {"video": "video-cnn", "audio": "audio-logmel-cnn", "text": "all-MiniLM-L6-v2",
@@ -47,7 +48,6 @@ def weights_hash(model: nn.Module) -> str:
 def _default_module(cfg: EncoderConfig) -> nn.Module:
     kw = dict(cfg.kwargs)
     if cfg.modality == "text":
-        from mmalign.encoders.text import MiniLMEncoder
         return MiniLMEncoder(**kw)
     if cfg.modality == "sensor" and "channels" not in kw:
         if "channels" not in cfg.preprocess:

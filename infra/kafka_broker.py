@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
+import ipaddress
 import json
 import os
 import secrets
@@ -126,9 +128,7 @@ def _scram_arguments(mechanism: str, users: dict[str, str]) -> list[str]:
 def _tls_files(home: Path) -> tuple[Path, Path]:
     """(CA certificate, server key + certificate chain) as PEM under ``home/tls``, made once:
     a CA for this broker and a server certificate for 127.0.0.1 / localhost signed by it."""
-    import datetime
-    import ipaddress
-
+    # lazy: cryptography is a test extra, needed only for a TLS broker
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

@@ -44,7 +44,7 @@ def _spans(t: np.ndarray, gaps: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def plot_timeline(lanes: list[Lane], path: str, size_px: tuple[int, int] = (1400, 800),
                   title: str = "") -> str:
     """Write the timeline PNG of exactly ``size_px`` pixels; returns the path."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only for --plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -398,7 +398,7 @@ _STATUS_STYLE = {PASS: "bold green", FAIL: "bold red", SKIP: "yellow"}
 
 def render(report: dict, console) -> None:
     """Print the report as tables on a rich ``Console`` (colours only when it is a terminal)."""
-    from rich.table import Table
+    from rich.table import Table  # lazy: rich only for the tables a person reads
     from rich.text import Text
 
     def table(title: str, headers: list[str], rows: list[list], right: set[int]) -> None:

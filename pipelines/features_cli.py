@@ -56,7 +56,7 @@ def _plain(v):
 
 def get_features(repo: str, session: str, at: pd.Timestamp | None = None) -> dict | None:
     """The session's feature row (online, or point-in-time ``at``); None when it has none."""
-    from mmalign.encoders import feature_store as fs
+    from mmalign.encoders import feature_store as fs  # lazy: feast and the encoders (torch)
     store = fs.load_store(repo)
     if at is None:
         got = fs.read_online(store, [session])
@@ -104,7 +104,7 @@ def cmd_get(ns) -> int:
 
 
 def cmd_materialize(ns) -> int:
-    from mmalign.encoders import feature_store as fs
+    from mmalign.encoders import feature_store as fs  # lazy: feast and the encoders (torch)
     warnings.simplefilter("ignore")
     try:
         start = parse_time(ns.start) if ns.start else pd.Timestamp(0, tz="UTC")

@@ -1,5 +1,8 @@
 """Sensor contract: one row per sample; t_ns, pos, then one float64 column per channel."""
 
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa_pd
 import pyarrow as pa
 
 SCHEMA_VERSION = "sensor/1.0"
@@ -14,10 +17,6 @@ def arrow_schema(channels: list[str]) -> pa.Schema:
 
 def pandera_schema(channels: list[str], max_abs: float = MAX_ABS_VALUE):
     """The sensor contract: int64 times, every channel finite and within +-max_abs."""
-    import numpy as np
-    import pandas as pd
-    import pandera.pandas as pa_pd
-
     def finite(s):
         return pd.Series(np.isfinite(s.to_numpy(dtype=np.float64, na_value=np.nan)),
                          index=s.index)

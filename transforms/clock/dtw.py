@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from fastdtw import fastdtw
 
 METRICS = ("abs", "sq")
 ENGINES = ("banded", "fastdtw")
@@ -186,8 +187,6 @@ def path_cost(x, y, path_i: np.ndarray, path_j: np.ndarray, metric: str = "abs")
 
 def fastdtw_path(x, y, radius: int = 1, metric: str = "abs") -> DTWResult:
     """The ``fastdtw`` package's approximate DTW (pure Python; slow on long inputs)."""
-    from fastdtw import fastdtw
-
     x, y = _check_series(x, "x"), _check_series(y, "y")
     if metric not in METRICS:
         raise ValueError(f"DTW metric must be one of {METRICS}, got {metric!r}")
