@@ -53,6 +53,7 @@ from mmalign.schemas.aligned import (
 from mmalign.schemas.encoders import EncoderConfig, EncodersConfig
 from mmalign.schemas.manifest import Manifest, ManifestError, Stream
 from mmalign.transforms.decode.sources import SensorRows, SourceRef
+from mmalign.transforms.metrics import ENCODE
 from mmalign.transforms.tags import DEAD, MAIN
 
 SENSOR_CACHE_FILES = 4
@@ -411,9 +412,9 @@ class EncodeAlignedFn(beam.DoFn):
             ok = sum(s == OK for s in st)
             missing = sum(s.startswith("no_input") for s in st)
             m = se.stream.modality
-            beam.metrics.Metrics.counter("encode", f"{m}.ok").inc(ok)
-            beam.metrics.Metrics.counter("encode", f"{m}.no_input").inc(missing)
-            beam.metrics.Metrics.counter("encode", f"{m}.failed").inc(len(st) - ok - missing)
+            ENCODE.count("ok", ok, modality=m)
+            ENCODE.count("no_input", missing, modality=m)
+            ENCODE.count("failed", len(st) - ok - missing, modality=m)
         for d in dead:
             yield beam.pvalue.TaggedOutput(DEAD, d)
         yield (session_id, bucket), out
