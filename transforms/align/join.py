@@ -255,10 +255,18 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece],
         ctx = tt.column("t_ns").to_numpy() if tt is not None else np.zeros(0, np.int64)
         ctx_pos = tt.column("pos").to_numpy() if tt is not None else np.zeros(0, np.int64)
     else:
-        lo = min((int(t.column("t_ns")[0].as_py()) for t in tables.values() if t.num_rows),
-                 default=0)
-        hi = max((int(t.column("t_ns")[-1].as_py()) for t in tables.values() if t.num_rows),
-                 default=-1)
+        # fixed-rate ticks span the session's data: from the streams' whole extents when
+        # known (a bucket then cuts exactly the whole-session ticks), else from what the
+        # bucket sees
+        spans = [(extents or {}).get((plan.session_id, sp.stream_id)) for sp in plan.streams]
+        spans = [x for x in spans if x is not None]
+        if spans:
+            lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        else:
+            lo = min((int(t.column("t_ns")[0].as_py()) for t in tables.values() if t.num_rows),
+                     default=0)
+            hi = max((int(t.column("t_ns")[-1].as_py()) for t in tables.values()
+                      if t.num_rows), default=-1)
         ctx = fixed_rate_ticks(lo_b - tick_margin, hi_b + tick_margin, plan.rate_hz, lo, hi)
         ctx_pos = np.rint(ctx * plan.rate_hz / 1e9).astype(np.int64)
     own = (ctx >= lo_b) & (ctx < hi_b)

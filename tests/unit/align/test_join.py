@@ -296,10 +296,6 @@ def test_fixed_rate_ticks_of_a_bucket():
     assert b1.column("bucket").to_pylist() == [1] * 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "align_bucket takes the fixed-rate tick range from the samples the bucket itself sees, "
-    "not from the session's extents: a tick at a bucket's start is lost when no stream has a "
-    "sample within its margin before it (here 9 of 99 ticks); transforms/align/join.py"))
 def test_fixed_rate_ticks_do_not_depend_on_where_the_buckets_cut():
     cam = plan("cam", "video", "nearest", tolerance_ms=16)
     t = np.rint((5 + np.arange(300) * 1000 / 30) * MS).astype(np.int64)   # 30 fps from 5 ms

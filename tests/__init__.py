@@ -1,0 +1,1 @@
+"""The test suite (unit/, integration/, bad_inputs/) and its shared helpers."""
