@@ -22,7 +22,8 @@ ids already on the topic (deadletter/kafka_topic.py ``letter_id``).
 Compaction (``compact``, at every start and stop of the job): each read log is rewritten to
 the lines a later restart can still use, so a restart reads the unwritten part of the stream,
 not the job's whole history. It is exact: ``resume`` and the stop's complete sessions give the
-same answers before and after (tests/test_stream_ledger.py checks that on random ledgers).
+same answers before and after (tests/unit/pipelines/test_stream_ledger.py checks that on
+random ledgers).
 ``written.jsonl`` (one line per bucket file) is kept whole.
 """
 

@@ -2,7 +2,7 @@
 
 A *set* holds one sample per stream; its *span* is latest minus earliest time. Samples arrive
 in time order per stream (not across streams). Exact semantics implemented (and verified
-against a brute-force reference in tests/test_approx_sets.py), with queues large enough:
+against a brute-force reference in tests/unit/align/test_approx_sets.py), with queues large enough:
 
 1. Order samples by the key (t, stream). Let the *heads* be each stream's first sample not yet
    used or dropped. If the heads span more than ``max_span_ns``, the earliest head can never be
