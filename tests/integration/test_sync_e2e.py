@@ -15,6 +15,8 @@ import pytest
 
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.pipelines.summary import render
+from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.sync import SyncResult
 from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import run_mmalign
 
@@ -54,9 +56,7 @@ def truth(gt, stream):
 def offset_error_ms(result, gt, stream, at_ns):
     """Error of the recovered mapping at a device time inside the recording (offset and
     drift trade off against each other away from the anchor)."""
-    from mmalign.schemas.clock import ClockModel
-    m = result["model"]
-    est = ClockModel(m["offset_ns"], m["drift_ppm"] * 1e-6, m["anchor_ns"])
+    est = SyncResult.from_dict(result).model
     off, ppm = truth(gt, stream)
     true = ClockModel.declared(off, ppm)
     return float(np.max(np.abs(est.to_ref(at_ns) - true.to_ref(at_ns)))) / 1e6
@@ -70,7 +70,6 @@ def test_recovered_clock_within_target(synced, stream, limit_ms):
     gt = synced["gt"]
     dev = np.array(gt["streams"]["cam0"]["frames"]["t_dev_ns"][::30], np.int64)
     off, ppm = truth(gt, stream)
-    from mmalign.schemas.clock import ClockModel
     at = ClockModel.declared(off, ppm).to_dev(dev)    # the stream's device times over the take
     assert offset_error_ms(r, gt, stream, at) <= limit_ms
 
