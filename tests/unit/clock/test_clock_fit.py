@@ -158,7 +158,7 @@ def test_finalize_composes_with_the_reference_model_when_confident(long_recordin
     t = np.arange(90, 340, 10, dtype=np.int64) * NS
     np.testing.assert_allclose(out.model.to_ref(t), ref_model.to_ref(r.model.to_ref(t)),
                                atol=2)
-    d = out.as_dict()
+    d = out.to_dict()
     json.dumps(d)
     assert d["model"]["source"] == "estimated" and d["estimate"]["source"] == "estimated"
 

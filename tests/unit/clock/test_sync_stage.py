@@ -149,7 +149,7 @@ def test_estimate_clocks_end_to_end(recording, tmp_path):
         lidar = got["lidar"]
         assert lidar.fell_back and "no chunks" in lidar.reason
         assert lidar.model == ClockModel(5, 1e-6, 0, "fallback", 0.0)
-        json.dumps([r.as_dict() for r in got.values()])
+        json.dumps([r.to_dict() for r in got.values()])
 
     run_stage(chunks, m, declared, check)
 
