@@ -584,13 +584,6 @@ def test_interpolated_stream(rec, expected):
     compare(rec, exp, {"imu__abs_dt_ns": None}, got)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "interpolate writes __dt_ns = min(|t_left - tick|, |t_right - tick|), always >= 0 "
-    "(transforms/align/join.py); README 'Outputs' documents __dt_ns as sample time - tick "
-    "time and join.py's docstring as 'signed time from the tick to the sample used', so a "
-    "tick whose nearer bracketing sample precedes it should get a negative dt (seed 11: 123 "
-    "of 238 imu rows, e.g. tick 502300000 between samples at 500010728 and 505032501: "
-    "documented -2289272, written +2289272)"))
 def test_interpolate_dt_is_signed(rec, expected):
     compare(rec, expected, {"imu__dt_ns": None})
 

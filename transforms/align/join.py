@@ -173,10 +173,14 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
                                                   bounds=bounds)
         ok = left >= 0
         cols[c(STATUS)] = _status(status)
-        near = np.where(ok, np.minimum(np.abs(ticks - t[np.maximum(left, 0)]) if t.size else 0,
-                                       np.abs(t[np.maximum(right, 0)] - ticks) if t.size else 0),
-                        0)
-        cols[c(DT_NS)] = pa.array(near, pa.int64(), mask=~ok)
+        # signed: sample time - tick time of the nearer bracketing sample (earlier on a tie)
+        if t.size:
+            d_left = t[np.maximum(left, 0)] - ticks
+            d_right = t[np.maximum(right, 0)] - ticks
+            near = np.where(np.abs(d_left) <= np.abs(d_right), d_left, d_right)
+        else:
+            near = np.zeros(m, np.int64)
+        cols[c(DT_NS)] = pa.array(np.where(ok, near, 0), pa.int64(), mask=~ok)
         for j, ch in enumerate(channels):
             cols[c(ch)] = pa.array(out[:, j], pa.float64(), from_pandas=True)
         if table is not None:

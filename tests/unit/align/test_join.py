@@ -143,7 +143,8 @@ def test_interpolate_across_a_short_gap_but_not_a_long_one():
     assert col(cols, "imu__x") == [None, 0.0, 5.0, 20.0, None, 75.0, 50.0, None]
     assert col(cols, "imu__pos") == [None, 0, 0, 1, None, 3, 4, None]
     assert col(cols, "imu__pos_right") == [None, 0, 1, 2, None, 4, 4, None]
-    assert in_ms(col(cols, "imu__dt_ns")) == [None, 0, 5, 10, None, 5, 0, None]
+    # signed: the nearer bracketing sample's time - the tick (the earlier one on a tie)
+    assert in_ms(col(cols, "imu__dt_ns")) == [None, 0, -5, -10, None, -5, 0, None]
     assert col(cols, "imu__src") == [None] + ["imu.csv"] * 3 + [None] + ["imu.csv"] * 2 + [None]
 
 
