@@ -31,10 +31,12 @@ from mmalign.encoders.fusion import OK, fusion_columns, stream_columns
 from mmalign.encoders.handlers import (
     EncodeFailure,
     EncodeRequest,
+    load_runner,
     preprocess_request,
     preprocess_video,
     run_batch,
 )
+from mmalign.encoders.registry import preprocess_options
 from mmalign.schemas.aligned import (
     EMB_STATUS,
     POS,
@@ -334,7 +336,6 @@ def encode_stream(table: pa.Table, se: StreamEncode, runner, inputs: list, opts:
 def encode_table(table: pa.Table, plan: SessionEncode, runners: dict[str, Any],
                  sensor_rows, run_id: str = "") -> tuple[pa.Table, list[DeadLetter]]:
     """The aligned ``table`` with every planned stream's columns (+ fusion) appended."""
-    from mmalign.encoders.registry import preprocess_options
     cols: dict[str, pa.Array] = {}
     mats, dead = [], []
     for se in plan.streams:
@@ -381,7 +382,6 @@ class EncodeAlignedFn(beam.DoFn):
         self._lock = threading.Lock()
 
     def setup(self):
-        from mmalign.encoders.handlers import load_runner
         self._holders = {k: self._shared[k].acquire(
             lambda cfg=cfg: _Holder(load_runner(cfg)), tag=k) for k, cfg in self._cfgs.items()}
         self.runners = {k: h.runner for k, h in self._holders.items()}

@@ -21,6 +21,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from mmalign.deadletter.file_sink import WriteDeadLetters
 from mmalign.encoders.feature_store import feature_store_sink
 from mmalign.pipelines.core import AlignCore, Job, prepare
+from mmalign.pipelines.summary import summarize
+from mmalign.schemas.sync import write_session_sync
 from mmalign.transforms.decode.stage import DecodeStreams
 from mmalign.transforms.io.commit import SUMMARY, commit, recover, staging_dir
 from mmalign.transforms.io.parquet import WriteAlignedFn
@@ -38,27 +40,12 @@ class WriteSyncResults(beam.PTransform):
         root = self.root
 
         def write(session_id, items):
-            from mmalign.transforms.io.parquet import session_dir
-            d = session_dir(root, session_id)
-            d.mkdir(parents=True, exist_ok=True)
-            body = {stream: r.as_dict() for stream, r in sorted(items)}
-            (d / "sync.json").write_text(json.dumps(body, indent=2, sort_keys=True))
-            return str(d / "sync.json")
+            return str(write_session_sync(root, session_id, dict(items)))
 
         return (results
                 | "BySession" >> beam.MapTuple(lambda s, st, r: (s, (st, r)))
                 | "Group" >> beam.GroupByKey()
                 | "Write" >> beam.MapTuple(write))
-
-
-def read_sync_results(out: str | Path) -> dict[str, dict]:
-    """{"<session>/<stream>": SyncResult dict} from a run's OUT/sync folder."""
-    found = {}
-    for f in sorted(Path(out, "sync").glob("session_id=*/sync.json")):
-        session = f.parent.name.split("=", 1)[1]
-        for stream, r in json.loads(f.read_text()).items():
-            found[f"{session}/{stream}"] = r
-    return found
 
 
 def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
@@ -85,8 +72,6 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
 
     Everything is written under OUT/.staging/<run> and committed at the end in one step
     (transforms/io/commit.py): a run that fails or is killed leaves the previous output."""
-    from mmalign.pipelines.summary import summarize
-
     job = prepare(manifest_paths, out, run_id)
     recover(job.out)                         # finish or clear what an interrupted run left
     staging = staging_dir(job.out, job.run_id)

@@ -89,7 +89,7 @@ class Job:
     def metadata(self) -> dict:
         return {"run_id": self.run_id,
                 "sessions": {s: p.params for s, p in self.plans.items()},
-                "clocks": {f"{k[0]}/{k[1]}": m.as_dict() for k, m in self.declared.items()}}
+                "clocks": {f"{k[0]}/{k[1]}": m.to_dict() for k, m in self.declared.items()}}
 
 
 def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | None = None) -> Job:

@@ -22,6 +22,7 @@ skips buckets already written and dead letters already on the topic.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmalign.deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
 from mmalign.encoders.feature_store import feature_store_sink
+from mmalign.infra import InfraError
+from mmalign.infra.prism import pipeline_args as prism_args
 from mmalign.pipelines.core import AlignCore, Job, bucketing, new_run_id, prepare
+from mmalign.pipelines.kafka_config import kafka_failure, settings_from_args
 from mmalign.pipelines.stream_ledger import (
     Geometry,
     HoldBackFn,
@@ -43,7 +47,7 @@ from mmalign.pipelines.stream_ledger import (
 )
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.envelope import MessageError, decode_chunk, split
-from mmalign.schemas.kafka import KafkaSettings
+from mmalign.schemas.kafka import KafkaConfigError, KafkaSettings
 from mmalign.schemas.manifest import ManifestError
 from mmalign.transforms import metrics
 from mmalign.transforms.io.kafka import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
@@ -112,7 +116,7 @@ class IngestFn(beam.DoFn):
 def partition_specs(settings: KafkaSettings, topics: list[str], group_id: str
                     ) -> list[PartitionSpec]:
     """One spec per partition of ``topics``, starting at the group's committed offset."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer, TopicPartition  # lazy: kafka-python only with a broker
     consumer = KafkaConsumer(**settings.common(), group_id=group_id, enable_auto_commit=False)
     try:
         specs = []
@@ -219,7 +223,6 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
     skip_ids = letter_ids(settings) if plan.replaying else frozenset()
     args = pipeline_args
     if args is None:
-        from mmalign.infra.prism import pipeline_args as prism_args
         args = prism_args(streaming=True)
     t0 = time.perf_counter()
     with beam.Pipeline(options=PipelineOptions(args)) as p:
@@ -257,13 +260,9 @@ def _counters(result) -> dict[str, int]:
 
 def cmd_stream(ns) -> int:
     """`mmalign stream`: exit 0 stopped cleanly, 1 Kafka/runner failure, 2 bad input."""
-    import sys
 
-    from kafka.errors import KafkaError
+    from kafka.errors import KafkaError  # lazy: kafka-python only with a broker
 
-    from mmalign.infra import InfraError
-    from mmalign.pipelines.kafka_config import kafka_failure, settings_from_args
-    from mmalign.schemas.kafka import KafkaConfigError
     try:
         settings = settings_from_args(ns)
         opts = StreamOptions(group_id=ns.group_id, max_out_of_orderness_s=ns.out_of_orderness,

@@ -60,7 +60,6 @@ class ClockModel:
                 "anchor_ns": self.anchor_ns, "source": self.source,
                 "confidence": self.confidence}
 
-    as_dict = to_dict   # the older name, still used by pipelines/core.py and backfill.py
 
     @classmethod
     def from_dict(cls, d: dict) -> ClockModel:

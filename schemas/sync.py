@@ -59,7 +59,6 @@ class SyncResult:
                 d[k] = None
         return d
 
-    as_dict = to_dict   # the older name, still used by pipelines/backfill.py
 
     @classmethod
     def from_dict(cls, d: dict) -> SyncResult:
