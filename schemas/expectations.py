@@ -71,7 +71,7 @@ def aligned_expectations(columns: list[str], policies: dict[str, dict],
             elif pol.get("policy") == "interpolate":
                 gap = round(float(pol.get("max_gap_ms", 0)) * 1e6)
                 e.append(Expectation("ExpectColumnValuesToBeBetween", {
-                    "column": col(aligned.DT_NS), "min_value": 0, "max_value": gap}))
+                    "column": col(aligned.DT_NS), "min_value": -gap, "max_value": gap}))
         if col(aligned.POS) in cols:
             e.append(Expectation("ExpectColumnValuesToBeBetween", {"column": col(aligned.POS),
                                                                    "min_value": 0}))
