@@ -96,9 +96,13 @@ def test_gpu_hint_only_on_the_encoder_stage(dry_run) -> None:
     leaves = [t.unique_name for t in comps.transforms.values()
               if not t.subtransforms and t.environment_id]
     gpu = [n for n in leaves if hinted(n)]
-    assert gpu and all("Encode" in n.split("/")[:-1] for n in gpu), gpu
-    assert [n for n in leaves if n.startswith("Align")] and not any(
-        hinted(n) for n in leaves if not n.startswith("Encode"))
+    def stage(n: str) -> str:          # "Core/Encode/ParDo(...)" -> "Encode"
+        parts = n.split("/")
+        return parts[1] if parts[0] == "Core" and len(parts) > 1 else parts[0]
+
+    assert gpu and all(stage(n) == "Encode" for n in gpu), gpu
+    assert [n for n in leaves if stage(n) == "Align"] and not any(
+        hinted(n) for n in leaves if stage(n) != "Encode")
     env = next(comps.environments[t.environment_id] for t in comps.transforms.values()
                if t.unique_name in gpu)
     assert env.resource_hints[ACCEL_URN].decode() == DEFAULT_GPU
