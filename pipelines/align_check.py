@@ -14,6 +14,7 @@ Exit codes: 0 every check holds; 1 a check failed (the failing checks are listed
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -479,6 +480,10 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
                    + registration_checks(ins.registration, th))
     if expectations and not has_rows:
         ins.expectations = {"state": "not run", "reason": "no aligned rows"}
+    elif expectations and not _has_gx():
+        ins.expectations = {"state": "not run", "reason": "great-expectations is not installed "
+                            "(pip install 'mmalign[gx]'), or run with --no-expectations"}
+        ins.checks.append(Check("expectations", FAIL, ins.expectations["reason"]))
     elif expectations:
         with _progress(progress) as bar:
             bar.add_task("great-expectations suite", total=None, note="")
@@ -490,6 +495,11 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
     else:
         ins.expectations = {"state": "not run", "reason": "--no-expectations"}
     return ins
+
+
+def _has_gx() -> bool:
+    """Whether the great-expectations suite can run (the ``gx`` extra)."""
+    return importlib.util.find_spec("great_expectations") is not None
 
 
 def _listed(summary: dict, key: str) -> list:

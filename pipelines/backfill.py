@@ -19,8 +19,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmalign.deadletter.file_sink import WriteDeadLetters
-from mmalign.encoders.feature_store import feature_store_sink
-from mmalign.pipelines.core import AlignCore, Job, prepare
+from mmalign.pipelines.core import AlignCore, Job, online_store_sink, prepare
 from mmalign.pipelines.summary import summarize
 from mmalign.schemas.sync import write_session_sync
 from mmalign.transforms.decode.stage import DecodeStreams
@@ -58,7 +57,7 @@ def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
     written = core["aligned"] | "WriteAligned" >> beam.ParDo(
         WriteAlignedFn(str(staging / "aligned"), job.metadata()))
     dead = [decoded[DEAD], core["dead"]]
-    sink = feature_store_sink(job.manifests, job.out, job.run_id)
+    sink = online_store_sink(job)
     if sink is not None:                    # Feast online store, after the Parquet write
         dead.append((written | "WriteOnline" >> sink)[DEAD])
     letters = (tuple(dead) | "AllDead" >> beam.Flatten()

@@ -25,10 +25,10 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-from mmalign.encoders.stage import encode_stage
 from mmalign.pipelines.runners import with_stage_hints
 from mmalign.schemas.calibration import load_calibration
 from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.errors import missing_extra
 from mmalign.schemas.manifest import Manifest, ManifestError, load_manifest
 from mmalign.schemas.names import check_name
 from mmalign.transforms.align.buckets import AssignBuckets
@@ -139,10 +139,28 @@ def post_align_stages(job: Job) -> list[tuple[str, beam.PTransform]]:
     registration, then encoders, when the manifests configure them. Each maps
     ((session, bucket), table) to the same keys with new columns (main) and DeadLetters."""
     stages = registration_stages(job.manifests, job.run_id)
-    encode = encode_stage(job.manifests, job.run_id)
-    if encode is not None:
-        stages.append(("Encode", encode))
+    if any(m.encoders is not None for m in job.manifests):
+        try:   # lazy: the encoders extra (torch) only when a manifest asks for encoders
+            from mmalign.encoders.stage import encode_stage
+        except ImportError as e:
+            raise missing_extra(e, "the manifest's encoders: section") from None
+        encode = encode_stage(job.manifests, job.run_id)
+        if encode is not None:
+            stages.append(("Encode", encode))
     return stages
+
+
+def online_store_sink(job: Job):
+    """The feature-store sink the manifests ask for (a ParDo over written Parquet paths with
+    MAIN/DEAD outputs), or None."""
+    if not any(m.encoders is not None and m.encoders.feature_store.enabled
+               for m in job.manifests):
+        return None
+    try:   # lazy: the encoders and feast extras only when a manifest enables the store
+        from mmalign.encoders.feature_store import feature_store_sink
+    except ImportError as e:
+        raise missing_extra(e, "the feature store (encoders.feature_store)") from None
+    return feature_store_sink(job.manifests, job.out, job.run_id)
 
 
 class AlignCore(beam.PTransform):

@@ -31,10 +31,16 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmalign.deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
-from mmalign.encoders.feature_store import feature_store_sink
 from mmalign.infra import InfraError
 from mmalign.infra.prism import pipeline_args as prism_args
-from mmalign.pipelines.core import AlignCore, Job, bucketing, new_run_id, prepare
+from mmalign.pipelines.core import (
+    AlignCore,
+    Job,
+    bucketing,
+    new_run_id,
+    online_store_sink,
+    prepare,
+)
 from mmalign.pipelines.kafka_config import kafka_failure, settings_from_args
 from mmalign.pipelines.stream_ledger import (
     Geometry,
@@ -186,7 +192,7 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
         WriteAlignedFn(str(job.out / "aligned"), job.metadata()))
     done = written
     dead = [read[DEAD], ingested[DEAD], core["dead"]]
-    sink = feature_store_sink(job.manifests, job.out, job.run_id)
+    sink = online_store_sink(job)
     if sink is not None:                    # Feast online store, after each bucket's Parquet
         online = written | "WriteOnline" >> sink
         dead.append(online[DEAD])
