@@ -5,7 +5,13 @@ On disk, one JSON object per session, ``OUT/sync/session_id=<s>/sync.json``: str
 
     {"mic": {"stream_id": "mic", "reference": "cam0", "confidence": 0.93,
              "fell_back": false, "reason": "", "model": {"offset_ns": ..., "drift_ppm": ...},
-             "estimate": {...}, "engine": "banded", "warnings": [], ...}}
+             "estimate": {...}, "engine": "banded", "warnings": [],
+             "evidence": {"pair_dev_ns": [...], "pair_ref_ns": [...], "residual_ms": [...],
+                          "inlier": [...], "path_dev_ns": [...], "path_ref_ns": [...]}, ...}}
+
+``evidence`` is what the fit saw (``SyncEvidence``): the matched landmark pairs with their
+residuals to the fitted line and a subsample of the DTW path; align-check ``--plot-sync`` and
+``mmalign view`` draw it. A result without a fit (a fallback before any match) has none.
 """
 
 from __future__ import annotations
@@ -27,6 +33,34 @@ from mmalign.schemas.layout import (
 
 SYNC_FILE = "sync.json"
 _FLOATS = ("confidence", "dtw_cost", "residual_rms_ms", "residual_max_ms")   # null = NaN
+MAX_PATH_POINTS = 600         # the DTW path is kept as at most this many points
+
+
+@dataclass(frozen=True)
+class SyncEvidence:
+    """The fit's evidence, in device times (int ns): the stream's clock and the *reference
+    stream's* device clock (what ``SyncResult.estimate`` maps between).
+
+    Landmark pair k: a stream landmark at ``pair_dev_ns[k]`` matched to a reference landmark
+    at ``pair_ref_ns[k]``; ``residual_ms[k]`` = (ref - dev) - the fitted line at dev, in ms;
+    ``inlier[k]``: used by the final least-squares fit (|residual| within the tolerance).
+    The DTW path (after the coarse offset): point j links stream time ``path_dev_ns[j]`` to
+    reference time ``path_ref_ns[j]`` (evenly subsampled to ``MAX_PATH_POINTS``)."""
+    pair_dev_ns: tuple[int, ...] = ()
+    pair_ref_ns: tuple[int, ...] = ()
+    residual_ms: tuple[float, ...] = ()
+    inlier: tuple[bool, ...] = ()
+    path_dev_ns: tuple[int, ...] = ()
+    path_ref_ns: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SyncEvidence:
+        conv = {"residual_ms": float, "inlier": bool}
+        return cls(**{f.name: tuple(conv.get(f.name, int)(v) for v in d.get(f.name) or ())
+                      for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -47,6 +81,7 @@ class SyncResult:
     residual_max_ms: float = float("nan")
     estimate: ClockModel | None = None   # the fitted model, also when it was not used
     warnings: tuple[str, ...] = ()       # input problems that were skipped (bad chunks)
+    evidence: SyncEvidence | None = None  # landmark pairs, residuals, DTW path of the fit
 
     def to_dict(self) -> dict:
         """A plain JSON-ready dict (non-finite numbers as None): ``from_dict`` reads it."""
@@ -54,6 +89,7 @@ class SyncResult:
         d["model"] = self.model.to_dict()
         d["estimate"] = self.estimate.to_dict() if self.estimate else None
         d["warnings"] = list(self.warnings)
+        d["evidence"] = self.evidence.to_dict() if self.evidence else None
         for k, v in d.items():
             if isinstance(v, float) and not math.isfinite(v):
                 d[k] = None
@@ -68,6 +104,7 @@ class SyncResult:
         kw["model"] = ClockModel.from_dict(d["model"])
         kw["estimate"] = ClockModel.from_dict(d["estimate"]) if d.get("estimate") else None
         kw["warnings"] = tuple(d.get("warnings") or ())
+        kw["evidence"] = SyncEvidence.from_dict(d["evidence"]) if d.get("evidence") else None
         for k in _FLOATS:
             if k in kw:
                 kw[k] = float("nan") if kw[k] is None else float(kw[k])

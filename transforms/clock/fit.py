@@ -24,7 +24,7 @@ import numpy as np
 from scipy.signal import correlate, correlation_lags, find_peaks
 
 from mmalign.schemas.clock import ClockModel
-from mmalign.schemas.sync import SyncResult
+from mmalign.schemas.sync import MAX_PATH_POINTS, SyncEvidence, SyncResult
 from mmalign.transforms.clock.dtw import run_dtw
 from mmalign.transforms.clock.features import NS, Feature, condition
 
@@ -225,11 +225,18 @@ def estimate_clock(ref: Feature, dev: Feature, *, engine: str = "banded", band_s
     rms = float(np.sqrt(np.mean(resid ** 2))) if inl.any() else float("inf")
     conf = _confidence(int(inl.sum()), n_side, rms, tol)
     model = ClockModel(round(c * NS), s, anchor, "estimated", conf)
+    keep = np.unique(np.linspace(0, len(res.path_i) - 1, MAX_PATH_POINTS).round().astype(int))
+    evidence = SyncEvidence(
+        tuple(int(v) for v in np.round(x * NS + anchor)),
+        tuple(int(v) for v in np.round((x + y) * NS + anchor)),
+        tuple(float(v) for v in (y - c - s * x) * 1e3), tuple(bool(v) for v in inl),
+        tuple(int(round(v)) for v in (a - lag + res.path_j[keep]) * step_ns),
+        tuple(int(round(v)) for v in (a + res.path_i[keep]) * step_ns))
     return SyncResult(stream_id, reference, model, conf, False, "", engine,
                       f"{dev.name}~{ref.name}", round(lag * step_ns),
                       res.cost / max(1, len(res.path_i)), len(x), int(inl.sum()),
                       rms * 1e3, float(np.max(np.abs(resid))) * 1e3 if inl.any() else np.inf,
-                      model)
+                      model, evidence=evidence)
 
 
 def finalize(result: SyncResult, ref_model: ClockModel, declared: ClockModel,
