@@ -17,6 +17,10 @@ import numpy as np
 # The largest |time| (device or reference, ns) the pipeline accepts: 2**62 ns is ~146 years
 # either side of 0, so sums of a time, a clock offset and a margin stay inside int64.
 MAX_ABS_TIME_NS = 2**62
+# The largest |drift| any clock model may carry (10 %): the calibration file allows +-1 %, a
+# DTW-sync estimate up to its ``sync.max_drift_ppm`` (at most this); the audio-window policy
+# treats blocks as contiguous through any drift up to it.
+MAX_DRIFT = 0.1
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ whole-session result (indices shifted by the bucket's first sample), proved per 
 - nearest: a match is within ``tolerance`` of its tick, so ``M = tolerance``.
 - interpolate: a usable bracket is at most ``max_gap`` wide and contains the tick: ``M = max_gap``.
 - audio_window: the block holding the window start begins at most one block before it, and a
-  block's end depends on the next block's start, at most one block (+ drift slack) after the
-  window end: ``M = ceil(window/2) + 2*block + 2``.
+  block's end depends on the next block's start, at most one block (x (1 + drift) + the 1/8
+  contiguity slack, < 2 blocks) after the window end: ``M = ceil(window/2) + 2*block + 2``.
 - text_overlap: segments are intervals; the bucketing assigns a segment to *every* bucket its
   ``[start, end]`` overlaps (transforms/buckets.interval_buckets), so ``M = 0``.
 - one_to_one: see ``one_to_one``; the bucket needs the *ticks* of the margin too, and ticks whose
@@ -38,6 +38,7 @@ from enum import IntEnum
 import numpy as np
 
 from mmalign.schemas import aligned
+from mmalign.schemas.clock import MAX_DRIFT
 
 
 class Status(IntEnum):
@@ -57,6 +58,10 @@ assert STATUS_NAMES == tuple(s.name.lower() for s in Status)
 STATUS_DTYPE = np.int8
 ONE_TO_ONE_MARGIN_TOLERANCES = 4
 DEFAULT_AUDIO_BLOCK_NS = 1_024_000_000   # 1024-sample blocks at the lowest allowed rate, 1 kHz
+# audio blocks whose start is within 1/CONTIGUOUS_SLACK of a block of the nominal position are
+# contiguous: more than any clock drift (MAX_DRIFT, 10 %)
+CONTIGUOUS_SLACK = 8
+assert 1 / CONTIGUOUS_SLACK > MAX_DRIFT
 _BIG = np.iinfo(np.int64).max
 
 
@@ -370,18 +375,24 @@ def audio_blocks_end(block_t, block_pos, block_n, sample_rate: int) -> np.ndarra
     """End time (exclusive) of each block's samples on the reference clock.
 
     A block is *contiguous* with the next when its samples continue (``pos + n == next pos``)
-    and the next starts where the nominal rate says, within max(one sample, 0.1 % of the block)
-    (this absorbs ns rounding and clock drift up to 1000 ppm): it then ends at the next block's
-    start, so time -> sample is piecewise linear through the block starts. Otherwise it ends
-    after its nominal duration ``round(n * 1e9 / rate)`` (clipped at the next start) and the time
-    up to the next block has no samples."""
+    and the next starts where the nominal rate says, within max(one sample, 1/8 of the block):
+    this absorbs ns rounding and any clock drift a model may carry (|drift| <= ``MAX_DRIFT``,
+    10 %), so a drifting stream's blocks, which on the reference clock last ``(1 + drift)``
+    times their nominal duration, still tile the time without holes. A contiguous block ends at
+    the next block's start, so time -> sample is piecewise linear through the block starts
+    (the window is measured in the same clock as the blocks: a full window is ``ok`` at any
+    drift and holds ``w * rate / (1 + drift)`` device samples). Otherwise it ends after its
+    nominal duration ``round(n * 1e9 / rate)`` (clipped at the next start; on the reference
+    clock it truly lasts ``(1 + drift)`` times that: the last block of a stream, or one before
+    a hole, is off by drift x its duration, 5 us for 1024 samples at 44.1 kHz and 200 ppm) and
+    the time up to the next block has no samples."""
     bt = np.asarray(block_t, np.int64)
     n = np.asarray(block_n, np.int64)
     pos = np.asarray(block_pos, np.int64)
     dur = (n * 1_000_000_000 + sample_rate // 2) // sample_rate
     end = bt + dur
     if bt.size > 1:
-        thr = np.maximum(-(-1_000_000_000 // sample_rate), dur[:-1] // 1000)
+        thr = np.maximum(-(-1_000_000_000 // sample_rate), dur[:-1] // CONTIGUOUS_SLACK)
         step = bt[1:] - bt[:-1]
         contiguous = (pos[:-1] + n[:-1] == pos[1:]) & (np.abs(step - dur[:-1]) <= thr)
         end[:-1] = np.where(contiguous, bt[1:], np.minimum(end[:-1], bt[1:]))
