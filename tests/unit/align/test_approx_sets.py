@@ -1,4 +1,8 @@
-"""Approximate-time sets: the online class against a declarative brute-force reference."""
+"""Approximate-time sets: the online class against a declarative brute-force reference.
+
+The reference is the ROS policy without the age penalty (smallest span, ties: the earliest
+state) and with the explicit end-of-input flush, so these tests pass ``age_penalty=0.0`` and
+``flush=True``; ROS's own defaults and test vectors are in test_approx_sets_ros.py."""
 
 import itertools
 
@@ -58,7 +62,8 @@ def test_batch_equals_brute_force(seed):
     N = 2 + seed % 3
     arrays = random_streams(rng, N, n_max=7 if N < 4 else 4)
     for max_span in (0, 5, 15, 1000):
-        idx, dropped = approx_time_sets(arrays, max_span, queue_size=100, with_dropped=True)
+        idx, dropped = approx_time_sets(arrays, max_span, queue_size=100, with_dropped=True,
+                                        age_penalty=0.0, flush=True)
         sets, drops = reference(arrays, max_span)
         assert [tuple(r) for r in idx.tolist()] == sets, (arrays, max_span)
         assert sorted((s, r, why) for s, r, _, why in dropped) == sorted(drops)
@@ -78,7 +83,7 @@ def test_online_output_does_not_depend_on_arrival_interleaving(seed):
     rng = np.random.default_rng(1000 + seed)
     N = 3
     arrays = random_streams(rng, N, n_max=12)
-    want = approx_time_sets(arrays, 20, queue_size=100)
+    want = approx_time_sets(arrays, 20, queue_size=100, flush=True)
     # arrivals: per-stream order kept, streams interleaved at random (delayed stream etc.)
     order = np.concatenate([np.full(a.size, i) for i, a in enumerate(arrays)])
     rng.shuffle(order)
@@ -111,22 +116,35 @@ def test_sets_are_emitted_online_before_the_end():
     assert sync.dropped == []
 
 
-def test_proof_over_known_fronts_emits_without_waiting_for_a_silent_stream():
-    # pivot s1@10, best {5, 10, 6, 4} (span 6). Stream 0 is blocked after 5, but whatever it
-    # sends next, stream 2's 6 -> 20 and stream 3's 14 make every later candidate span >= 10
-    sync = ApproxTimeSync(4, queue_size=10, max_span_ns=100)
+def test_a_blocked_search_waits_for_the_blocking_stream_as_in_ros():
+    # pivot s1@10, best {5, 10, 6, 4} (span 6), stream 0 blocked after 5. ROS searches only
+    # when an empty deque gets a sample: stream 2's 20 lands behind its 6 and proves nothing
+    # (the virtual search, stream 0's next at the pivot time, cannot prove it either)
+    sync = ApproxTimeSync(4, queue_size=10, max_span_ns=100, age_penalty=0.0)
     for i, t in [(3, 4), (0, 5), (2, 6), (1, 10), (3, 14)]:
         assert sync.push(i, t, (i, t)) == []
-    out = sync.push(2, 20, (2, 20))
+    assert sync.push(2, 20, (2, 20)) == []
+    # stream 0's next sample (here 30) runs the search, which proves it
+    out = sync.push(0, 30, (0, 30))
     assert out == [(((0, 5), (1, 10), (2, 6), (3, 4)), (5, 10, 6, 4))]
-    # without it nothing is provable: stream 0 and 2 can still give a tighter set, and do
-    sync = ApproxTimeSync(4, queue_size=10, max_span_ns=100)
+    # a tighter candidate found after the first one replaces it
+    sync = ApproxTimeSync(4, queue_size=10, max_span_ns=100, age_penalty=0.0)
     for i, t in [(3, 4), (0, 5), (2, 6), (1, 10), (3, 14), (0, 9)]:
         assert sync.push(i, t, (i, t)) == []
     assert sync.push(2, 9, (2, 9)) == []
     assert sync.flush() == [(((0, 9), (1, 10), (2, 9), (3, 14)), (9, 10, 9, 14))]
     assert sorted((s, r) for s, r, _, why in sync.dropped if why == "skipped") == [
         (0, (0, 5)), (2, (2, 6)), (3, (3, 4))]
+
+
+def test_bound_publishes_a_proven_candidate_without_waiting():
+    # the streaming extension: a watermark at 20 says stream 0's next sample is >= 20, so
+    # every later candidate holds [10, 20]: the pending one is final
+    sync = ApproxTimeSync(4, queue_size=10, max_span_ns=100, age_penalty=0.0)
+    for i, t in [(3, 4), (0, 5), (2, 6), (1, 10), (3, 14)]:
+        assert sync.push(i, t, (i, t)) == []
+    assert sync.bound(15) == []                  # [10, 15] is no wider than the best (6)
+    assert sync.bound(20) == [(((0, 5), (1, 10), (2, 6), (3, 4)), (5, 10, 6, 4))]
 
 
 def test_queue_overflow_drops_the_oldest_and_reports_it():
@@ -143,8 +161,10 @@ def test_queue_overflow_drops_the_oldest_and_reports_it():
 
 
 def test_max_span_drops_samples_that_can_never_fit():
-    idx, dropped = approx_time_sets([np.array([0, 100, 200]), np.array([150, 201])], 10,
-                                    queue_size=10, with_dropped=True)
+    arrays = [np.array([0, 100, 200]), np.array([150, 201])]
+    # ROS: (200, 201) is a candidate still waiting when the input ends: never published
+    assert approx_time_sets(arrays, 10, queue_size=10).tolist() == []
+    idx, dropped = approx_time_sets(arrays, 10, queue_size=10, with_dropped=True, flush=True)
     assert idx.tolist() == [[2, 1]]
     assert [(s, r, why) for s, r, _, why in dropped] == [(0, 0, "span"), (0, 1, "span"),
                                                          (1, 0, "span")]
