@@ -1,6 +1,6 @@
 """align-check: how well a recording or a backfill output is aligned, for a person or a CI gate.
 
-    align-check PATH [--json] [--plot FILE.png] [--config FILE] [--max-offset-ms 40] ...
+    align-check PATH [--json] [--plot FILE.png] [--plot-sync DIR] [--config FILE] ...
 
 PATH is a recording manifest (every stream decoded and validated here without Beam, clocks
 estimated with DTW-sync's plain functions, the alignment previewed with the align kernels on
@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.deadletter.record import DeadLetter
-from mmalign.pipelines.align_plot import Lane, plot_timeline
+from mmalign.pipelines.align_plot import Lane, plot_sync, plot_timeline
 from mmalign.pipelines.align_report import (
     EXIT_BAD_INPUT,
     FAIL,
@@ -57,9 +57,18 @@ from mmalign.pipelines.align_report import (
     stream_stats,
     ticks_check,
 )
+from mmalign.pipelines.placement import (
+    StreamTimes,
+    covered_spans,
+    place_letters,
+    stream_times,
+)
+from mmalign.pipelines.sync_evidence import sync_pictures
 from mmalign.schemas.aligned import (
+    CUES,
     DT_NS,
     POS,
+    SAMPLE_END,
     SAMPLE_START,
     SRC,
     STATUS,
@@ -209,6 +218,8 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
             feats[(sid, rate)], warns[(sid, rate)] = stream_features(
                 need.modality, rate, need.families[rate], ps)
         results = {r.stream_id: r for r in sync_session(plan, feats, warns)}
+    ins.sync = {"results": {f"{m.session}/{k}": r for k, r in results.items()},
+                "manifests": {m.session: m}}
 
     used: dict[str, ClockModel] = {}
     whole: dict[str, pa.Table] = {}
@@ -241,10 +252,24 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
                                      s.clock_domain == ref_domain, cal, t_dev, th, estimate))
         spans = [(int(model.to_ref([a])[0]), int(model.to_ref([b])[0]))
                  for a, b in st["gap_spans"]]
-        ev = [d.event_time_ns for d in dead_by_stream[s.id] if d.event_time_ns is not None]
+        covered = None
+        if s.modality == "text":    # cues cover [start, end]; time between cues is no gap
+            ends = (t.column("t_end_ns").to_numpy() if t is not None and "t_end_ns" in
+                    t.column_names else t_dev)
+            covered = [(int(a), int(b)) for a, b in zip(model.to_ref(t_dev),
+                                                        model.to_ref(ends))]
+            spans = []
+        pos = (t.column("pos").to_numpy() if t is not None and "pos" in t.column_names
+               else np.zeros(0, np.int64))
+        where = StreamTimes(pos.astype(np.int64), model.to_ref(t_dev),
+                            np.asarray(t.column("src").to_pylist() if t is not None
+                                       else [], object))
+        letters = [{"event_time_ns": d.event_time_ns, "position": d.position,
+                    "source_uri": d.source_uri} for d in dead_by_stream[s.id]]
         ins.lanes.append(Lane(m.session, s.id, s.modality, model.to_ref(t_dev), spans,
-                              dead_ns=model.to_ref(np.asarray(ev, np.int64)),
-                              clock_note=_clock_note(ins.clocks[-1])))
+                              dead_ns=place_letters(letters, where, model, 0),
+                              clock_note=_clock_note(ins.clocks[-1]), spans=covered,
+                              marks=s.modality != "audio"))
     records_in = sum(r["records_in"] for r in ins.streams)
     ins.dead = dead_letter_stats([d.stage for d in dead], [d.reason for d in dead],
                                  [d.stream_id for d in dead], records_in,
@@ -414,7 +439,8 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
                             "tick_ns": pa.array([], pa.int64())})
     found = set(aligned.column("session_id").to_pylist())
     ins = Inspection("output", str(out), sorted(found | set(ran)))
-    cols = ["session_id", "stream_id", "modality", "stage", "reason", "event_time_ns"]
+    cols = ["session_id", "stream_id", "modality", "stage", "reason", "event_time_ns",
+            "position", "source_uri"]
     dead_rows = dead.select(cols + (["records"] if "records" in dead.column_names else [])
                             ).to_pylist()
     accounting = _accounting(summary)
@@ -457,12 +483,17 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
             ins.clocks.append(c)
             st = part.column(column(s, STATUS)).cast(pa.string()).to_pylist()
             ok = np.isin(np.asarray(st, object), VALUE_STATUSES)
-            model = ClockModel.from_dict(clocks.get(f"{session}/{s}") or {})
-            ev = np.asarray([d["event_time_ns"] for d in mine if d["stream_id"] == s
-                             and d["event_time_ns"] is not None], np.int64)
-            ins.lanes.append(Lane(session, s, ins.streams[-1]["modality"], ticks[ok],
-                                  missing_spans(ticks, ok), ticks[~ok], model.to_ref(ev),
-                                  _clock_note(c)))
+            r = sync.get(f"{session}/{s}")      # the model the stream's times went through
+            model = r.model if r is not None else ClockModel.from_dict(
+                clocks.get(f"{session}/{s}") or {})
+            mod = ins.streams[-1]["modality"]
+            own = stream_times(part, s).sorted_unique()
+            first = int(ticks.min()) if ticks.size else 0
+            ins.lanes.append(Lane(
+                session, s, mod, own.t_ns,
+                [] if mod == "text" else missing_spans(ticks, ok), ticks[~ok],
+                place_letters([d for d in mine if d["stream_id"] == s], own, model, first),
+                _clock_note(c), spans=covered_spans(part, s), marks=mod != "audio"))
         cams += registration_stats(part, session)
     recorded = _merge_recording_stats(ins, _listed(summary, "manifests"), th, progress)
     modality_of = {(d["stream_id"], d["modality"]) for d in dead_rows if d["stream_id"]}
@@ -473,6 +504,7 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
     per_mod = Counter(mod for _, mod in modality_of)
     ins.checks += lost_checks([r for r in recorded if per_mod[r["modality"]] > 1], th)
     ins.alignment_note = "from the aligned Parquet" if has_rows else "no aligned rows"
+    ins.sync = {"results": sync, "manifests": {m.session: m for m in manifests}}
     ins.registration = ({"state": "run", "reason": "", "cameras": cams} if cams else
                         {"state": "not run", "reason": "no <camera>__reg_status columns in the "
                          "aligned rows: the registration stage did not run", "cameras": []})
@@ -598,8 +630,17 @@ def _merge_recording_stats(ins: Inspection, manifests: list[str], th: Thresholds
 
 
 def _distinct_used(part: pa.Table, s: str) -> int | None:
-    """How many distinct source samples the stream's ticks used (``__src``, ``__pos``)."""
+    """How many distinct source samples the stream's ticks used (``__src``, ``__pos``): frames
+    or rows; for audio the PCM samples its windows cover (as a recording counts them); for
+    text the distinct cues."""
     names = [c for c in (column(s, POS), column(s, SAMPLE_START)) if c in part.column_names]
+    if column(s, SAMPLE_END) in part.column_names and names == [column(s, SAMPLE_START)]:
+        return _audio_samples_used(part, s)
+    if column(s, CUES) in part.column_names:
+        src = (part.column(column(s, SRC)).cast(pa.string()).to_pylist()
+               if column(s, SRC) in part.column_names else [None] * part.num_rows)
+        return len({(f, c) for f, cs in zip(src, part.column(column(s, CUES)).to_pylist())
+                    for c in cs or ()})
     if not names:
         return None
     keys = [part.column(names[0])]
@@ -607,6 +648,29 @@ def _distinct_used(part: pa.Table, s: str) -> int | None:
         keys.append(part.column(column(s, SRC)).cast(pa.string()))
     t = pa.table({f"k{i}": k for i, k in enumerate(keys)}).drop_null()
     return t.group_by([f"k{i}" for i in range(len(keys))]).aggregate([]).num_rows
+
+
+def _audio_samples_used(part: pa.Table, s: str) -> int:
+    """PCM samples covered by the union of a stream's windows [start, end), per file."""
+    t = pa.table({"src": part.column(column(s, SRC)).cast(pa.string())
+                  if column(s, SRC) in part.column_names else pa.nulls(part.num_rows,
+                                                                       pa.string()),
+                  "a": part.column(column(s, SAMPLE_START)),
+                  "b": part.column(column(s, SAMPLE_END))}).drop_null()
+    total = 0
+    for f in set(t.column("src").to_pylist()):
+        sel = t.filter(pc.equal(t.column("src"), f))
+        a, b = sel.column("a").to_numpy(), sel.column("b").to_numpy()
+        order = np.argsort(a, kind="stable")
+        hi = None
+        for x, y in zip(a[order], b[order]):
+            if hi is None or x > hi:
+                total += int(y - x)
+                hi = y
+            elif y > hi:
+                total += int(y - hi)
+                hi = y
+    return total
 
 
 def _output_clock(session: str, s: str, decl: dict | None, r: SyncResult | None,
@@ -668,6 +732,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON "
                    "(schemas/align_report.schema.json) instead of tables")
     p.add_argument("--plot", metavar="FILE.png", help="write a timeline picture of the streams")
+    p.add_argument("--plot-sync", metavar="DIR", help="write the evidence behind each DTW-sync "
+                   "estimate, one PNG per synced stream: the feature curves before and after "
+                   "the fit, landmark pairs, fitted line, DTW path and residuals")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON thresholds (keys as the "
                    "options below, top level or under align_check:)")
     p.add_argument("--no-expectations", action="store_true",
@@ -682,7 +749,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_check(path: str, th: Thresholds, *, expectations: bool = True, estimate: bool = True,
-              progress: bool = False, plot: str | None = None) -> dict:
+              progress: bool = False, plot: str | None = None,
+              plot_sync_dir: str | None = None) -> dict:
     """The report for PATH (raises BadInput when PATH cannot be checked)."""
     t0 = time.perf_counter()
     p = Path(path)
@@ -706,7 +774,28 @@ def run_check(path: str, th: Thresholds, *, expectations: bool = True, estimate:
             raise BadInput(f"cannot write the plot {plot} ({e.strerror}); give a writable "
                            "path") from None
         report["plot"] = str(plot)
+    if plot_sync_dir:
+        report["plot_sync"] = write_sync_plots(ins, plot_sync_dir)
     return report
+
+
+def write_sync_plots(ins: Inspection, folder: str) -> list[str]:
+    """The sync-evidence PNGs of every DTW-sync result an inspection found (the curves made
+    from its recording when the manifest loads)."""
+    results = ins.sync.get("results", {})
+    manifests = ins.sync.get("manifests", {})
+    by_session: dict[str, dict[str, SyncResult]] = defaultdict(dict)
+    for key, r in results.items():
+        session, _, stream = key.partition("/")
+        by_session[session][stream] = r
+    pictures = []
+    for session, rs in sorted(by_session.items()):
+        pictures += sync_pictures(manifests.get(session), rs, session)
+    try:
+        return plot_sync(pictures, folder)
+    except OSError as e:
+        raise BadInput(f"cannot write the sync plots into {folder} ({e.strerror}); give a "
+                       "writable folder") from None
 
 
 def _json_default(v):
@@ -738,7 +827,8 @@ def main(argv: list[str] | None = None) -> int:
         th = load_thresholds(args.config, overrides)
         report = run_check(args.path, th, expectations=not args.no_expectations,
                            estimate=not args.no_estimate,
-                           progress=not args.json and err.is_terminal, plot=args.plot)
+                           progress=not args.json and err.is_terminal, plot=args.plot,
+                           plot_sync_dir=args.plot_sync)
     except (BadInput, ManifestError) as e:
         err.print(f"align-check: {e}", markup=False, soft_wrap=True)
         return EXIT_BAD_INPUT

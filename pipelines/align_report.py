@@ -340,6 +340,8 @@ class Inspection:
     expectations: dict = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     lanes: list = field(default_factory=list)
+    sync: dict = field(default_factory=dict)      # "results" ("<session>/<stream>" ->
+    #                                               SyncResult), "manifests": for --plot-sync
 
 
 def clock_dict(model: ClockModel | None, t_mid: int) -> dict | None:

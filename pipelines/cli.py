@@ -24,6 +24,8 @@ from mmalign.pipelines.sample_recording import (
     generate_recording,
 )
 from mmalign.pipelines.summary import render
+from mmalign.pipelines.view import add_arguments as add_view_arguments
+from mmalign.pipelines.view import cmd_view
 from mmalign.schemas.manifest import ManifestError
 from mmalign.schemas.names import check_name
 
@@ -138,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     add_generate_arguments(p)
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("view", help="an aligned output in the Rerun viewer: a .rrd file or a "
+                       "local web viewer (the [viewer] extra)")
+    add_view_arguments(p)
+    p.set_defaults(fn=cmd_view)
 
     add_features(sub)
     add_kafka_commands(sub)
