@@ -1,7 +1,7 @@
-"""Dead letters to files: OUT/deadletter/session_id=<s>/deadletters.parquet (batch).
+"""Dead letters to files: OUT/deadletter/<session>/deadletters.parquet (batch).
 
 Letters are grouped per session and sorted (stage, stream, position, reason) so the file is
-deterministic and a rerun replaces it. Letters with no session go to ``session_id=_unknown``.
+deterministic and a rerun replaces it. Letters with no session go to ``unknown-session/``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmalign.deadletter.record import ARROW_SCHEMA, DeadLetter, to_table
-from mmalign.schemas.layout import PARTITION_PREFIX, atomic_write_table, session_dir
+from mmalign.schemas.layout import atomic_write_table, session_dir, session_dirs
 
 FILE_NAME = "deadletters.parquet"
-UNKNOWN_SESSION = "_unknown"
+UNKNOWN_SESSION = "unknown-session"   # a folder Arrow readers do not skip (no "_" or ".")
 
 
 def _order(d: DeadLetter):
@@ -38,7 +38,7 @@ def write_session_letters(root: str | Path, session_id: str, letters) -> str:
 
 
 def read_dead_letters(root: str | Path) -> pa.Table:
-    files = sorted(Path(root).glob(f"{PARTITION_PREFIX}*/{FILE_NAME}"))
+    files = [d / FILE_NAME for d in session_dirs(root) if (d / FILE_NAME).exists()]
     if not files:
         return ARROW_SCHEMA.empty_table()
     return pa.concat_tables([pq.read_table(f) for f in files])

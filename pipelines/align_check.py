@@ -81,7 +81,14 @@ from mmalign.schemas.calibration import Calibration, load_calibration
 from mmalign.schemas.camera_calibration import load_camera_calibration
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.expectations import validate_aligned
-from mmalign.schemas.layout import ALIGNED, DEADLETTER, METADATA_KEY, SUMMARY, session_of
+from mmalign.schemas.layout import (
+    ALIGNED,
+    DEADLETTER,
+    METADATA_KEY,
+    SUMMARY,
+    session_dirs,
+    session_of,
+)
 from mmalign.schemas.manifest import ManifestError, SyncSpec, _read_mapping, load_manifest
 from mmalign.schemas.sync import SyncResult, read_sync_results
 from mmalign.transforms.align.join import fixed_rate_ticks, join_stream, plan_from_manifest
@@ -399,7 +406,7 @@ def _clock_note(c: dict) -> str:
 def _session_params(aligned_dir: Path) -> dict[str, dict]:
     """The ``mmalign`` Parquet metadata of each session's first part file."""
     out = {}
-    for d in sorted(aligned_dir.glob("session_id=*")):
+    for d in session_dirs(aligned_dir):
         files = sorted(d.glob("part-*.parquet"))
         if files:
             meta = pq.read_schema(files[0]).metadata or {}

@@ -24,7 +24,7 @@ from mmalign.pipelines.summary import summarize
 from mmalign.schemas.sync import write_session_sync
 from mmalign.transforms.decode.stage import DecodeStreams
 from mmalign.transforms.io.commit import SUMMARY, commit, recover, staging_dir
-from mmalign.transforms.io.parquet import WriteAlignedFn
+from mmalign.transforms.io.parquet import WriteAlignedFn, unify_for_commit
 from mmalign.transforms.tags import DEAD, MAIN
 
 
@@ -83,8 +83,10 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
         summary = summarize(job, result, time.perf_counter() - t0, staging)
         staging.mkdir(parents=True, exist_ok=True)
         (staging / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True))
+        # every file of OUT/aligned shares one schema after the commit (readers read it whole)
+        also = unify_for_commit(job.out, staging, list(job.plans))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    commit(job.out, job.run_id, list(job.plans))
+    commit(job.out, job.run_id, list(job.plans) + also)
     return summary

@@ -26,6 +26,7 @@ from mmalign.pipelines.sample_recording import (
 from mmalign.pipelines.summary import render
 from mmalign.pipelines.view import add_arguments as add_view_arguments
 from mmalign.pipelines.view import cmd_view
+from mmalign.schemas.layout import session_dir
 from mmalign.schemas.manifest import ManifestError
 from mmalign.schemas.names import check_name
 
@@ -59,7 +60,7 @@ def _sessions_without_rows(summary: dict) -> list[str]:
     """Sessions of the run with no aligned Parquet part (no ticks: nothing was aligned)."""
     root = Path(summary.get("aligned_dir") or "")
     return [s for s in summary.get("sessions", [])
-            if not any((root / f"session_id={s}").glob("part-*.parquet"))]
+            if not any(session_dir(root, s).glob("part-*.parquet"))]
 
 
 def _report(summary: dict, as_json: bool) -> int:

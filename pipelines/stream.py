@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmalign.deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
@@ -54,10 +55,17 @@ from mmalign.pipelines.stream_ledger import (
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.envelope import MessageError, decode_chunk, split
 from mmalign.schemas.kafka import KafkaConfigError, KafkaSettings
+from mmalign.schemas.layout import ALIGNED
 from mmalign.schemas.manifest import ManifestError
 from mmalign.transforms import metrics
 from mmalign.transforms.io.kafka import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
-from mmalign.transforms.io.parquet import WriteAlignedFn, part_key
+from mmalign.transforms.io.parquet import (
+    WriteAlignedFn,
+    part_files,
+    part_key,
+    rewrite_conforming,
+    union_schema,
+)
 from mmalign.transforms.metrics import INGEST
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate.stage import ORIGIN_META_KEY
@@ -234,6 +242,11 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
     with beam.Pipeline(options=PipelineOptions(args)) as p:
         build(p, job, settings, plan, opts, state, skip_ids)
     after = resume(state, fresh, geo)
+    # bucket files are written as they complete; at the stop every file of OUT/aligned is
+    # given the dataset's one schema (readers read the folder whole)
+    files = part_files(job.out / ALIGNED)
+    if files:
+        rewrite_conforming(files, union_schema(pq.read_schema(f) for f in files))
     lines_before, lines_after = compact(state, after)
     committed = after.offsets()
     commit_offsets(settings, opts.group_id, committed)

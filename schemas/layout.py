@@ -1,13 +1,19 @@
 """The output folder's layout: dataset folders, partition folders, file names, atomic writes.
 
-    OUT/aligned/session_id=<s>/part-b<bucket>.parquet     transforms/io/parquet.py
-    OUT/deadletter/session_id=<s>/deadletters.parquet     deadletter/file_sink.py
-    OUT/sync/session_id=<s>/sync.json                     schemas/sync.py
-    OUT/summary.json                                      pipelines/summary.py
-    OUT/.staging/<run>/...                                transforms/io/commit.py
+    OUT/aligned/<session>/part-b<bucket>.parquet     transforms/io/parquet.py
+    OUT/deadletter/<session>/deadletters.parquet     deadletter/file_sink.py
+    OUT/sync/<session>/sync.json                     schemas/sync.py
+    OUT/summary.json                                 pipelines/summary.py
+    OUT/.staging/<run>/...                           transforms/io/commit.py
 
-Every file is written under a temporary name in its folder and renamed into place, so a
-reader sees the old file or the new one, never half of one.
+``aligned`` and ``deadletter`` are each one Parquet dataset that any Arrow client reads whole
+(``pd.read_parquet("OUT/aligned")``, ``pq.read_table``, polars, DuckDB, Spark with
+``recursiveFileLookup``, a Feast FileSource): the session is a column in every file
+(``session_id``), never in the folder name, so no reader infers a partition column that
+conflicts with it; and every file of a dataset has the same schema (transforms/io/parquet.py
+unifies it at each commit). Files and folders whose names start with ``.`` or ``_`` are not
+data (Arrow readers skip them). Every file is written under a temporary name in its folder
+and renamed into place, so a reader sees the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -23,18 +29,28 @@ import pyarrow.parquet as pq
 ALIGNED, DEADLETTER, SYNC = "aligned", "deadletter", "sync"
 DATASETS = (ALIGNED, DEADLETTER, SYNC)       # the per-session datasets of a run
 SUMMARY = "summary.json"
-PARTITION_PREFIX = "session_id="
+PARTITION_PREFIX = ""                         # partition folders are named by the session
 METADATA_KEY = b"mmalign"                    # Parquet schema metadata key of our JSON
 
 
 def session_dir(root: str | Path, session_id: str) -> Path:
-    """A dataset's partition folder of one session: ``<root>/session_id=<session>``."""
+    """A dataset's partition folder of one session: ``<root>/<session>``."""
     return Path(root) / f"{PARTITION_PREFIX}{session_id}"
 
 
 def session_of(partition: str | Path) -> str:
     """The session of a partition folder (the inverse of ``session_dir``)."""
     return Path(partition).name[len(PARTITION_PREFIX):]
+
+
+def session_dirs(root: str | Path) -> list[Path]:
+    """The session partition folders of a dataset (hidden and ``_`` folders skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith((".", "_"))
+                  and p.name.startswith(PARTITION_PREFIX))
 
 
 def atomic_write_table(table: pa.Table, path: Path, metadata: dict | None = None) -> Path:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.layout import (
-    PARTITION_PREFIX,
     SYNC,
     atomic_write_text,
     session_dir,
+    session_dirs,
     session_of,
 )
 
@@ -123,8 +123,11 @@ def write_session_sync(root: str | Path, session_id: str,
 def read_sync_results(out: str | Path) -> dict[str, SyncResult]:
     """{"<session>/<stream>": SyncResult} of a run's output (or staging) folder ``out``."""
     found = {}
-    for f in sorted(Path(out, SYNC).glob(f"{PARTITION_PREFIX}*/{SYNC_FILE}")):
-        session = session_of(f.parent)
+    for d in session_dirs(Path(out, SYNC)):
+        f = d / SYNC_FILE
+        if not f.exists():
+            continue
+        session = session_of(d)
         for stream, r in json.loads(f.read_text()).items():
             found[f"{session}/{stream}"] = SyncResult.from_dict(r)
     return found

@@ -99,7 +99,7 @@ def test_sigkill_anywhere_leaves_old_or_new(tmp_path):
         assert got in (old, new), f"kill {i} at {when}: a mix of old and new"
         seen.add("new" if got == new else "old")
         assert not (out / STAGING).exists()
-        assert not list(out.rglob(".session_id=*"))
+        assert not list(out.rglob(".*.old-*"))
         # a rerun succeeds and gives the new output
         rerun = backfill(rec_new, out, "run-new-2")
         assert rerun.wait(300) == 0, rerun.stderr.read().decode()[-2000:]

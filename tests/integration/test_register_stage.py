@@ -78,7 +78,7 @@ def rec(tmp_path_factory):
     patch[80:160, 120:200] = img[80:160, 120:200]
     cv2.imwrite(str(cam1 / f"{PATCH_POS:06d}.png"), patch)
     (cam1 / f"{GONE_POS:06d}.png").unlink()
-    files = sorted((tmp / "out" / "aligned").glob("session_id=*/part-*.parquet"))
+    files = sorted((tmp / "out" / "aligned").glob("*/part-*.parquet"))
     tables = [pq.read_table(f) for f in files]
     tables = [((t.column("session_id")[0].as_py(), t.column("bucket")[0].as_py()), t)
               for t in tables]

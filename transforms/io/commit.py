@@ -6,7 +6,7 @@ A run writes everything (aligned Parquet, dead letters, sync results, its summar
 1. writes the journal ``OUT/.staging/<run>/_COMMIT`` (atomically: a temporary file renamed),
    naming the run's sessions -- the point of no return;
 2. for every dataset (aligned, deadletter, sync) and session: moves the old
-   ``OUT/<dataset>/session_id=<s>`` aside (``.session_id=<s>.old-<run>``) and the staged one in
+   ``OUT/<dataset>/<s>`` aside (``.<s>.old-<run>``) and the staged one in
    its place (a session the run produced nothing for is left with nothing, so a rerun leaves no
    stale parts), then the summary;
 3. removes the old folders, the journal and the staging folder, in that order.
@@ -27,10 +27,10 @@ from pathlib import Path
 
 from mmalign.schemas.layout import (
     DATASETS,
-    PARTITION_PREFIX,
     SUMMARY,
     atomic_write_text,
     session_dir,
+    session_dirs,
     session_of,
 )
 
@@ -43,7 +43,7 @@ def staging_dir(out: str | Path, run_id: str) -> Path:
 
 
 def _aside(root: Path, session_id: str, run_id: str) -> Path:
-    return root / f".{PARTITION_PREFIX}{session_id}.old-{run_id}"
+    return root / f".{session_id}.old-{run_id}"
 
 
 def commit(out: str | Path, run_id: str, sessions: list[str]) -> None:
@@ -103,7 +103,7 @@ def _mark_staged(stage: Path) -> None:
     for dataset in DATASETS:
         d = stage / dataset
         if d.is_dir():
-            for part in d.glob(f"{PARTITION_PREFIX}*"):
+            for part in session_dirs(d):
                 (d / f".staged-{session_of(part)}").touch()
 
 
@@ -131,6 +131,6 @@ def recover(out: str | Path) -> list[str]:
     for dataset in DATASETS:
         d = out / dataset
         if d.is_dir():
-            for old in d.glob(f".{PARTITION_PREFIX}*.old-*"):
+            for old in d.glob(".*.old-*"):
                 shutil.rmtree(old, ignore_errors=True)
     return finished

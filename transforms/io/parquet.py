@@ -1,6 +1,6 @@
 """The aligned dataset on disk: Parquet, partitioned by session, one file per time bucket.
 
-    OUT/aligned/session_id=<session>/part-b<bucket>.parquet   (+ _alignment.json per session)
+    OUT/aligned/<session>/part-b<bucket>.parquet
 
 Names are deterministic, so a rerun or a replayed streaming window *replaces* a file, never
 adds a second copy. Each file is written to a temporary name and renamed into place. A batch
@@ -10,13 +10,23 @@ rerun with a different bucket layout leaves no stale parts.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmalign.schemas.layout import PARTITION_PREFIX, atomic_write_table, session_dir, session_of
+from mmalign.schemas.errors import ManifestError
+from mmalign.schemas.layout import (
+    ALIGNED,
+    DEADLETTER,
+    SYNC,
+    atomic_write_table,
+    session_dir,
+    session_dirs,
+    session_of,
+)
 from mmalign.transforms import metrics
 from mmalign.transforms.metrics import SINK
 
@@ -37,11 +47,91 @@ def write_bucket(table: pa.Table, root: str | Path, session_id: str, bucket: int
                                   metadata))
 
 
+class SchemaConflict(ManifestError):
+    """Two files of one dataset give a column different types; the message names it."""
+
+
+def union_schema(schemas) -> pa.Schema:
+    """The fields of all ``schemas`` in first-seen order (no file metadata); raises
+    ``SchemaConflict`` when a column's type differs between them."""
+    fields: dict[str, pa.Field] = {}
+    for schema in schemas:
+        for f in schema:
+            seen = fields.get(f.name)
+            if seen is None:
+                fields[f.name] = pa.field(f.name, f.type)
+            elif not seen.type.equals(f.type):
+                raise SchemaConflict(
+                    f"column {f.name!r} is {seen.type} in one part of the aligned dataset and "
+                    f"{f.type} in another (e.g. an encoder with another dimension); write this "
+                    f"run to another output folder")
+    return pa.schema(list(fields.values()))
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with the columns of ``schema``, in its order (missing ones all null); the
+    table's own schema metadata is kept."""
+    cols = [table.column(f.name) if f.name in table.column_names
+            else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema.with_metadata(table.schema.metadata))
+
+
+def _same_fields(a: pa.Schema, b: pa.Schema) -> bool:
+    return a.remove_metadata().equals(b.remove_metadata())
+
+
+def part_files(root: str | Path, sessions=None) -> list[Path]:
+    """The bucket files of a dataset folder (of ``sessions`` only, if given)."""
+    dirs = session_dirs(root)
+    if sessions is not None:
+        dirs = [d for d in dirs if session_of(d) in set(sessions)]
+    return [f for d in dirs for f in sorted(d.glob("part-*.parquet"))]
+
+
+def rewrite_conforming(files: list[Path], schema: pa.Schema) -> int:
+    """Rewrite (atomically) the files whose fields differ from ``schema``; returns how many."""
+    n = 0
+    for f in files:
+        if not _same_fields(pq.read_schema(f), schema):
+            t = pq.read_table(f)
+            atomic_write_table(conform(t, schema), f)
+            n += 1
+    return n
+
+
+def unify_for_commit(out: str | Path, staging: str | Path, sessions: list[str]) -> list[str]:
+    """Before a batch commit: give every file the aligned dataset will hold after it one
+    schema (the union of all its files' columns, so any Arrow client reads the folder whole).
+    The run's staged files are conformed in place; a session of an earlier run whose files lack
+    a column is copied into the staging folder conformed (its dead letters and sync results
+    unchanged) and returned, so the commit swaps it in with the run's own sessions."""
+    out, staging = Path(out), Path(staging)
+    staged = part_files(staging / ALIGNED)
+    others = [d for d in session_dirs(out / ALIGNED) if session_of(d) not in set(sessions)]
+    other_files = {d: sorted(d.glob("part-*.parquet")) for d in others}
+    schema = union_schema(pq.read_schema(f)
+                          for f in staged + [f for fs in other_files.values() for f in fs])
+    rewrite_conforming(staged, schema)
+    added = []
+    for d, files in other_files.items():
+        if all(_same_fields(pq.read_schema(f), schema) for f in files):
+            continue
+        s = session_of(d)
+        for f in files:
+            atomic_write_table(conform(pq.read_table(f), schema),
+                               session_dir(staging / ALIGNED, s) / f.name)
+        for dataset in (DEADLETTER, SYNC):
+            src = session_dir(out / dataset, s)
+            if src.is_dir():
+                shutil.copytree(src, session_dir(staging / dataset, s))
+        added.append(s)
+    return added
+
+
 def read_aligned(root: str | Path, session_id: str | None = None) -> pa.Table:
     """The aligned dataset (or one session of it) as one table sorted by session and tick."""
     root = Path(root)
-    dirs = [session_dir(root, session_id)] if session_id else sorted(
-        p for p in root.glob(f"{PARTITION_PREFIX}*") if p.is_dir())
+    dirs = [session_dir(root, session_id)] if session_id else session_dirs(root)
     tables = [pq.read_table(f) for d in dirs for f in sorted(d.glob("part-*.parquet"))]
     if not tables:
         return pa.table({})

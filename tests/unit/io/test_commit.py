@@ -27,23 +27,23 @@ def snapshot(out: Path) -> dict[str, str]:
     return seen
 
 
-OLD = {"aligned/session_id=a/part-b0.parquet": "old a0",
-       "aligned/session_id=a/part-b1.parquet": "old a1",
-       "aligned/session_id=b/part-b0.parquet": "old b0",
-       "aligned/session_id=keep/part-b0.parquet": "other run's session",
-       "deadletter/session_id=a/deadletters.parquet": "old dead a",
-       "deadletter/session_id=b/deadletters.parquet": "old dead b",
-       "sync/session_id=a/sync.json": "old sync a",
+OLD = {"aligned/a/part-b0.parquet": "old a0",
+       "aligned/a/part-b1.parquet": "old a1",
+       "aligned/b/part-b0.parquet": "old b0",
+       "aligned/keep/part-b0.parquet": "other run's session",
+       "deadletter/a/deadletters.parquet": "old dead a",
+       "deadletter/b/deadletters.parquet": "old dead b",
+       "sync/a/sync.json": "old sync a",
        "summary.json": "old summary"}
 # the new run: session a re-bucketed (no part-b1), session b lost all its aligned rows
-NEW_STAGED = {"aligned/session_id=a/part-b0.parquet": "new a0",
-              "deadletter/session_id=a/deadletters.parquet": "new dead a",
-              "deadletter/session_id=b/deadletters.parquet": "new dead b",
+NEW_STAGED = {"aligned/a/part-b0.parquet": "new a0",
+              "deadletter/a/deadletters.parquet": "new dead a",
+              "deadletter/b/deadletters.parquet": "new dead b",
               "summary.json": "new summary"}
-NEW = {"aligned/session_id=a/part-b0.parquet": "new a0",
-       "aligned/session_id=keep/part-b0.parquet": "other run's session",
-       "deadletter/session_id=a/deadletters.parquet": "new dead a",
-       "deadletter/session_id=b/deadletters.parquet": "new dead b",
+NEW = {"aligned/a/part-b0.parquet": "new a0",
+       "aligned/keep/part-b0.parquet": "other run's session",
+       "deadletter/a/deadletters.parquet": "new dead a",
+       "deadletter/b/deadletters.parquet": "new dead b",
        "summary.json": "new summary"}
 
 
@@ -87,7 +87,7 @@ def test_commit_replaces_sessions_whole(tmp_path):
     assert snapshot(out) == NEW
     assert sorted(p.name for p in out.iterdir()) == ["aligned", "deadletter", "summary.json",
                                                      "sync"]
-    assert not list(out.rglob(".session_id=*"))
+    assert not list(out.rglob(".*.old-*"))
 
 
 def test_a_kill_at_any_step_leaves_old_or_new_after_recovery(tmp_path):
@@ -119,7 +119,7 @@ def test_a_kill_at_any_step_leaves_old_or_new_after_recovery(tmp_path):
         finally:
             mp.undo()
         stage = cm.staging_dir(out, "run2")
-        if not (stage / cm.JOURNAL).exists() and (stage / "aligned" / "session_id=a").exists():
+        if not (stage / cm.JOURNAL).exists() and (stage / "aligned" / "a").exists():
             # killed before the point of no return: nothing visible has changed
             assert snapshot(out) == OLD, k
         cm.recover(out)
@@ -127,7 +127,7 @@ def test_a_kill_at_any_step_leaves_old_or_new_after_recovery(tmp_path):
         assert after in (OLD, NEW), (k, after)
         outcomes.add("new" if after == NEW else "old")
         assert not (out / cm.STAGING).exists()
-        assert not list(out.rglob(".session_id=*"))
+        assert not list(out.rglob(".*.old-*"))
         cm.recover(out)                               # idempotent
         assert snapshot(out) == after
     assert outcomes == {"old", "new"}
@@ -135,10 +135,10 @@ def test_a_kill_at_any_step_leaves_old_or_new_after_recovery(tmp_path):
 
 def test_recover_removes_a_run_that_never_committed(tmp_path):
     out = _setup(tmp_path)
-    (out / "aligned" / ".session_id=a.old-run0").mkdir()
+    (out / "aligned" / ".a.old-run0").mkdir()
     assert cm.recover(out) == []
     assert snapshot(out) == OLD
-    assert not (out / cm.STAGING).exists() and not (out / "aligned" / ".session_id=a.old-run0"
+    assert not (out / cm.STAGING).exists() and not (out / "aligned" / ".a.old-run0"
                                                     ).exists()
 
 
@@ -147,5 +147,5 @@ def test_an_empty_run_commits_and_clears_its_sessions(tmp_path):
     _write(out, OLD)
     cm.commit(out, "run3", ["b"])           # nothing staged at all for session b
     seen = snapshot(out)
-    assert not any("session_id=b" in k for k in seen)
-    assert seen["aligned/session_id=a/part-b0.parquet"] == "old a0"
+    assert not any(k.split("/")[1:2] == ["b"] for k in seen)
+    assert seen["aligned/a/part-b0.parquet"] == "old a0"

@@ -66,7 +66,7 @@ def test_sync_result_dict_round_trip(tmp_path):
         assert math.isnan(back.dtw_cost) == math.isnan(r.dtw_cost)
     # the file layout and format the backfill has always written
     path = write_session_sync(tmp_path / "sync", "demo-001", results)
-    assert path == tmp_path / "sync" / "session_id=demo-001" / "sync.json"
+    assert path == tmp_path / "sync" / "demo-001" / "sync.json"
     on_disk = json.loads(path.read_text())
     assert on_disk == {k: r.to_dict() for k, r in results.items()}
     got = read_sync_results(tmp_path)
