@@ -34,6 +34,11 @@ class DecodeOptions(BaseModel):
     inline_images: bool = False
     jpeg_quality: int = Field(90, ge=1, le=100)
     max_abs: float | None = Field(None, gt=0, description="sensor: largest plausible |value|")
+    gpmf_stream: str | None = Field(None, pattern=r"^[A-Z0-9][A-Z0-9 ]{3}$",
+                                    description="gpmf: the GPMF stream's FourCC (GYRO, ACCL, "
+                                    "GPS5, GPS9, MAGN, GRAV, CORI, ...; default GYRO)")
+    topic: str | None = Field(None, min_length=1, max_length=1024,
+                              description="mcap / rosbag: the topic to read (required)")
 
     @classmethod
     def of(cls, options: DecodeOptions | dict | None) -> DecodeOptions:
@@ -63,7 +68,8 @@ FORMATS: dict[str, dict[str, str]] = {
               **{e[1:]: "audio_file" for e in AUDIO_FILES},
               **{e[1:]: "audio_track" for e in VIDEO_CONTAINERS}},
     "text": {"srt": "srt", "vtt": "vtt", "webvtt": "vtt", "jsonl": "jsonl"},
-    "sensor": {"csv": "csv", "parquet": "parquet", "pq": "parquet", "jsonl": "jsonl"},
+    "sensor": {"csv": "csv", "parquet": "parquet", "pq": "parquet", "jsonl": "jsonl",
+               "gpmf": "gpmf", "mp4": "gpmf"},
 }
 
 

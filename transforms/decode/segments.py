@@ -35,7 +35,7 @@ from pathlib import Path
 
 from mmalign.schemas.decode_options import DecodeOptions, decoder_key
 from mmalign.schemas.manifest import Stream
-from mmalign.transforms.decode import audio, sensor, text, video
+from mmalign.transforms.decode import audio, gpmf, sensor, text, video
 
 Span = tuple[int, int]
 
@@ -50,6 +50,7 @@ PROBES: dict[tuple[str, str], Callable[[str, DecodeOptions], Span | None]] = {
     ("sensor", "csv"): lambda p, o: sensor.span_sensor(p, "csv", o),
     ("sensor", "parquet"): lambda p, o: sensor.span_sensor(p, "parquet", o),
     ("sensor", "jsonl"): lambda p, o: sensor.span_sensor(p, "jsonl", o),
+    ("sensor", "gpmf"): gpmf.span_gpmf,
 }
 
 

@@ -21,7 +21,7 @@ from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
 from mmalign.schemas.manifest import Stream
 from mmalign.transforms import metrics
-from mmalign.transforms.decode import audio, sensor, text, video
+from mmalign.transforms.decode import audio, gpmf, sensor, text, video
 from mmalign.transforms.decode.base import SourceFile, short_error
 from mmalign.transforms.decode.segments import segment_offsets
 from mmalign.transforms.metrics import DECODE
@@ -40,6 +40,7 @@ DECODERS: dict[tuple[str, str], Callable[..., Iterator[Chunk | DeadLetter]]] = {
     ("sensor", "csv"): sensor.decode_sensor_csv,
     ("sensor", "parquet"): sensor.decode_sensor_parquet,
     ("sensor", "jsonl"): sensor.decode_sensor_jsonl,
+    ("sensor", "gpmf"): gpmf.decode_gpmf,
 }
 
 
