@@ -71,6 +71,11 @@ FORMATS: dict[str, dict[str, str]] = {
     "sensor": {"csv": "csv", "parquet": "parquet", "pq": "parquet", "jsonl": "jsonl",
                "gpmf": "gpmf", "mp4": "gpmf"},
 }
+# robotics recordings: one topic per stream, sensor rows or (video) image frames
+BAG_FORMATS = {"mcap": "mcap", "rosbag": "rosbag", "bag": "rosbag", "rosbag2": "rosbag",
+               "db3": "rosbag"}
+FORMATS["sensor"] |= BAG_FORMATS
+FORMATS["video"] |= BAG_FORMATS
 
 
 def format_name(fmt: str | None, path: str) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from mmalign.schemas.decode_options import DecodeOptions, decoder_key
 from mmalign.schemas.manifest import Stream
-from mmalign.transforms.decode import audio, gpmf, sensor, text, video
+from mmalign.transforms.decode import audio, gpmf, mcap, rosbag, sensor, text, video
 
 Span = tuple[int, int]
 
@@ -51,6 +51,10 @@ PROBES: dict[tuple[str, str], Callable[[str, DecodeOptions], Span | None]] = {
     ("sensor", "parquet"): lambda p, o: sensor.span_sensor(p, "parquet", o),
     ("sensor", "jsonl"): lambda p, o: sensor.span_sensor(p, "jsonl", o),
     ("sensor", "gpmf"): gpmf.span_gpmf,
+    ("sensor", "mcap"): lambda p, o: mcap.span_mcap(p, "sensor", o),
+    ("video", "mcap"): lambda p, o: mcap.span_mcap(p, "video", o),
+    ("sensor", "rosbag"): lambda p, o: rosbag.span_rosbag(p, "sensor", o),
+    ("video", "rosbag"): lambda p, o: rosbag.span_rosbag(p, "video", o),
 }
 
 

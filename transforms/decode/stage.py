@@ -21,7 +21,7 @@ from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
 from mmalign.schemas.manifest import Stream
 from mmalign.transforms import metrics
-from mmalign.transforms.decode import audio, gpmf, sensor, text, video
+from mmalign.transforms.decode import audio, gpmf, mcap, rosbag, sensor, text, video
 from mmalign.transforms.decode.base import SourceFile, short_error
 from mmalign.transforms.decode.segments import segment_offsets
 from mmalign.transforms.metrics import DECODE
@@ -41,6 +41,10 @@ DECODERS: dict[tuple[str, str], Callable[..., Iterator[Chunk | DeadLetter]]] = {
     ("sensor", "parquet"): sensor.decode_sensor_parquet,
     ("sensor", "jsonl"): sensor.decode_sensor_jsonl,
     ("sensor", "gpmf"): gpmf.decode_gpmf,
+    ("sensor", "mcap"): mcap.decode_mcap_sensor,
+    ("video", "mcap"): mcap.decode_mcap_video,
+    ("sensor", "rosbag"): rosbag.decode_rosbag_sensor,
+    ("video", "rosbag"): rosbag.decode_rosbag_video,
 }
 
 
