@@ -2,6 +2,7 @@
 
 Letters are grouped per session and sorted (stage, stream, position, reason) so the file is
 deterministic and a rerun replaces it. Letters with no session go to ``unknown-session/``.
+The root may be an object-store URI (``schemas/fs.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmalign.deadletter.record import ARROW_SCHEMA, DeadLetter, to_table
+from mmalign.schemas.fs import read_table
 from mmalign.schemas.layout import atomic_write_table, session_dir, session_dirs
 
 FILE_NAME = "deadletters.parquet"
@@ -41,7 +42,7 @@ def read_dead_letters(root: str | Path) -> pa.Table:
     files = [d / FILE_NAME for d in session_dirs(root) if (d / FILE_NAME).exists()]
     if not files:
         return ARROW_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    return pa.concat_tables([read_table(f) for f in files])
 
 
 class WriteDeadLetters(beam.PTransform):

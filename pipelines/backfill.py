@@ -5,13 +5,13 @@
 
 Outputs go to a staging folder and are committed in one step when the run succeeds
 (transforms/io/commit.py), so a rerun replaces its sessions' outputs whole and never duplicates
-them, and a failed or killed run leaves the previous output.
+them, and a failed or killed run leaves the previous output. OUT and the recordings may be
+local or on an object store (``s3://``, ``gs://``: ``schemas/fs.py``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from mmalign.deadletter.file_sink import WriteDeadLetters
 from mmalign.pipelines.core import AlignCore, Job, online_store_sink, prepare
 from mmalign.pipelines.summary import summarize
+from mmalign.schemas.fs import UriPath, rmtree
 from mmalign.schemas.sync import write_session_sync
 from mmalign.transforms.decode.stage import DecodeStreams
 from mmalign.transforms.io.commit import SUMMARY, commit, recover, staging_dir
@@ -29,7 +30,7 @@ from mmalign.transforms.tags import DEAD, MAIN
 
 
 class WriteSyncResults(beam.PTransform):
-    """(session, stream, SyncResult) -> OUT/sync/session_id=<s>/sync.json (one per session)."""
+    """(session, stream, SyncResult) -> OUT/sync/<s>/sync.json (one per session)."""
 
     def __init__(self, root: str):
         super().__init__()
@@ -47,7 +48,7 @@ class WriteSyncResults(beam.PTransform):
                 | "Write" >> beam.MapTuple(write))
 
 
-def build(p: beam.Pipeline, job: Job, staging: Path) -> dict:
+def build(p: beam.Pipeline, job: Job, staging: Path | UriPath) -> dict:
     """Wire the backfill into pipeline ``p``; returns the named PCollections."""
     decoded = (p | "Sources" >> beam.Create(job.sources, reshuffle=True)
                | "Decode" >> DecodeStreams())
@@ -86,7 +87,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
         # every file of OUT/aligned shares one schema after the commit (readers read it whole)
         also = unify_for_commit(job.out, staging, list(job.plans))
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        rmtree(staging)
         raise
     commit(job.out, job.run_id, list(job.plans) + also)
     return summary

@@ -29,6 +29,7 @@ from mmalign.pipelines.runners import with_stage_hints
 from mmalign.schemas.calibration import load_calibration
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.errors import missing_extra
+from mmalign.schemas.fs import UriPath, as_path
 from mmalign.schemas.manifest import Manifest, ManifestError, load_manifest
 from mmalign.schemas.names import check_name
 from mmalign.transforms.align.buckets import AssignBuckets
@@ -58,7 +59,7 @@ class Job:
     manifests: list[Manifest]
     plans: dict[str, SessionPlan]
     declared: dict[tuple[str, str], ClockModel]
-    out: Path
+    out: Path | UriPath          # local folder or object-store URI (schemas/fs.py)
     run_id: str
     sources: list[DecodeRequest] = field(default_factory=list)
     manifest_paths: list[str] = field(default_factory=list)
@@ -116,8 +117,8 @@ def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | Non
         for s in m.streams:
             declared[(m.session, s.id)] = cal.clock(s.clock_domain)
         sources += manifest_requests(m)
-    job = Job(manifests, plans, declared, Path(out), run_id or new_run_id(), sources,
-              [str(Path(p).resolve()) for p in manifest_paths])
+    job = Job(manifests, plans, declared, as_path(out), run_id or new_run_id(), sources,
+              [str(as_path(p).resolve()) for p in manifest_paths])
     try:
         bucketing(job)
     except ValueError as e:        # a margin as wide as the bucket: the width must grow

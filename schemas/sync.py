@@ -1,6 +1,7 @@
 """A DTW-sync result: the clock model estimated for one stream, and how much to trust it.
 
-On disk, one JSON object per session, ``OUT/sync/session_id=<s>/sync.json``: stream id ->
+On disk, one JSON object per session, ``OUT/sync/<s>/sync.json`` (OUT local or an object-store
+URI, ``schemas/fs.py``): stream id ->
 ``SyncResult.to_dict()`` (models as ``ClockModel.to_dict()``, NaN as null), e.g.
 
     {"mic": {"stream_id": "mic", "reference": "cam0", "confidence": 0.93,
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmalign.schemas.clock import ClockModel
+from mmalign.schemas.fs import UriPath, as_path
 from mmalign.schemas.layout import (
     SYNC,
     atomic_write_text,
@@ -111,19 +113,19 @@ class SyncResult:
         return cls(**kw)
 
 
-def write_session_sync(root: str | Path, session_id: str,
-                       results: dict[str, SyncResult]) -> Path:
-    """``<root>/session_id=<s>/sync.json`` of one session's results (stream id -> result)."""
+def write_session_sync(root: str | Path | UriPath, session_id: str,
+                       results: dict[str, SyncResult]) -> Path | UriPath:
+    """``<root>/<s>/sync.json`` of one session's results (stream id -> result)."""
     d = session_dir(root, session_id)
     d.mkdir(parents=True, exist_ok=True)
     body = {stream: r.to_dict() for stream, r in sorted(results.items())}
     return atomic_write_text(d / SYNC_FILE, json.dumps(body, indent=2, sort_keys=True))
 
 
-def read_sync_results(out: str | Path) -> dict[str, SyncResult]:
+def read_sync_results(out: str | Path | UriPath) -> dict[str, SyncResult]:
     """{"<session>/<stream>": SyncResult} of a run's output (or staging) folder ``out``."""
     found = {}
-    for d in session_dirs(Path(out, SYNC)):
+    for d in session_dirs(as_path(out) / SYNC):
         f = d / SYNC_FILE
         if not f.exists():
             continue

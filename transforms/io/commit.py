@@ -16,6 +16,27 @@ kill after it leaves a journal, and ``recover`` (run at the start of every backf
 reader of an output) completes the commit from where it stopped: every step is idempotent. So
 any mmalign reader sees either the previous complete output or the new one, never a mix, and
 leftovers (``.staging/``, ``.old-`` folders) are removed by the next run.
+
+**On an object store** (OUT is ``s3://...`` or ``gs://...``: ``schemas/fs.py``) there is no
+rename, so the same journal protocol moves files by copy and delete:
+
+1. the run uploads everything under ``OUT/.staging/<run>/`` (readers skip ``.`` prefixes);
+2. the journal ``OUT/.staging/<run>/_COMMIT`` is one PUT (atomic) that also lists every staged
+   file per dataset and session -- the point of no return;
+3. roll forward: every staged file is copied (server-side) over its final name, the summary
+   last; then each of the run's session prefixes loses the files the new output does not list
+   (a session the run produced nothing for is deleted whole); then the journal, then the
+   staging prefix, are deleted.
+
+Every step is idempotent and driven by the journal's list, so ``recover`` finishes a commit
+killed anywhere after step 2, and a run killed before it leaves the previous output untouched
+(its staging prefix is removed by the next run). What differs from a local OUT is what a
+reader that does not run ``recover`` sees *during* step 3 (a few seconds: one server-side copy
+per file): each object is whole, old or new, but the session prefixes hold a mix -- files
+already replaced, old files not yet replaced or deleted. ``pd.read_parquet("s3://OUT/aligned")``
+at that moment may read old and new rows together; mmalign's own readers (a backfill,
+align-check) run ``recover`` first and see the new output. A reader that must never see a mix
+checks for ``OUT/.staging/*/_COMMIT`` first (none: the output is whole).
 """
 
 from __future__ import annotations
@@ -25,6 +46,7 @@ import os
 import shutil
 from pathlib import Path
 
+from mmalign.schemas.fs import UriPath, as_path, copy_file, files_under, rmtree
 from mmalign.schemas.layout import (
     DATASETS,
     SUMMARY,
@@ -38,8 +60,8 @@ STAGING = ".staging"
 JOURNAL = "_COMMIT"
 
 
-def staging_dir(out: str | Path, run_id: str) -> Path:
-    return Path(out) / STAGING / run_id
+def staging_dir(out: str | Path | UriPath, run_id: str) -> Path | UriPath:
+    return as_path(out) / STAGING / run_id
 
 
 def _aside(root: Path, session_id: str, run_id: str) -> Path:
@@ -49,10 +71,21 @@ def _aside(root: Path, session_id: str, run_id: str) -> Path:
 def commit(out: str | Path, run_id: str, sessions: list[str]) -> None:
     """Commit the run's staged outputs into ``out`` (see the module docstring)."""
     stage = staging_dir(out, run_id)
+    if isinstance(stage, UriPath):
+        _write_journal(stage, {"run_id": run_id, "sessions": sorted(sessions),
+                               "files": _staged_files(stage),
+                               "summary": (stage / SUMMARY).is_file()})
+        _roll_forward_objects(as_path(out), stage)
+        return
     stage.mkdir(parents=True, exist_ok=True)
     _mark_staged(stage)
-    atomic_write_text(stage / JOURNAL, json.dumps({"run_id": run_id, "sessions": sorted(sessions)}))
+    _write_journal(stage, {"run_id": run_id, "sessions": sorted(sessions)})
     _roll_forward(Path(out), stage)
+
+
+def _write_journal(stage: Path | UriPath, body: dict) -> None:
+    """The point of no return: one atomic write (a rename; on an object store one PUT)."""
+    atomic_write_text(stage / JOURNAL, json.dumps(body))
 
 
 def _move(src: Path, dest: Path) -> None:
@@ -117,7 +150,9 @@ def _remove_if_empty(d: Path) -> None:
 def recover(out: str | Path) -> list[str]:
     """Finish every interrupted commit under ``out`` and remove what interrupted runs left
     (staging folders without a journal, folders moved aside). Returns the finished runs."""
-    out = Path(out)
+    out = as_path(out)
+    if isinstance(out, UriPath):
+        return _recover_objects(out)
     root = out / STAGING
     finished = []
     if root.is_dir():
@@ -133,4 +168,67 @@ def recover(out: str | Path) -> list[str]:
         if d.is_dir():
             for old in d.glob(".*.old-*"):
                 shutil.rmtree(old, ignore_errors=True)
+    return finished
+
+
+# ---------------------------------------------------------------- object stores
+
+
+def _staged_files(stage: UriPath) -> dict[str, dict[str, list[str]]]:
+    """{dataset: {session: [file names relative to the session prefix]}} of a staging prefix."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for dataset in DATASETS:
+        by_session: dict[str, list[str]] = {}
+        for f in files_under(stage / dataset):
+            rel = f.relative_to(stage / dataset)
+            session, _, name = rel.partition("/")
+            if name and not session.startswith((".", "_")):
+                by_session.setdefault(session, []).append(name)
+        if by_session:
+            out[dataset] = {s: sorted(n) for s, n in sorted(by_session.items())}
+    return out
+
+
+def _roll_forward_objects(out: UriPath, stage: UriPath) -> None:
+    """Steps 3 of the object-store commit (module docstring), from the journal."""
+    try:
+        journal = json.loads((stage / JOURNAL).read_text())
+    except FileNotFoundError:
+        return                                # a concurrent recovery finished it
+    files = journal.get("files", {})
+    try:
+        for dataset in DATASETS:
+            for s, names in files.get(dataset, {}).items():
+                for n in names:
+                    copy_file(session_dir(stage / dataset, s) / n,
+                              session_dir(out / dataset, s) / n)
+        if journal.get("summary"):
+            copy_file(stage / SUMMARY, out / SUMMARY)
+    except FileNotFoundError:
+        if (stage / JOURNAL).exists():
+            raise
+        return                                # a concurrent recovery finished it
+    for dataset in DATASETS:
+        for s in journal["sessions"]:
+            keep = set(files.get(dataset, {}).get(s, []))
+            d = session_dir(out / dataset, s)
+            if not keep:
+                rmtree(d)                     # the whole prefix (no folder marker left)
+                continue
+            for f in files_under(d):
+                if f.relative_to(d) not in keep:
+                    f.unlink(missing_ok=True)
+    (stage / JOURNAL).unlink(missing_ok=True)
+    rmtree(stage)
+
+
+def _recover_objects(out: UriPath) -> list[str]:
+    finished = []
+    root = out / STAGING
+    for stage in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (stage / JOURNAL).is_file():
+            _roll_forward_objects(out, stage)
+            finished.append(stage.name)
+        else:
+            rmtree(stage)
     return finished

@@ -5,19 +5,19 @@
 Names are deterministic, so a rerun or a replayed streaming window *replaces* a file, never
 adds a second copy. Each file is written to a temporary name and renamed into place. A batch
 run writes into a staging folder that is committed whole (transforms/io/commit.py), so a
-rerun with a different bucket layout leaves no stale parts.
+rerun with a different bucket layout leaves no stale parts. The root may be an object-store
+URI (``s3://``, ``gs://``: ``schemas/fs.py``); each file is then one PUT.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmalign.schemas.errors import ManifestError
+from mmalign.schemas.fs import as_path, copytree, read_schema, read_table
 from mmalign.schemas.layout import (
     ALIGNED,
     DEADLETTER,
@@ -37,7 +37,7 @@ def part_name(bucket: int) -> str:
 
 def part_key(path: str | Path) -> tuple[str, int]:
     """(session, bucket) of a bucket file's path (the inverse of ``write_bucket``'s name)."""
-    p = Path(path)
+    p = as_path(path)
     return session_of(p.parent), int(p.name[len("part-b"):-len(".parquet")])
 
 
@@ -92,8 +92,8 @@ def rewrite_conforming(files: list[Path], schema: pa.Schema) -> int:
     """Rewrite (atomically) the files whose fields differ from ``schema``; returns how many."""
     n = 0
     for f in files:
-        if not _same_fields(pq.read_schema(f), schema):
-            t = pq.read_table(f)
+        if not _same_fields(read_schema(f), schema):
+            t = read_table(f)
             atomic_write_table(conform(t, schema), f)
             n += 1
     return n
@@ -105,34 +105,34 @@ def unify_for_commit(out: str | Path, staging: str | Path, sessions: list[str]) 
     The run's staged files are conformed in place; a session of an earlier run whose files lack
     a column is copied into the staging folder conformed (its dead letters and sync results
     unchanged) and returned, so the commit swaps it in with the run's own sessions."""
-    out, staging = Path(out), Path(staging)
+    out, staging = as_path(out), as_path(staging)
     staged = part_files(staging / ALIGNED)
     others = [d for d in session_dirs(out / ALIGNED) if session_of(d) not in set(sessions)]
     other_files = {d: sorted(d.glob("part-*.parquet")) for d in others}
-    schema = union_schema(pq.read_schema(f)
+    schema = union_schema(read_schema(f)
                           for f in staged + [f for fs in other_files.values() for f in fs])
     rewrite_conforming(staged, schema)
     added = []
     for d, files in other_files.items():
-        if all(_same_fields(pq.read_schema(f), schema) for f in files):
+        if all(_same_fields(read_schema(f), schema) for f in files):
             continue
         s = session_of(d)
         for f in files:
-            atomic_write_table(conform(pq.read_table(f), schema),
+            atomic_write_table(conform(read_table(f), schema),
                                session_dir(staging / ALIGNED, s) / f.name)
         for dataset in (DEADLETTER, SYNC):
             src = session_dir(out / dataset, s)
             if src.is_dir():
-                shutil.copytree(src, session_dir(staging / dataset, s))
+                copytree(src, session_dir(staging / dataset, s))
         added.append(s)
     return added
 
 
 def read_aligned(root: str | Path, session_id: str | None = None) -> pa.Table:
     """The aligned dataset (or one session of it) as one table sorted by session and tick."""
-    root = Path(root)
+    root = as_path(root)
     dirs = [session_dir(root, session_id)] if session_id else session_dirs(root)
-    tables = [pq.read_table(f) for d in dirs for f in sorted(d.glob("part-*.parquet"))]
+    tables = [read_table(f) for d in dirs for f in sorted(d.glob("part-*.parquet"))]
     if not tables:
         return pa.table({})
     t = pa.concat_tables(tables, promote_options="permissive")
