@@ -270,7 +270,7 @@ def plot_sync(pictures, folder: str, size_px: tuple[int, int] = SYNC_SIZE_PX,
     for pic in pictures:
         fig = sync_figure(pic, size_px, window_s)
         path = str(Path(folder) / sync_png_name(pic.session, pic.stream))
-        fig.savefig(path, dpi=100, format="png")
+        fig.savefig(path, dpi=100, format="png", pil_kwargs={"optimize": True})
         plt.close(fig)
         paths.append(path)
     return paths
