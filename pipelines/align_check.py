@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from mmalign.deadletter.file_sink import read_dead_letters
@@ -81,6 +80,7 @@ from mmalign.schemas.calibration import Calibration, load_calibration
 from mmalign.schemas.camera_calibration import load_camera_calibration
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.expectations import validate_aligned
+from mmalign.schemas.fs import as_path, read_schema
 from mmalign.schemas.layout import (
     ALIGNED,
     DEADLETTER,
@@ -409,7 +409,7 @@ def _session_params(aligned_dir: Path) -> dict[str, dict]:
     for d in session_dirs(aligned_dir):
         files = sorted(d.glob("part-*.parquet"))
         if files:
-            meta = pq.read_schema(files[0]).metadata or {}
+            meta = read_schema(files[0]).metadata or {}
             out[session_of(d)] = json.loads(meta.get(METADATA_KEY, b"{}"))
     return out
 
@@ -618,10 +618,10 @@ def _merge_recording_stats(ins: Inspection, manifests: list[str], th: Thresholds
     rows = {(r["session"], r["stream"]): r for r in ins.streams}
     measured, recorded = [], []
     for m in manifests:
-        if not isinstance(m, str) or not Path(m).is_file():
+        if not isinstance(m, str) or not as_path(m).is_file():
             continue
         try:
-            rec = inspect_recording(Path(m), th, estimate=False, progress=progress)
+            rec = inspect_recording(as_path(m), th, estimate=False, progress=progress)
         except (BadInput, ManifestError):
             continue
         recorded += rec.streams
@@ -760,7 +760,7 @@ def run_check(path: str, th: Thresholds, *, expectations: bool = True, estimate:
               plot_sync_dir: str | None = None) -> dict:
     """The report for PATH (raises BadInput when PATH cannot be checked)."""
     t0 = time.perf_counter()
-    p = Path(path)
+    p = as_path(path)            # a folder, a file, or an s3:// / gs:// URI
     if p.is_dir():
         if not ((p / ALIGNED).is_dir() or (p / SUMMARY).is_file()):
             raise BadInput(f"{p} is a folder without aligned/ or summary.json; give a backfill "

@@ -26,6 +26,7 @@ from mmalign.pipelines.sample_recording import (
 from mmalign.pipelines.summary import render
 from mmalign.pipelines.view import add_arguments as add_view_arguments
 from mmalign.pipelines.view import cmd_view
+from mmalign.schemas.fs import as_path
 from mmalign.schemas.layout import session_dir
 from mmalign.schemas.manifest import ManifestError
 from mmalign.schemas.names import check_name
@@ -58,7 +59,7 @@ def cmd_generate(ns) -> int:
 
 def _sessions_without_rows(summary: dict) -> list[str]:
     """Sessions of the run with no aligned Parquet part (no ticks: nothing was aligned)."""
-    root = Path(summary.get("aligned_dir") or "")
+    root = as_path(summary.get("aligned_dir") or "")     # a folder or an s3:// / gs:// URI
     return [s for s in summary.get("sessions", [])
             if not any(session_dir(root, s).glob("part-*.parquet"))]
 
@@ -129,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backfill", help="align recordings on disk into Parquet + dead letters")
     p.add_argument("--manifest", action="append", required=True,
-                   help="recording manifest (YAML/JSON); repeat for several sessions")
-    p.add_argument("--out", required=True, help="output folder")
+                   help="recording manifest (YAML/JSON, a path or an s3:// / gs:// URI); "
+                        "repeat for several sessions")
+    p.add_argument("--out", required=True,
+                   help="output folder, or an object-store URI (s3://bucket/out, gs://...)")
     p.add_argument("--run-id", default=None,
                    help="names the run's staging folder: letters, digits, _ . - (default: "
                         "time + random)")

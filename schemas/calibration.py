@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmalign.schemas.clock import MAX_ABS_TIME_NS, ClockModel
+from mmalign.schemas.fs import as_path
 from mmalign.schemas.manifest import ManifestError, TimeNs, _read_mapping, explain
 
 MAX_DRIFT_PPM = 10_000          # 1 %: a clock further off than that is not a clock
@@ -60,7 +61,7 @@ def load_calibration(path: str | Path | None) -> Calibration:
     one sentence naming the file and the field when it cannot be used."""
     if path is None:
         return Calibration()
-    path = Path(path)
+    path = as_path(path)             # a local file or an object-store URI
     data = _read_mapping(path, "calibration file")
     try:
         return Calibration.model_validate(data)

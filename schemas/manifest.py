@@ -3,7 +3,9 @@
 A manifest is YAML or JSON a person can read (documented in the README). Loading it either
 returns a validated ``Manifest`` or raises ``ManifestError`` with one sentence naming the
 file, the field and the fix. Relative paths resolve against the manifest's folder, and no
-path may leave the allowed roots (the manifest's folder by default).
+path may leave the allowed roots (the manifest's folder by default). Files, roots and the
+manifest itself may be object-store URIs (``s3://bucket/recordings/cam0.mp4``; a URI root is
+a prefix: ``allowed_roots: ["s3://bucket/recordings/"]``; ``schemas/fs.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from mmalign.schemas.clock import MAX_ABS_TIME_NS
 from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
 from mmalign.schemas.encoders import EncodersConfig
 from mmalign.schemas.errors import ManifestError
+from mmalign.schemas.fs import UriPath, as_path, is_remote
 from mmalign.schemas.names import Name
 from mmalign.schemas.registration_spec import RegistrationSpec
 
@@ -292,14 +295,23 @@ class Manifest(_Strict):
     def stream(self, stream_id: str) -> Stream:
         return next(s for s in self.streams if s.id == stream_id)
 
-    def roots(self) -> list[Path]:
-        """The allowed roots, resolved (default: the manifest's folder)."""
-        return [(Path(r) if Path(r).is_absolute() else Path(self.base_dir) / r).resolve()
-                for r in (self.allowed_roots or ["."])]
+    def roots(self) -> list[Path | UriPath]:
+        """The allowed roots, resolved (default: the manifest's folder). A URI root
+        (``s3://bucket/recordings/``, or any root of a remote manifest) is an object prefix:
+        remote files must lie under one, at a ``/`` boundary."""
+        return [_root(r, self.base_dir) for r in (self.allowed_roots or ["."])]
 
-    def resolve(self, rel: str, field: str = "files") -> Path:
-        """A manifest path made absolute (symlinks followed); it must stay inside the allowed
-        roots (else ``PathOutsideRoots``)."""
+    def resolve(self, rel: str, field: str = "files") -> Path | UriPath:
+        """A manifest path made absolute (symlinks followed; a remote URI normalised, ``..``
+        collapsed); it must stay inside the allowed roots (else ``PathOutsideRoots``)."""
+        if is_remote(rel) or (is_remote(self.base_dir) and not Path(rel).is_absolute()):
+            try:
+                p = UriPath(rel) if is_remote(rel) else UriPath(self.base_dir) / rel
+            except (ValueError, OSError) as e:
+                raise PathOutsideRoots(f"field '{field}': path {rel!r} cannot be resolved "
+                                       f"({e}); give a plain file path or URI") from None
+            self.check_inside(p, field, rel)
+            return p
         try:
             p = Path(rel)
             p = (p if p.is_absolute() else Path(self.base_dir) / p).resolve()
@@ -309,10 +321,10 @@ class Manifest(_Strict):
         self.check_inside(p, field, rel)
         return p
 
-    def check_inside(self, p: Path, field: str, rel: str | None = None) -> None:
+    def check_inside(self, p: Path | UriPath, field: str, rel: str | None = None) -> None:
         """``PathOutsideRoots`` unless the resolved path ``p`` is inside an allowed root."""
         roots = self.roots()
-        if not any(p == r or r in p.parents for r in roots):
+        if not any(_inside_root(p, r) for r in roots):
             shown = f"path {rel!r} resolves to {p}" if rel is not None else f"path {p}"
             raise PathOutsideRoots(
                 f"field '{field}': {shown}, outside the allowed roots "
@@ -332,6 +344,24 @@ assert set(DEFAULT_POLICY) == set(MODALITIES)
 
 class PathOutsideRoots(ManifestError):
     pass
+
+
+def _root(r: str, base_dir: str) -> Path | UriPath:
+    """An allowed root: a URI prefix, or a folder (relative ones to the manifest's folder)."""
+    if is_remote(r):
+        return UriPath(r)
+    if Path(r).is_absolute():
+        return Path(r).resolve()
+    if is_remote(base_dir):
+        return UriPath(base_dir) / r
+    return (Path(base_dir) / r).resolve()
+
+
+def _inside_root(p: Path | UriPath, root: Path | UriPath) -> bool:
+    """A remote path inside a URI prefix, or a local path inside a folder (never across)."""
+    if isinstance(p, UriPath) or isinstance(root, UriPath):
+        return isinstance(p, UriPath) and p.is_relative_to(root)
+    return p == root or root in p.parents
 
 
 # ---------------------------------------------------------------- reading YAML/JSON
@@ -381,14 +411,14 @@ def _too_big(data: Any) -> bool:
     return False
 
 
-def _read_mapping(path: Path, what: str) -> dict:
+def _read_mapping(path: Path | UriPath, what: str) -> dict:
     try:
         st = path.stat()
     except FileNotFoundError:
         raise ManifestError(f"{what} {path} does not exist; check the path") from None
     except OSError as e:
-        raise ManifestError(f"{what} {path} cannot be read ({e.strerror}); check the path and "
-                            f"its permissions") from None
+        raise ManifestError(f"{what} {path} cannot be read ({e.strerror or e}); check the path "
+                            f"and its permissions") from None
     if not path.is_file():
         raise ManifestError(f"{what} {path} is not a regular file; give the path of a "
                             f"YAML/JSON file")
@@ -537,7 +567,7 @@ def load_manifest(path: str | Path) -> Manifest:
     """The validated manifest at ``path``: its fields, and every file it names resolved
     (symlinks followed), inside the allowed roots, existing and readable by a decoder.
     Raises ManifestError with one sentence naming the file, the field and the fix."""
-    path = Path(path).resolve()
+    path = as_path(path).resolve()          # a local file or an object-store URI
     data = _read_mapping(path, "manifest")
     try:
         m = Manifest.model_validate(data, context={"base_dir": str(path.resolve().parent)})

@@ -9,6 +9,7 @@ PTransform), whose input elements are ``DecodeRequest``s. Multi-file streams: se
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,11 +20,13 @@ import apache_beam as beam
 from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
+from mmalign.schemas.fs import UriPath, is_remote
 from mmalign.schemas.manifest import Stream
 from mmalign.transforms import metrics
 from mmalign.transforms.decode import audio, gpmf, mcap, rosbag, sensor, text, video
 from mmalign.transforms.decode.base import SourceFile, short_error
 from mmalign.transforms.decode.segments import segment_offsets
+from mmalign.transforms.io.source_cache import OutsideRoots, SourceCache, default_cache
 from mmalign.transforms.metrics import DECODE
 from mmalign.transforms.tags import DEAD, MAIN
 
@@ -73,14 +76,16 @@ def manifest_requests(manifest) -> list[DecodeRequest]:
     """Every file of a validated manifest as a DecodeRequest: resolved inside the manifest's
     allowed roots, and shifted so that a stream's files are consecutive segments
     (``segments.segment_offsets``; probed only for streams of several files or declared
-    starts)."""
+    starts). Remote files (URIs) keep their URI; a multi-file stream's remote segments are
+    probed through the local source cache (``localize``)."""
     roots = tuple(str(r) for r in manifest.roots())
     out = []
     for s in manifest.streams:
         paths = [manifest.resolve(f, f"streams[{s.id}].files[{i}]")
                  for i, f in enumerate(s.paths)]
         multi = len(paths) > 1 or any(x is not None for x in s.starts)
-        offsets = segment_offsets(s, paths) if multi else [0] * len(paths)
+        offsets = segment_offsets(s, [localize(s, p, roots) if isinstance(p, UriPath) else p
+                                      for p in paths]) if multi else [0] * len(paths)
         out += [DecodeRequest(manifest.session, s, str(p), roots, off)
                 for p, off in zip(paths, offsets)]
     return out
@@ -91,7 +96,14 @@ def decode_file(stream: Stream, path: Path | str, *, session_id: str,
                 ) -> Iterator[Chunk | DeadLetter]:
     """Decode one file of ``stream``: files outside ``roots`` (when given) are not opened,
     ``time_offset_ns`` shifts every time. Never raises: unknown formats, bad options and any
-    decoder exception become file-level DeadLetters (after the chunks already yielded)."""
+    decoder exception become file-level DeadLetters (after the chunks already yielded).
+    A remote ``path`` (``s3://``, ``gs://``) is decoded from the worker's source cache
+    (``_decode_remote``); reading it may raise ``OSError`` (network, permissions) so that the
+    runner retries the work item."""
+    if is_remote(path):
+        yield from _decode_remote(stream, str(path), session_id=session_id, roots=roots,
+                                  time_offset_ns=time_offset_ns)
+        return
     src = SourceFile(session_id, stream.id, stream.modality, str(path), roots=roots)
     fmt = format_name(stream.format, str(path))
     key = decoder_key(stream.modality, stream.format, str(path))
@@ -120,6 +132,82 @@ def decode_file(stream: Stream, path: Path | str, *, session_id: str,
                        attrs={"traceback": traceback.format_exc(limit=5)[-2000:]})
 
 
+# ---------------------------------------------------------------- remote files
+
+
+def localize(stream: Stream, uri: str | UriPath, roots: tuple[str, ...] = (),
+             cache: SourceCache | None = None) -> Path:
+    """The local copy of a remote file of ``stream`` (downloaded once per worker machine:
+    ``transforms/io/source_cache.py``); for an image sequence also the images its index names
+    inside the image folder and the roots. ``OutsideRoots`` for a file outside the remote
+    ``roots`` (nothing is read), ``FileNotFoundError`` for a missing one."""
+    cache = cache or default_cache()
+    local = cache.fetch(uri, roots)
+    if decoder_key(stream.modality, stream.format, str(uri)) == "image_sequence":
+        _fetch_images(stream, local, roots, cache)
+    return local
+
+
+def _fetch_images(stream: Stream, index: Path, roots, cache: SourceCache) -> None:
+    """The images an index names, fetched next to its copy: each resolved as the decoder
+    resolves it (``video._resolve_image`` on the mirror), so only images the decoder would
+    open are read; missing ones and ones outside the roots are left to its letters."""
+    try:
+        opts = DecodeOptions.of(stream.options)
+    except ValueError:
+        return                                  # the decoder reports bad_options
+    image_dir = (index.parent / (opts.image_dir or ".")).resolve()
+    for e in video.read_index(str(index), opts.time_unit):
+        if e.error is not None or not e.filename:
+            continue
+        p = (image_dir / e.filename).resolve()
+        uri = cache.uri_of(p) if (p == image_dir or image_dir in p.parents) else None
+        if uri is not None:
+            try:
+                cache.fetch(uri, roots)
+            except (OutsideRoots, FileNotFoundError, IsADirectoryError):
+                continue
+
+
+def _decode_remote(stream: Stream, uri: str, *, session_id: str, roots: tuple[str, ...],
+                   time_offset_ns: int) -> Iterator[Chunk | DeadLetter]:
+    """``decode_file`` of a remote file: decoded from its local copy with the roots mirrored
+    (so the allowed-roots rule holds as for local files), every cache path in what comes out
+    written back as its URI (chunks' ``source_uri`` and meta, letters' source, message,
+    attributes)."""
+    cache = default_cache()
+    src = SourceFile(session_id, stream.id, stream.modality, uri, roots=roots)
+    try:
+        local = localize(stream, uri, roots, cache)
+    except OutsideRoots:
+        yield src.dead("path_outside_roots", f"{uri} is outside the allowed roots "
+                       f"{list(roots)}; it was not read.", error_class="PathOutsideRoots",
+                       attrs={"target": uri})
+        return
+    except FileNotFoundError:
+        yield src.dead("missing_file", f"{uri} does not exist.", error_class="FileNotFound")
+        return
+    except IsADirectoryError:
+        yield src.dead("not_a_file", f"{uri} is not a file (a prefix of other objects).",
+                       error_class="FileNotFound")
+        return
+    for out in decode_file(stream, str(local), session_id=session_id,
+                           roots=cache.local_roots(roots), time_offset_ns=time_offset_ns):
+        yield _with_uris(out, cache)
+
+
+def _with_uris(out: Chunk | DeadLetter, cache: SourceCache) -> Chunk | DeadLetter:
+    def back(v):
+        return cache.uris(v) if isinstance(v, str) else v
+
+    if isinstance(out, DeadLetter):
+        return dataclasses.replace(out, source_uri=back(out.source_uri),
+                                   message=back(out.message),
+                                   attrs={k: back(v) for k, v in out.attrs.items()})
+    return dataclasses.replace(out, source_uri=back(out.source_uri),
+                               meta={k: back(v) for k, v in out.meta.items()})
+
+
 # ---------------------------------------------------------------- Beam shells
 
 class DecodeFile(beam.DoFn):
@@ -141,7 +229,7 @@ class DecodeFile(beam.DoFn):
         modality = req.stream.modality
         src = SourceFile(req.session_id, req.stream.id, modality, str(req.path))
         try:
-            for out in decode_file(req.stream, Path(req.path), session_id=req.session_id,
+            for out in decode_file(req.stream, req.path, session_id=req.session_id,
                                    roots=req.roots, time_offset_ns=req.time_offset_ns):
                 if isinstance(out, DeadLetter):
                     self._count(modality, metrics.DEAD, out.records)
