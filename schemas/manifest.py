@@ -33,7 +33,7 @@ from pydantic import (
 
 from mmalign.schemas import aligned
 from mmalign.schemas.chunk import MODALITIES
-from mmalign.schemas.clock import MAX_ABS_TIME_NS
+from mmalign.schemas.clock import MAX_ABS_TIME_NS, MAX_DRIFT
 from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
 from mmalign.schemas.encoders import EncodersConfig
 from mmalign.schemas.errors import ManifestError
@@ -124,7 +124,8 @@ class SyncSpec(_Strict):
     """Estimate this stream's clock against a reference stream from the signals (DTW-sync)."""
     method: Literal["dtw"] = "dtw"
     reference: ID
-    features: str | None = Field(None, description="feature kind; default by modality pair")
+    features: str | None = Field(None, description="events | activity | signals; default: "
+                                 "signals (chosen by modality pair) where defined")
     channels: list[str] = Field(default_factory=list, description="sensor channels for magnitude")
     engine: Literal["banded", "fastdtw"] = "banded"
     rate_hz: float = Field(100.0, gt=0, le=2000, description="common feature rate")
@@ -133,6 +134,9 @@ class SyncSpec(_Strict):
     max_offset_s: float = Field(10.0, gt=0, le=86400,
                                 description="coarse cross-correlation search range")
     min_confidence: float = Field(0.5, ge=0, le=1, description="below: keep the declared clock")
+    max_drift_ppm: float = Field(50_000.0, gt=0, le=MAX_DRIFT * 1e6,
+                                 description="clock-rate range searched (+-); an estimate at "
+                                 "its edge is not used")
 
 
 def _decimal_seconds(v: Any) -> Any:

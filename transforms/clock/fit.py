@@ -1,16 +1,19 @@
-"""From two sync features to a clock model: coarse offset, banded DTW, landmark fit.
+"""From two streams' sync features to a clock model: candidates, fine landmarks, a line.
 
-1. coarse offset: FFT cross-correlation of the two features over lags within
-   +-``max_offset_s`` of the prior (the declared clocks), so offsets wider than the band work;
-2. the overlapping parts go through DTW (banded exact by default, or fastdtw) inside a
-   Sakoe-Chiba band of ``band_s`` around that offset;
-3. landmarks (peaks of impulse features, edges of level features) of the reference are paired
-   with the nearest stream landmark around where the warping path sends them, each refined to a
-   fraction of a grid step (centroid around the peak);
-4. RANSAC then least squares fit ``t_ref - t_dev = offset + drift * (t_dev - anchor)`` to the
-   pairs; then every landmark is re-paired along the fitted line (within the inlier tolerance)
-   and the line refitted, twice, so pairs where the path strayed between events are recovered.
-   Confidence in [0, 1] = support * consistency * precision (see ``_confidence``).
+1. coarse search (transforms/clock/search.py): the features chosen for the pair of
+   modalities (transforms/clock/pairs.py) are correlated - normalised over the overlap only,
+   with a minimum overlap inside the search - over lags within +-``max_offset_s`` of the
+   declared clocks and over clock-rate ratios (the common frame-rate ratios and a continuous
+   range of +-``max_drift``); the best few distinct lines are candidates;
+2. fine stage per candidate (transforms/clock/fine.py): landmark pairs along the line -
+   windows of continuous signals cross-correlated, peaks of event features paired along the
+   DTW path (banded exact by default, or fastdtw) and then along the line, subtitle marks
+   against voice-activity edges - and a robust weighted line through them, twice with a
+   narrower search; audio against audio is then refined on the waveforms (sub-millisecond);
+3. the candidate with the best fine score wins; its confidence in [0, 1] is a logistic
+   function of how consistent, numerous, strong and unambiguous its landmarks are
+   (``confidence``, calibrated on generated and real-like recordings: README);
+4. a drift at the edge of the searched range is flagged (``at_edge``) and never used.
 
 The fitted model maps the stream's device clock onto the *reference stream's device clock*;
 ``finalize`` composes it with the reference's own model, or falls back to the declared one.
@@ -19,19 +22,40 @@ The fitted model maps the stream's device clock onto the *reference stream's dev
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import correlate, correlation_lags, find_peaks
 
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.sync import MAX_PATH_POINTS, SyncEvidence, SyncResult
-from mmalign.transforms.clock.dtw import run_dtw
 from mmalign.transforms.clock.features import NS, Feature, condition
+from mmalign.transforms.clock.fine import (  # noqa: F401 (landmark helpers re-exported)
+    LANDMARK_REL_HEIGHT,
+    LANDMARK_SEPARATION_S,
+    FitError,
+    LandmarkPairs,
+    Marks,
+    WindowChannel,
+    dtw_path,
+    event_pairs,
+    landmarks,
+    match_marks,
+    nearest_pairs,
+    path_pairs,
+    refine,
+    robust_fit,
+    window_pairs,
+)
+from mmalign.transforms.clock.pairs import Pair, axis_channels, view
+from mmalign.transforms.clock.search import Channel, Line, Track, coarse_candidates, ncc
 
-MAX_DRIFT = 1e-3            # |drift| above 1000 ppm is not a clock, it is a wrong match
-MIN_OVERLAP_S = 5.0
-LANDMARK_REL_HEIGHT = 0.3   # landmark prominence, relative to the conditioned scale
-LANDMARK_SEPARATION_S = 0.1
+MAX_DRIFT = 0.05            # default drift range searched: +-5 % (sync.max_drift_ppm)
+MIN_OVERLAP_S = 5.0         # overlap the coarse search demands (less for short streams)
+MIN_OVERLAP_FRACTION = 0.3  # ... and at least this share of the shorter stream
+EDGE_FRACTION = 0.98        # |drift| beyond this share of the range searched is "at the edge"
+CANDIDATES = 4              # coarse candidates re-scored by the fine stage
+WAVE_WINDOW_S = 0.5
+MAX_WAVE_WINDOWS = 600
 
 
 class SyncError(ValueError):
@@ -58,74 +82,18 @@ def prior_offset_ns(stream_declared: ClockModel, ref_declared: ClockModel, t_ns:
 
 
 def coarse_lag(ref: np.ndarray, ref_start: int, dev: np.ndarray, dev_start: int,
-               lag_lo: int, lag_hi: int) -> tuple[int, float]:
+               lag_lo: int, lag_hi: int, min_overlap: int = 2) -> tuple[int, float]:
     """Grid lag L in [lag_lo, lag_hi] maximising the correlation of ref[k] with dev[k - L]
-    (absolute grid indices); returns (L, normalised correlation)."""
-    r, d = ref - ref.mean(), dev - dev.mean()
-    c = correlate(r, d, mode="full", method="fft")
-    lags = correlation_lags(len(r), len(d), mode="full") + (ref_start - dev_start)
-    ok = (lags >= lag_lo) & (lags <= lag_hi)
+    (absolute grid indices), normalised over the overlap only and over overlaps of at least
+    ``min_overlap`` samples; returns (L, normalised correlation)."""
+    lags, c, _ = ncc(ref, dev, min_overlap)
+    lags = lags + (ref_start - dev_start)
+    ok = (lags >= lag_lo) & (lags <= lag_hi) & np.isfinite(c)
     if not ok.any():
         raise SyncError("the streams do not overlap at any offset within max_offset_s of the "
                         "declared clocks; raise sync.max_offset_s")
     k = np.flatnonzero(ok)[np.argmax(c[ok])]
-    norm = np.sqrt(np.sum(r * r) * np.sum(d * d))
-    return int(lags[k]), float(c[k] / norm) if norm > 0 else 0.0
-
-
-def _landmarks(sig: np.ndarray, rate_hz: float) -> np.ndarray:
-    top = min(float(np.max(sig)), 1.0) if len(sig) else 0.0
-    if not top > 0:
-        return np.zeros(0, np.int64)
-    peaks, _ = find_peaks(sig, prominence=LANDMARK_REL_HEIGHT * top,
-                          distance=max(1, int(LANDMARK_SEPARATION_S * rate_hz)))
-    return peaks.astype(np.int64)
-
-
-def refine(raw: np.ndarray, peaks: np.ndarray, half: int = 1) -> np.ndarray:
-    """Sub-sample landmark positions: centroid of ``raw`` within +-``half`` of each peak."""
-    offs = np.arange(-half, half + 1)
-    idx = np.clip(peaks[:, None] + offs[None, :], 0, len(raw) - 1)
-    w = raw[idx]
-    tot = w.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = (w * idx).sum(axis=1) / tot
-    return np.where(tot > 0, c, peaks.astype(np.float64))
-
-
-def landmarks(sig: np.ndarray, raw: np.ndarray, rate_hz: float
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """(peak indices, sub-sample positions) of the landmarks of a conditioned feature."""
-    peaks = _landmarks(sig, rate_hz)
-    return peaks, refine(raw, peaks)
-
-
-def nearest_pairs(pred: np.ndarray, target: np.ndarray, max_dist: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one pairs (i, k): ``target[k]`` nearest to ``pred[i]`` within ``max_dist``; a
-    target claimed twice goes to the closer prediction. ``target`` sorted."""
-    if len(pred) == 0 or len(target) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    k = np.clip(np.searchsorted(target, pred), 0, len(target) - 1)
-    km = np.clip(k - 1, 0, len(target) - 1)
-    k = np.where(np.abs(target[km] - pred) <= np.abs(target[k] - pred), km, k)
-    dist = np.abs(target[k] - pred)
-    order = np.lexsort((dist, k))
-    first = np.r_[True, k[order][1:] != k[order][:-1]]
-    keep = np.zeros(len(k), bool)
-    keep[order[first]] = True
-    ok = keep & (dist <= max_dist)
-    return np.flatnonzero(ok), k[ok]
-
-
-def path_pairs(r_peaks: np.ndarray, d_pos: np.ndarray, path_i: np.ndarray,
-               path_j: np.ndarray, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, k) of reference landmark i and stream landmark k that the warping path links:
-    the stream landmark nearest to where the path sends the reference one."""
-    a = np.searchsorted(path_i, r_peaks, "left")
-    b = np.searchsorted(path_i, r_peaks, "right") - 1
-    j0 = (path_j[a] + path_j[b]) / 2.0
-    return nearest_pairs(j0, d_pos, max_dist)
+    return int(lags[k]), float(c[k])
 
 
 def ransac_line(x: np.ndarray, y: np.ndarray, tol: float, max_slope: float = MAX_DRIFT,
@@ -161,90 +129,371 @@ def ransac_line(x: np.ndarray, y: np.ndarray, tol: float, max_slope: float = MAX
     return float(cc), float(ss), inl
 
 
-def _confidence(n_inliers: int, n_side: int, rms: float, tol: float) -> float:
-    """support (saturating in the number of inliers) * consistency (share of the sparser
-    side's landmarks explained) * precision (residual RMS against the inlier tolerance)."""
-    if n_inliers == 0 or n_side == 0:
-        return 0.0
-    support = 1.0 - np.exp(-n_inliers / 4.0)
-    consistency = min(1.0, n_inliers / n_side)
-    precision = 1.0 / (1.0 + (rms / tol) ** 2)
-    return float(np.clip(support * consistency * precision, 0.0, 1.0))
-
-
 # ---------------------------------------------------------------- the estimate
+
+# precision classes of landmark pairs (fine.LandmarkPairs.kind)
+WINDOWS, EVENTS, MARKS, WAVE = 0, 1, 2, 3
+WAVE_PAIR = "audio_waveform~audio_waveform"
+
+
+@dataclass(frozen=True)
+class _Events:
+    ref_land: tuple
+    dev_land: tuple
+    ref_dtw: Track
+    dev_dtw: Track
+    src: int
+
+
+@dataclass
+class _Context:
+    windows: list            # [(WindowChannel, src)]
+    events: list             # [_Events]
+    marks: tuple | None      # (dev Marks, ref Marks, src)
+    waves: tuple | None      # (ref Track, dev Track)
+    axes: tuple | None       # (ref axis tracks, dev axis tracks, src)
+    rate: float
+    dev_span: tuple[float, float]
+    ref_span: tuple[float, float]
+    engine: str
+    band_s: float
+    max_drift: float
+
+
+@dataclass
+class _Candidate:
+    coarse: Line
+    fit: object = None               # fine.Fit
+    pairs: LandmarkPairs | None = None
+    score: float = 0.0
+    consistency: float = 0.0
+    quality: float = 0.0
+    error: str = ""
+    path: tuple | None = None
+    cost: float = float("nan")
+    lam: float | None = None
+    wave: bool = False
+    chance: float = 0.0             # share of marks a random line would pair (marks only)
+
+
+def _abs_t0(f: Feature, origin_ns: int) -> float:
+    """Relative seconds of ``f``'s first grid point."""
+    step = NS / f.rate_hz
+    if step == int(step):
+        return (f.start * int(step) - origin_ns) / NS
+    return (f.start * step - origin_ns) / NS
+
+
+def _track(f: Feature, how: str, origin_ns: int) -> Track:
+    return Track(view(f, how), _abs_t0(f, origin_ns), f.rate_hz)
+
+
+def _marks(f: Feature, origin_ns: int) -> Marks:
+    t0 = _abs_t0(f, origin_ns)
+    if f.marks is None:
+        return Marks(np.zeros(0), np.zeros(0))
+    return Marks(t0 + np.asarray(f.marks, np.float64) / f.rate_hz,
+                 np.asarray(f.mark_sign, np.float64))
+
+
+def _overlap(line: Line, ctx: _Context) -> tuple[float, float]:
+    return (max(ctx.ref_span[0], float(line.ref(ctx.dev_span[0]))),
+            min(ctx.ref_span[1], float(line.ref(ctx.dev_span[1]))))
+
+
+def _axis_windows(ctx: _Context, line: Line, span) -> list:
+    """Per-axis window channels: the stream's axes mapped onto the reference's by the linear
+    map fitted along the line (an unknown rotation, scales and signs between the devices)."""
+    if ctx.axes is None:
+        return []
+    refs, devs, src = ctx.axes
+    t = np.arange(span[0], span[1], 1.0 / ctx.rate)
+    if len(t) < 20:
+        return []
+    R = np.column_stack([r.at(t) for r in refs])
+    D = np.column_stack([d.at(line.dev(t)) for d in devs])
+    A, *_ = np.linalg.lstsq(D, R, rcond=None)
+    proj = np.column_stack([d.values for d in devs]) @ A
+    d0 = devs[0]
+    return [(WindowChannel(refs[i], Track(proj[:, i], d0.t0, d0.rate), 1.0 / len(refs)), src)
+            for i in range(len(refs))]
+
+
+def _fine(cand: Line, ctx: _Context) -> _Candidate:
+    out = _Candidate(cand)
+    line = cand
+    rate = ctx.rate
+    ev_tol = max(3.0 / rate, 0.04)
+    search, w_tol, m_tol, m_pair = 0.4, 0.1, 0.15, 0.5
+    lam = 0.5
+    fit = None
+    pairs = LandmarkPairs()
+    for it in range(3):
+        span = _overlap(line, ctx)
+        if span[1] - span[0] < 1.0:
+            out.error = "the streams hardly overlap on this candidate"
+            return out
+        pairs = LandmarkPairs()
+        wch = ctx.windows + (_axis_windows(ctx, line, span) if it else [])
+        by_src: dict = {}
+        for ch, src in wch:
+            by_src.setdefault(src, []).append(ch)
+        for src, chs in by_src.items():
+            wp = window_pairs(chs, line, window_s=4.0, step_s=2.0, search_s=search, span=span,
+                              kind=WINDOWS)
+            pairs = pairs.extend(wp.tagged(src))
+        for ev in ctx.events:
+            path = None
+            if it == 0:
+                pr, pd, cost = dtw_path(ev.ref_dtw, ev.dev_dtw, line, span, ctx.engine,
+                                        ctx.band_s)
+                path = (pr, pd)
+                if out.path is None:
+                    out.path, out.cost = path, cost
+            ep = event_pairs(ev.ref_land, ev.dev_land, line,
+                             tol_s=max(0.1, ev_tol) if it == 0 else ev_tol, kind=EVENTS,
+                             path=path)
+            pairs = pairs.extend(ep.tagged(ev.src))
+        fall = length = None
+        if ctx.marks is not None:
+            dm, rm, src = ctx.marks
+            mp, fall, length, out.chance = match_marks(dm, rm, line, lam, m_pair, m_tol,
+                                                       ctx.max_drift * 1.05, kind=MARKS)
+            pairs = pairs.extend(mp.tagged(src))
+        tol = {WINDOWS: w_tol, EVENTS: ev_tol, MARKS: m_tol}
+        try:
+            fit = robust_fit(pairs, tol, ctx.max_drift * 1.05)
+        except FitError as e:
+            out.error = str(e)
+            return out
+        line = fit.line
+        if fall is not None:            # where in their pauses the boundaries sit
+            n_other = len(pairs) - len(fall)
+            b = np.isfinite(fall) & (length > 0) & fit.inliers[n_other:]
+            if b.sum() >= 3:
+                tr = line.ref(pairs.t_dev[n_other:][b])
+                lam = float(np.clip(np.median((tr - fall[b]) / length[b]), 0.0, 1.0))
+                out.lam = lam
+        sig = fit.sigma
+        search = max(4.0 / rate, 6.0 * sig.get(WINDOWS, 0.02))
+        w_tol = max(0.015, 5.0 * sig.get(WINDOWS, 0.02))
+        m_tol = max(0.06, 4.0 * sig.get(MARKS, 0.03))
+        m_pair = max(0.1, 5.0 * sig.get(MARKS, 0.03))
+    out.fit, out.pairs = fit, pairs
+    if ctx.waves is not None:
+        _wave_refine(out, ctx)
+    _score(out)
+    return out
+
+
+def _wave_refine(out: _Candidate, ctx: _Context) -> None:
+    """Audio against audio: windows of the waveforms cross-correlated along the line; used
+    when most windows agree (else the feature-rate fit stands)."""
+    ref, dev = ctx.waves
+    line = out.fit.line
+    span = _overlap(line, ctx)
+    span = (max(span[0], ref.t0), min(span[1], ref.t1))
+    length = span[1] - span[0]
+    if length < 2 * WAVE_WINDOW_S:
+        return
+    step = max(WAVE_WINDOW_S, length / MAX_WAVE_WINDOWS)
+    sd = min(out.fit.sigma.values()) if out.fit.sigma else 0.005
+    search = min(0.02, max(0.002, 6.0 * sd))
+    wp = window_pairs([WindowChannel(ref, dev)], line, window_s=WAVE_WINDOW_S, step_s=step,
+                      search_s=search, span=span, kind=WAVE, cubic=True)
+    wp = wp.tagged(-1)
+    if len(wp) < 6:
+        return
+    try:
+        f1 = robust_fit(wp, max(0.001, 2.0 * sd), ctx.max_drift * 1.05)
+        f2 = robust_fit(wp, max(0.0003, 5.0 * f1.sigma.get(WAVE, 0.001)), ctx.max_drift * 1.05)
+    except FitError:
+        return
+    inl = f2.inliers
+    if inl.sum() >= max(6, 0.5 * wp.attempted) and np.median(wp.quality[inl]) >= 0.3:
+        out.fit, out.pairs, out.wave = f2, wp, True
+
+
+def _score(c: _Candidate) -> None:
+    p, fit = c.pairs, c.fit
+    inl = fit.inliers
+    n = int(inl.sum())
+    raw = min(1.0, n / max(1, p.attempted))
+    marks = float(np.mean(p.kind == MARKS)) if len(p) else 0.0
+    chance = c.chance * marks            # pairs a random line would have made
+    c.consistency = max(0.0, (raw - chance) / (1.0 - chance)) if chance < 1 else 0.0
+    c.quality = float(np.mean(np.clip(p.quality[inl], 0, 1))) if n else 0.0
+    c.score = c.consistency * c.quality * (1.0 - np.exp(-n / 6.0))
+
+
+def confidence(consistency: float, quality: float, n_inliers: int, margin: float) -> float:
+    """How much to trust a fit, in [0, 1]: a logistic function of its consistency (inlier
+    landmark pairs / windows and landmarks that could have paired), quality (mean correlation
+    of the inlier windows; 1 for events and marks), support (number of inliers) and margin
+    (1 - the best other candidate's fine score / this one's). Coefficients from the
+    calibration in benchmarks/bench_sync_confidence.py (README: the ROC)."""
+    z = (CONF_COEF[0] + CONF_COEF[1] * consistency + CONF_COEF[2] * quality
+         + CONF_COEF[3] * np.log1p(n_inliers) + CONF_COEF[4] * margin)
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
+CONF_COEF = (-9.0, 6.0, 3.0, 1.0, 4.0)
+
+
+def _contexts(ref_set: dict, dev_set: dict, pairs: list[Pair], o_dev: int, o_ref: int,
+              ref_wave: Feature | None, dev_wave: Feature | None, modalities, engine: str,
+              band_s: float, max_drift: float) -> tuple[list[Channel], _Context]:
+    channels, windows, events, marks, axes = [], [], [], None, None
+    rate = None
+    for src, p in enumerate(pairs):
+        fr, fd = ref_set[p.ref], dev_set[p.dev]
+        if fr.rate_hz != fd.rate_hz:
+            raise SyncError(f"features have different rates ({fr.rate_hz}, {fd.rate_hz} Hz)")
+        rate = fr.rate_hz
+        tr, td = _track(fr, p.ref_view, o_ref), _track(fd, p.dev_view, o_dev)
+        if p.weight > 0:
+            channels.append(Channel(tr, td, p.weight))
+        if p.use == "windows":
+            windows.append((WindowChannel(_track(fr, p.ref_view, o_ref),
+                                          _track(fd, p.dev_view, o_dev), 1.0), src))
+        elif p.use == "events":
+            _, rl, rr = condition(fr)
+            _, dl, dr = condition(fd)
+            events.append(_Events((rl, rr, _abs_t0(fr, o_ref), rate),
+                                  (dl, dr, _abs_t0(fd, o_dev), rate),
+                                  _track(fr, "raw", o_ref), _track(fd, "raw", o_dev), src))
+        elif p.use == "marks":
+            marks = (_marks(fd, o_dev), _marks(fr, o_ref), src)
+    if modalities is not None:
+        ra, da = axis_channels(modalities[1], ref_set), axis_channels(modalities[0], dev_set)
+        if len(ra) >= 2 and len(da) >= 2:
+            axes = ([_track(ref_set[n], "raw", o_ref) for n in ra],
+                    [_track(dev_set[n], "raw", o_dev) for n in da], len(pairs))
+    waves = None
+    if ref_wave is not None and dev_wave is not None:
+        waves = (Track(ref_wave.values.astype(np.float64), _abs_t0(ref_wave, o_ref),
+                       ref_wave.rate_hz),
+                 Track(dev_wave.values.astype(np.float64), _abs_t0(dev_wave, o_dev),
+                       dev_wave.rate_hz))
+    used = [(ref_set[p.ref], dev_set[p.dev]) for p in pairs]
+    dev_span = (min(_abs_t0(d, o_dev) for _, d in used),
+                max(_abs_t0(d, o_dev) + (len(d.values) - 1) / d.rate_hz for _, d in used))
+    ref_span = (min(_abs_t0(r, o_ref) for r, _ in used),
+                max(_abs_t0(r, o_ref) + (len(r.values) - 1) / r.rate_hz for r, _ in used))
+    ctx = _Context(windows, events, marks, waves, axes, rate, dev_span, ref_span, engine,
+                   band_s, max_drift)
+    return channels, ctx
+
+
+def estimate_signals(ref_set: dict, dev_set: dict, pairs: list[Pair], *,
+                     engine: str = "banded", band_s: float = 1.0, max_offset_s: float = 10.0,
+                     prior_offset_ns: int = 0, max_drift: float = MAX_DRIFT,
+                     ref_wave: Feature | None = None, dev_wave: Feature | None = None,
+                     modalities: tuple[str, str] | None = None, stream_id: str = "",
+                     reference: str = "") -> SyncResult:
+    """The stream's device clock -> the reference's device clock, from the features ``pairs``
+    name in the two streams' ``signals`` sets (see the module docstring). Raises
+    ``SyncError`` when the streams cannot be matched at all."""
+    feats = [dev_set[p.dev] for p in pairs]
+    o_dev = int(min(f.times_ns([0])[0] for f in feats))
+    o_ref = o_dev + int(prior_offset_ns)
+    channels, ctx = _contexts(ref_set, dev_set, pairs, o_dev, o_ref, ref_wave, dev_wave,
+                              modalities, engine, band_s, max_drift)
+    shorter = min(ctx.dev_span[1] - ctx.dev_span[0], ctx.ref_span[1] - ctx.ref_span[0])
+    if shorter < 2.0:
+        raise SyncError(f"a stream spans only {shorter:.1f} s; sync needs at least 2 s")
+    min_overlap = min(max(MIN_OVERLAP_S, MIN_OVERLAP_FRACTION * shorter), 0.8 * shorter)
+    cands = coarse_candidates(channels, max_drift=max_drift, max_offset_s=max_offset_s,
+                              min_overlap_s=min_overlap, k=CANDIDATES)
+    if not cands:
+        raise SyncError(f"the streams do not overlap by {min_overlap:.1f} s at any offset "
+                        "within max_offset_s of the declared clocks; raise sync.max_offset_s")
+    done = [_fine(c, ctx) for c in cands]
+    good = [c for c in done if c.fit is not None]
+    if not good:
+        raise SyncError(f"{done[0].error} (features {_pair_names(pairs)})")
+    good.sort(key=lambda c: -c.score)
+    best = good[0]
+    span = ctx.dev_span
+    others = [c for c in good[1:] if max(abs(c.fit.line.offset(t) - best.fit.line.offset(t))
+                                         for t in span) > 0.05]
+    second = others[0].score if others else 0.0
+    margin = float(np.clip(1.0 - second / best.score, 0.0, 1.0)) if best.score > 0 else 0.0
+    return _result(best, margin, ctx, pairs, o_dev, o_ref, prior_offset_ns, stream_id,
+                   reference, engine)
+
+
+def _pair_names(pairs: list[Pair]) -> str:
+    return ", ".join(p.name for p in pairs)
+
+
+def _result(best: _Candidate, margin: float, ctx: _Context, pairs: list[Pair], o_dev: int,
+            o_ref: int, prior_ns: int, stream_id: str, reference: str,
+            engine: str) -> SyncResult:
+    fit, p = best.fit, best.pairs
+    inl = fit.inliers
+    n_inl = int(inl.sum())
+    conf = confidence(best.consistency, best.quality, n_inl, margin)
+    line = fit.line
+    anchor_rel = float(np.mean(p.t_dev[inl])) if n_inl else float(np.mean(ctx.dev_span))
+    anchor = o_dev + int(round(anchor_rel * NS))
+    a_rel = (anchor - o_dev) / NS
+    offset_ns = int(prior_ns) + int(round(((line.rho - 1.0) * a_rel + line.c) * NS))
+    drift = line.rho - 1.0
+    model = ClockModel(offset_ns, drift, anchor, "estimated", conf)
+    names: dict[str, int] = {}
+    for s in p.src[inl]:
+        nm = WAVE_PAIR if s < 0 else (pairs[s].name if s < len(pairs) else "axes")
+        names[nm] = names.get(nm, 0) + 1
+    feat = "+".join(sorted(names, key=lambda k: -names[k])) or _pair_names(pairs)
+    resid = fit.residual
+    keep = np.unique(np.linspace(0, len(best.path[0]) - 1, MAX_PATH_POINTS).round().astype(int)
+                     ) if best.path is not None and len(best.path[0]) else np.zeros(0, int)
+    evidence = SyncEvidence(
+        tuple(int(round(v * NS)) + o_dev for v in p.t_dev),
+        tuple(int(round(v * NS)) + o_ref for v in p.t_ref),
+        tuple(float(v) * 1e3 for v in resid), tuple(bool(v) for v in inl),
+        tuple(int(round(v * NS)) + o_dev for v in (best.path[1][keep] if len(keep) else [])),
+        tuple(int(round(v * NS)) + o_ref for v in (best.path[0][keep] if len(keep) else [])))
+    mid = float(np.mean(ctx.dev_span))
+    coarse_ns = int(prior_ns) + int(round(best.coarse.offset(mid) * NS))
+    reason, warnings = "", ()
+    if abs(drift) >= EDGE_FRACTION * ctx.max_drift:
+        reason = (f"the drift estimate {drift * 1e6:+.0f} ppm is at the edge of the range "
+                  f"searched (+-{ctx.max_drift * 1e6:.0f} ppm): the clocks may differ more, or "
+                  "the match is wrong; raise sync.max_drift_ppm if they can")
+        warnings = (reason,)
+    return SyncResult(stream_id, reference, model, conf, False, reason, engine, feat, coarse_ns,
+                      best.cost, len(p), n_inl, fit.rms * 1e3,
+                      float(np.max(np.abs(resid[inl]))) * 1e3 if n_inl else float("inf"),
+                      model, warnings=warnings, evidence=evidence)
 
 
 def estimate_clock(ref: Feature, dev: Feature, *, engine: str = "banded", band_s: float = 1.0,
                    max_offset_s: float = 10.0, prior_offset_ns: int = 0,
-                   tol_s: float | None = None, stream_id: str = "",
+                   max_drift: float = MAX_DRIFT, stream_id: str = "",
                    reference: str = "") -> SyncResult:
-    """The stream's device clock -> the reference's device clock, from their features.
-    Raises ``SyncError`` when the streams cannot be matched at all."""
+    """One feature of each stream (the ``events`` or ``activity`` family): its peaks or edges
+    paired (``estimate_signals`` with one pair). Raises ``SyncError`` when the streams cannot
+    be matched at all."""
     if ref.rate_hz != dev.rate_hz:
         raise SyncError(f"features have different rates ({ref.rate_hz}, {dev.rate_hz} Hz)")
-    rate = ref.rate_hz
-    step_ns = NS / rate
-    tol = tol_s if tol_s is not None else max(3.0 / rate, 0.04)
-    r_dtw, r_land, r_raw = condition(ref)
-    d_dtw, d_land, d_raw = condition(dev)
-    lag0 = round(prior_offset_ns / step_ns)
-    span = int(np.ceil(max_offset_s * rate))
-    lag, _ = coarse_lag(r_dtw, ref.start, d_dtw, dev.start, lag0 - span, lag0 + span)
-    # overlap in absolute reference-grid indices
-    a = max(ref.start, dev.start + lag)
-    b = min(ref.start + len(r_dtw), dev.start + lag + len(d_dtw))
-    if (b - a) < MIN_OVERLAP_S * rate:
-        raise SyncError(f"the streams overlap for only {(b - a) / rate:.1f} s at the coarse "
-                        f"offset; need {MIN_OVERLAP_S:.0f} s")
-    ri, di = slice(a - ref.start, b - ref.start), slice(a - lag - dev.start, b - lag - dev.start)
-    half = max(1, round(band_s * rate))
-    res = run_dtw(r_dtw[ri], d_dtw[di], engine, half_width=half)
-    rp, r_pos = landmarks(r_land[ri], r_raw[ri], rate)
-    dp, d_pos = landmarks(d_land[di], d_raw[di], rate)
-    t_ref_all = (a + r_pos) * step_ns                  # device times, float ns
-    t_dev_all = (a - lag + d_pos) * step_ns
-    i, k = path_pairs(rp, d_pos, res.path_i, res.path_j,
-                      max(3.0, LANDMARK_SEPARATION_S * rate))
-    if len(i) < 3:
-        raise SyncError(f"only {len(i)} landmarks matched between the streams (features "
-                        f"{dev.name}, {ref.name}); they share too few events")
-    anchor = round(float(np.mean(t_dev_all[k])))
-    x, y = (t_dev_all[k] - anchor) / NS, (t_ref_all[i] - t_dev_all[k]) / NS
-    c, s, inl = ransac_line(x, y, tol)
-    # re-pair every landmark along the fitted line (the path may have strayed between events)
-    xd = (t_dev_all - anchor) / NS
-    for _ in range(2):
-        k, i = nearest_pairs(xd * NS + anchor + (c + s * xd) * NS, t_ref_all, tol * NS)
-        if len(i) < 3:
-            break
-        x, y = (t_dev_all[k] - anchor) / NS, (t_ref_all[i] - t_dev_all[k]) / NS
-        c, s, inl = ransac_line(x, y, tol)
-    n_side = min(len(rp), len(dp))
-    resid = y[inl] - c - s * x[inl]
-    rms = float(np.sqrt(np.mean(resid ** 2))) if inl.any() else float("inf")
-    conf = _confidence(int(inl.sum()), n_side, rms, tol)
-    model = ClockModel(round(c * NS), s, anchor, "estimated", conf)
-    keep = np.unique(np.linspace(0, len(res.path_i) - 1, MAX_PATH_POINTS).round().astype(int))
-    evidence = SyncEvidence(
-        tuple(int(v) for v in np.round(x * NS + anchor)),
-        tuple(int(v) for v in np.round((x + y) * NS + anchor)),
-        tuple(float(v) for v in (y - c - s * x) * 1e3), tuple(bool(v) for v in inl),
-        tuple(int(round(v)) for v in (a - lag + res.path_j[keep]) * step_ns),
-        tuple(int(round(v)) for v in (a + res.path_i[keep]) * step_ns))
-    return SyncResult(stream_id, reference, model, conf, False, "", engine,
-                      f"{dev.name}~{ref.name}", round(lag * step_ns),
-                      res.cost / max(1, len(res.path_i)), len(x), int(inl.sum()),
-                      rms * 1e3, float(np.max(np.abs(resid))) * 1e3 if inl.any() else np.inf,
-                      model, evidence=evidence)
+    use = "windows" if "continuous" in (ref.kind, dev.kind) else "events"
+    rn, dn = "ref:" + ref.name, "dev:" + dev.name
+    pair = Pair(dn, rn, 1.0, use)
+    r = estimate_signals({rn: ref}, {dn: dev}, [pair], engine=engine, band_s=band_s,
+                         max_offset_s=max_offset_s, prior_offset_ns=prior_offset_ns,
+                         max_drift=max_drift, stream_id=stream_id, reference=reference)
+    return dataclasses.replace(r, features=f"{dev.name}~{ref.name}")
 
 
 def finalize(result: SyncResult, ref_model: ClockModel, declared: ClockModel,
              min_confidence: float) -> SyncResult:
     """The model the clock stage uses: the estimate composed with the reference stream's own
-    model when confident enough, else the declared model marked ``fallback``."""
+    model when confident enough and not flagged (a ``reason``: a drift at the edge of the
+    range), else the declared model marked ``fallback``."""
     est = result.estimate
-    if est is not None and result.confidence >= min_confidence:
+    if est is not None and result.confidence >= min_confidence and not result.reason:
         model = compose(ref_model, est)
         return dataclasses.replace(result, model=model, fell_back=False, reason="")
     reason = result.reason or (f"confidence {result.confidence:.2f} is below min_confidence "

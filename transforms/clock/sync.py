@@ -30,28 +30,41 @@ from mmalign.schemas.manifest import Manifest, ManifestError, SyncSpec
 from mmalign.schemas.sync import SyncResult
 from mmalign.transforms.clock.features import (
     FAMILIES,
+    WAVE_FAMILY,
+    Binned,
     Feature,
     FeatureError,
     MotionPart,
+    WavePart,
     as_activity,
     audio_bins,
     audio_onset,
+    audio_signals,
     default_family,
+    flow_frame,
     merge_binned,
+    merge_wave,
     motion_energy,
     motion_part,
     sensor_bins,
     sensor_magnitude,
+    sensor_signals,
     speech_activity,
+    syllables,
     text_activity,
+    text_signals,
+    video_signals,
+    wave_part,
 )
 from mmalign.transforms.clock.fit import (
     SyncError,
     estimate_clock,
+    estimate_signals,
     failed,
     finalize,
     prior_offset_ns,
 )
+from mmalign.transforms.clock.pairs import pairs_for, wants_waveform
 
 GREY_WIDTH = 32                         # video frames are compared at this width
 _NOT_CHANNELS = {"t_ns", "pos", "t_end_ns", "t_dev_ns"}
@@ -87,13 +100,19 @@ def plan_sync(manifest: Manifest, declared: dict) -> SessionSync:
         if spec.reference == sid:
             raise ManifestError(f"streams[{sid}].sync.reference names the stream itself; "
                                 "name another stream")
-        fam = spec.features or default_family(mods[sid], mods[spec.reference])
+        pair = (mods[sid], mods[spec.reference])
+        fam = spec.features or ("signals" if pairs_for(*pair) else default_family(*pair))
         if fam not in FAMILIES:
             raise ManifestError(f"streams[{sid}].sync.features is {fam!r}, which is not one of "
                                 f"{list(FAMILIES)}; use one of them or leave it out")
+        if fam == "signals" and not pairs_for(*pair):
+            raise ManifestError(f"streams[{sid}].sync.features is 'signals', which has no "
+                                f"features for {pair[0]} against {pair[1]}; use events or "
+                                "activity, or leave it out")
         families[sid] = fam
+        fams = {fam} | ({WAVE_FAMILY} if fam == "signals" and wants_waveform(*pair) else set())
         for s in (sid, spec.reference):
-            wants.setdefault(s, {}).setdefault(float(spec.rate_hz), set()).add(fam)
+            wants.setdefault(s, {}).setdefault(float(spec.rate_hz), set()).update(fams)
     needs = {}
     for s, per_rate in wants.items():
         chans = tuple(specs[s].channels) if s in specs else ()
@@ -145,8 +164,10 @@ def _luma(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="gray")
 
 
-def container_grey(path: str, pts: np.ndarray) -> dict[int, np.ndarray]:
-    """Low-resolution grey frames with these container pts (first video stream), by pts."""
+def container_grey(path: str, pts: np.ndarray, small=None) -> dict[int, np.ndarray]:
+    """Low-resolution grey frames with these container pts (first video stream), by pts
+    (``small``: what each decoded grey frame becomes, default ``_small_grey``)."""
+    small = small or _small_grey
     want = set(int(p) for p in pts)
     lo, hi = min(want), max(want)
     out: dict[int, np.ndarray] = {}
@@ -157,14 +178,14 @@ def container_grey(path: str, pts: np.ndarray) -> dict[int, np.ndarray]:
             if frame.pts is None:
                 continue
             if frame.pts in want:
-                out[frame.pts] = _small_grey(_luma(frame))
+                out[frame.pts] = small(_luma(frame))
             if frame.pts >= hi:
                 break
         if lo not in out and len(out) < len(want):     # seek landed past it: from the start
             c.seek(0, stream=vs, backward=True, any_frame=False)
             for frame in c.decode(vs):
                 if frame.pts is not None and frame.pts in want and frame.pts not in out:
-                    out[frame.pts] = _small_grey(_luma(frame))
+                    out[frame.pts] = small(_luma(frame))
                 if frame.pts is not None and frame.pts >= hi:
                     break
     return out
@@ -173,26 +194,34 @@ def container_grey(path: str, pts: np.ndarray) -> dict[int, np.ndarray]:
 def video_grey(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, int]:
     """(t_ns, [k, h, w] grey frames, frames that could not be loaded) of a video chunk: inline
     images, image-sequence files, or frames decoded from the container by pts."""
+    t, frames, _, lost = video_frames(chunk, flow=False)
+    return t, frames, lost
+
+
+def video_frames(chunk: Chunk, flow: bool) -> tuple[np.ndarray, np.ndarray,
+                                                    np.ndarray | None, int]:
+    """``video_grey`` and, with ``flow``, the same frames at the optical flow's width."""
     d = chunk.data
     t = chunk.t_ns()
     names = d.schema.names
     imgs: list[np.ndarray | None] = []
+    small = _both if flow else _small_grey
     if "image" in names and d.column("image").null_count == 0:
         for b in d.column("image").to_pylist():
             im = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE)
-            imgs.append(None if im is None else _small_grey(im))
+            imgs.append(None if im is None else small(im))
     elif "file" in names and d.column("file").null_count == 0:
         base = chunk.meta.get("image_dir") or os.path.dirname(chunk.source_uri)
         for f in d.column("file").to_pylist():
             im = cv2.imread(os.path.join(base, f), cv2.IMREAD_GRAYSCALE)
-            imgs.append(None if im is None else _small_grey(im))
+            imgs.append(None if im is None else small(im))
     else:
         if "pts" not in names or d.column("pts").null_count:
             raise FeatureError(f"{chunk.source_uri}: video rows carry neither images, files nor "
                                "container pts")
         pts = d.column("pts").to_numpy(zero_copy_only=False).astype(np.int64)
         try:
-            got = container_grey(chunk.source_uri, pts)
+            got = container_grey(chunk.source_uri, pts, small)
         except (av.error.FFmpegError, OSError) as e:
             raise FeatureError(f"{chunk.source_uri}: cannot decode video for sync ({e})") \
                 from None
@@ -201,10 +230,23 @@ def video_grey(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, int]:
     if not ok.any():
         raise FeatureError(f"{chunk.source_uri}: none of the chunk's {len(imgs)} frames "
                            "could be loaded")
-    shapes = {im.shape for im in imgs if im is not None}
-    if len(shapes) > 1:
+    good = [im for im in imgs if im is not None]
+    grey = [g[0] for g in good] if flow else good
+    if len({im.shape for im in grey}) > 1:
         raise FeatureError(f"{chunk.source_uri}: frame sizes differ within the chunk")
-    return t[ok], np.stack([im for im in imgs if im is not None]), int((~ok).sum())
+    fl = np.stack([g[1] for g in good]) if flow else None
+    return t[ok], np.stack(grey), fl, int((~ok).sum())
+
+
+def _both(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _small_grey(img), flow_frame(img)
+
+
+@dataclass(frozen=True)
+class AudioPart:
+    """An audio chunk's power sums and, for the ``waveform`` family, its resampled samples."""
+    bins: Binned
+    wave: WavePart | None
 
 
 def chunk_partial(chunk: Chunk, need: StreamNeed, rate_hz: float):
@@ -213,23 +255,31 @@ def chunk_partial(chunk: Chunk, need: StreamNeed, rate_hz: float):
     if d.num_rows == 0:
         return None
     t = chunk.t_ns()
+    fams = need.families.get(rate_hz, frozenset())
     if need.modality == "audio":
         sr = chunk.meta.get("sample_rate")
         if not sr:
             raise FeatureError(f"{chunk.source_uri}: audio chunk meta has no sample_rate")
-        return audio_bins(t, _audio_blocks(d), float(sr), rate_hz)
+        blocks = _audio_blocks(d)
+        bins = audio_bins(t, blocks, float(sr), rate_hz)
+        if WAVE_FAMILY in fams:
+            return AudioPart(bins, wave_part(t, blocks, float(sr)))
+        return bins
     if need.modality == "sensor":
         chans = _sensor_channels(d, need.channels)
         vals = np.column_stack([d.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
                                 for c in chans])
-        return sensor_bins(t, vals, rate_hz)
+        return sensor_bins(t, vals, rate_hz, chans)
     if need.modality == "text":
         if "t_end_ns" not in d.schema.names:
             raise FeatureError(f"{chunk.source_uri}: text chunk has no t_end_ns column")
-        return ("cues", t, d.column("t_end_ns").to_numpy(zero_copy_only=False))
+        text = (d.column("text").to_pylist() if "text" in d.schema.names
+                else [""] * d.num_rows)
+        return ("cues", t, d.column("t_end_ns").to_numpy(zero_copy_only=False),
+                np.array([syllables(x or "") for x in text], np.float64))
     if need.modality == "video":
-        tv, frames, _ = video_grey(chunk)
-        return motion_part(tv, frames)
+        tv, frames, flow, _ = video_frames(chunk, flow="signals" in fams)
+        return motion_part(tv, frames, flow)
     raise FeatureError(f"unknown modality {need.modality!r}")
 
 
@@ -270,20 +320,29 @@ def stream_features(modality: str, rate_hz: float, families: frozenset[str],
         if not good:
             raise FeatureError(errors[0] if errors else "the stream has no samples")
         if modality == "audio":
-            b = merge_binned(good)
+            b = merge_binned([p.bins if isinstance(p, AudioPart) else p for p in good])
             make = {"events": lambda: audio_onset(b, rate_hz),
-                    "activity": lambda: speech_activity(b, rate_hz)}
+                    "activity": lambda: speech_activity(b, rate_hz),
+                    "signals": lambda: audio_signals(b, rate_hz),
+                    WAVE_FAMILY: lambda: merge_wave([p.wave for p in good
+                                                     if isinstance(p, AudioPart)])}
         elif modality == "sensor":
-            mag = sensor_magnitude(merge_binned(good), rate_hz)
-            make = {"events": lambda: mag, "activity": lambda: as_activity(mag)}
+            b = merge_binned(good)
+            mag = sensor_magnitude(b, rate_hz)
+            make = {"events": lambda: mag, "activity": lambda: as_activity(mag),
+                    "signals": lambda: sensor_signals(b, rate_hz)}
         elif modality == "video":
-            mot = motion_energy([p for p in good if isinstance(p, MotionPart)], rate_hz)
-            make = {"events": lambda: mot, "activity": lambda: as_activity(mot)}
+            parts_v = [p for p in good if isinstance(p, MotionPart)]
+            mot = motion_energy(parts_v, rate_hz)
+            make = {"events": lambda: mot, "activity": lambda: as_activity(mot),
+                    "signals": lambda: video_signals(parts_v, rate_hz)}
         else:
             s = np.concatenate([p[1] for p in good])
             e = np.concatenate([p[2] for p in good])
+            syl = np.concatenate([p[3] if len(p) > 3 else np.ones(len(p[1])) for p in good])
             act = text_activity(s, e, rate_hz)
-            make = {"events": lambda: act, "activity": lambda: act}
+            make = {"events": lambda: act, "activity": lambda: act,
+                    "signals": lambda: text_signals(s, e, syl, rate_hz)}
         for fam in sorted(families):
             try:
                 out[fam] = make[fam]()
@@ -345,13 +404,20 @@ def sync_session(plan: SessionSync, features: dict[tuple[str, float], dict],
                 f"reference {ref}: {theirs}"
             results[sid] = failed(sid, ref, declared, why, spec.engine)
             continue
-        t_mid = int(mine.times_ns([len(mine.values) / 2])[0])
+        some = next(iter(mine.values())) if isinstance(mine, dict) else mine
+        t_mid = int(some.times_ns([len(some.values) / 2])[0])
+        common = dict(engine=spec.engine, band_s=spec.band_s, max_offset_s=spec.max_offset_s,
+                      prior_offset_ns=prior_offset_ns(declared, plan.declared[ref], t_mid),
+                      max_drift=spec.max_drift_ppm * 1e-6, stream_id=sid, reference=ref)
         try:
-            est = estimate_clock(theirs, mine, engine=spec.engine, band_s=spec.band_s,
-                                 max_offset_s=spec.max_offset_s,
-                                 prior_offset_ns=prior_offset_ns(declared, plan.declared[ref],
-                                                                 t_mid),
-                                 stream_id=sid, reference=ref)
+            if isinstance(mine, dict):
+                mods = (plan.needs[sid].modality, plan.needs[ref].modality)
+                waves = [features.get((x, rate), {}).get(WAVE_FAMILY) for x in (ref, sid)]
+                waves = [w if isinstance(w, Feature) else None for w in waves]
+                est = estimate_signals(theirs, mine, pairs_for(*mods), ref_wave=waves[0],
+                                       dev_wave=waves[1], modalities=mods, **common)
+            else:
+                est = estimate_clock(theirs, mine, **common)
         except SyncError as e:
             results[sid] = failed(sid, ref, declared, str(e), spec.engine)
             continue
