@@ -43,6 +43,7 @@ from mmalign.transforms.align.join import (
 from mmalign.transforms.clock.apply import ApplyClockFn
 from mmalign.transforms.clock.sync import EstimateClocks
 from mmalign.transforms.decode.stage import DecodeRequest, manifest_requests
+from mmalign.transforms.decode.wallclock import session_start_ns
 from mmalign.transforms.register.stage import registration_stages
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate.stage import Validate
@@ -78,6 +79,14 @@ class Job:
         return next(iter(self.plans.values())).bucket_ns
 
     @property
+    def shifts(self) -> dict[str, int]:
+        """Streaming: session -> where its reference time 0 sits on the job's shared clock
+        (its wall-clock start rounded up to whole buckets; 0 when unknown), so sessions
+        recorded at different times share one watermark (see transforms/io/kafka.py)."""
+        b = self.bucket_ns
+        return {s: -(-p.start_ns // b) * b if p.start_ns else 0 for s, p in self.plans.items()}
+
+    @property
     def synced(self) -> bool:
         """Whether a stream's clock is estimated by DTW-sync."""
         return any(s.sync for m in self.manifests for s in m.streams)
@@ -105,18 +114,18 @@ def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | Non
             raise ManifestError(f"{path}: field 'session': {m.session!r} is also the session of "
                                 f"{seen[m.session]}; give each recording its own session id")
         seen[m.session] = str(path)
-    plans = {m.session: plan_from_manifest(m) for m in manifests}
+    declared = {}
+    for m in manifests:
+        cal = load_calibration(m.resolve(m.calibration, "calibration") if m.calibration else None)
+        for st in m.streams:
+            declared[(m.session, st.id)] = cal.clock(st.clock_domain)
+    starts = {m.session: session_start_ns(m, declared) for m in manifests}
+    plans = {m.session: plan_from_manifest(m, starts[m.session][0]) for m in manifests}
     widths = {p.bucket_ns for p in plans.values()}
     if len(widths) > 1:
         raise ManifestError(f"field 'alignment.bucket_s' differs between manifests "
                             f"({sorted(w / 1e9 for w in widths)}); use one bucket width per run")
-    declared = {}
-    sources = []
-    for m in manifests:
-        cal = load_calibration(m.resolve(m.calibration, "calibration") if m.calibration else None)
-        for s in m.streams:
-            declared[(m.session, s.id)] = cal.clock(s.clock_domain)
-        sources += manifest_requests(m)
+    sources = [r for m in manifests for r in manifest_requests(m)]
     job = Job(manifests, plans, declared, as_path(out), run_id or new_run_id(), sources,
               [str(as_path(p).resolve()) for p in manifest_paths])
     try:
@@ -126,13 +135,15 @@ def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | Non
     return job
 
 
-def bucketing(job: Job) -> AssignBuckets:
-    """The job's bucket transform (its margins decide which buckets a record reaches)."""
+def bucketing(job: Job, streaming: bool = False) -> AssignBuckets:
+    """The job's bucket transform (its margins decide which buckets a record reaches);
+    streaming stamps each session's buckets on the shared clock (``Job.shifts``)."""
     margins = {(sid, st.stream_id): st.margin_ns()
                for sid, plan in job.plans.items() for st in plan.streams}
     anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
     tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
-    return AssignBuckets(job.bucket_ns, margins, anchors, tick_margins)
+    return AssignBuckets(job.bucket_ns, margins, anchors, tick_margins,
+                         job.shifts if streaming else None)
 
 
 def post_align_stages(job: Job) -> list[tuple[str, beam.PTransform]]:
@@ -194,7 +205,7 @@ class AlignCore(beam.PTransform):
             sets = clocked | "ApproxSets" >> ApproxSetTicks(job.set_plans)
             clocked = (clocked, sets) | "WithSets" >> beam.Flatten()
         aligned = (clocked
-                   | "Buckets" >> bucketing(job)
+                   | "Buckets" >> bucketing(job, streaming)
                    | "Align" >> AlignBuckets(job.plans, extents, extents_from_meta=streaming,
                                              emit_empty=streaming))
         if self.hold is not None:

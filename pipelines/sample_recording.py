@@ -320,8 +320,11 @@ def _columns(**cols) -> dict:
     return {k: [v.item() if hasattr(v, "item") else v for v in vals] for k, vals in cols.items()}
 
 
-def _write_cam0(path: Path, world: World, fps: float, rng: np.random.Generator) -> tuple[dict,
-                                                                                         dict]:
+DEFAULT_START_TIME = "2026-01-01T09:00:00.000000Z"   # cam0.mp4's creation_time
+
+
+def _write_cam0(path: Path, world: World, fps: float, rng: np.random.Generator,
+                start_time: str | None = None) -> tuple[dict, dict]:
     n_slots = round(world.duration_s * fps)
     lead = CAM0_JITTER_S
     ticks = np.rint((world.t0_s + lead + np.arange(n_slots) / fps
@@ -342,6 +345,8 @@ def _write_cam0(path: Path, world: World, fps: float, rng: np.random.Generator) 
     audio = np.clip(audio, -1, 1).astype(np.float32)
 
     with av.open(str(path), "w", format="mp4", options={"movie_timescale": "90000"}) as out:
+        if start_time:          # what cameras write: the recording's wall-clock start
+            out.metadata["creation_time"] = start_time
         vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options={
             "bf": "0", "crf": "18", "preset": "veryfast", "g": str(int(2 * fps)),
             "threads": "1"})
@@ -634,8 +639,11 @@ def generate_recording(out_dir: str | Path, *, seed: int = 0, duration_s: float 
                        imu_hz: float = 200.0, mic_rate: int = 16000,
                        clocks: dict | None = None, declare_clocks: bool = True,
                        bad_records: bool = True, session: str = "demo-001",
-                       registration: bool = False, sync: dict | None = None) -> Path:
+                       registration: bool = False, sync: dict | None = None,
+                       start_time: str | None = DEFAULT_START_TIME) -> Path:
     """Write a recording with known ground truth into ``out_dir``; returns the manifest path.
+    ``start_time`` (ISO 8601, UTC) is written as cam0.mp4's ``creation_time``, as cameras do:
+    the session's wall-clock start (None: no tag).
     ``registration`` adds a ``registration:`` section (cam1 onto cam0) to the manifest.
     ``sync`` ({stream: {field: value}}, with ``declare_clocks=False``) overrides fields of the
     manifest's DTW-sync specs, e.g. ``{"cam1": {"reference": "cam0_audio"}}``."""
@@ -648,7 +656,7 @@ def generate_recording(out_dir: str | Path, *, seed: int = 0, duration_s: float 
     t0_ms = max(0, max(-(-m.offset_ns // 1_000_000) for m in models.values()))
     world = make_world(seed, t0_ms / 1000.0, float(duration_s), size, models["transcript"])
 
-    cam0, cam0_audio = _write_cam0(out / "cam0.mp4", world, fps, _rng(seed, "cam0"))
+    cam0, cam0_audio = _write_cam0(out / "cam0.mp4", world, fps, _rng(seed, "cam0"), start_time)
     cam1, bad_cam1 = _write_cam1(out / "cam1", world, models["cam1"], _rng(seed, "cam1"),
                                  bad_records)
     mic = _write_mic(out / "mic.wav", world, models["mic"], int(mic_rate), _rng(seed, "mic"))
@@ -724,6 +732,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-bad-records", action="store_true", help="plant no bad records")
     p.add_argument("--registration", action="store_true",
                    help="add a registration section (cam1 onto cam0) to the manifest")
+    p.add_argument("--start-time", default=DEFAULT_START_TIME,
+                   help="the camera's creation_time: the session's wall-clock start (UTC)")
 
 
 def generate_from_args(out_dir: str | Path, ns: argparse.Namespace) -> Path:
@@ -731,7 +741,7 @@ def generate_from_args(out_dir: str | Path, ns: argparse.Namespace) -> Path:
     return generate_recording(out_dir, seed=ns.seed, duration_s=ns.duration,
                               declare_clocks=not ns.undeclared_clocks,
                               bad_records=not ns.no_bad_records, session=ns.session,
-                              registration=ns.registration)
+                              registration=ns.registration, start_time=ns.start_time)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@
 The transforms after ingest are the backfill's own (pipelines/backfill.py). Differences:
 clocks are the declared ones (DTW-sync needs a whole recording), stream extents come from
 the producer's declaration in the envelope, and allowed lateness is realised by holding the
-watermark back (``max event time - max_out_of_orderness - allowed_lateness - clock slack``)
+watermark back (``max event time - max_out_of_orderness - allowed_lateness``, event times on
+the job's shared clock: each stream's declared model, then its session's wall-clock shift)
 so every accepted record is on time for its bucket window and records later than that are
 dead letters (``ingest/too_late``), never silent drops.
 
@@ -70,8 +71,6 @@ from mmalign.transforms.metrics import INGEST
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate.stage import ORIGIN_META_KEY
 
-DRIFT_BUDGET_S = 3600.0   # clock slack covers drift over this much recording time
-
 
 @dataclass(frozen=True)
 class StreamOptions:
@@ -81,14 +80,6 @@ class StreamOptions:
     stop_after_idle_s: float | None = None
     payload_roots: tuple[str, ...] = ()
     poll_ms: int = 300
-
-
-def clock_slack_ns(job: Job) -> int:
-    """How far a declared clock can move a sample *earlier* (reference < device time)."""
-    worst = 0
-    for m in job.declared.values():
-        worst = max(worst, -m.offset_ns + int(abs(m.drift) * DRIFT_BUDGET_S * 1e9))
-    return max(0, worst)
 
 
 class IngestFn(beam.DoFn):
@@ -166,7 +157,8 @@ def commit_offsets(settings: KafkaSettings, group_id: str, offsets: dict[str, in
 
 
 def geometry(job: Job) -> Geometry:
-    return Geometry(dict(job.declared), job.bucket_ns, bucketing(job).window_margin_ns)
+    return Geometry(dict(job.declared), job.bucket_ns, bucketing(job).window_margin_ns,
+                    job.shifts)
 
 
 def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
@@ -177,7 +169,7 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
     lateness = round(opts.allowed_lateness_s * 1e9)
     reader = ReadKafkaFn(
         settings, max_out_of_orderness_ns=bound,
-        allowed_lateness_ns=lateness, clock_slack_ns=clock_slack_ns(job),
+        allowed_lateness_ns=lateness, event_clock=geometry(job).event_clock(),
         state_dir=str(state), run_id=job.run_id,
         stop_after_idle_s=opts.stop_after_idle_s, poll_ms=opts.poll_ms,
         closed_sessions=plan.closed_sessions, late_floors_us=plan.late_floors_us)
@@ -189,7 +181,7 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
     def hold(aligned):
         """Buckets wait in the ledger until complete; empty ones are recorded as done."""
         held = aligned | "HoldBack" >> beam.ParDo(HoldBackFn(
-            str(state), job.run_id, plan.written, job.bucket_ns, window_margin_ns)
+            str(state), job.run_id, plan.written, job.bucket_ns, window_margin_ns, job.shifts)
         ).with_outputs(HoldBackFn.EMPTY, main=MAIN)
         held[HoldBackFn.EMPTY] | "MarkEmpty" >> beam.ParDo(
             MarkDoneFn(str(state), job.run_id, empty=True))

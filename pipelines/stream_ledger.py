@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import apache_beam as beam
@@ -41,6 +41,7 @@ from mmalign.schemas.ledger import LedgerLine
 from mmalign.schemas.names import check_name
 from mmalign.transforms.align.buckets import bucket_range, touched_buckets
 from mmalign.transforms.io.kafka import (
+    EventClock,
     PartitionSpec,
     append_lines,
     final_path,
@@ -69,6 +70,10 @@ class Geometry:
     clocks: dict[tuple[str, str], ClockModel]
     bucket_ns: int
     margin_ns: int
+    shifts: dict[str, int] = field(default_factory=dict)   # session -> its shared-clock shift
+
+    def event_clock(self) -> EventClock:
+        return EventClock(self.clocks, self.shifts)
 
     def buckets(self, row: LedgerLine) -> list[tuple[str, int]]:
         """(session, bucket) pairs a logged record can put samples (or ticks) into."""
@@ -120,7 +125,9 @@ def resume(state: str | Path, fresh: list[PartitionSpec], geometry: Geometry) ->
         needed = [r.offset for r in rows if not r.late
                   and any(k not in written for k in geometry.buckets(r))]
         start = min([*needed, after])
-        on_time = [r.t_ns for r in rows if r.t_ns is not None and not r.late]
+        clock = geometry.event_clock()           # the reader's event times: shared clock
+        on_time = [clock(r.session, r.stream, r.t_ns) for r in rows
+                   if r.t_ns is not None and not r.late and abs(r.t_ns) <= MAX_ABS_TIME_NS]
         specs.append(PartitionSpec(
             spec.topic, spec.partition, start, replay_below=after,
             late=tuple(r.offset for r in rows if r.late and r.offset >= start),
@@ -207,7 +214,8 @@ class HoldBackFn(beam.DoFn):
     EMPTY = "empty"
 
     def __init__(self, state: str, run_id: str, written: frozenset[tuple[str, int]],
-                 bucket_ns: int, window_margin_ns: int):
+                 bucket_ns: int, window_margin_ns: int, shifts: dict[str, int] | None = None):
+        self.shifts = dict(shifts or {})
         self.state = state
         self.run_id = run_id
         self.written = written
@@ -229,7 +237,8 @@ class HoldBackFn(beam.DoFn):
             return
         final = self._stopped()
         if final is not None:
-            end_ns = (b + 1) * self.bucket_ns + self.window_margin_ns
+            end_ns = (self.shifts.get(session, 0) + (b + 1) * self.bucket_ns
+                      + self.window_margin_ns)
             wm = final.get("watermark_us")
             closed = wm is not None and wm * 1000 >= end_ns
             if not closed and session not in final.get("complete", []):

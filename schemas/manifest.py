@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -253,6 +255,29 @@ class Validation(_Strict):
                 round(self.max_time_span_s * 1e9))
 
 
+START_TIME_SOURCES = ("container", "file_mtime")
+
+
+def parse_utc_ns(text: str) -> int:
+    """An ISO 8601 time with a zone -> ns since the Unix epoch, exactly (to the microsecond
+    Python parses, plus up to 3 more fractional digits)."""
+    m = re.fullmatch(r"(.*?T\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)", text.strip())
+    if m is None:
+        raise ValueError(f"start_time {text!r} is not an ISO 8601 time with a zone; write e.g. "
+                         "2026-12-03T10:00:00Z or 2026-12-03T11:00:00+01:00, or 'container' "
+                         "or 'file_mtime'")
+    base, frac, zone = m.groups()
+    zone = "+00:00" if zone == "Z" else zone
+    try:
+        dt = datetime.fromisoformat(base + zone)
+    except ValueError as e:
+        raise ValueError(f"start_time {text!r}: {e}") from None
+    ns = int(dt.timestamp()) * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+    if abs(ns) > MAX_ABS_TIME_NS:
+        raise ValueError(f"start_time {text!r} is outside +-2**62 ns of 1970")
+    return ns
+
+
 class Manifest(_Strict):
     session: ID
     streams: list[Stream] = Field(min_length=1)
@@ -263,9 +288,21 @@ class Manifest(_Strict):
     encoders: EncodersConfig | None = Field(None, description="encoders + feature store")
     validation: Validation = Field(default_factory=Validation,
                                    description="timestamp plausibility rule")
+    start_time: str | None = Field(
+        None, description="wall-clock (UTC) time of reference time 0: an ISO 8601 time with "
+        "a zone (2026-12-03T10:00:00Z), 'container' (the reference stream's MP4/MOV "
+        "creation_time) or 'file_mtime'; absent: the container's creation_time if it has one")
     # the manifest's folder: set by load_manifest (or the validation context's "base_dir"),
     # never by the manifest itself (a base_dir key is an unknown field)
     _base_dir: str = PrivateAttr("")
+
+    @field_validator("start_time")
+    @classmethod
+    def _start_time(cls, v: str | None) -> str | None:
+        if v is None or v in START_TIME_SOURCES:
+            return v
+        parse_utc_ns(v)                      # raises ValueError with the fix
+        return v
 
     @model_validator(mode="after")
     def _folder_from_context(self, info: ValidationInfo):
@@ -348,6 +385,24 @@ assert set(DEFAULT_POLICY) == set(MODALITIES)
 
 class PathOutsideRoots(ManifestError):
     pass
+
+
+def _root(r: str, base_dir: str) -> Path | UriPath:
+    """An allowed root: a URI prefix, or a folder (relative ones to the manifest's folder)."""
+    if is_remote(r):
+        return UriPath(r)
+    if Path(r).is_absolute():
+        return Path(r).resolve()
+    if is_remote(base_dir):
+        return UriPath(base_dir) / r
+    return (Path(base_dir) / r).resolve()
+
+
+def _inside_root(p: Path | UriPath, root: Path | UriPath) -> bool:
+    """A remote path inside a URI prefix, or a local path inside a folder (never across)."""
+    if isinstance(p, UriPath) or isinstance(root, UriPath):
+        return isinstance(p, UriPath) and p.is_relative_to(root)
+    return p == root or root in p.parents
 
 
 def _root(r: str, base_dir: str) -> Path | UriPath:

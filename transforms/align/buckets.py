@@ -142,12 +142,13 @@ def bucket_close_us(b: int, bucket_ns: int, window_margin_ns: int) -> int:
 class AssignBucketsFn(beam.DoFn):
     def __init__(self, bucket_ns: int, margins: dict[tuple[str, str], int],
                  anchors: dict[str, str | None], tick_margins: dict[str, int],
-                 window_margin_ns: int):
+                 window_margin_ns: int, shifts: dict[str, int] | None = None):
         self.bucket_ns = bucket_ns
         self.margins = margins
         self.anchors = anchors
         self.tick_margins = tick_margins
         self.window_margin_ns = window_margin_ns
+        self.shifts = shifts or {}
 
     def process(self, chunk: Chunk):
         for b, piece in chunk_pieces(chunk, bucket_ns=self.bucket_ns,
@@ -155,7 +156,8 @@ class AssignBucketsFn(beam.DoFn):
                                      is_anchor=chunk.stream_id == self.anchors.get(
                                          chunk.session_id),
                                      tick_margin_ns=self.tick_margins.get(chunk.session_id, 0)):
-            ts = Timestamp(micros=bucket_close_us(b, self.bucket_ns, self.window_margin_ns))
+            ts = Timestamp(micros=bucket_close_us(b, self.bucket_ns, self.window_margin_ns)
+                           + self.shifts.get(chunk.session_id, 0) // NS_PER_US)
             yield TimestampedValue(((chunk.session_id, b), piece), ts)
 
 
@@ -166,8 +168,12 @@ class AssignBuckets(beam.PTransform):
     session -> how far beyond its edges a bucket needs the ticks."""
 
     def __init__(self, bucket_ns: int, margins: dict[tuple[str, str], int],
-                 anchors: dict[str, str | None], tick_margins: dict[str, int] | None = None):
+                 anchors: dict[str, str | None], tick_margins: dict[str, int] | None = None,
+                 shifts: dict[str, int] | None = None):
         super().__init__()
+        self.shifts = dict(shifts or {})
+        if any(v % bucket_ns for v in self.shifts.values()):
+            raise ValueError("session clock shifts must be whole bucket widths")
         if bucket_ns % NS_PER_MS:
             raise ValueError("bucket width must be a whole number of milliseconds")
         self.bucket_ns = bucket_ns
@@ -187,7 +193,7 @@ class AssignBuckets(beam.PTransform):
         return (chunks
                 | "SliceIntoBuckets" >> beam.ParDo(AssignBucketsFn(
                     self.bucket_ns, self.margins, self.anchors, self.tick_margins,
-                    self.window_margin_ns))
+                    self.window_margin_ns, self.shifts))
                 | "BucketWindows" >> beam.WindowInto(FixedWindows(
                     Duration(micros=self.bucket_ns // NS_PER_US),
                     offset=Timestamp(micros=self.window_margin_ns // NS_PER_US))))

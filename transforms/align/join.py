@@ -51,6 +51,7 @@ from mmalign.schemas.chunk import TickTable
 from mmalign.transforms import metrics
 from mmalign.transforms.align import policies as ap
 from mmalign.transforms.align.approx_sets import approx_time_sets
+from mmalign.transforms.decode.wallclock import EPOCH_2000_NS
 from mmalign.transforms.align.buckets import Piece
 from mmalign.transforms.metrics import ALIGN
 
@@ -82,7 +83,18 @@ class SessionPlan:
     sets: tuple[str, ...] = ()         # ... or approximate-time sets of these streams
     sets_max_span_ns: int = 0
     sets_queue_size: int = 64
+    start_ns: int | None = None        # UTC ns of reference time 0 (transforms/decode/wallclock)
     params: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def tick_time(self, ticks: np.ndarray) -> pa.Array:
+        """UTC timestamps of ticks: start + tick when the start is known, else the tick itself
+        when it is an epoch time already (>= 2000-01-01), else null."""
+        ticks = np.asarray(ticks, np.int64)
+        if self.start_ns is not None:
+            utc, known = ticks + np.int64(self.start_ns), np.ones(len(ticks), bool)
+        else:
+            utc, known = ticks, ticks >= EPOCH_2000_NS
+        return pa.array(utc, pa.int64(), mask=~known).cast(pa.timestamp("ns", tz="UTC"))
 
     def margins(self) -> dict[str, int]:
         return {s.stream_id: s.margin_ns() for s in self.streams}
@@ -281,7 +293,7 @@ def align_bucket(plan: SessionPlan, bucket: int, pieces: list[Piece],
         SESSION_ID: pa.array([plan.session_id] * m, pa.string()),
         BUCKET: pa.array(np.full(m, bucket), pa.int64()),
         TICK_NS: pa.array(ticks, pa.int64()),
-        TICK_TIME: pa.array(ticks, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+        TICK_TIME: plan.tick_time(ticks),
         TICK_POS: pa.array(ctx_pos[own], pa.int64()),
     }
     for sp in plan.streams:
@@ -466,8 +478,9 @@ class StreamExtents(beam.PTransform):
                 | "Span" >> beam.CombinePerKey(merge))
 
 
-def plan_from_manifest(manifest) -> SessionPlan:
-    """The session's join plan from its validated manifest (schemas/manifest.py)."""
+def plan_from_manifest(manifest, start_ns: int | None = None) -> SessionPlan:
+    """The session's join plan from its validated manifest (schemas/manifest.py);
+    ``start_ns``: the session's wall-clock start (``wallclock.session_start_ns``)."""
     streams = []
     for s in manifest.streams:
         pol = manifest.policy_for(s)
@@ -484,6 +497,7 @@ def plan_from_manifest(manifest) -> SessionPlan:
         sets=tuple(t.sets.streams) if t.sets else (),
         sets_max_span_ns=round(t.sets.max_span_ms * 1e6) if t.sets else 0,
         sets_queue_size=t.sets.queue_size if t.sets else 64,
-        params={"ticks": t.model_dump(exclude_none=True),
+        start_ns=start_ns,
+        params={"start_ns": start_ns, "ticks": t.model_dump(exclude_none=True),
                 "bucket_s": manifest.alignment.bucket_s,
                 "policies": {s.id: manifest.policy_for(s).model_dump() for s in manifest.streams}})

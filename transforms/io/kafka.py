@@ -11,9 +11,11 @@ partitions in flight the fastest one's watermark wins and the others' records ar
 dropped as late downstream (measured: 3 topics x 400 messages, 120/120/330 arrived). One
 reader with one watermark is correct on any runner; a poll reads all partitions at once.
 
-Event time and watermark: a record is stamped ``event time - clock slack`` (no later than any
-reference time the clock stage can give its samples). The watermark is the minimum over
-partitions of ``max event time seen - (out-of-orderness + lateness + clock slack)``; a
+Event time and watermark: a record's event time is its first sample's time on the job's
+shared clock (``EventClock``: the stream's declared clock model, then its session's
+wall-clock shift), exactly the earliest reference time the clock stage gives its samples.
+The watermark is the minimum over partitions of ``max event time seen - (out-of-orderness +
+lateness)``; a
 partition with no backlog (caught up with its end offset) does not hold it back unless every
 partition is caught up, so a quiet topic does not stall the job. A record whose event time is
 below ``max seen on its partition - out-of-orderness - allowed lateness``, or that would be
@@ -255,20 +257,36 @@ def plan_watermark_ns(max_event: list[int | None], caught_up: list[bool], hold_n
     return min(known) - hold_ns if known else None
 
 
+@dataclass(frozen=True)
+class EventClock:
+    """An envelope's device event time on the streaming job's shared clock: the stream's
+    declared clock model onto its session's reference time, then the session's shift (its
+    wall-clock start, rounded up to whole buckets), so sessions recorded at different times
+    share one watermark. Unknown streams keep their time (ingest dead-letters them)."""
+    models: dict = field(default_factory=dict)       # (session, stream) -> ClockModel
+    shifts: dict = field(default_factory=dict)       # session -> ns
+
+    def __call__(self, session: str | None, stream: str | None, t_dev_ns: int) -> int:
+        model = self.models.get((session, stream))
+        t = int(model.to_ref([t_dev_ns])[0]) if model is not None else int(t_dev_ns)
+        return t + int(self.shifts.get(session, 0))
+
+
 @beam.DoFn.unbounded_per_element()
 class ReadKafkaFn(beam.DoFn):
     """ReadPlan -> KafkaRecord, event-timestamped (too-late ones marked, at the watermark)."""
 
     def __init__(self, settings, *, max_out_of_orderness_ns: int, allowed_lateness_ns: int,
                  state_dir: str, run_id: str, stop_after_idle_s: float | None,
-                 clock_slack_ns: int = 0, poll_ms: int = 300, max_poll_records: int = 500,
+                 poll_ms: int = 300, max_poll_records: int = 500,
                  closed_sessions: frozenset[str] = frozenset(),
-                 late_floors_us: dict[str, int] | None = None):
+                 late_floors_us: dict[str, int] | None = None,
+                 event_clock: EventClock | None = None):
         self.settings = settings
+        self.event_clock = event_clock or EventClock()
         self.bound_ns = max_out_of_orderness_ns
         self.lateness_ns = allowed_lateness_ns
-        self.hold_ns = max_out_of_orderness_ns + allowed_lateness_ns + clock_slack_ns
-        self.slack_ns = clock_slack_ns
+        self.hold_ns = max_out_of_orderness_ns + allowed_lateness_ns
         self.state_dir = state_dir
         self.run_id = run_id
         self.stop_after_idle_s = stop_after_idle_s
@@ -320,7 +338,7 @@ class ReadKafkaFn(beam.DoFn):
         earlier = self.late_floors_us.get(header.get("session"))
         floor = max(v for v in (wm_ns, None if earlier is None else earlier * 1000, -(2**63))
                     if v is not None)
-        if e - self.slack_ns < floor:
+        if e < floor:
             return f"event time {e} ns is behind the watermark {floor} ns"
         return ""
 
@@ -347,6 +365,8 @@ class ReadKafkaFn(beam.DoFn):
                 e, header = event_time_ns(m.value)
                 if e is not None and abs(e) > MAX_ABS_TIME_NS:
                     e = None   # never a watermark: validate dead-letters its rows as implausible
+                if e is not None:
+                    e = self.event_clock(header.get("session"), header.get("stream"), e)
                 why = ""
                 if e is not None:
                     latest = max((v for v in (max_e[i], spec.max_event_ns) if v is not None),
@@ -372,7 +392,7 @@ class ReadKafkaFn(beam.DoFn):
                 else:
                     beam.metrics.Metrics.counter("ingest", "records").inc()
                     yield beam.window.TimestampedValue(
-                        rec, Timestamp(micros=(e - self.slack_ns) // 1000))
+                        rec, Timestamp(micros=e // 1000))
         caught_up = self._caught_up(consumer, tps, nxt)
         target = plan_watermark_ns(max_e, caught_up or [False] * len(tps), self.hold_ns)
         if target is not None and (wm_ns is None or target > wm_ns):

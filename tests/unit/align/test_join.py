@@ -9,6 +9,8 @@ by calling the code under test; the aligned columns are named ``<stream>__<field
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -288,7 +290,12 @@ def test_fixed_rate_ticks_of_a_bucket():
     assert b0.column("bucket").to_pylist() == [0] * 7
     assert b0.column("session_id").to_pylist() == ["s1"] * 7
     assert b0.column("tick_time").type == pa.timestamp("ns", tz="UTC")
-    assert b0.column("tick_time").cast(I64).to_pylist() == b0.column("tick_ns").to_pylist()
+    # no wall-clock start and ticks before 2000-01-01: not a wall-clock time
+    assert b0.column("tick_time").to_pylist() == [None] * 7
+    start = 1_767_258_000 * S                                 # 2026-01-01T09:00:00Z
+    utc = dataclasses.replace(sp, start_ns=start)
+    assert align_bucket(utc, 0, buckets[0]).column("tick_time").cast(I64).to_pylist() == [
+        start + t for t in ms(300, 400, 500, 600, 700, 800, 900).tolist()]
     assert b0.column("imu__status").to_pylist() == ["ok"] * 7
     assert b0.column("imu__x").to_pylist() == [7.0, 17.0, 27.0, 37.0, 47.0, 57.0, 67.0]
     b1 = align_bucket(sp, 1, buckets[1])
