@@ -33,8 +33,8 @@ MODALITY = {"cam0": "video", "cam1": "video", "cam0_audio": "audio", "mic": "aud
 @pytest.fixture(scope="module")
 def synced(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("view")
-    manifest = generate_recording(tmp / "rec", seed=3, duration_s=20.0, size=(160, 120),
-                                  declare_clocks=False)
+    manifest = generate_recording(tmp / "rec", seed=3, duration_s=20.0,
+                                  declare_clocks=False, registration=True)
     out = tmp / "out"
     backfill.run([manifest], out)
     return {"tmp": tmp, "out": out, "manifest": manifest,
@@ -100,6 +100,11 @@ def test_frame_times_on_the_reference_timeline_are_the_aligned_rows(synced, rrd_
             t = ns(r["ref_time"])
             expect = int(model.to_dev([t])[0]) if model else t
             assert abs(ns(r[dev]) - expect) <= 1
+    # cam1 registered onto cam0: its frames warped into cam0's pixels, at cam1's times
+    warped = frame_times(rrd_all_frames, "/registered/cam1")
+    assert warped and set(warped) <= set(frame_times(rrd_all_frames, "/video/cam1"))
+    for cam in ("cam0", "cam1"):
+        got = rrd_all_frames[f"/video/{cam}"]
         blob = bytes(got[0]["EncodedImage:blob"][0])
         from PIL import Image
 
