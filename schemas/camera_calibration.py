@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mmalign.schemas.fs import as_path
 from mmalign.schemas.manifest import ID, ManifestError, _read_mapping, explain
 
 # distortion model -> allowed coefficient counts (OpenCV order k1 k2 p1 p2 [k3 [k4 k5 k6 ...]])
@@ -334,7 +335,7 @@ def load_camera_calibration(source: str | Path | dict) -> CameraRig:
     if isinstance(source, dict):
         label, data = Path("<calibration mapping>"), source
     else:
-        label = Path(source)
+        label = as_path(source)          # a local file or an object-store URI
         data = _read_mapping(label, "calibration file")
     try:
         return CameraRig.model_validate(data)

@@ -220,15 +220,25 @@ def _roll_forward_objects(out: UriPath, stage: UriPath) -> None:
                     f.unlink(missing_ok=True)
     (stage / JOURNAL).unlink(missing_ok=True)
     rmtree(stage)
+    _remove_empty_prefix(out / STAGING)
+
+
+def _remove_empty_prefix(p: UriPath) -> None:
+    """Delete the folder marker an object store may leave for an emptied prefix."""
+    if not any(True for _ in p.iterdir()):
+        rmtree(p)
 
 
 def _recover_objects(out: UriPath) -> list[str]:
     finished = []
     root = out / STAGING
-    for stage in sorted(p for p in root.iterdir() if p.is_dir()):
+    stages = sorted(p for p in root.iterdir() if p.is_dir())
+    for stage in stages:
         if (stage / JOURNAL).is_file():
             _roll_forward_objects(out, stage)
             finished.append(stage.name)
         else:
             rmtree(stage)
+    if stages:
+        _remove_empty_prefix(root)
     return finished
