@@ -744,6 +744,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the sync feature curves (they decode the synced streams again)")
     p.add_argument("--web-port", type=int, default=9090, help="--serve: web viewer port")
     p.add_argument("--grpc-port", type=int, default=9876, help="--serve: data port")
+    p.add_argument("--no-browser", action="store_true",
+                   help="--serve: do not open a browser (a headless machine)")
 
 
 def options_of(ns) -> ViewOptions:
@@ -760,7 +762,7 @@ def cmd_view(ns) -> int:
         opts = options_of(ns)
         if ns.serve:
             serve(ns.out, session=ns.session, opts=opts, web_port=ns.web_port,
-                  grpc_port=ns.grpc_port)
+                  grpc_port=ns.grpc_port, open_browser=not ns.no_browser)
             return 0
         stats = write_rrd(ns.out, ns.rrd, session=ns.session, opts=opts)
     except (ViewError, ManifestError) as e:

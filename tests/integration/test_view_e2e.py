@@ -205,3 +205,47 @@ def test_plot_sync_draws_the_residuals_of_sync_json(synced, tmp_path):
         corr = [np.corrcoef(np.interp(ref.t_ns, t, v), ref.values)[0, 1]
                 for t, v in (before, after)]
         assert corr[1] > corr[0] and corr[1] > 0.5, (s, corr)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_starts_the_web_viewer_locally(synced):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.cli import ROOT
+
+    web, grpc = _free_port(), _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "mmalign.pipelines.cli", "view", str(synced["out"]),
+                          "--serve", "--no-browser", "--web-port", str(web), "--grpc-port",
+                          str(grpc), "--no-sync-curves"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()                 # printed once everything is logged
+        assert f"http://localhost:{web}" in line, (line, p.poll())
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web}/", timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert "Rerun" in body
+    finally:
+        p.terminate()
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
