@@ -9,9 +9,10 @@ Sources (files or Kafka) come before it and sinks (Parquet, feature store, dead 
 after it; they are the only parts the two jobs do not share. What differs between batch and
 streaming inside the core is a flag: batch measures timestamp plausibility around each
 stream's median over the whole run and takes stream extents from the data (side inputs),
-streaming takes both from what producers declare; DTW-sync and approximate-time sets need a
-whole recording and run in batch only; the streaming job holds buckets back until complete
-(``hold``) before the post-align stages.
+streaming takes both from what producers declare; DTW-sync needs a whole recording and runs
+in batch only; approximate-time sets are one batch step, or state and watermark timers when
+streaming; the streaming job holds buckets back until complete (``hold``) before the
+post-align stages.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from mmalign.schemas.names import check_name
 from mmalign.transforms.align.buckets import AssignBuckets
 from mmalign.transforms.align.join import (
     AlignBuckets,
+    ApproxSetsStream,
     ApproxSetTicks,
     SessionPlan,
     StreamExtents,
     plan_from_manifest,
+    sets_window_margins,
 )
 from mmalign.transforms.clock.apply import ApplyClockFn
 from mmalign.transforms.clock.sync import EstimateClocks
@@ -140,6 +143,7 @@ def bucketing(job: Job, streaming: bool = False) -> AssignBuckets:
     streaming stamps each session's buckets on the shared clock (``Job.shifts``)."""
     margins = {(sid, st.stream_id): st.margin_ns()
                for sid, plan in job.plans.items() for st in plan.streams}
+    margins |= sets_window_margins(job.plans)      # a streaming set is final by max_span
     anchors = {sid: plan.anchor for sid, plan in job.plans.items()}
     tick_margins = {sid: plan.tick_margin_ns() for sid, plan in job.plans.items()}
     return AssignBuckets(job.bucket_ns, margins, anchors, tick_margins,
@@ -179,8 +183,8 @@ class AlignCore(beam.PTransform):
     """Chunks -> {"aligned": ((session, bucket), table), "dead": DeadLetters, "sync":
     (session, stream, SyncResult) or None}: the middle every pipeline shares (module
     docstring). ``streaming``: plausibility and extents from producers' declarations, no
-    DTW-sync or approximate-time sets, empty buckets emitted (the streaming ledger records
-    them); ``hold``: applied to the aligned buckets before the post-align stages."""
+    DTW-sync, approximate-time sets online, empty buckets emitted (the streaming ledger
+    records them); ``hold``: applied to the aligned buckets before the post-align stages."""
 
     def __init__(self, job: Job, *, streaming: bool = False,
                  hold: Callable[[beam.PCollection], beam.PCollection] | None = None):
@@ -201,8 +205,10 @@ class AlignCore(beam.PTransform):
                 results | "Models" >> beam.MapTuple(lambda s, st, r: ((s, st), r.model)))}
         clocked = valid[MAIN] | "Clock" >> beam.ParDo(ApplyClockFn(job.declared), **estimated)
         extents = None if streaming else clocked | "Extents" >> StreamExtents()
-        if job.set_plans and not streaming:
-            sets = clocked | "ApproxSets" >> ApproxSetTicks(job.set_plans)
+        if job.set_plans:      # streaming: state + watermark timers (join.ApproxSetsFn)
+            sets = clocked | "ApproxSets" >> (
+                ApproxSetsStream(job.set_plans, shifts=job.shifts) if streaming
+                else ApproxSetTicks(job.set_plans))
             clocked = (clocked, sets) | "WithSets" >> beam.Flatten()
         aligned = (clocked
                    | "Buckets" >> bucketing(job, streaming)

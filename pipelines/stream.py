@@ -67,7 +67,6 @@ from mmalign.transforms.io.parquet import (
     rewrite_conforming,
     union_schema,
 )
-from mmalign.transforms.metrics import INGEST
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate.stage import ORIGIN_META_KEY
 

@@ -201,6 +201,14 @@ class ApproxTimeSync:
         """``end(flush=True)``."""
         return self.end(flush=True)
 
+    def deadline_ns(self) -> int | None:
+        """When ``bound`` proves the pending candidate at the latest: a floor at
+        ``cand_end + (pivot - cand_start) + 1`` makes every empty deque's virtual time late
+        enough (None without a candidate)."""
+        if self._pivot is None:
+            return None
+        return self._cand_end + (self._pivot_t - self._cand_start) + 1
+
     def pending(self) -> list[list[Sample]]:
         """Per stream, the samples held (past, then deque), oldest first."""
         return [list(p) + list(q) for p, q in zip(self._past, self._dq)]

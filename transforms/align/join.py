@@ -24,7 +24,12 @@ from functools import partial
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
 
+from mmalign.schemas import metrics
 from mmalign.schemas.aligned import (
     BUCKET,
     COVERAGE,
@@ -48,12 +53,11 @@ from mmalign.schemas.aligned import (
     column,
 )
 from mmalign.schemas.chunk import TickTable
-from mmalign.transforms import metrics
+from mmalign.schemas.metrics import ALIGN
 from mmalign.transforms.align import policies as ap
-from mmalign.transforms.align.approx_sets import approx_time_sets
-from mmalign.transforms.decode.wallclock import EPOCH_2000_NS
+from mmalign.transforms.align.approx_sets import ApproxTimeSync, approx_time_sets
 from mmalign.transforms.align.buckets import Piece
-from mmalign.transforms.metrics import ALIGN
+from mmalign.transforms.decode.wallclock import EPOCH_2000_NS
 
 SETS_STREAM = "__sets__"   # the synthetic anchor stream whose rows are approximate-time sets
 
@@ -388,6 +392,157 @@ class ApproxSetTicks(beam.PTransform):
                 | "SetMembers" >> beam.FlatMap(members)
                 | "GroupSession" >> beam.GroupByKey()
                 | "MakeSets" >> beam.FlatMapTuple(make))
+
+
+# ---------------------------------------------------------------- approximate-time sets, streaming
+
+SETS_HOLD_SLACK_NS = 2_000_000     # whole ms beyond max_span that a set's bucket stays open
+
+
+def sets_window_margins(plans: dict[str, SessionPlan]) -> dict[tuple[str, str], int]:
+    """Extra window margins for sessions whose ticks are approximate-time sets, keyed like
+    ``AssignBuckets``' margins ((session, SETS_STREAM): only the window margin grows): a
+    streaming set is final at the latest ``max_span`` after its tick (``ApproxSetsFn``), so
+    its bucket stays open that long past its end."""
+    return {(sid, SETS_STREAM): plan.sets_max_span_ns + SETS_HOLD_SLACK_NS
+            for sid, plan in plans.items() if plan.sets}
+
+
+def set_ticks_table(plan: SessionPlan, sets: list, first_pos: int) -> TickTable:
+    """Published sets (refs = (pos, src) per member) -> a ``TickTable`` like the batch one."""
+    n = len(plan.sets)
+    times = np.array([t for _, t in sets], np.int64).reshape(len(sets), n)
+    cols = {"t_ns": pa.array(times.max(axis=1), pa.int64()),
+            "pos": pa.array(np.arange(first_pos, first_pos + len(sets)), pa.int64())}
+    for j, s in enumerate(plan.sets):
+        cols[column(s, T_NS)] = pa.array(times[:, j], pa.int64())
+        cols[column(s, POS)] = pa.array([refs[j][0] for refs, _ in sets], pa.int64())
+        cols[column(s, SRC)] = pa.array([refs[j][1] for refs, _ in sets], pa.string())
+    return TickTable(plan.session_id, SETS_STREAM, pa.table(cols).to_batches()[0])
+
+
+def _ceil_us(t_ns: int) -> int:
+    return -(-t_ns // 1000)
+
+
+class ApproxSetsFn(beam.DoFn):
+    """Streaming approximate-time sets of one session (keyed by session): (session, samples)
+    -> ``TickTable``s, the same sets ``approx_time_sets(..., flush=True)`` gives for the
+    samples in time order (their arrival order in batch), when no queue overflows.
+
+    Samples wait in state until the watermark has passed them, then enter the synchronizer
+    in (time, stream, pos) order: a sample earlier than the watermark cannot come any more
+    (the reader dead-letters it), so that order is final whatever order Kafka and the runner
+    deliver chunks in. The timer fires past the next waiting sample (``_arm``) or at the
+    pending candidate's deadline, ``cand_end + (pivot - cand_start) + 1 ns`` (<= its tick +
+    max_span): there ``ApproxTimeSync.bound`` (no sample earlier than the watermark is still
+    to come) proves it, so a set never waits for a silent stream beyond its bucket's window,
+    which ``sets_window_margins`` keeps open that long; the timer also holds this stage's
+    output watermark there. Proving at the deadline publishes the set ROS publishes later,
+    unless a queue overflows in between. At the end of input (watermark at infinity) the
+    deadlines publish what is pending: as ``flush=True``. Streaming watermarks run on the
+    job's shared clock: a session's times there are its reference times + ``shifts``."""
+
+    SYNC = ReadModifyWriteStateSpec("sync", PickleCoder())
+    TIMER = TimerSpec("release", TimeDomain.WATERMARK)
+
+    def __init__(self, plans: dict[str, SessionPlan], age_penalty: float | None = None,
+                 shifts: dict[str, int] | None = None):
+        self.plans = plans
+        self.age_penalty = age_penalty
+        self.shifts = dict(shifts or {})    # session -> its place on the job's shared clock
+
+    def _new(self, plan: SessionPlan) -> dict:
+        kw = {} if self.age_penalty is None else {"age_penalty": self.age_penalty}
+        sync = ApproxTimeSync(len(plan.sets), plan.sets_queue_size, plan.sets_max_span_ns,
+                              **kw)
+        return {"sync": sync, "waiting": [], "released": None, "timer_us": None, "sets": 0}
+
+    def process(self, element, sync_state=beam.DoFn.StateParam(SYNC),
+                timer=beam.DoFn.TimerParam(TIMER)):
+        session, (stream_i, t, pos, src) = element
+        st = sync_state.read() or self._new(self.plans[session])
+        st["waiting"].extend(zip(t.tolist(), [stream_i] * len(t), pos.tolist(), [src] * len(t)))
+        self._arm(st, timer, self.shifts.get(session, 0))
+        sync_state.write(st)
+
+    @on_timer(TIMER)
+    def release(self, key=beam.DoFn.KeyParam, fire=beam.DoFn.TimestampParam,
+                sync_state=beam.DoFn.StateParam(SYNC), timer=beam.DoFn.TimerParam(TIMER)):
+        st = sync_state.read()
+        if st is None:
+            return
+        plan = self.plans[key]
+        shift = self.shifts.get(key, 0)
+        floor = int(fire.micros) * 1000 - shift  # every sample < floor has arrived
+        sync: ApproxTimeSync = st["sync"]
+        st["waiting"].sort(key=lambda w: (w[0], w[1], w[2]))
+        cut = 0
+        sets = []
+        for t, i, pos, src in st["waiting"]:
+            if t >= floor:
+                break
+            sets += sync.push(i, t, (pos, src))
+            st["released"] = t
+            cut += 1
+        del st["waiting"][:cut]
+        sets += sync.bound(floor)
+        st["timer_us"] = None
+        if sets:
+            ALIGN.count("sets", len(sets))
+            yield set_ticks_table(plan, sets, st["sets"])
+            st["sets"] += len(sets)
+        self._arm(st, timer, shift)
+        sync_state.write(st)
+
+    def _arm(self, st: dict, timer, shift: int) -> None:
+        """The timer at the next waiting sample + max_span + 1 ms (a firing releases every
+        sample before it; sets it can complete have ticks at or after that sample, whose
+        buckets stay open max_span + 2 ms longer) or the pending deadline, if earlier."""
+        want = []
+        if st["waiting"]:
+            step = st["sync"].max_span + SETS_HOLD_SLACK_NS // 2
+            want.append(_ceil_us(min(w[0] for w in st["waiting"]) + 1 + step))
+        sync: ApproxTimeSync = st["sync"]
+        deadline = sync.deadline_ns()
+        if deadline is not None:
+            want.append(_ceil_us(deadline))
+        if not want:
+            return
+        at = min(want) + _ceil_us(shift)
+        if st["timer_us"] is None or at < st["timer_us"]:
+            timer.set(Timestamp(micros=at))
+            st["timer_us"] = at
+
+
+class ApproxSetsStream(beam.PTransform):
+    """Clocked chunks (streaming) -> ``TickTable``s of each set session's sets, emitted as the
+    watermark makes them final (``ApproxSetsFn``)."""
+
+    def __init__(self, plans: dict[str, SessionPlan], age_penalty: float | None = None,
+                 shifts: dict[str, int] | None = None):
+        super().__init__()
+        self.plans = plans
+        self.age_penalty = age_penalty
+        self.shifts = shifts
+
+    def expand(self, chunks):
+        plans = self.plans
+
+        def members(chunk):
+            plan = plans.get(chunk.session_id)
+            if plan is None or chunk.stream_id not in plan.sets or not chunk.num_records:
+                return
+            t = chunk.data.column("t_ns").to_numpy(zero_copy_only=False).astype(np.int64)
+            pos = chunk.data.column("pos").to_numpy(zero_copy_only=False).astype(np.int64)
+            yield chunk.session_id, (plan.sets.index(chunk.stream_id), t, pos,
+                                     chunk.source_uri)
+
+        return (chunks
+                | "SetMembers" >> beam.FlatMap(members)
+                | "GlobalForSets" >> beam.WindowInto(beam.window.GlobalWindows())
+                | "OnlineSets" >> beam.ParDo(ApproxSetsFn(plans, self.age_penalty,
+                                                          self.shifts)))
 
 
 def _plain(col: pa.Array) -> pa.Array:
