@@ -67,6 +67,7 @@ from mmalign.transforms.io.parquet import (
     rewrite_conforming,
     union_schema,
 )
+from mmalign.transforms.metrics import INGEST
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate.stage import ORIGIN_META_KEY
 
@@ -214,9 +215,6 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
         raise ManifestError("streams with 'sync' (DTW clock estimation) need a whole "
                             "recording; run them with `mmalign backfill`, or declare their "
                             "clocks in the calibration for streaming")
-    if any(plan.sets for plan in job.plans.values()):
-        raise ManifestError("alignment.ticks.sets (approximate-time sets) is batch-only; use "
-                            "an anchor stream or rate_hz for streaming")
     modalities = sorted({s.modality for m in job.manifests for s in m.streams})
     topics = [settings.topic_for(mod) for mod in modalities]
     fresh = partition_specs(settings, topics, opts.group_id)
