@@ -17,7 +17,14 @@ from pathlib import Path
 from mmalign.infra import InfraError
 from mmalign.pipelines.features_cli import add_parser as add_features
 from mmalign.pipelines.kafka_config import add_kafka_commands
-from mmalign.pipelines.runners import RunnerConfigError, runner_session
+from mmalign.pipelines.runners import (
+    RunnerConfigError,
+    add_runner_arguments,
+    describe_dry_run,
+    is_dry_run,
+    resolve_runner,
+    runner_session,
+)
 from mmalign.pipelines.sample_recording import (
     add_generate_arguments,
     generate_from_args,
@@ -86,9 +93,26 @@ def cmd_backfill(ns) -> int:
     if ns.run_id is not None:       # it names OUT/.staging/<run id>: check before any disk use
         check_name(ns.run_id, "--run-id")
     with _runner_args(ns) as (runner, args):
+        if runner == "DataflowRunner" and is_dry_run(args):
+            return _dataflow_dry_run(ns, args)
         summary = backfill.run(ns.manifest, ns.out, runner=runner, pipeline_args=args,
                                run_id=ns.run_id)
     return _report(summary, ns.json)
+
+
+def _dataflow_dry_run(ns, args: list[str]) -> int:
+    """``--runner DataflowRunner --dry_run=True``: the job translated (and its artifacts staged
+    locally), not submitted; prints what would have been sent (describe_dry_run)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from mmalign.pipelines import backfill, core  # lazy: the stages load their libraries
+
+    job = core.prepare(ns.manifest, ns.out, ns.run_id)
+    p = beam.Pipeline(runner="DataflowRunner", options=PipelineOptions(args))
+    backfill.build(p, job, job.out / ".staging" / job.run_id)
+    print(json.dumps(describe_dry_run(p, p.run()), indent=2, sort_keys=True))
+    return EXIT_OK
 
 
 def cmd_demo(ns) -> int:
@@ -98,7 +122,7 @@ def cmd_demo(ns) -> int:
     rec = out / "recording"
     print(f"generating a {ns.duration:.0f} s sample recording in {rec} ...", flush=True)
     manifest = generate_recording(rec, seed=ns.seed, duration_s=ns.duration)
-    print(f"running the backfill on Beam's {ns.runner} ...", flush=True)
+    print(f"running the backfill on Beam's {resolve_runner(ns.runner)} ...", flush=True)
     with _runner_args(ns) as (runner, args):
         summary = backfill.run([manifest], out, runner=runner, pipeline_args=args)
     code = _report(summary, ns.json)
@@ -113,22 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     def runner_opts(p):
-        p.add_argument("--runner", default="DirectRunner",
-                       help="local (DirectRunner), prism, flink (embedded, or -- "
-                            "--job_endpoint=H:P), dataflow (-- --project --region "
-                            "--temp_location), or a Beam runner class name")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
-        p.add_argument("pipeline_args", nargs="*",
-                       help="extra Beam pipeline options after --, e.g. -- --job_endpoint=...")
+        add_runner_arguments(p)            # --runner, and Beam's options (runners.py)
 
-    p = sub.add_parser("demo", help="generate a sample recording and backfill it (no servers)")
+    p = sub.add_parser("demo", help="generate a sample recording and backfill it (no servers)",
+                       allow_abbrev=False)
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--duration", type=float, default=12.0, help="recording length, seconds")
     p.add_argument("--seed", type=int, default=0)
     runner_opts(p)
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("backfill", help="align recordings on disk into Parquet + dead letters")
+    p = sub.add_parser("backfill", help="align recordings on disk into Parquet + dead letters",
+                       allow_abbrev=False)
     p.add_argument("--manifest", action="append", required=True,
                    help="recording manifest (YAML/JSON, a path or an s3:// / gs:// URI); "
                         "repeat for several sessions")
@@ -156,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    try:        # Beam's options after a command are checked here (runners.PipelineArgsParser)
+        ns = build_parser().parse_args(argv)
+    except RunnerConfigError as e:              # its message names the command
+        print(e, file=sys.stderr)
+        return EXIT_BAD_INPUT
     _quiet_logs(ns.verbose)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:

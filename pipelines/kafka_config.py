@@ -1,7 +1,8 @@
-"""The Kafka side of the command line: ``--kafka-config`` / ``--bootstrap-servers``, the
-`publish`, `stream` and `deadletter` subcommands, and one sentence for a refused login.
+"""The Kafka side of the command line: ``--kafka-config`` (a client.properties file, or
+JSON/YAML), ``-X KEY=VALUE`` / ``--kafka-property``, ``--bootstrap-servers``, the `publish`,
+`stream` and `deadletter` subcommands, and one sentence for a refused login.
 
-The settings record and its loading (file, ``MMALIGN_KAFKA_*`` variables) are
+The settings record and its loading (file, ``MMALIGN_KAFKA_*`` variables, ``-X``) are
 schemas/kafka.py; ``redacted()`` is the only form of them ever logged.
 """
 
@@ -10,15 +11,22 @@ from __future__ import annotations
 import importlib
 import logging
 
+from mmalign.pipelines.runners import add_runner_arguments
 from mmalign.schemas.kafka import ENV_PREFIX, KafkaSettings, load_settings
 from mmalign.schemas.names import check_name
 
 
 def add_kafka_args(p) -> None:
     """The Kafka options every Kafka subcommand takes."""
-    p.add_argument("--kafka-config", default=None,
-                   help="JSON/YAML Kafka settings (bootstrap_servers, topics, deadletter_topic, "
-                        "client: SASL/SSL...); MMALIGN_KAFKA_* variables override it")
+    p.add_argument("--kafka-config", default=None, metavar="FILE",
+                   help="Kafka client settings: a client.properties file as Kafka, Confluent "
+                        "Cloud or MSK hand it out (bootstrap.servers, security.protocol, "
+                        "sasl.mechanism, sasl.jaas.config, ssl.truststore.location ...), or "
+                        "JSON/YAML (bootstrap_servers, topics, deadletter_topic, client); "
+                        f"default ${ENV_PREFIX}CONFIG; {ENV_PREFIX}* variables override it")
+    p.add_argument("-X", "--kafka-property", action="append", default=[], metavar="KEY=VALUE",
+                   help="one Kafka client property (dotted, e.g. -X security.protocol=SASL_SSL, "
+                        "or a kafka-python option); repeat; overrides the file and variables")
     p.add_argument("--bootstrap-servers", default=None, help="host:port[,host:port]")
 
 
@@ -48,10 +56,11 @@ def auth_refusal(settings: KafkaSettings) -> str | None:
         return None
     user = settings.client.get("sasl_plain_username")
     who = f" of user {user!r}" if user else ""
+    where = settings.credentials_origin() or (f"{ENV_PREFIX}SASL_PLAIN_USERNAME/_PASSWORD or "
+                                              f"sasl.jaas.config in --kafka-config")
     return (f"Kafka at {settings.bootstrap_servers} refused the "
             f"{settings.client.get('sasl_mechanism', 'SASL')} login{who} ({_REFUSALS.last}); "
-            f"check {ENV_PREFIX}SASL_PLAIN_USERNAME/_PASSWORD or the client: section of "
-            f"--kafka-config")
+            f"check {where}")
 
 
 def kafka_failure(settings: KafkaSettings, otherwise: str) -> str:
@@ -69,7 +78,8 @@ def settings_from_args(ns) -> KafkaSettings:
     if not getattr(ns, "verbose", False):
         kafka_log.setLevel(logging.WARNING)
         kafka_log.propagate = False
-    return load_settings(ns.kafka_config, bootstrap_servers=ns.bootstrap_servers)
+    return load_settings(ns.kafka_config, bootstrap_servers=ns.bootstrap_servers,
+                         properties=getattr(ns, "kafka_property", None) or ())
 
 
 def _lazy(module: str, name: str):
@@ -114,7 +124,8 @@ def _add_publish(sub) -> None:
 
 def _add_stream(sub) -> None:
     p = sub.add_parser("stream", help="the streaming job: Kafka topics -> aligned Parquet + "
-                                      "dead-letter topic (Beam Prism)")
+                                      "dead-letter topic (default runner: a local Beam Prism)",
+                       allow_abbrev=False)
     p.add_argument("--manifest", action="append", required=True,
                    help="manifest of a session to accept (streams, clocks, alignment); repeat")
     p.add_argument("--out", required=True, help="output folder")
@@ -133,8 +144,7 @@ def _add_stream(sub) -> None:
                    help="names OUT/_stream/<run>.json (letters, digits, _ . -)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     add_kafka_args(p)
-    p.add_argument("pipeline_args", nargs="*",
-                   help="Beam options after -- (default: a local Prism in streaming mode)")
+    add_runner_arguments(p, streaming=True)
     p.set_defaults(fn=_names_checked(_lazy("mmalign.pipelines.stream", "cmd_stream"),
                                      run_id="--run-id", group_id="--group-id"))
 

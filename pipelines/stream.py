@@ -44,6 +44,7 @@ from mmalign.pipelines.core import (
     prepare,
 )
 from mmalign.pipelines.kafka_config import kafka_failure, settings_from_args
+from mmalign.pipelines.runners import runner_session
 from mmalign.pipelines.stream_ledger import (
     Geometry,
     HoldBackFn,
@@ -215,6 +216,9 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
         raise ManifestError("streams with 'sync' (DTW clock estimation) need a whole "
                             "recording; run them with `mmalign backfill`, or declare their "
                             "clocks in the calibration for streaming")
+    if any(plan.sets for plan in job.plans.values()):
+        raise ManifestError("alignment.ticks.sets (approximate-time sets) is batch-only; use "
+                            "an anchor stream or rate_hz for streaming")
     modalities = sorted({s.modality for m in job.manifests for s in m.streams})
     topics = [settings.topic_for(mod) for mod in modalities]
     fresh = partition_specs(settings, topics, opts.group_id)
@@ -277,12 +281,17 @@ def cmd_stream(ns) -> int:
                              allowed_lateness_s=ns.allowed_lateness,
                              stop_after_idle_s=ns.stop_after_idle,
                              payload_roots=tuple(ns.payload_root or ()))
-        summary = run(ns.manifest, ns.out, settings, opts,
-                      pipeline_args=ns.pipeline_args or None, run_id=ns.run_id)
+        # --runner and Beam's options (pipelines/runners.py): Prism unless told otherwise
+        with runner_session(ns.runner, ns.pipeline_args, streaming=True) as (runner, args):
+            summary = run(ns.manifest, ns.out, settings, opts,
+                          pipeline_args=[f"--runner={runner}", *args], run_id=ns.run_id)
     except KafkaConfigError as e:
         print(f"mmalign stream: {e}", file=sys.stderr)
         return 2
-    except (KafkaError, InfraError) as e:
+    except InfraError as e:           # the runner's server (Prism, a Flink job server)
+        print(f"mmalign stream: {e}", file=sys.stderr)
+        return 1
+    except KafkaError as e:
         print("mmalign stream: " + kafka_failure(
             settings, f"{type(e).__name__}: {e}; is the broker up (make kafka-up)?"),
             file=sys.stderr)

@@ -1,14 +1,19 @@
-"""The backfill on Apache Flink (Beam's portable Flink runner, LOOPBACK) equals the local run.
+"""The backfill and the streaming job on Apache Flink (Beam's portable Flink runner, LOOPBACK)
+equal the local backfill, run as Beam's docs run a pipeline on Flink.
 
 Two generated recordings in one run: one with declared clocks, one whose clocks are estimated
 by DTW-sync (an AsDict side input into the clock stage), several buckets each (GroupByKey of
-buckets with margins). `mmalign backfill --runner flink` (which starts an embedded Flink job
-server for the run) is compared file by file and row for row with the DirectRunner's output.
+buckets with margins). `mmalign backfill --runner FlinkRunner --flink_master=[local]
+--parallelism=2` (an embedded Flink job server and mini-cluster for the run) is compared file by
+file and row for row with the DirectRunner's output; `mmalign stream --runner FlinkRunner
+--flink_master=[local]` against the real broker row for row with the backfill. How the options
+resolve (job endpoint, remote masters, errors): tests/unit/pipelines/test_runners.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,7 +21,7 @@ import pytest
 
 from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.pipelines import backfill
-from mmalign.pipelines.runners import RunnerConfigError, runner_session
+from mmalign.pipelines.runners import runner_session
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.layout import METADATA_KEY
 from mmalign.transforms.io.parquet import read_aligned
@@ -58,10 +63,12 @@ def runs(tmp_path_factory):
                            session="flink-b"),
     ]
     local = backfill.run(manifests, tmp / "local", run_id=RUN_ID)
-    args = ["backfill", "--json", "--run-id", RUN_ID, "--out", tmp / "flink", "--runner", "flink"]
+    # as in Beam's docs: Beam's options after the command's, no `--`; [local]: an embedded
+    # Flink (job server + mini-cluster) for the run
+    args = ["backfill", "--json", "--run-id", RUN_ID, "--out", tmp / "flink",
+            "--runner", "FlinkRunner", "--flink_master=[local]", "--parallelism=2"]
     for m in manifests:
         args += ["--manifest", m]
-    args += ["--", "--parallelism=2"]      # no --job_endpoint: an embedded Flink for the run
     proc = run_mmalign(*args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"tmp": tmp, "local": local, "flink": json.loads(proc.stdout)}
@@ -105,44 +112,41 @@ def test_flink_dead_letters_and_accounting_equal_local(runs) -> None:
     assert _ours(fl["counters"]) == _ours(lo["counters"])
 
 
-def test_flink_preset_args_and_errors() -> None:
-    with runner_session("flink", ["--job_endpoint=h:1"]) as (runner, resolved):
+def test_flink_job_endpoint_and_presets_resolve_without_a_server() -> None:
+    """A running job server (--job_endpoint) is used as it is: no embedded server starts."""
+    with runner_session("FlinkRunner", ["--job_endpoint=h:1"]) as (runner, resolved):
         assert runner == "PortableRunner"
         assert resolved == ["--job_endpoint=h:1", "--environment_type=LOOPBACK"]
-    with pytest.raises(RunnerConfigError, match="job_endpoint"):
-        with runner_session("flink", ["--flink_master=localhost:8081"]):
-            pass
+    with runner_session("flink", ["--job_endpoint=h:1", "--flink_master=[local]"]
+                        ) as (runner, resolved):
+        assert "--flink_master=[local]" in resolved
     with runner_session("local", []) as (runner, resolved):
         assert (runner, resolved) == ("DirectRunner", [])
 
 
-def test_cli_rejects_flink_master_with_exit_code_2(tmp_path: Path, capsys) -> None:
-    from mmalign.pipelines.cli import main
-
-    code = main(["backfill", "--manifest", str(tmp_path / "m.yaml"), "--out", str(tmp_path),
-                 "--runner", "flink", "--", "--flink_master=localhost:8081"])
-    assert code == 2
-    assert "--job_endpoint" in capsys.readouterr().err
-
-
 # Issue 7: the streaming job on Flink (streaming mode, LOOPBACK) against the real broker.
 @pytest.mark.slow
-def test_stream_on_flink_equals_the_backfill(fresh_topics, flink_job_server: str,
-                                             tmp_path: Path) -> None:
-    """`pipelines.stream` on the Flink job server (streaming, LOOPBACK) against a real broker
-    writes the same aligned rows as the local backfill of the recording."""
-    from mmalign.pipelines import stream
+def test_stream_on_flink_equals_the_backfill(fresh_topics, tmp_path: Path) -> None:
+    """`mmalign stream --runner FlinkRunner --flink_master=[local] --parallelism=2` (an
+    embedded Flink in streaming mode, LOOPBACK) against a real broker writes the same aligned
+    rows as the local backfill of the recording."""
     from mmalign.pipelines.publish import publish
 
     manifest = generate_recording(tmp_path / "rec", seed=5, duration_s=6.0, bad_records=False)
     backfill.run([manifest], tmp_path / "batch", run_id="batch")
     settings, tag = fresh_topics(2)
     publish(manifest, settings, run_id="publish")
-    opts = stream.StreamOptions(group_id=f"flink-{tag}", stop_after_idle_s=3.0)
-    args = ["--runner=PortableRunner", f"--job_endpoint={flink_job_server}",
-            "--environment_type=LOOPBACK", "--parallelism=2", "--streaming"]
-    summary = stream.run([manifest], tmp_path / "stream", settings, opts, pipeline_args=args,
-                         run_id="flink-stream")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMALIGN_KAFKA_")}
+    env |= {f"MMALIGN_KAFKA_TOPIC_{m.upper()}": t for m, t in settings.topics.items()}
+    env["MMALIGN_KAFKA_DEADLETTER_TOPIC"] = settings.deadletter_topic
+    proc = run_mmalign("stream", "--manifest", manifest, "--out", tmp_path / "stream",
+                       "--bootstrap-servers", settings.bootstrap_servers,
+                       "--group-id", f"flink-{tag}", "--stop-after-idle", "3",
+                       "--run-id", "flink-stream", "--json",
+                       "--runner", "FlinkRunner", "--flink_master=[local]", "--parallelism=2",
+                       env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
     assert summary["committed"]
     assert_rows_equal(read_aligned(tmp_path / "stream" / "aligned"),
                       read_aligned(tmp_path / "batch" / "aligned"))

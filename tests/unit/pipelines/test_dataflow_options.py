@@ -16,6 +16,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from mmalign.pipelines import runners
 from mmalign.pipelines.runners import DEFAULT_GPU, RunnerConfigError, dataflow_args, runner_session
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -28,7 +29,7 @@ def _flex_main():
     return mod
 
 
-def test_dataflow_args_and_errors() -> None:
+def test_dataflow_args_and_errors(monkeypatch, tmp_path) -> None:
     args = dataflow_args(project="p", region="us-central1", temp_location="gs://b/tmp",
                          sdk_container_image="us-docker.pkg.dev/p/r/mmalign:0.1.0",
                          worker_accelerator="type:nvidia-l4;count:1;install-nvidia-driver")
@@ -45,10 +46,31 @@ def test_dataflow_args_and_errors() -> None:
     with pytest.raises(RunnerConfigError, match="--project, --temp_location"):
         with runner_session("dataflow", ["--region=r"]):
             pass
-    with runner_session("dataflow", ["--project=p", "--region=r", "--temp_location=gs://b/t"]
-                        ) as (runner, resolved):
+    # without an image the workers get the running mmalign as a wheel (runners.project_wheel;
+    # built for real in tests/integration/test_dataflow_dry_run.py)
+    made = []
+
+    def fake_wheel(out_dir: Path) -> Path:
+        made.append(out_dir / "mmalign-0.1.0-py3-none-any.whl")
+        made[-1].write_bytes(b"PK")
+        return made[-1]
+
+    monkeypatch.setattr(runners, "project_wheel", fake_wheel)
+    with runner_session("DataflowRunner", ["--project=p", "--region=r",
+                                           "--temp_location=gs://b/t"]) as (runner, resolved):
         assert runner == "DataflowRunner"
-        assert f"--setup_file={ROOT / 'pyproject.toml'}" in resolved
+        assert resolved[-1] == f"--extra_package={made[0]}" and made[0].is_file()
+        assert not any(a.startswith("--setup_file") for a in resolved)
+    assert not made[0].exists()                     # staged during the run only
+    for ships in ("--sdk_container_image=eu.gcr.io/p/mmalign:1", "--setup_file=./setup.py",
+                  f"--extra_package={tmp_path / 'mmalign-0.1.0-py3-none-any.whl'}"):
+        with runner_session("dataflow", ["--project=p", "--region=r",
+                                         "--temp_location=gs://b/t", ships]) as (_, resolved):
+            assert not any(a.startswith("--extra_package") for a in resolved if a != ships)
+    assert len(made) == 1
+    with runner_session("dataflow", ["--project=p", "--region=r", "--temp_location=gs://b/t",
+                                     "--sdk_container_image=i"], streaming=True) as (_, resolved):
+        assert resolved[-1] == "--streaming"
 
 
 def test_flex_template_parameters_match_the_entry_point() -> None:
