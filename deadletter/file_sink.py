@@ -15,6 +15,7 @@ import pyarrow as pa
 from mmalign.deadletter.record import ARROW_SCHEMA, DeadLetter, to_table
 from mmalign.schemas.fs import read_table
 from mmalign.schemas.layout import atomic_write_table, session_dir, session_dirs
+from mmalign.schemas.metrics import DEADLETTER
 
 FILE_NAME = "deadletters.parquet"
 UNKNOWN_SESSION = "unknown-session"   # a folder Arrow readers do not skip (no "_" or ".")
@@ -57,7 +58,7 @@ class WriteDeadLetters(beam.PTransform):
         run_id, root = self.run_id, self.root
 
         def stamp(d: DeadLetter):
-            beam.metrics.Metrics.counter("deadletter", f"{d.stage}.{d.modality}").inc()
+            DEADLETTER.count(str(d.modality), modality=d.stage)
             return (d.session_id or UNKNOWN_SESSION, d if d.run_id else d.with_run(run_id))
 
         return (letters

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 
 from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas.metrics import DEADLETTER
 
 H = "__connect.errors."
 # DeadLetter.attrs keys that carry the original Kafka coordinates
@@ -150,10 +151,10 @@ class WriteDeadLettersToKafkaFn(beam.DoFn):
 
     def process(self, d: DeadLetter):
         if self.skip_ids and letter_id(d) in self.skip_ids:
-            beam.metrics.Metrics.counter("deadletter", "kafka.already_sent").inc()
+            DEADLETTER.count("already_sent", modality="kafka")
             return
         self.out.send(d if d.run_id else d.with_run(self.run_id))
-        beam.metrics.Metrics.counter("deadletter", f"kafka.{d.stage}").inc()
+        DEADLETTER.count(d.stage, modality="kafka")
         yield d
 
     def finish_bundle(self):

@@ -24,8 +24,9 @@ import yaml
 from mmalign.deadletter.record import DeadLetter
 from mmalign.encoders.fusion import FUSED, MASK, emb_col, model_col, status_col
 from mmalign.encoders.stage import plan_encoders
-from mmalign.schemas import aligned
+from mmalign.schemas import aligned, metrics
 from mmalign.schemas.manifest import ManifestError
+from mmalign.schemas.metrics import SINK
 from mmalign.transforms.tags import DEAD, MAIN
 
 PROJECT = "mmalign"
@@ -237,12 +238,12 @@ class WriteOnlineFn(beam.DoFn):
         try:
             n = write_online(self.store, pq.read_table(path, columns=cols))
         except Exception as e:  # noqa: BLE001 - one bucket's failed write is a dead letter
-            beam.metrics.Metrics.counter("sink", "online.failed").inc()
+            SINK.count("failed", modality="online")
             yield beam.pvalue.TaggedOutput(DEAD, DeadLetter.from_exception(
                 "sink", e, "online_write_failed", run_id=self.run_id, source_uri=path,
                 position="file"))
             return
-        beam.metrics.Metrics.counter("sink", "online.rows").inc(n)
+        SINK.count(metrics.ROWS, n, modality="online")
         yield path
 
 

@@ -54,8 +54,8 @@ from mmalign.schemas.aligned import (
 )
 from mmalign.schemas.encoders import EncoderConfig, EncodersConfig
 from mmalign.schemas.manifest import Manifest, ManifestError, Stream
+from mmalign.schemas.metrics import ENCODE
 from mmalign.transforms.decode.sources import SensorRows, SourceRef
-from mmalign.transforms.metrics import ENCODE
 from mmalign.transforms.tags import DEAD, MAIN
 
 SENSOR_CACHE_FILES = 4

@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmalign.deadletter.file_sink import WriteDeadLetters
 from mmalign.pipelines.core import AlignCore, Job, online_store_sink, prepare
+from mmalign.pipelines.progress import Progress, backfill_line
 from mmalign.pipelines.summary import summarize
 from mmalign.schemas.fs import UriPath, rmtree
 from mmalign.schemas.sync import write_session_sync
@@ -67,18 +68,21 @@ def build(p: beam.Pipeline, job: Job, staging: Path | UriPath) -> dict:
 
 
 def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "DirectRunner",
-        pipeline_args: list[str] | None = None, run_id: str | None = None) -> dict:
+        pipeline_args: list[str] | None = None, run_id: str | None = None,
+        progress: bool = False, progress_every_s: float = 10.0) -> dict:
     """Run the backfill to completion; returns the run summary (also OUT/summary.json).
 
     Everything is written under OUT/.staging/<run> and committed at the end in one step
-    (transforms/io/commit.py): a run that fails or is killed leaves the previous output."""
+    (transforms/io/commit.py): a run that fails or is killed leaves the previous output.
+    ``progress``: show per-stage progress on stderr (pipelines/progress.py)."""
     job = prepare(manifest_paths, out, run_id)
     recover(job.out)                         # finish or clear what an interrupted run left
     staging = staging_dir(job.out, job.run_id)
     opts = PipelineOptions([f"--runner={runner}", *(pipeline_args or [])])
     t0 = time.perf_counter()
     try:
-        with beam.Pipeline(options=opts) as p:
+        with Progress(backfill_line, progress_every_s, enabled=progress), \
+                beam.Pipeline(options=opts) as p:
             build(p, job, staging)
         result = p.result
         summary = summarize(job, result, time.perf_counter() - t0, staging)

@@ -96,7 +96,7 @@ def cmd_backfill(ns) -> int:
         if runner == "DataflowRunner" and is_dry_run(args):
             return _dataflow_dry_run(ns, args)
         summary = backfill.run(ns.manifest, ns.out, runner=runner, pipeline_args=args,
-                               run_id=ns.run_id)
+                               run_id=ns.run_id, progress=not ns.no_progress)
     return _report(summary, ns.json)
 
 
@@ -124,7 +124,8 @@ def cmd_demo(ns) -> int:
     manifest = generate_recording(rec, seed=ns.seed, duration_s=ns.duration)
     print(f"running the backfill on Beam's {resolve_runner(ns.runner)} ...", flush=True)
     with _runner_args(ns) as (runner, args):
-        summary = backfill.run([manifest], out, runner=runner, pipeline_args=args)
+        summary = backfill.run([manifest], out, runner=runner, pipeline_args=args,
+                               progress=not ns.no_progress)
     code = _report(summary, ns.json)
     if not ns.json:
         print(f"ground truth: {rec / 'ground_truth.json'}; summary: {out / 'summary.json'}")
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runner_opts(p):
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress on stderr (default: live on a terminal, else a line "
+                            "every 10 s)")
         add_runner_arguments(p)            # --runner, and Beam's options (runners.py)
 
     p = sub.add_parser("demo", help="generate a sample recording and backfill it (no servers)",

@@ -44,6 +44,7 @@ from mmalign.pipelines.core import (
     prepare,
 )
 from mmalign.pipelines.kafka_config import kafka_failure, settings_from_args
+from mmalign.pipelines.progress import Progress, StreamRates
 from mmalign.pipelines.runners import runner_session
 from mmalign.pipelines.stream_ledger import (
     Geometry,
@@ -54,12 +55,13 @@ from mmalign.pipelines.stream_ledger import (
     resume,
     state_dir,
 )
+from mmalign.schemas import metrics
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.envelope import MessageError, decode_chunk, split
 from mmalign.schemas.kafka import KafkaConfigError, KafkaSettings
 from mmalign.schemas.layout import ALIGNED
 from mmalign.schemas.manifest import ManifestError
-from mmalign.transforms import metrics
+from mmalign.schemas.metrics import INGEST, set_gauge
 from mmalign.transforms.io.kafka import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
 from mmalign.transforms.io.parquet import (
     WriteAlignedFn,
@@ -68,7 +70,6 @@ from mmalign.transforms.io.parquet import (
     rewrite_conforming,
     union_schema,
 )
-from mmalign.transforms.metrics import INGEST
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate.stage import ORIGIN_META_KEY
 
@@ -81,6 +82,8 @@ class StreamOptions:
     stop_after_idle_s: float | None = None
     payload_roots: tuple[str, ...] = ()
     poll_ms: int = 300
+    progress: bool = False             # progress lines on stderr (the CLI turns them on)
+    progress_every_s: float = 10.0     # and offsets committed this often
 
 
 class IngestFn(beam.DoFn):
@@ -216,9 +219,6 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
         raise ManifestError("streams with 'sync' (DTW clock estimation) need a whole "
                             "recording; run them with `mmalign backfill`, or declare their "
                             "clocks in the calibration for streaming")
-    if any(plan.sets for plan in job.plans.values()):
-        raise ManifestError("alignment.ticks.sets (approximate-time sets) is batch-only; use "
-                            "an anchor stream or rate_hz for streaming")
     modalities = sorted({s.modality for m in job.manifests for s in m.streams})
     topics = [settings.topic_for(mod) for mod in modalities]
     fresh = partition_specs(settings, topics, opts.group_id)
@@ -232,7 +232,16 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
     if args is None:
         args = prism_args(streaming=True)
     t0 = time.perf_counter()
-    with beam.Pipeline(options=PipelineOptions(args)) as p:
+
+    def commit_done() -> None:
+        """Commit the offsets no unwritten bucket needs, as buckets complete (so consumer-lag
+        tools see the job keep up), not only at the stop."""
+        offsets = resume(state, fresh, geo).offsets()
+        commit_offsets(settings, opts.group_id, offsets)
+        set_gauge("stream.committed_offsets", sum(offsets.values()))
+
+    with Progress(StreamRates().line, opts.progress_every_s, enabled=opts.progress,
+                  every=commit_done), beam.Pipeline(options=PipelineOptions(args)) as p:
         build(p, job, settings, plan, opts, state, skip_ids)
     after = resume(state, fresh, geo)
     # bucket files are written as they complete; at the stop every file of OUT/aligned is
@@ -280,7 +289,8 @@ def cmd_stream(ns) -> int:
         opts = StreamOptions(group_id=ns.group_id, max_out_of_orderness_s=ns.out_of_orderness,
                              allowed_lateness_s=ns.allowed_lateness,
                              stop_after_idle_s=ns.stop_after_idle,
-                             payload_roots=tuple(ns.payload_root or ()))
+                             payload_roots=tuple(ns.payload_root or ()),
+                             progress=not getattr(ns, "no_progress", False))
         # --runner and Beam's options (pipelines/runners.py): Prism unless told otherwise
         with runner_session(ns.runner, ns.pipeline_args, streaming=True) as (runner, args):
             summary = run(ns.manifest, ns.out, settings, opts,

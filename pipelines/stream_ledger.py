@@ -38,6 +38,7 @@ import apache_beam as beam
 
 from mmalign.schemas.clock import MAX_ABS_TIME_NS, ClockModel
 from mmalign.schemas.ledger import LedgerLine
+from mmalign.schemas.metrics import STREAM
 from mmalign.schemas.names import check_name
 from mmalign.transforms.align.buckets import bucket_range, touched_buckets
 from mmalign.transforms.io.kafka import (
@@ -233,7 +234,7 @@ class HoldBackFn(beam.DoFn):
     def process(self, element):
         (session, b), _ = element
         if (session, b) in self.written:
-            beam.metrics.Metrics.counter("stream", "buckets.already_written").inc()
+            STREAM.count("already_written", modality="buckets")
             return
         final = self._stopped()
         if final is not None:
@@ -242,7 +243,7 @@ class HoldBackFn(beam.DoFn):
             wm = final.get("watermark_us")
             closed = wm is not None and wm * 1000 >= end_ns
             if not closed and session not in final.get("complete", []):
-                beam.metrics.Metrics.counter("stream", "buckets.held_back").inc()
+                STREAM.count("held_back", modality="buckets")
                 return
         if element[1].num_rows == 0:
             yield beam.pvalue.TaggedOutput(self.EMPTY, (session, b))
@@ -268,6 +269,6 @@ class MarkDoneFn(beam.DoFn):
         session, b = element
         line = {"s": session, "b": int(b), "run": self.run_id}
         if self.empty:
-            beam.metrics.Metrics.counter("stream", "buckets.empty").inc()
+            STREAM.count("empty", modality="buckets")
             line["empty"] = 1
         append_lines(self.ledger, [line])

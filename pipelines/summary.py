@@ -14,9 +14,9 @@ from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.schemas.aligned import STATUS, column
 from mmalign.schemas.chunk import MODALITIES
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
+from mmalign.schemas.metrics import ALIGN, DEAD, DECODE, RECORDS, SAMPLES, VALIDATE
 from mmalign.schemas.sync import SyncResult, read_sync_results
 from mmalign.transforms.io.parquet import read_aligned
-from mmalign.transforms.metrics import ALIGN, DEAD, DECODE, RECORDS, SAMPLES, VALIDATE
 
 
 def counters(result) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Stage metrics: every Beam counter the pipelines report, named in one place.
+"""Stage metrics: every Beam counter the pipelines report, named in one place (a contract:
+the run summary, align-check, progress lines and dashboards read these names).
 
 A counter is ``<stage>.<what>`` or, per modality, ``<stage>.<modality>.<what>`` (Beam
 namespace = the stage, name = the rest), so the run summary, align-check and dashboards read
@@ -6,11 +7,39 @@ the same names. Each stage has one ``StageMetrics``; a counter object is created
 name and process, then reused.
 
     DECODE.count(RECORDS, n, modality="video")     ->  decode.video.records
+
+Every count also goes to a process-local mirror (``local_counts``, ``gauges``) that the
+progress reporter of a local run reads while the pipeline runs (pipelines/progress.py); on a
+remote runner the runner's own UI shows the Beam counters.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+
 import apache_beam as beam
+
+_LOCAL: Counter = Counter()           # "<stage>.<name>" -> count, in this process
+_GAUGES: dict[str, float] = {}        # "<name>" -> latest value, in this process
+_LOCK = threading.Lock()
+
+
+def local_counts() -> dict[str, int]:
+    """A copy of this process's counts so far (for progress lines)."""
+    with _LOCK:
+        return dict(_LOCAL)
+
+
+def gauges() -> dict[str, float]:
+    with _LOCK:
+        return dict(_GAUGES)
+
+
+def set_gauge(name: str, value: float) -> None:
+    """A process-local gauge (e.g. the streaming reader's watermark) for progress lines."""
+    with _LOCK:
+        _GAUGES[name] = value
 
 # what is counted
 RECORDS = "records"      # records that entered the stage (rows of chunks)
@@ -38,6 +67,8 @@ class StageMetrics:
         if counter is None:
             counter = self._counters[name] = beam.metrics.Metrics.counter(self.stage, name)
         counter.inc(n)
+        with _LOCK:
+            _LOCAL[f"{self.stage}.{name}"] += n
 
     def key(self, what: str, modality: str | None = None) -> str:
         """The counter's full name as the run summary lists it."""

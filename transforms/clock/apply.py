@@ -6,9 +6,9 @@ from __future__ import annotations
 import apache_beam as beam
 import pyarrow as pa
 
+from mmalign.schemas import metrics
 from mmalign.schemas.clock import ClockModel
-from mmalign.transforms import metrics
-from mmalign.transforms.metrics import CLOCK
+from mmalign.schemas.metrics import CLOCK
 
 TIME_COLUMNS = ("t_ns", "t_end_ns")   # columns rewritten onto the reference clock
 

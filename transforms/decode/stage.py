@@ -18,16 +18,16 @@ from pathlib import Path
 import apache_beam as beam
 
 from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas import metrics
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.decode_options import FORMATS, DecodeOptions, decoder_key, format_name
 from mmalign.schemas.fs import UriPath, is_remote
 from mmalign.schemas.manifest import Stream
-from mmalign.transforms import metrics
+from mmalign.schemas.metrics import DECODE
 from mmalign.transforms.decode import audio, gpmf, mcap, rosbag, sensor, text, video
 from mmalign.transforms.decode.base import SourceFile, short_error
 from mmalign.transforms.decode.segments import segment_offsets
 from mmalign.transforms.io.source_cache import OutsideRoots, SourceCache, default_cache
-from mmalign.transforms.metrics import DECODE
 from mmalign.transforms.tags import DEAD, MAIN
 
 # ---------------------------------------------------------------- dispatch

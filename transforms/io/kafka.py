@@ -52,9 +52,11 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from mmalign.deadletter.kafka_topic import kafka_attrs
 from mmalign.deadletter.record import DeadLetter
+from mmalign.schemas import metrics
 from mmalign.schemas.clock import MAX_ABS_TIME_NS
 from mmalign.schemas.envelope import MessageError, split
 from mmalign.schemas.ledger import LedgerLine
+from mmalign.schemas.metrics import INGEST, set_gauge
 from mmalign.transforms.tags import DEAD, MAIN
 
 FINISH = "finish"          # claim this to end the restriction (every partition stops)
@@ -390,7 +392,7 @@ class ReadKafkaFn(beam.DoFn):
                         rec, event_ns=e, too_late=f"{m.topic}/{m.partition}: {why}"),
                         Timestamp(micros=(wm_ns or 0) // 1000))
                 else:
-                    beam.metrics.Metrics.counter("ingest", "records").inc()
+                    INGEST.count(metrics.RECORDS)
                     yield beam.window.TimestampedValue(
                         rec, Timestamp(micros=e // 1000))
         caught_up = self._caught_up(consumer, tps, nxt)
@@ -398,6 +400,9 @@ class ReadKafkaFn(beam.DoFn):
         if target is not None and (wm_ns is None or target > wm_ns):
             wm.set_watermark(Timestamp(micros=target // 1000))
             wm_ns = target
+        newest = max((m for m in max_e if m is not None), default=None)
+        if wm_ns is not None and newest is not None:     # for the progress lines
+            set_gauge("ingest.watermark_lag_s", (newest - wm_ns) / 1e9)
         for i, r in rows.items():
             if wm_ns is not None:
                 r[-1] = replace(r[-1], watermark_us=wm_ns // 1000)
@@ -435,7 +440,7 @@ class SplitLateFn(beam.DoFn):
         if not rec.too_late:
             yield rec
             return
-        beam.metrics.Metrics.counter("ingest", "too_late").inc()
+        INGEST.count("too_late")
         _, header = event_time_ns(rec.value)
         yield beam.pvalue.TaggedOutput(DEAD, rec.dead(
             "ingest", "too_late", "LateRecord", rec.too_late, header, rec.event_ns))

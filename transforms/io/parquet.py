@@ -16,6 +16,7 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow as pa
 
+from mmalign.schemas import metrics
 from mmalign.schemas.errors import ManifestError
 from mmalign.schemas.fs import as_path, copytree, read_schema, read_table
 from mmalign.schemas.layout import (
@@ -27,8 +28,7 @@ from mmalign.schemas.layout import (
     session_dirs,
     session_of,
 )
-from mmalign.transforms import metrics
-from mmalign.transforms.metrics import SINK
+from mmalign.schemas.metrics import SINK
 
 
 def part_name(bucket: int) -> str:

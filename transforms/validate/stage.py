@@ -29,14 +29,14 @@ import pyarrow.compute as pc
 
 from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas import audio as audio_schema
+from mmalign.schemas import metrics
 from mmalign.schemas import sensor as sensor_schema
 from mmalign.schemas import text as text_schema
 from mmalign.schemas import video as video_schema
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.envelope import EXTENTS_META_KEY
-from mmalign.transforms import metrics
-from mmalign.transforms.metrics import VALIDATE
+from mmalign.schemas.metrics import VALIDATE
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate.timestamps import (
     TimestampRule,
