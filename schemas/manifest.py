@@ -95,6 +95,9 @@ class ApproxSets(_Strict):
     streams: list[ID] = Field(min_length=2)
     max_span_ms: float = Field(50.0, gt=0, le=MAX_MARGIN_MS)
     queue_size: int = Field(64, ge=1, le=1_000_000)
+    age_penalty: float = Field(0.1, ge=0, le=100, description="ROS setAgePenalty")
+    flush: bool = Field(False, description="batch: at the end of the recording publish the "
+                        "sets still pending (ROS never does; the streaming job does at a stop)")
 
 
 class Ticks(_Strict):

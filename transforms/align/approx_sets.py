@@ -209,6 +209,10 @@ class ApproxTimeSync:
             return None
         return self._cand_end + (self._pivot_t - self._cand_start) + 1
 
+    def candidate_end_ns(self) -> int | None:
+        """The pending candidate's latest member time (its tick), or None."""
+        return None if self._pivot is None else self._cand_end
+
     def pending(self) -> list[list[Sample]]:
         """Per stream, the samples held (past, then deque), oldest first."""
         return [list(p) + list(q) for p, q in zip(self._past, self._dq)]

@@ -87,6 +87,8 @@ class SessionPlan:
     sets: tuple[str, ...] = ()         # ... or approximate-time sets of these streams
     sets_max_span_ns: int = 0
     sets_queue_size: int = 64
+    sets_age_penalty: float = 0.1
+    sets_flush: bool = False
     start_ns: int | None = None        # UTC ns of reference time 0 (transforms/decode/wallclock)
     params: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -349,7 +351,8 @@ def approx_set_ticks(plan: SessionPlan, members: list[tuple[str, pa.Table]]):
     if any(s not in tables for s in plan.sets):
         return None
     times = [tables[s].column("t_ns").to_numpy() for s in plan.sets]
-    idx = approx_time_sets(times, plan.sets_max_span_ns, plan.sets_queue_size)
+    idx = approx_time_sets(times, plan.sets_max_span_ns, plan.sets_queue_size,
+                           age_penalty=plan.sets_age_penalty, flush=plan.sets_flush)
     if len(idx) == 0:
         return None
     member_t = np.column_stack([times[j][idx[:, j]] for j in range(len(plan.sets))])
@@ -403,9 +406,23 @@ def sets_window_margins(plans: dict[str, SessionPlan]) -> dict[tuple[str, str], 
     """Extra window margins for sessions whose ticks are approximate-time sets, keyed like
     ``AssignBuckets``' margins ((session, SETS_STREAM): only the window margin grows): a
     streaming set is final at the latest ``max_span`` after its tick (``ApproxSetsFn``), so
-    its bucket stays open that long past its end."""
-    return {(sid, SETS_STREAM): plan.sets_max_span_ns + SETS_HOLD_SLACK_NS
-            for sid, plan in plans.items() if plan.sets}
+    every bucket its tick reaches (ticks go ``tick_margin`` beyond a bucket's edges) stays
+    open ``max_span`` + 2 ms past the tick."""
+    return {(sid, SETS_STREAM): sets_hold_ns(plan) for sid, plan in plans.items() if plan.sets}
+
+
+def sets_hold_ns(plan: SessionPlan) -> int:
+    """A set session's window margin: its tick margin + max_span + 2 ms."""
+    return plan.tick_margin_ns() + plan.sets_max_span_ns + SETS_HOLD_SLACK_NS
+
+
+def sets_safe_until_ns(plan: SessionPlan, tick_ns: int) -> int:
+    """A time before which every bucket window a tick at or after ``tick_ns`` reaches is
+    still open (with ``sets_hold_ns`` in the window margin), and at or after ``tick_ns`` +
+    max_span + 1 ms: the earliest such bucket starts ``tick_margin`` before the tick."""
+    b = plan.bucket_ns
+    first_end = ((tick_ns - plan.tick_margin_ns()) // b + 1) * b
+    return first_end + sets_hold_ns(plan) - SETS_HOLD_SLACK_NS // 2
 
 
 def set_ticks_table(plan: SessionPlan, sets: list, first_pos: int) -> TickTable:
@@ -433,12 +450,13 @@ class ApproxSetsFn(beam.DoFn):
     Samples wait in state until the watermark has passed them, then enter the synchronizer
     in (time, stream, pos) order: a sample earlier than the watermark cannot come any more
     (the reader dead-letters it), so that order is final whatever order Kafka and the runner
-    deliver chunks in. The timer fires past the next waiting sample (``_arm``) or at the
-    pending candidate's deadline, ``cand_end + (pivot - cand_start) + 1 ns`` (<= its tick +
-    max_span): there ``ApproxTimeSync.bound`` (no sample earlier than the watermark is still
-    to come) proves it, so a set never waits for a silent stream beyond its bucket's window,
-    which ``sets_window_margins`` keeps open that long; the timer also holds this stage's
-    output watermark there. Proving at the deadline publishes the set ROS publishes later,
+    deliver chunks in. The timer (``_arm``) fires at the latest time the buckets of the next
+    possible tick are surely open, and by then ``ApproxTimeSync.bound`` (no sample earlier
+    than the watermark is still to come) proves a pending candidate: its deadline,
+    ``cand_end + (pivot - cand_start) + 1 ns``, is at most max_span after its tick, and
+    ``sets_window_margins`` keeps buckets open that long; so a set never waits for a silent
+    stream beyond its bucket's window. The timer also holds this stage's output watermark.
+    Proving at the deadline publishes the set ROS publishes later,
     unless a queue overflows in between. At the end of input (watermark at infinity) the
     deadlines publish what is pending: as ``flush=True``. Streaming watermarks run on the
     job's shared clock: a session's times there are its reference times + ``shifts``."""
@@ -453,9 +471,9 @@ class ApproxSetsFn(beam.DoFn):
         self.shifts = dict(shifts or {})    # session -> its place on the job's shared clock
 
     def _new(self, plan: SessionPlan) -> dict:
-        kw = {} if self.age_penalty is None else {"age_penalty": self.age_penalty}
+        penalty = plan.sets_age_penalty if self.age_penalty is None else self.age_penalty
         sync = ApproxTimeSync(len(plan.sets), plan.sets_queue_size, plan.sets_max_span_ns,
-                              **kw)
+                              age_penalty=penalty)
         return {"sync": sync, "waiting": [], "released": None, "timer_us": None, "sets": 0}
 
     def process(self, element, sync_state=beam.DoFn.StateParam(SYNC),
@@ -463,7 +481,7 @@ class ApproxSetsFn(beam.DoFn):
         session, (stream_i, t, pos, src) = element
         st = sync_state.read() or self._new(self.plans[session])
         st["waiting"].extend(zip(t.tolist(), [stream_i] * len(t), pos.tolist(), [src] * len(t)))
-        self._arm(st, timer, self.shifts.get(session, 0))
+        self._arm(st, timer, self.plans[session], self.shifts.get(session, 0))
         sync_state.write(st)
 
     @on_timer(TIMER)
@@ -492,21 +510,23 @@ class ApproxSetsFn(beam.DoFn):
             ALIGN.count("sets", len(sets))
             yield set_ticks_table(plan, sets, st["sets"])
             st["sets"] += len(sets)
-        self._arm(st, timer, shift)
+        self._arm(st, timer, plan, shift)
         sync_state.write(st)
 
-    def _arm(self, st: dict, timer, shift: int) -> None:
-        """The timer at the next waiting sample + max_span + 1 ms (a firing releases every
-        sample before it; sets it can complete have ticks at or after that sample, whose
-        buckets stay open max_span + 2 ms longer) or the pending deadline, if earlier."""
+    @staticmethod
+    def _arm(st: dict, timer, plan: SessionPlan, shift: int) -> None:
+        """The timer (it also holds this stage's output watermark): a firing releases every
+        waiting sample before it, so it may fire no later than ``sets_safe_until_ns`` of the
+        next waiting sample (sets it completes have ticks at or after that sample) and of the
+        pending candidate's tick (``bound`` proves it there: at or after its deadline)."""
         want = []
         if st["waiting"]:
-            step = st["sync"].max_span + SETS_HOLD_SLACK_NS // 2
-            want.append(_ceil_us(min(w[0] for w in st["waiting"]) + 1 + step))
+            u = min(w[0] for w in st["waiting"])
+            want.append(sets_safe_until_ns(plan, u) // 1000)
         sync: ApproxTimeSync = st["sync"]
-        deadline = sync.deadline_ns()
-        if deadline is not None:
-            want.append(_ceil_us(deadline))
+        if sync.deadline_ns() is not None:
+            safe = sets_safe_until_ns(plan, sync.candidate_end_ns())
+            want.append(max(safe, sync.deadline_ns()) // 1000)
         if not want:
             return
         at = min(want) + _ceil_us(shift)
@@ -652,6 +672,8 @@ def plan_from_manifest(manifest, start_ns: int | None = None) -> SessionPlan:
         sets=tuple(t.sets.streams) if t.sets else (),
         sets_max_span_ns=round(t.sets.max_span_ms * 1e6) if t.sets else 0,
         sets_queue_size=t.sets.queue_size if t.sets else 64,
+        sets_age_penalty=t.sets.age_penalty if t.sets else 0.1,
+        sets_flush=t.sets.flush if t.sets else False,
         start_ns=start_ns,
         params={"start_ns": start_ns, "ticks": t.model_dump(exclude_none=True),
                 "bucket_s": manifest.alignment.bucket_s,

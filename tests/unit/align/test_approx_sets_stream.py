@@ -21,6 +21,7 @@ from mmalign.transforms.align.join import (
     ApproxSetsStream,
     SessionPlan,
     StreamPlan,
+    sets_safe_until_ns,
     sets_window_margins,
 )
 
@@ -128,3 +129,15 @@ def test_window_margins_keep_set_buckets_open_for_max_span():
     p = plan(3 * MS, 64)
     assert sets_window_margins({"s": p, "x": SessionPlan("x", (), 1000 * MS)}) == {
         ("s", SETS_STREAM): 3 * MS + 2 * MS}
+    # with one_to_one streams ticks reach the buckets around them: their margin adds up
+    sp = StreamPlan("cam", "sensor", "one_to_one", 10 * MS, 10 * MS, 10 * MS)
+    p2 = SessionPlan("s", (sp,), 1000 * MS, anchor=SETS_STREAM, sets=("cam", "imu"),
+                     sets_max_span_ns=3 * MS)
+    assert sets_window_margins({"s": p2})[("s", SETS_STREAM)] == p2.tick_margin_ns() + 5 * MS
+    # the safe firing time: the first bucket's end + hold - 1 ms, past tick + max_span
+    for tick in (0, 5 * MS, 999 * MS, 1000 * MS, 1001 * MS + 7):
+        safe = sets_safe_until_ns(p2, tick)
+        first_bucket = (tick - p2.tick_margin_ns()) // (1000 * MS)
+        window_end = (first_bucket + 1) * 1000 * MS + sets_window_margins({"s": p2})[
+            ("s", SETS_STREAM)]
+        assert tick + 3 * MS + MS <= safe < window_end
