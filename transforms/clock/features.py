@@ -345,9 +345,10 @@ def global_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The similarity motion from grey frame ``a`` to ``b`` (uint8, same size): dense optical
     flow (Farneback), then least squares of ``u = tx + z x - r y``, ``v = ty + z y + r x``
     (x, y from the centre) over the interior, weighted by the texture of ``a``. Returns
-    (tx / width, ty / width, r radians, z)."""
+    (tx / width, ty / width, r radians, zoom) at the image centre. (Sparse corners tracked by
+    Lucas-Kanade are twice as fast but leave three times the error against a gyro.)"""
     h, w = a.shape
-    f = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 9, 3, 5, 1.1, 0)
+    f = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 2, 9, 2, 5, 1.1, 0)
     m = max(2, w // 24)
     u, v = f[m:h - m, m:w - m, 0].astype(np.float64), f[m:h - m, m:w - m, 1].astype(np.float64)
     gy, gx = np.gradient(a.astype(np.float64))

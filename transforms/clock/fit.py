@@ -54,6 +54,7 @@ MIN_OVERLAP_S = 5.0         # overlap the coarse search demands (less for short 
 MIN_OVERLAP_FRACTION = 0.3  # ... and at least this share of the shorter stream
 EDGE_FRACTION = 0.98        # |drift| beyond this share of the range searched is "at the edge"
 CANDIDATES = 4              # coarse candidates re-scored by the fine stage
+WINDOW_S, WINDOW_STEP_S = 4.0, 1.0   # windows of continuous signals
 WAVE_WINDOW_S = 0.5
 MAX_WAVE_WINDOWS = 600
 
@@ -239,8 +240,8 @@ def _fine(cand: Line, ctx: _Context) -> _Candidate:
         for ch, src in wch:
             by_src.setdefault(src, []).append(ch)
         for src, chs in by_src.items():
-            wp = window_pairs(chs, line, window_s=4.0, step_s=2.0, search_s=search, span=span,
-                              kind=WINDOWS)
+            wp = window_pairs(chs, line, window_s=WINDOW_S, step_s=WINDOW_STEP_S,
+                              search_s=search, span=span, kind=WINDOWS)
             pairs = pairs.extend(wp.tagged(src))
         for ev in ctx.events:
             path = None

@@ -53,7 +53,7 @@ _AUDIO = [Pair("audio_loudness", "audio_loudness"),
           Pair("audio_onset", "audio_onset", 0.5, "events")]
 _MOTION = [Pair("flow_speed", "sensor_norm"),
            Pair("flow_speed", "sensor_norm", 1.0, "windows", "deriv", "deriv"),
-           Pair("frame_diff", "sensor_norm", 0.5),
+           Pair("frame_diff", "sensor_norm", 0.5, "coarse"),
            Pair("video_motion", "sensor_magnitude", 0.5, "events")]
 _TEXT = [Pair("text_activity", "speech_activity", 1.0, "marks", "starts", "onsets"),
          Pair("speech_rate", "audio_flux", 0.5, "coarse", "raw", "envelope"),
