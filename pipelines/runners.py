@@ -345,18 +345,21 @@ def repack_installed(dist: importlib.metadata.Distribution, out_dir: Path) -> Pa
     """The wheel an installed distribution came from, rebuilt from its installed files (its
     RECORD): the package and its .dist-info, without byte code, scripts or install-time
     files; entries sorted with fixed times, so the same installation gives the same bytes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for f in dist.files or []:
         parts = f.parts
-        if (parts[0] == ".." or "__pycache__" in parts or f.suffix == ".pyc"
+        if (parts[0] in ("..", "bin", "Scripts")                  # console scripts
+                or "__pycache__" in parts or f.suffix == ".pyc"
                 or (parts[0].endswith(".dist-info")
                     and parts[-1] in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json"))):
             continue
         files["/".join(parts)] = Path(dist.locate_file(f))
     info = next((n.split("/")[0] for n in files if n.split("/")[0].endswith(".dist-info")), None)
-    if info is None or f"{PACKAGE}/__init__.py" not in files:
-        raise RunnerConfigError(f"the installed {PACKAGE} lists no package files in its RECORD; "
-                                f"give --sdk_container_image or --extra_package=<wheel>")
+    if info is None or all(n.startswith(info) for n in files):
+        raise RunnerConfigError(f"the installed {dist.metadata['Name']} lists no package files "
+                                f"in its RECORD; give --sdk_container_image or "
+                                f"--extra_package=<its wheel>")
     wheel_meta = (Path(dist.locate_file(f"{info}/WHEEL"))).read_text()
     tags = [line.split(":", 1)[1].strip() for line in wheel_meta.splitlines()
             if line.startswith("Tag:")]
@@ -412,24 +415,41 @@ def project_wheel(out_dir: Path) -> Path:
     return repack_installed(dist, out_dir)
 
 
-def _ships_project(args: Sequence[str]) -> bool:
-    """Do the args already give workers mmalign (an image, a setup file, a wheel of it)?"""
-    if any(_has(args, n) for n in ("sdk_container_image", "worker_harness_container_image",
-                                   "setup_file")):
+def _has_image(args: Sequence[str]) -> bool:
+    return any(_has(args, n) for n in ("sdk_container_image", "worker_harness_container_image"))
+
+
+def _ships(args: Sequence[str], wheel_prefix: str) -> bool:
+    """Do the args already give workers this package (an image, a wheel of it, for mmalign a
+    setup file)?"""
+    if _has_image(args) or (wheel_prefix == PACKAGE and _has(args, "setup_file")):
         return True
-    return any(Path(p).name.startswith(f"{PACKAGE}-")
+    return any(Path(p).name.lower().startswith(f"{wheel_prefix}-")
                for p in _values(args, "extra_package", "extra_packages"))
+
+
+def installed_wheel(name: str, out_dir: Path) -> Path:
+    """The wheel of an installed distribution other than mmalign (``repack_installed``)."""
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise RunnerConfigError(f"the streaming job's workers need {name}, which is not "
+                                f"installed here (pip install 'mmalign[kafka]')") from None
+    return repack_installed(dist, out_dir)
 
 
 @contextmanager
 def _dataflow(args: list[str], streaming: bool) -> Iterator[list[str]]:
+    """Dataflow's args; without an image the workers get wheels: mmalign's, and for the
+    streaming job kafka-python's (an extra of mmalign's, so not among the wheel's own
+    requirements), both as installed here."""
     _check_dataflow(args)
     stream = ["--streaming"] if streaming and not _has(args, "streaming") else []
-    if _ships_project(args):
-        yield [*args, *stream]
-        return
     with tempfile.TemporaryDirectory(prefix="mmalign-wheel-") as tmp:
-        yield [*args, f"--extra_package={project_wheel(Path(tmp))}", *stream]
+        wheels = [] if _ships(args, PACKAGE) else [project_wheel(Path(tmp) / PACKAGE)]
+        if streaming and not _ships(args, "kafka_python"):
+            wheels.append(installed_wheel("kafka-python", Path(tmp) / "kafka"))
+        yield [*args, *(f"--extra_package={w}" for w in wheels), *stream]
 
 
 def describe_dry_run(pipeline: beam.Pipeline, result) -> dict:

@@ -10,6 +10,7 @@ import json
 import re
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import apache_beam as beam
@@ -51,6 +52,7 @@ def test_dataflow_args_and_errors(monkeypatch, tmp_path) -> None:
     made = []
 
     def fake_wheel(out_dir: Path) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
         made.append(out_dir / "mmalign-0.1.0-py3-none-any.whl")
         made[-1].write_bytes(b"PK")
         return made[-1]
@@ -67,9 +69,17 @@ def test_dataflow_args_and_errors(monkeypatch, tmp_path) -> None:
         with runner_session("dataflow", ["--project=p", "--region=r",
                                          "--temp_location=gs://b/t", ships]) as (_, resolved):
             assert not any(a.startswith("--extra_package") for a in resolved if a != ships)
-    assert len(made) == 1
     with runner_session("dataflow", ["--project=p", "--region=r", "--temp_location=gs://b/t",
                                      "--sdk_container_image=i"], streaming=True) as (_, resolved):
+        assert resolved[-1] == "--streaming"
+        assert not any(a.startswith("--extra_package") for a in resolved)
+    # the streaming job's workers also get kafka-python (an extra, not a requirement of the
+    # wheel), rebuilt from its installation here
+    with runner_session("dataflow", ["--project=p", "--region=r", "--temp_location=gs://b/t"],
+                        streaming=True) as (_, resolved):
+        wheels = [Path(a.split("=", 1)[1]) for a in resolved if a.startswith("--extra_package")]
+        assert wheels[0] == made[-1] and wheels[1].name.startswith("kafka_python-")
+        assert "kafka/__init__.py" in zipfile.ZipFile(wheels[1]).namelist()
         assert resolved[-1] == "--streaming"
 
 
@@ -94,6 +104,12 @@ def test_flex_template_parameters_match_the_entry_point() -> None:
 
 def test_sdk_container_matches_the_installed_beam_and_python() -> None:
     text = (ROOT / "deploy" / "Dockerfile").read_text()
+    # the workers run the encoders (torch), the feature store and the streaming job's reader
+    extras = re.search(r'"\.\[([a-z,]+)\]"', text).group(1).split(",")
+    assert {"encoders", "feast", "kafka"} <= set(extras)
+    pyproject_extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert set(extras) <= set(pyproject_extras)
     args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
     assert args["BEAM_VERSION"] == beam.__version__
     assert args["PYTHON_VERSION"] == f"{sys.version_info.major}.{sys.version_info.minor}"
