@@ -20,6 +20,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmalign.deadletter.file_sink import WriteDeadLetters
 from mmalign.pipelines.core import AlignCore, Job, online_store_sink, prepare
+from mmalign.pipelines.observe import ObserveOptions, attach
+from mmalign.pipelines.observe import session as observe_session
 from mmalign.pipelines.progress import Progress, backfill_line
 from mmalign.pipelines.summary import summarize
 from mmalign.schemas.fs import UriPath, rmtree
@@ -49,7 +51,8 @@ class WriteSyncResults(beam.PTransform):
                 | "Write" >> beam.MapTuple(write))
 
 
-def build(p: beam.Pipeline, job: Job, staging: Path | UriPath) -> dict:
+def build(p: beam.Pipeline, job: Job, staging: Path | UriPath,
+          observe: ObserveOptions | None = None) -> dict:
     """Wire the backfill into pipeline ``p``; returns the named PCollections."""
     decoded = (p | "Sources" >> beam.Create(job.sources, reshuffle=True)
                | "Decode" >> DecodeStreams())
@@ -62,30 +65,36 @@ def build(p: beam.Pipeline, job: Job, staging: Path | UriPath) -> dict:
     sink = online_store_sink(job)
     if sink is not None:                    # Feast online store, after the Parquet write
         dead.append((written | "WriteOnline" >> sink)[DEAD])
-    letters = (tuple(dead) | "AllDead" >> beam.Flatten()
-               | "WriteDead" >> WriteDeadLetters(str(staging / "deadletter"), job.run_id))
+    all_dead = tuple(dead) | "AllDead" >> beam.Flatten()
+    letters = all_dead | "WriteDead" >> WriteDeadLetters(str(staging / "deadletter"), job.run_id)
+    attach(observe, job, core["aligned"], all_dead, core["sync"])   # SLIs (observe.py)
     return {"aligned": core["aligned"], "written": written, "dead": letters}
 
 
 def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "DirectRunner",
         pipeline_args: list[str] | None = None, run_id: str | None = None,
-        progress: bool = False, progress_every_s: float = 10.0) -> dict:
+        progress: bool = False, progress_every_s: float = 10.0,
+        observe: ObserveOptions | None = None) -> dict:
     """Run the backfill to completion; returns the run summary (also OUT/summary.json).
 
     Everything is written under OUT/.staging/<run> and committed at the end in one step
     (transforms/io/commit.py): a run that fails or is killed leaves the previous output.
-    ``progress``: show per-stage progress on stderr (pipelines/progress.py)."""
+    ``progress``: show per-stage progress on stderr (pipelines/progress.py); ``observe``:
+    metrics endpoint/textfile/Pushgateway, traces, drift (pipelines/observe.py)."""
     job = prepare(manifest_paths, out, run_id)
     recover(job.out)                         # finish or clear what an interrupted run left
     staging = staging_dir(job.out, job.run_id)
     opts = PipelineOptions([f"--runner={runner}", *(pipeline_args or [])])
     t0 = time.perf_counter()
     try:
-        with Progress(backfill_line, progress_every_s, enabled=progress), \
-                beam.Pipeline(options=opts) as p:
-            build(p, job, staging)
-        result = p.result
-        summary = summarize(job, result, time.perf_counter() - t0, staging)
+        with observe_session(observe, job.run_id, "backfill") as obs:
+            with Progress(backfill_line, progress_every_s, enabled=progress), \
+                    beam.Pipeline(options=opts) as p:
+                build(p, job, staging, observe)
+            result = p.result
+            summary = summarize(job, result, time.perf_counter() - t0, staging)
+        if obs.drift:
+            summary["drift"] = obs.drift
         staging.mkdir(parents=True, exist_ok=True)
         (staging / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True))
         # every file of OUT/aligned shares one schema after the commit (readers read it whole)

@@ -17,6 +17,7 @@ from pathlib import Path
 from mmalign.infra import InfraError
 from mmalign.pipelines.features_cli import add_parser as add_features
 from mmalign.pipelines.kafka_config import add_kafka_commands
+from mmalign.pipelines.observe import add_observe_arguments, options_from_args
 from mmalign.pipelines.runners import (
     RunnerConfigError,
     add_runner_arguments,
@@ -96,7 +97,8 @@ def cmd_backfill(ns) -> int:
         if runner == "DataflowRunner" and is_dry_run(args):
             return _dataflow_dry_run(ns, args)
         summary = backfill.run(ns.manifest, ns.out, runner=runner, pipeline_args=args,
-                               run_id=ns.run_id, progress=not ns.no_progress)
+                               run_id=ns.run_id, progress=not ns.no_progress,
+                               observe=options_from_args(ns))
     return _report(summary, ns.json)
 
 
@@ -125,7 +127,7 @@ def cmd_demo(ns) -> int:
     print(f"running the backfill on Beam's {resolve_runner(ns.runner)} ...", flush=True)
     with _runner_args(ns) as (runner, args):
         summary = backfill.run([manifest], out, runner=runner, pipeline_args=args,
-                               progress=not ns.no_progress)
+                               progress=not ns.no_progress, observe=options_from_args(ns))
     code = _report(summary, ns.json)
     if not ns.json:
         print(f"ground truth: {rec / 'ground_truth.json'}; summary: {out / 'summary.json'}")
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true",
                        help="no progress on stderr (default: live on a terminal, else a line "
                             "every 10 s)")
+        add_observe_arguments(p)           # --metrics-port, --trace-sample, ... (observe.py)
         add_runner_arguments(p)            # --runner, and Beam's options (runners.py)
 
     p = sub.add_parser("demo", help="generate a sample recording and backfill it (no servers)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 
+from mmalign.pipelines.observe import add_observe_arguments
 from mmalign.pipelines.runners import add_runner_arguments
 from mmalign.schemas.kafka import ENV_PREFIX, KafkaSettings, load_settings
 from mmalign.schemas.names import check_name
@@ -144,6 +145,7 @@ def _add_stream(sub) -> None:
                    help="names OUT/_stream/<run>.json (letters, digits, _ . -)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     add_kafka_args(p)
+    add_observe_arguments(p)               # --metrics-port, --trace-sample, ... (observe.py)
     add_runner_arguments(p, streaming=True)
     p.set_defaults(fn=_names_checked(_lazy("mmalign.pipelines.stream", "cmd_stream"),
                                      run_id="--run-id", group_id="--group-id"))

@@ -44,6 +44,8 @@ from mmalign.pipelines.core import (
     prepare,
 )
 from mmalign.pipelines.kafka_config import kafka_failure, settings_from_args
+from mmalign.pipelines.observe import ObserveOptions, attach, options_from_args
+from mmalign.pipelines.observe import session as observe_session
 from mmalign.pipelines.progress import Progress, StreamRates
 from mmalign.pipelines.runners import runner_session
 from mmalign.pipelines.stream_ledger import (
@@ -166,7 +168,8 @@ def geometry(job: Job) -> Geometry:
 
 
 def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
-          opts: StreamOptions, state: Path, skip_ids: frozenset[str] = frozenset()) -> dict:
+          opts: StreamOptions, state: Path, skip_ids: frozenset[str] = frozenset(),
+          observe: ObserveOptions | None = None) -> dict:
     """Wire the streaming job into ``p``; returns the named PCollections."""
     streams = {(m.session, s.id): s.modality for m in job.manifests for s in m.streams}
     bound = round(opts.max_out_of_orderness_s * 1e9)
@@ -204,16 +207,18 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
                 | "OnlineDone" >> beam.Flatten())
     (done | "DoneBuckets" >> beam.Map(part_key)                      # the ledger, last
      | "MarkWritten" >> beam.ParDo(MarkDoneFn(str(state), job.run_id)))
-    letters = (tuple(dead) | "AllDead" >> beam.Flatten()
-               | "DeadLetterTopic" >> beam.ParDo(
-                   WriteDeadLettersToKafkaFn(settings, job.run_id, skip_ids)))
+    all_dead = tuple(dead) | "AllDead" >> beam.Flatten()
+    letters = all_dead | "DeadLetterTopic" >> beam.ParDo(
+        WriteDeadLettersToKafkaFn(settings, job.run_id, skip_ids))
+    attach(observe, job, core["aligned"], all_dead, streaming=True)   # SLIs (observe.py)
     return {"aligned": core["aligned"], "written": written, "dead": letters}
 
 
 def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettings,
         opts: StreamOptions, *, pipeline_args: list[str] | None = None,
-        run_id: str | None = None) -> dict:
-    """Run the streaming job until it stops (``stop_after_idle_s``) or is cancelled."""
+        run_id: str | None = None, observe: ObserveOptions | None = None) -> dict:
+    """Run the streaming job until it stops (``stop_after_idle_s``) or is cancelled;
+    ``observe``: metrics endpoint, traces, drift (pipelines/observe.py)."""
     job = prepare(manifest_paths, out, run_id or new_run_id())
     if any(s.sync for m in job.manifests for s in m.streams):
         raise ManifestError("streams with 'sync' (DTW clock estimation) need a whole "
@@ -239,10 +244,12 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
         offsets = resume(state, fresh, geo).offsets()
         commit_offsets(settings, opts.group_id, offsets)
         set_gauge("stream.committed_offsets", sum(offsets.values()))
+        obs.kafka_lag(settings, offsets)
 
-    with Progress(StreamRates().line, opts.progress_every_s, enabled=opts.progress,
-                  every=commit_done), beam.Pipeline(options=PipelineOptions(args)) as p:
-        build(p, job, settings, plan, opts, state, skip_ids)
+    with observe_session(observe, job.run_id, "stream") as obs, \
+            Progress(StreamRates().line, opts.progress_every_s, enabled=opts.progress,
+                     every=commit_done), beam.Pipeline(options=PipelineOptions(args)) as p:
+        build(p, job, settings, plan, opts, state, skip_ids, observe)
     after = resume(state, fresh, geo)
     # bucket files are written as they complete; at the stop every file of OUT/aligned is
     # given the dataset's one schema (readers read the folder whole)
@@ -260,7 +267,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
                "state_dir": str(state),
                "ledger_read_lines": {"before_compaction": lines_before,
                                      "after_compaction": lines_after},
-               "counters": _counters(p.result)}
+               "counters": _counters(p.result), **({"drift": obs.drift} if obs.drift else {})}
     (job.out / "_stream" / f"{job.run_id}.json").write_text(
         json.dumps(summary, indent=2, sort_keys=True))
     return summary
@@ -294,7 +301,8 @@ def cmd_stream(ns) -> int:
         # --runner and Beam's options (pipelines/runners.py): Prism unless told otherwise
         with runner_session(ns.runner, ns.pipeline_args, streaming=True) as (runner, args):
             summary = run(ns.manifest, ns.out, settings, opts,
-                          pipeline_args=[f"--runner={runner}", *args], run_id=ns.run_id)
+                          pipeline_args=[f"--runner={runner}", *args], run_id=ns.run_id,
+                          observe=options_from_args(ns))
     except KafkaConfigError as e:
         print(f"mmalign stream: {e}", file=sys.stderr)
         return 2
