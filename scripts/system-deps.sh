@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests and benchmarks use: real codecs/CLI baselines (ffmpeg), real speech
-# (espeak-ng, sox), a real Redis online store, OpenCV's sample data is fetched by the tests.
+# (espeak-ng, sox), a real Redis online store, Prometheus (the observability tests start one;
+# promtool checks and unit-tests the alert rules), OpenCV's sample data is fetched by the tests.
 # Installs only what is missing; needs root (CI and dev machines here are root).
 set -euo pipefail
 need=()
@@ -10,6 +11,7 @@ command -v sox >/dev/null || need+=(sox)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+command -v promtool >/dev/null || need+=(prometheus)   # prometheus + promtool: alert rules, tests
 if ((${#need[@]})); then
   echo "installing Debian packages: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then echo "need root to apt-get install ${need[*]}" >&2; exit 1; fi
