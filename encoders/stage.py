@@ -406,7 +406,8 @@ class EncodeAlignedFn(beam.DoFn):
         if plan is None or table.num_rows == 0:
             yield (session_id, bucket), table
             return
-        out, dead = encode_table(table, plan, self.runners, self._sensor_rows, self.run_id)
+        with ENCODE.timed(session=session_id, bucket=bucket):  # time + sampled span
+            out, dead = encode_table(table, plan, self.runners, self._sensor_rows, self.run_id)
         for se in plan.streams:
             st = out.column(column(se.stream_id, EMB_STATUS)).to_pylist()
             ok = sum(s == OK for s in st)

@@ -600,7 +600,8 @@ class AlignBucketFn(beam.DoFn):
         for piece in pieces:
             if piece.role == "samples" and piece.owned:
                 ALIGN.count(metrics.SAMPLES, piece.owned, modality=piece.modality)
-        table = align_bucket(self.plans[session_id], bucket, pieces, extents)
+        with ALIGN.timed(session=session_id, bucket=bucket):   # time + sampled span
+            table = align_bucket(self.plans[session_id], bucket, pieces, extents)
         ALIGN.count(metrics.TICKS, table.num_rows)
         if table.num_rows or self.emit_empty:
             yield (session_id, bucket), table

@@ -41,4 +41,7 @@ class ApplyClockFn(beam.DoFn):
         key = (chunk.session_id, chunk.stream_id)
         model = (estimated or {}).get(key) or self.declared.get(key) or ClockModel()
         CLOCK.count(metrics.RECORDS, chunk.num_records, modality=chunk.modality)
-        yield apply_clock(chunk, model)
+        with CLOCK.timed(chunk.modality, session=chunk.session_id, stream=chunk.stream_id,
+                         seq=chunk.seq):             # processing time + sampled span
+            out = apply_clock(chunk, model)
+        yield out

@@ -27,6 +27,7 @@ import pyarrow as pa
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.manifest import Manifest, ManifestError, SyncSpec
+from mmalign.schemas.metrics import SYNC
 from mmalign.schemas.sync import SyncResult
 from mmalign.transforms.clock.features import (
     FAMILIES,
@@ -294,13 +295,13 @@ class ChunkPartialsFn(beam.DoFn):
         need = plan.needs.get(chunk.stream_id) if plan else None
         if need is None:
             return
-        beam.metrics.Metrics.counter("sync", f"{chunk.modality}.chunks").inc()
+        SYNC.count("chunks", modality=chunk.modality)
         for rate in need.families:
             key = (chunk.session_id, chunk.stream_id, rate)
             try:
                 part = chunk_partial(chunk, need, rate)
             except FeatureError as e:
-                beam.metrics.Metrics.counter("sync", "chunk_errors").inc()
+                SYNC.count("chunk_errors")
                 part = ("error", f"chunk {chunk.seq} of {chunk.source_uri}: {e}")
             if part is not None:
                 yield key, part
@@ -446,7 +447,7 @@ class _SessionFn(beam.DoFn):
             warns[(stream, rate)] = errors
         for r in sync_session(plan, feats, warns):
             c = "fallback" if r.fell_back else "estimated"
-            beam.metrics.Metrics.counter("sync", c).inc()
+            SYNC.count(c)
             yield session, r.stream_id, r
 
 

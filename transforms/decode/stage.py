@@ -229,8 +229,10 @@ class DecodeFile(beam.DoFn):
         modality = req.stream.modality
         src = SourceFile(req.session_id, req.stream.id, modality, str(req.path))
         try:
-            for out in decode_file(req.stream, req.path, session_id=req.session_id,
-                                   roots=req.roots, time_offset_ns=req.time_offset_ns):
+            for out in DECODE.timed_iter(     # processing time + sampled span (metrics.py)
+                    decode_file(req.stream, req.path, session_id=req.session_id,
+                                roots=req.roots, time_offset_ns=req.time_offset_ns),
+                    modality, session=req.session_id, stream=req.stream.id, file=str(req.path)):
                 if isinstance(out, DeadLetter):
                     self._count(modality, metrics.DEAD, out.records)
                     yield beam.pvalue.TaggedOutput(self.DEAD, out.with_run(self.run_id))

@@ -149,4 +149,6 @@ class WriteAlignedFn(beam.DoFn):
     def process(self, element):
         (session_id, bucket), table = element
         SINK.count(metrics.ROWS, table.num_rows, modality="aligned")
-        yield write_bucket(table, self.root, session_id, bucket, self.metadata)
+        with SINK.timed(session=session_id, bucket=bucket):    # time + sampled span
+            path = write_bucket(table, self.root, session_id, bucket, self.metadata)
+        yield path

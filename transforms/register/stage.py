@@ -52,6 +52,7 @@ from mmalign.schemas.aligned import (
 )
 from mmalign.schemas.camera_calibration import CameraRig, load_camera_calibration
 from mmalign.schemas.manifest import Manifest, ManifestError
+from mmalign.schemas.metrics import REGISTER
 from mmalign.schemas.registration_spec import RegistrationSpec
 from mmalign.transforms.decode.sources import SourceRef
 from mmalign.transforms.register.projection import project_sensor_points
@@ -412,10 +413,10 @@ class EstimateSessionFn(beam.DoFn):
         try:
             est = estimate_session(self.plans[session_id], cam, list(cands))
         except Exception as e:  # noqa: BLE001 -- every tick then reports no_good_transform
-            beam.metrics.Metrics.counter(STAGE, "session_estimate_errors").inc()
+            REGISTER.count("session_estimate_errors")
             est = {"H": None, "tick_ns": None, "quality": {}, "attempts": {},
                    "error": f"{type(e).__name__}: {e}"}
-        beam.metrics.Metrics.counter(STAGE, "session_estimates").inc()
+        REGISTER.count("session_estimates")
         yield (session_id, cam), est
 
 
@@ -425,10 +426,6 @@ class RegisterTicksFn(beam.DoFn):
     def __init__(self, plans: dict[str, SessionRegistration], run_id: str):
         self.plans = plans
         self.run_id = run_id
-
-    def setup(self):
-        self.counters = {k: beam.metrics.Metrics.counter(STAGE, k)
-                         for k in ("ok", "flagged", "dead", "no_frame")}
 
     def process(self, element, estimates):
         (session_id, bucket), table = element
@@ -441,7 +438,8 @@ class RegisterTicksFn(beam.DoFn):
             fn = register_session_mode if plan.spec.mode == "session" else register_tick_mode
             est = estimates.get((session_id, cam))
             try:
-                out, dead = fn(plan, cam, table, est, self.run_id, bucket)
+                with REGISTER.timed("video", session=session_id, bucket=bucket, stream=cam):
+                    out, dead = fn(plan, cam, table, est, self.run_id, bucket)
             except Exception as e:  # noqa: BLE001 -- a bug must not lose the bucket's rows
                 out, dead = self._crashed(plan, cam, table, e, bucket)
             for d in dead:
@@ -449,7 +447,7 @@ class RegisterTicksFn(beam.DoFn):
             for s in out.status:
                 key = ("ok" if s == "ok" else "no_frame" if s == "no_frame"
                        else "dead" if s.startswith("failed:") else "flagged")
-                self.counters[key].inc()
+                REGISTER.count(key)
             cols |= out.arrays(cam)
         for proj in plan.projections:
             try:

@@ -258,9 +258,11 @@ class ValidateFn(beam.DoFn):
             centre = (centres or {}).get(key)
             if centre is None:
                 centre = self._declared_centre(chunk)
-            good, letters = validate_chunk(
-                chunk, self.options.get(key), self.run_id, rule=self.rules.get(
-                    chunk.session_id), centre=centre)
+            with VALIDATE.timed(m, session=chunk.session_id, stream=chunk.stream_id,
+                                seq=chunk.seq):      # processing time + sampled span
+                good, letters = validate_chunk(
+                    chunk, self.options.get(key), self.run_id, rule=self.rules.get(
+                        chunk.session_id), centre=centre)
         except Exception as e:  # a validator bug must not lose the chunk: dead-letter it whole
             letters = [DeadLetter.from_exception(
                 "validate", e, "validator_error", run_id=self.run_id,
