@@ -17,9 +17,11 @@ Ceph: path-style addressing); GCS: Google's default credentials
 for an emulator.
 
 Object stores have no folders and no rename: ``mkdir`` does nothing, a "folder" exists while
-an object has its prefix, and ``move`` is copy + delete (``transforms/io/commit.py`` builds
-its commit on object stores on that, see there). One object written with one PUT is atomic:
-a reader sees the old object or the new one, never part of one.
+an object has its prefix, and a move is copy + delete (``transforms/io/commit.py`` builds its
+commit on object stores on that, see there). One object written with one PUT is atomic: a
+reader sees the old object or the new one, never part of one. Deletions go through fsspec's
+s3fs / gcsfs when installed (the ``[remote]`` extra): pyarrow's own delete leaves an empty
+folder-marker object (``prefix/``) behind, which pandas over s3fs then fails to open.
 
 A remote URI is normalised once (``.`` and ``..`` segments and repeated ``/`` collapsed, no
 trailing ``/``): ``s3://b/rec/../x`` is ``s3://b/x``, which is what the allowed-roots check
@@ -30,6 +32,7 @@ compares (``UriPath.is_relative_to``, at ``/`` boundaries: ``s3://b/rec-2`` is n
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import posixpath
 import re
@@ -130,6 +133,32 @@ def reset_filesystems() -> None:
     """Forget the cached file systems (after the environment's endpoint or keys changed)."""
     with _LOCK:
         _FILESYSTEMS.clear()
+        _DELETERS.clear()
+
+
+_DELETERS: dict[str, object] = {}
+_FSSPEC_NAME = {"s3": "s3", "gs": "gcs"}
+_log = logging.getLogger(__name__)
+
+
+def _deleter(scheme: str):
+    """fsspec's file system for deleting on a native scheme (s3fs, gcsfs), or None (pyarrow
+    deletes, leaving folder markers; a warning says so once)."""
+    native = NATIVE.get(scheme.lower())
+    if native is None:
+        return None                 # an fsspec scheme: pyarrow goes through fsspec already
+    with _LOCK:
+        if native not in _DELETERS:
+            try:
+                import fsspec  # lazy: the [remote] extra (s3fs, gcsfs)
+
+                _DELETERS[native] = fsspec.filesystem(_FSSPEC_NAME[native])
+            except (ImportError, ValueError):
+                _DELETERS[native] = None
+                _log.warning("%s:// deletions leave empty folder markers without fsspec's %s "
+                             "(pip install 'mmalign[remote]'); pandas over s3fs fails on them",
+                             native, "s3fs" if native == "s3" else "gcsfs")
+        return _DELETERS[native]
 
 
 # ---------------------------------------------------------------- UriPath
@@ -338,6 +367,12 @@ class UriPath:
         """Nothing: an empty prefix does not exist."""
 
     def unlink(self, missing_ok: bool = False) -> None:
+        deleter = _deleter(self.scheme)
+        if deleter is not None:
+            if not missing_ok and not self.exists():
+                raise FileNotFoundError(str(self))
+            deleter.rm_file(self.fs_path)
+            return
         try:
             self.fs.delete_file(self.fs_path)
         except FileNotFoundError:
@@ -352,8 +387,13 @@ def rmtree(p) -> None:
     """Remove a folder (local) or every object under a prefix (remote); missing is fine."""
     p = as_path(p)
     if isinstance(p, UriPath):
+        deleter = _deleter(p.scheme)
         try:
-            p.fs.delete_dir(p.fs_path)
+            if deleter is not None:
+                deleter.invalidate_cache()
+                deleter.rm(p.fs_path, recursive=True)
+            else:
+                p.fs.delete_dir(p.fs_path)
         except FileNotFoundError:
             pass
         return

@@ -84,12 +84,14 @@ class S3Server:
             keys.append(key)
         return keys
 
-    def keys(self, bucket: str, prefix: str = "") -> list[str]:
-        """Every object key under ``prefix`` (sorted)."""
+    def keys(self, bucket: str, prefix: str = "", markers: bool = False) -> list[str]:
+        """Every object key under ``prefix`` (sorted); without the empty folder markers
+        (``.../``) that pyarrow leaves where it deleted objects, unless ``markers``."""
         out, kw = [], {"Bucket": bucket, "Prefix": prefix}
         while True:
             r = self.client().list_objects_v2(**kw)
-            out += [o["Key"] for o in r.get("Contents", [])]
+            out += [o["Key"] for o in r.get("Contents", [])
+                    if markers or not o["Key"].endswith("/")]
             if not r.get("IsTruncated"):
                 return sorted(out)
             kw["ContinuationToken"] = r["NextContinuationToken"]

@@ -36,7 +36,9 @@ per file): each object is whole, old or new, but the session prefixes hold a mix
 already replaced, old files not yet replaced or deleted. ``pd.read_parquet("s3://OUT/aligned")``
 at that moment may read old and new rows together; mmalign's own readers (a backfill,
 align-check) run ``recover`` first and see the new output. A reader that must never see a mix
-checks for ``OUT/.staging/*/_COMMIT`` first (none: the output is whole).
+checks for ``OUT/.staging/*/_COMMIT`` first (none: the output is whole). Deleting through
+pyarrow leaves empty folder markers (0-byte ``<prefix>/`` keys, as Hadoop's S3A writes them)
+where objects were removed; Arrow, pandas/s3fs, DuckDB and polars globs skip them.
 """
 
 from __future__ import annotations
