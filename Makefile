@@ -12,13 +12,24 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv system-deps infra kafka-up kafka-down prism bench lint clean
+.PHONY: demo test test-fast lock venv system-deps infra kafka-up kafka-down prism bench lint clean
 
-$(STAMP): pyproject.toml
+# constraints.txt: the known-good versions (pip -c); pyproject.toml keeps the ranges
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools || { scripts/disk-hint.sh; exit 1; }
-	$(PY) -m pip install -q -e ".[test]" || { scripts/disk-hint.sh; exit 1; }
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]" || { scripts/disk-hint.sh; exit 1; }
 	touch $(STAMP)
+
+# Re-resolve .[test] from pyproject.toml's ranges alone in a scratch venv and freeze the result
+# into constraints.txt (then `make test`, and commit both when it passes).
+lock:
+	rm -rf .cache/lock-venv && $(PYTHON) -m venv .cache/lock-venv
+	.cache/lock-venv/bin/pip install -q --upgrade pip wheel setuptools
+	.cache/lock-venv/bin/pip install -q -e ".[test]"
+	{ sed -n '/^#/p' constraints.txt; .cache/lock-venv/bin/pip freeze --exclude-editable \
+	  | grep -v '^mmalign'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+	rm -rf .cache/lock-venv
 
 venv: $(STAMP)
 
