@@ -89,7 +89,7 @@ def _report(summary: dict, as_json: bool) -> int:
 
 
 def cmd_backfill(ns) -> int:
-    from mmalign.pipelines import backfill  # lazy: the backfill loads the encoders (torch)
+    from mmalign.pipelines import backfill  # lazy: Beam and the stages take seconds to import
 
     if ns.run_id is not None:       # it names OUT/.staging/<run id>: check before any disk use
         check_name(ns.run_id, "--run-id")
@@ -118,7 +118,7 @@ def _dataflow_dry_run(ns, args: list[str]) -> int:
 
 
 def cmd_demo(ns) -> int:
-    from mmalign.pipelines import backfill  # lazy: the backfill loads the encoders (torch)
+    from mmalign.pipelines import backfill  # lazy: Beam and the stages take seconds to import
 
     out = Path(ns.out)
     rec = out / "recording"

@@ -152,7 +152,9 @@ def _deleter(scheme: str):
             try:
                 import fsspec  # lazy: the [remote] extra (s3fs, gcsfs)
 
-                _DELETERS[native] = fsspec.filesystem(_FSSPEC_NAME[native])
+                kw = {"token": "anon"} if native == "gs" and \
+                    os.environ.get("STORAGE_EMULATOR_HOST") else {}
+                _DELETERS[native] = fsspec.filesystem(_FSSPEC_NAME[native], **kw)
             except (ImportError, ValueError):
                 _DELETERS[native] = None
                 _log.warning("%s:// deletions leave empty folder markers without fsspec's %s "
@@ -317,11 +319,23 @@ class UriPath:
         return UriPath(f"{self}/{rel.strip('/')}", info.type)
 
     def iterdir(self) -> Iterator[UriPath]:
-        """The direct children (objects and prefixes), as one listing."""
-        for info in self._list(recursive=False):
-            child = self._child(info)
-            if child != self:
-                yield child
+        """The direct children (objects and prefixes), from one listing of everything below
+        (stores and their emulators differ in how they list prefixes one level down; every one
+        lists objects)."""
+        kinds: dict[str, pafs.FileType] = {}
+        base = f"{self.bucket}/{self.key}".rstrip("/")
+        for info in self._list(recursive=True):
+            at = info.path.find(base)
+            rel = (info.path[at + len(base):] if at >= 0 else info.path).strip("/")
+            if not rel:
+                continue
+            first, deeper, _ = rel.partition("/")
+            if deeper or info.type == pafs.FileType.Directory:
+                kinds[first] = pafs.FileType.Directory
+            else:
+                kinds.setdefault(first, info.type)
+        for name, kind in sorted(kinds.items()):
+            yield UriPath(f"{self}/{name}", kind)
 
     def walk_files(self) -> Iterator[UriPath]:
         """Every object under this prefix (recursively)."""
