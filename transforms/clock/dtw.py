@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from fastdtw import fastdtw
+
+from mmalign.transforms.jit import njit
 
 METRICS = ("abs", "sq")
 ENGINES = ("banded", "fastdtw")
@@ -74,7 +75,7 @@ def check_band(lo: np.ndarray, hi: np.ndarray, m: int) -> None:
         raise ValueError("band rows are disconnected (lo[i+1] > hi[i]); widen the band")
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _banded_kernel(x, y, lo, hi, metric_sq, want_path):
     n = x.shape[0]
     inf = np.inf
@@ -126,7 +127,7 @@ def _banded_kernel(x, y, lo, hi, metric_sq, want_path):
     return cost, steps
 
 
-@numba.njit(cache=True)
+@njit()
 def _backtrack(steps, lo, n, m):
     pi = np.empty(n + m, dtype=np.int64)
     pj = np.empty(n + m, dtype=np.int64)
