@@ -1,11 +1,14 @@
 """align-check: how well a recording or a backfill output is aligned, for a person or a CI gate.
 
     align-check PATH [--json] [--plot FILE.png] [--plot-sync DIR] [--config FILE] ...
+    align-check OUT --baseline OTHER_OUT|STATS.json [--save-baseline STATS.json]
 
 PATH is a recording manifest (every stream decoded and validated here without Beam, clocks
 estimated with DTW-sync's plain functions, the alignment previewed with the align kernels on
 the clocks the backfill would use) or a backfill output folder (aligned Parquet, dead letters,
-sync results, and the great-expectations suite over the aligned rows).
+sync results, and the great-expectations suite over the aligned rows). ``--baseline``
+compares an output's embeddings and sensor values per stream with a baseline output or saved
+baseline statistics (pipelines/drift.py); ``--save-baseline`` saves an output's statistics.
 
 Exit codes: 0 every check holds; 1 a check failed (the failing checks are listed);
 2 bad input (one sentence naming the file and the fix).
@@ -30,12 +33,14 @@ from pydantic import ValidationError
 
 from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.deadletter.record import DeadLetter
+from mmalign.pipelines import drift
 from mmalign.pipelines.align_plot import Lane, plot_sync, plot_timeline
 from mmalign.pipelines.align_report import (
     EXIT_BAD_INPUT,
     FAIL,
     PASS,
     SKIP,
+    SLO,
     Check,
     Inspection,
     Thresholds,
@@ -321,8 +326,14 @@ def inspect_recording(path: Path, th: Thresholds, *, estimate: bool = True,
                         "check its output folder", "cameras": []}
     ins.expectations = {"state": "not run", "reason": "the suite runs on an output folder"}
     ins.checks += (stream_checks(ins.streams, th) + lost_checks(ins.streams, th)
-                   + clock_checks(ins.clocks, th) + alignment_checks(ins.alignment, th))
+                   + clock_checks(ins.clocks, th)
+                   + alignment_checks(ins.alignment, th, _modalities(ins)))
     return ins
+
+
+def _modalities(ins: Inspection) -> dict[tuple[str, str], str]:
+    """(session, stream) -> modality of the streams an inspection found."""
+    return {(r["session"], r["stream"]): r["modality"] for r in ins.streams}
 
 
 def _letters(letters) -> str:
@@ -515,7 +526,8 @@ def inspect_output(out: Path, th: Thresholds, *, expectations: bool = True,
     ins.registration = ({"state": "run", "reason": "", "cameras": cams} if cams else
                         {"state": "not run", "reason": "no <camera>__reg_status columns in the "
                          "aligned rows: the registration stage did not run", "cameras": []})
-    ins.checks += (clock_checks(ins.clocks, th) + alignment_checks(ins.alignment, th)
+    ins.checks += (clock_checks(ins.clocks, th)
+                   + alignment_checks(ins.alignment, th, _modalities(ins))
                    + registration_checks(ins.registration, th))
     if expectations and not has_rows:
         ins.expectations = {"state": "not run", "reason": "no aligned rows"}
@@ -749,6 +761,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-estimate", action="store_true",
                    help="recording: do not estimate clocks by DTW (declared clocks only)")
     p.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
+    p.add_argument("--baseline", metavar="OUT_OR_STATS", help="output folder: drift of its "
+                   "embeddings and sensor values per stream against a baseline output folder "
+                   "or saved statistics (--save-baseline); MMD², permutation p-value, PSI/KL, "
+                   "sample sizes; fails (exit 1) on a drifted stream")
+    p.add_argument("--save-baseline", metavar="FILE", help="output folder: save its per-stream "
+                   "drift statistics to FILE (JSON) for later --baseline runs and the jobs' "
+                   "--drift-baseline")
     for name, f in Thresholds.model_fields.items():
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
                        help=f"{f.description} (default {f.default})")
@@ -757,10 +776,14 @@ def parser() -> argparse.ArgumentParser:
 
 def run_check(path: str, th: Thresholds, *, expectations: bool = True, estimate: bool = True,
               progress: bool = False, plot: str | None = None,
-              plot_sync_dir: str | None = None) -> dict:
+              plot_sync_dir: str | None = None, baseline: str | None = None,
+              save_baseline: str | None = None) -> dict:
     """The report for PATH (raises BadInput when PATH cannot be checked)."""
     t0 = time.perf_counter()
     p = as_path(path)            # a folder, a file, or an s3:// / gs:// URI
+    if (baseline or save_baseline) and not p.is_dir():
+        raise BadInput(f"--baseline/--save-baseline compare backfill outputs; {p} is not an "
+                       "output folder (give the --out folder of `mmalign backfill`)")
     if p.is_dir():
         if not ((p / ALIGNED).is_dir() or (p / SUMMARY).is_file()):
             raise BadInput(f"{p} is a folder without aligned/ or summary.json; give a backfill "
@@ -770,6 +793,9 @@ def run_check(path: str, th: Thresholds, *, expectations: bool = True, estimate:
         ins = inspect_recording(p, th, estimate=estimate, progress=progress)
     else:
         raise BadInput(f"{p} does not exist; give a manifest file or a backfill --out folder")
+    if baseline or save_baseline:
+        ins.drift = drift_section(p, ins, th, baseline, save_baseline)
+        ins.checks += drift_checks(ins.drift)
     report = build_report(ins, th, time.perf_counter() - t0)
     if plot:
         failed = {n.split(":", 1)[1] for n in report["failed"] if ":" in n}
@@ -784,6 +810,102 @@ def run_check(path: str, th: Thresholds, *, expectations: bool = True, estimate:
     if plot_sync_dir:
         report["plot_sync"] = write_sync_plots(ins, plot_sync_dir)
     return report
+
+
+def _output_features(out, modalities: dict[str, str]) -> dict[str, tuple]:
+    """stream -> (modality, source, names, rows) of an output's aligned rows, every session
+    pooled (pipelines/drift.py ``table_features``)."""
+    try:
+        table = read_aligned(out / ALIGNED)
+    except (pa.ArrowException, OSError) as e:
+        raise BadInput(f"{out} is not a readable backfill output ({type(e).__name__}); give "
+                       "an output folder or baseline statistics") from None
+    if table.num_rows == 0:
+        return {}
+    try:
+        return drift.table_features(table, modalities)
+    except ValueError as e:
+        raise BadInput(f"{out}: {e}") from None
+
+
+def _stream_modalities(out, ins: Inspection) -> dict[str, str]:
+    """stream -> modality, from the output's run summary (its manifests) and the inspection."""
+    mods = {r["stream"]: r["modality"] for r in ins.streams if r["modality"] in
+            ("video", "audio", "text", "sensor")}
+    summary = out / SUMMARY
+    if summary.is_file():
+        try:
+            for m in _run_manifests(json.loads(summary.read_text())):
+                mods.update({s.id: s.modality for s in m.streams})
+        except (ValueError, OSError):
+            pass
+    return mods
+
+
+def drift_section(out, ins: Inspection, th: Thresholds, baseline: str | None,
+                  save_baseline: str | None) -> dict:
+    """The report's ``drift`` part: per stream with features (embeddings, sensor values), the
+    drift of this output against ``baseline`` (an output folder or a statistics file), and/or
+    this output's statistics saved to ``save_baseline``."""
+    cfg = SLO.drift
+    mods = _stream_modalities(out, ins)
+    current = _output_features(out, mods)
+    section: dict = {"baseline": baseline, "baseline_kind": None, "saved": None,
+                     "thresholds": {"max_mmd": th.max_drift_mmd, "max_p_value": th.max_drift_p,
+                                    "min_samples": int(th.min_drift_samples)},
+                     "max_samples": cfg.max_samples, "permutations": cfg.permutations,
+                     "streams": [], "not_compared": []}
+    if save_baseline:
+        fitted = {s: drift.fit(s, mod, src, cols, x, cfg.max_samples)
+                  for s, (mod, src, cols, x) in current.items() if len(x)}
+        try:
+            section["saved"] = str(drift.save_baselines(save_baseline, fitted, str(out)))
+        except OSError as e:
+            raise BadInput(f"cannot write --save-baseline {save_baseline} ({e.strerror}); give "
+                           "a writable path") from None
+    if not baseline:
+        return section
+    b = as_path(baseline)
+    if drift.is_baseline_file(b):
+        section["baseline_kind"] = "statistics"
+        try:
+            bases = drift.load_baselines(b)
+        except ValueError as e:
+            raise BadInput(f"--baseline: {e}") from None
+    elif b.is_dir() and ((b / ALIGNED).is_dir() or (b / SUMMARY).is_file()):
+        section["baseline_kind"] = "output"
+        recover(b)
+        bmods = {**mods, **_stream_modalities(b, Inspection("output", str(b)))}
+        bases = {s: drift.fit(s, mod, src, cols, x, cfg.max_samples)
+                 for s, (mod, src, cols, x) in _output_features(b, bmods).items() if len(x)}
+    else:
+        raise BadInput(f"--baseline {b}: neither a backfill output folder nor baseline "
+                       "statistics (align-check OUT --save-baseline FILE makes them)")
+    for s in sorted(set(bases) | set(current)):
+        if s not in bases or s not in current:
+            section["not_compared"].append(
+                {"stream": s, "reason": "not in the baseline" if s not in bases
+                 else "no rows with features in this output"})
+            continue
+        r = drift.compare(bases[s], current[s][3], max_mmd=th.max_drift_mmd,
+                          max_p_value=th.max_drift_p,
+                          min_samples=int(th.min_drift_samples),
+                          max_samples=cfg.max_samples, permutations=cfg.permutations)
+        section["streams"].append(r.as_dict())
+    return section
+
+
+def drift_checks(section: dict) -> list[Check]:
+    """``drift:<stream>``: fail when a stream drifted, skip when it had too few rows."""
+    out = []
+    for r in section.get("streams", []):
+        name = f"drift:{r['stream']}"
+        if r["status"] == drift.TOO_FEW:
+            out.append(Check(name, SKIP, r["message"]))
+        else:
+            out.append(Check(name, FAIL if r["status"] == drift.DRIFTED else PASS,
+                             r["message"], r["mmd2"], section["thresholds"]["max_mmd"]))
+    return out
 
 
 def write_sync_plots(ins: Inspection, folder: str) -> list[str]:
@@ -835,7 +957,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run_check(args.path, th, expectations=not args.no_expectations,
                            estimate=not args.no_estimate,
                            progress=not args.json and err.is_terminal, plot=args.plot,
-                           plot_sync_dir=args.plot_sync)
+                           plot_sync_dir=args.plot_sync, baseline=args.baseline,
+                           save_baseline=args.save_baseline)
     except (BadInput, ManifestError) as e:
         err.print(f"align-check: {e}", markup=False, soft_wrap=True)
         return EXIT_BAD_INPUT

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmalign.pipelines.slo import load_slo
 from mmalign.schemas import aligned
 from mmalign.schemas.clock import ClockModel
 
@@ -23,6 +24,10 @@ SCHEMA_VERSION = "1"
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 MISSING_OK = aligned.VALUE_STATUSES     # statuses that carry a value
+# the SLO file (deploy/slo.yaml) gives the defaults of the thresholds it defines: availability
+# per modality (missing:<stream>), the dead-letter ratio and the drift test
+SLO = load_slo()
+_TARGETS = [a.target for a in SLO.availability.values() if a is not None]
 NS = 1_000_000_000
 
 
@@ -67,9 +72,12 @@ class Thresholds(BaseModel):
     min_confidence: float = Field(0.5, ge=0, le=1, description="DTW confidence an estimate "
                                   "needs to be compared or used")
     max_drop_rate: float = Field(0.05, ge=0, le=1, description="max dropped / expected samples")
-    max_missing: float = Field(0.1, ge=0, le=1, description="max share of ticks a stream misses "
-                               "(text excluded: speech is sparse)")
-    max_dead_rate: float = Field(0.05, ge=0, le=1, description="max dead letters / records in")
+    max_missing: float = Field(round(1 - min(_TARGETS, default=0.9), 9), ge=0, le=1,
+                               description="max share of ticks a stream misses (text excluded: "
+                               "speech is sparse); unset: 1 - its modality's availability "
+                               "target in deploy/slo.yaml")
+    max_dead_rate: float = Field(SLO.dead_letters.max_ratio, ge=0, le=1,
+                                 description="max dead letters / records in (deploy/slo.yaml)")
     max_lost_rate: float = Field(0.5, ge=0, le=1, description="max share of one stream's "
                                  "records lost to dead letters (output: per modality when it "
                                  "has several streams)")
@@ -77,6 +85,19 @@ class Thresholds(BaseModel):
                                     "inlier ratio per camera")
     max_rmse_px: float = Field(3.0, gt=0, description="max median registration reprojection "
                                "error per camera, px")
+    max_drift_mmd: float = Field(SLO.drift.max_mmd, gt=0, description="--baseline: a stream "
+                                 "drifts when its MMD² exceeds this and ...")
+    max_drift_p: float = Field(SLO.drift.max_p_value, gt=0, le=1, description="--baseline: "
+                               "... its permutation-test p-value is below this")
+    min_drift_samples: float = Field(SLO.drift.min_samples, ge=5, description="--baseline: "
+                                     "fewer rows on either side: the stream is not judged")
+
+    def missing_threshold(self, modality: str | None) -> float:
+        """``max_missing`` when set, else 1 - the modality's availability target."""
+        target = SLO.availability_target(modality) if modality else None
+        if "max_missing" in self.model_fields_set or target is None:
+            return self.max_missing
+        return round(1 - target, 9)
 
 
 # ---------------------------------------------------------------- plain measurements
@@ -296,15 +317,20 @@ def clock_checks(clocks: list[dict], th: Thresholds) -> list[Check]:
     return out
 
 
-def alignment_checks(alignment: list[dict], th: Thresholds) -> list[Check]:
+def alignment_checks(alignment: list[dict], th: Thresholds,
+                     modalities: dict[tuple[str, str], str] | None = None) -> list[Check]:
+    """dt and missing checks per stream; ``modalities`` ((session, stream) -> modality) picks
+    each stream's missing threshold from the SLO file (``Thresholds.missing_threshold``)."""
     out = []
+    modalities = modalities or {}
     for a in alignment:
         s = a["stream"]
         if a["dt_ms"] and a["tolerance_ms"]:
             out.append(check(f"dt:{s}", a["dt_ms"]["p95"], a["tolerance_ms"], unit=" ms",
                              what=f"{s} p95 |dt| to the ticks"))
         if a["policy"] != "text_overlap" and a["missing_rate"] is not None:
-            out.append(check(f"missing:{s}", a["missing_rate"], th.max_missing,
+            out.append(check(f"missing:{s}", a["missing_rate"],
+                             th.missing_threshold(modalities.get((a["session"], s))),
                              what=f"{s} misses a share of ticks"))
     return out
 
@@ -342,6 +368,7 @@ class Inspection:
     lanes: list = field(default_factory=list)
     sync: dict = field(default_factory=dict)      # "results" ("<session>/<stream>" ->
     #                                               SyncResult), "manifests": for --plot-sync
+    drift: dict | None = None                     # --baseline / --save-baseline
 
 
 def clock_dict(model: ClockModel | None, t_mid: int) -> dict | None:
@@ -358,6 +385,8 @@ def build_report(ins: Inspection, th: Thresholds, elapsed_s: float) -> dict:
               "alignment": ins.alignment, "alignment_note": ins.alignment_note,
               "registration": ins.registration, "dead_letters": ins.dead,
               "expectations": ins.expectations}
+    if ins.drift is not None:
+        report["drift"] = ins.drift
     checks = list(ins.checks)
     dead = ins.dead
     if dead.get("rate") is not None:
@@ -501,6 +530,24 @@ def render(report: dict, console) -> None:
                 console.print(Text("    x ", "red").append(
                     f"{r['session']}: {r['expectation']} {r['column'] or ''} "
                     f"(unexpected {_num(r['unexpected_percent'])}%)"))
+        console.print()
+
+    dr = report.get("drift")
+    if dr is not None:
+        src = (f"against {dr['baseline']} ({dr['baseline_kind']})" if dr["baseline"]
+               else "no baseline given")
+        if dr["streams"]:
+            table(f"Drift {src}, MMD² (RBF) with a {dr['permutations']}-permutation test",
+                  ["stream", "features", "n base", "n", "MMD²", "p", "PSI", "KL", "state"],
+                  [[r["stream"], r["source"], _num(r["n_baseline"]), _num(r["n"]),
+                    _num(r["mmd2"]), _num(r["p_value"]), _num(r["psi"]), _num(r["kl"]),
+                    r["status"]] for r in dr["streams"]], set(range(2, 8)))
+        else:
+            note("Drift", f"{src}: no stream with features in both")
+        for r in dr["not_compared"]:
+            console.print(f"  {r['stream']}: not compared ({r['reason']})", markup=False)
+        if dr.get("saved"):
+            console.print(f"  baseline statistics saved to {dr['saved']}", markup=False)
         console.print()
 
     table("Checks", ["check", "result", "detail"],

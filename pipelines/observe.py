@@ -574,15 +574,26 @@ def session(opts: ObserveOptions | None, run_id: str, job: str) -> Iterator[Obse
             if ok:
                 metrics.RUN_SECONDS.set(time.time() - t0, job=job)
                 metrics.RUN_FINISHED.set(time.time(), job=job)
-                if opts.textfile:
-                    write_textfile(opts.textfile)
-                if opts.pushgateway:
-                    push(opts.pushgateway, f"mmalign_{job}")
+                _export(f"write {opts.textfile}", opts.textfile, write_textfile, opts.textfile)
+                _export(f"push to {opts.pushgateway}", opts.pushgateway, push, opts.pushgateway,
+                        f"mmalign_{job}")
         finally:
             if obs.tracing is not None:
                 obs.tracing.stop()
             if obs.server is not None:
                 obs.server.stop()
+
+
+def _export(what: str, wanted, fn, *args) -> None:
+    """A final export; its failure is one line on stderr, never the run's failure (the
+    outputs are already written)."""
+    if not wanted:
+        return
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - metrics export never loses a run
+        print(f"mmalign: metrics not exported: could not {what} ({type(e).__name__}: {e})",
+              file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- alert rules from the SLO
@@ -711,7 +722,7 @@ def rules_yaml(slo: Slo, source: str = "deploy/slo.yaml") -> str:
         pass
     Dumper.add_representer(str, _literal)
     head = (f"# Generated from {source} by `python -m mmalign.pipelines.observe rules`; do not "
-            "edit:\n# change the SLO file and regenerate (tests/unit/pipelines/"
+            "edit:\n# change the SLO file and regenerate (tests/unit/observe/"
             "test_observe_slo.py checks they agree).\n")
     return head + yaml.dump(rules_document(slo), Dumper=Dumper, sort_keys=False, width=1000)
 
