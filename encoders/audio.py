@@ -1,5 +1,8 @@
 """Audio windows -> embeddings: log-mel spectrogram (librosa) of the window around each tick,
-then a small 2D CNN."""
+then the `logmel-stats` baseline by default (per-band statistics of the log-mel image: no
+learned weights), or the explicitly named `random-projection` baseline (a small 2D CNN with
+seeded random weights). No pretrained general-audio model that loads offline from a
+registry package is used here yet (see the README's encoder table)."""
 
 from __future__ import annotations
 
@@ -51,9 +54,36 @@ def n_frames(window_s: float = DEFAULT_WINDOW_S) -> int:
     return round(window_s * TARGET_SR) // HOP + 1
 
 
+class LogMelStats(nn.Module):
+    """The `logmel-stats` baseline: no learned weights. Per mel band, over the window's frames:
+    the mean level minus the window's mean level (spectral shape, loudness-invariant), the
+    standard deviation (how much the band changes) and the mean absolute frame-to-frame change
+    (how fast); then the window's mean level; L2-normalised. Input (N, n_mels, frames) float32
+    (``log_mel``), output (N, 3·n_mels + 1)."""
+
+    modality = "audio"
+
+    def __init__(self, n_mels: int = N_MELS, window_s: float = DEFAULT_WINDOW_S):
+        super().__init__()
+        self.n_mels, self.window_s = n_mels, window_s
+        self.embedding_dim = 3 * n_mels + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[2] < 2:
+            raise ValueError(f"logmel-stats needs (N, n_mels, frames >= 2), got {tuple(x.shape)}")
+        x = x.float()
+        mean = x.mean(dim=2)
+        level = mean.mean(dim=1, keepdim=True)
+        std = x.std(dim=2, unbiased=False)
+        change = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=2)
+        z = torch.cat([mean - level, std, change, level], dim=1)
+        return nn.functional.normalize(z, dim=1)
+
+
 class AudioEncoder(nn.Module):
-    """Three stride-2 conv blocks over the log-mel image, average pooling, a linear head;
-    L2-normalised output. Input (N, n_mels, frames) float32, output (N, dim)."""
+    """The `random-projection` baseline: three stride-2 conv blocks over the log-mel image,
+    average pooling, a linear head, with seeded RANDOM weights (never trained); L2-normalised
+    output. Input (N, n_mels, frames) float32, output (N, dim). Selected only by name."""
 
     modality = "audio"
 

