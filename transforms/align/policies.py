@@ -132,17 +132,17 @@ _SCAN = 16          # samples compared at once by ``_first_not_below`` (two AVX-
 @njit(nogil=True, inline="always")
 def _first_not_below(t, j, x):
     """The first position >= ``j`` with ``t[pos] >= x`` in the sorted ``t`` (searchsorted
-    side="left" started at ``j``): blocks of ``_SCAN`` are skipped on their last element and
-    the final block is *counted* (a branch-free compare-and-add the compiler vectorises), so a
-    merge step costs no data-dependent branch when samples outnumber ticks by up to 16x."""
+    side="left" started at ``j``): blocks of ``_SCAN`` from ``j`` are *counted* (a branch-free
+    compare-and-add the compiler vectorises) until one is not wholly below ``x``, so a merge
+    step costs one well-predicted branch when samples outnumber ticks by less than 16x."""
     n = t.size
-    while j + _SCAN <= n and t[j + _SCAN - 1] < x:
-        j += _SCAN
-    if j + _SCAN <= n:
+    while j + _SCAN <= n:
         c = 0
         for q in range(_SCAN):
             c += np.int64(t[j + q] < x)
-        return j + c
+        j += c
+        if c < _SCAN:
+            return j
     while j < n and t[j] < x:
         j += 1
     return j
@@ -152,13 +152,13 @@ def _first_not_below(t, j, x):
 def _first_above(t, j, x):
     """``_first_not_below`` for side="right": the first position >= ``j`` with t > x."""
     n = t.size
-    while j + _SCAN <= n and t[j + _SCAN - 1] <= x:
-        j += _SCAN
-    if j + _SCAN <= n:
+    while j + _SCAN <= n:
         c = 0
         for q in range(_SCAN):
             c += np.int64(t[j + q] <= x)
-        return j + c
+        j += c
+        if c < _SCAN:
+            return j
     while j < n and t[j] <= x:
         j += 1
     return j
