@@ -96,31 +96,33 @@ def sox_pcm(effects: str, sr: int) -> np.ndarray:
 class Scene:
     pcm: np.ndarray                 # float32 mono
     sr: int
-    speech: list[tuple[float, float, int]]   # (start s, end s, paragraph index)
+    speech: list[tuple[float, float, int, tuple]]   # (start s, end s, paragraph, voice)
     sounds: list[tuple[float, str]]          # (start s, sox effects)
 
 
 def speech_scene(seed: int, duration_s: float, sr: int = 48000,
                  paragraphs: list[int] | None = None, sound_every_s: float = 3.0,
-                 floor_db: float = -50.0) -> Scene:
+                 floor_db: float = -50.0, lead_s: float = 0.0) -> Scene:
     """Paragraphs spoken one after the other by different voices (pauses of 0.6-2.5 s between
-    them), sox sounds at random times (one per ``sound_every_s`` on average, over speech or
-    not), and a quiet noise floor, ``duration_s`` long; peak 0.7."""
+    them, the first after ``lead_s`` + 0.3-1 s), sox sounds at random times (one per
+    ``sound_every_s`` on average, over speech or not), and a quiet noise floor,
+    ``duration_s`` long; peak 0.7."""
     rng = np.random.default_rng(seed)
     n = int(round(duration_s * sr))
     x = np.zeros(n, np.float64)
     order = paragraphs if paragraphs is not None else list(rng.permutation(len(PARAGRAPHS)))
-    t = rng.uniform(0.3, 1.0)
+    t = lead_s + rng.uniform(0.3, 1.0)
     speech = []
     for k, p in enumerate(order * 4):
         voice, speed, pitch = VOICES[(seed + k) % len(VOICES)]
-        s = espeak_pcm(PARAGRAPHS[p], sr, voice, speed + int(rng.integers(-10, 11)), pitch)
+        how = (voice, speed + int(rng.integers(-10, 11)), pitch)
+        s = espeak_pcm(PARAGRAPHS[p], sr, *how)
         i = int(t * sr)
         if i >= n:
             break
         seg = s[:n - i] * rng.uniform(0.5, 1.0)
         x[i:i + len(seg)] += seg
-        speech.append((t, t + len(seg) / sr, int(p)))
+        speech.append((t, t + len(seg) / sr, int(p), how))
         t += len(s) / sr + rng.uniform(0.6, 2.5)
     sounds = []
     for _ in range(int(duration_s / sound_every_s)):
@@ -135,6 +137,102 @@ def speech_scene(seed: int, duration_s: float, sr: int = 48000,
     x += floor * 10 ** (floor_db / 20) / max(np.std(floor), 1e-9)
     x *= 0.7 / np.max(np.abs(x))
     return Scene(x.astype(np.float32), sr, speech, sounds)
+
+
+# ---------------------------------------------------------------- forced alignment
+
+
+def split_cues(text: str, max_words: int = 7) -> list[str]:
+    """Subtitle-sized pieces of a paragraph: clauses (at . , ; : ! ?), longer ones cut into
+    pieces of at most ``max_words`` words."""
+    import re
+    out = []
+    for clause in re.findall(r"[^.,;:!?]+[.,;:!?]?", text):
+        words = clause.split()
+        while words:
+            k = len(words) if len(words) <= max_words else min(max_words, len(words) // 2 + 1)
+            out.append(" ".join(words[:k]))
+            words = words[k:]
+    return [c for c in out if c.strip(" .,;:!?")]
+
+
+def mfcc(x: np.ndarray, sr: int, hop_s: float = 0.01, win_s: float = 0.025,
+         n_mels: int = 40, n_coef: int = 13) -> np.ndarray:
+    """MFCCs [frames, n_coef] (frame k centred at k * hop_s s): Hann STFT, mel filterbank,
+    log, DCT-II; numpy only."""
+    from scipy.fft import dct, rfft
+    hop, win = int(round(hop_s * sr)), int(round(win_s * sr))
+    nfft = 1 << (win - 1).bit_length()
+    pad = np.pad(np.asarray(x, np.float64), (win // 2, win // 2))
+    n = 1 + (len(pad) - win) // hop
+    frames = np.lib.stride_tricks.as_strided(pad, (n, win), (pad.strides[0] * hop,
+                                                             pad.strides[0]))
+    spec = np.abs(rfft(frames * np.hanning(win), nfft)) ** 2
+    mel = lambda f: 2595 * np.log10(1 + f / 700)            # noqa: E731
+    edges = 700 * (10 ** (np.linspace(mel(60), mel(min(8000, sr / 2)), n_mels + 2) / 2595) - 1)
+    bins = np.fft.rfftfreq(nfft, 1 / sr)
+    fb = np.zeros((n_mels, len(bins)))
+    for m in range(n_mels):
+        lo, c, hi = edges[m:m + 3]
+        fb[m] = np.clip(np.minimum((bins - lo) / (c - lo), (hi - bins) / (hi - c)), 0, None)
+    return dct(np.log(spec @ fb.T + 1e-10), norm="ortho", axis=1)[:, :n_coef]
+
+
+@numba.njit(cache=True)
+def _dtw_vec(a, b):
+    n, m = a.shape[0], b.shape[0]
+    D = np.full((n + 1, m + 1), np.inf)
+    D[0, 0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d = 0.0
+            for k in range(a.shape[1]):
+                e = a[i - 1, k] - b[j - 1, k]
+                d += e * e
+            d = np.sqrt(d)
+            D[i, j] = d + min(D[i - 1, j - 1], D[i - 1, j], D[i, j - 1])
+    i, j = n, m
+    pi, pj = [], []
+    while i > 0 and j > 0:
+        pi.append(i - 1)
+        pj.append(j - 1)
+        k = np.argmin(np.array([D[i - 1, j - 1], D[i - 1, j], D[i, j - 1]]))
+        if k == 0:
+            i, j = i - 1, j - 1
+        elif k == 1:
+            i -= 1
+        else:
+            j -= 1
+    return np.array(pi[::-1]), np.array(pj[::-1])
+
+
+def forced_alignment(scene: Scene, max_words: int = 7) -> list[tuple[float, float, str]]:
+    """Subtitles of a speech scene from our own forced alignment (the aeneas method): each
+    paragraph's cues are spoken one by one by espeak-ng with the paragraph's voice, their
+    MFCCs aligned by DTW to the paragraph in the scene, and each cue boundary placed where the
+    path sends the template's boundary. Cues touch: every cue ends where the next starts (a
+    pause between them, inside a paragraph or between two, goes wherever the alignment puts
+    the boundary). Returns (start s, end s, text) on the scene's time."""
+    starts, texts = [], []
+    end = 0.0
+    for t0, t1, p, how in scene.speech:
+        cues = split_cues(PARAGRAPHS[p], max_words)
+        tpl = [espeak_pcm(c, scene.sr, *how) for c in cues]
+        bounds = np.cumsum([0] + [len(x) for x in tpl]) / scene.sr
+        a0 = max(0, int((t0 - 0.2) * scene.sr))
+        real = scene.pcm[a0:int((t1 + 0.2) * scene.sr)]
+        A, B = mfcc(real, scene.sr), mfcc(np.concatenate(tpl), scene.sr)
+        mu, sd = A.mean(axis=0), A.std(axis=0) + 1e-9
+        pi, pj = _dtw_vec((A - mu) / sd, (B - B.mean(axis=0)) / (B.std(axis=0) + 1e-9))
+        for k, c in enumerate(cues):
+            j = min(int(round(bounds[k] / 0.01)), pj[-1])
+            i = np.median(pi[pj == j]) if np.any(pj == j) else pi[np.searchsorted(pj, j)]
+            starts.append(a0 / scene.sr + i * 0.01)
+            texts.append(c)
+        jl = min(int(round(bounds[-1] / 0.01)), pj[-1])
+        end = a0 / scene.sr + float(np.median(pi[pj == jl])) * 0.01
+    ends = starts[1:] + [end]
+    return [(s, e, t) for s, e, t in zip(starts, ends, texts)]
 
 
 # ---------------------------------------------------------------- clock resampling
@@ -329,19 +427,15 @@ def gyro_csv(path: Path, motion: Motion, clock: Clock, rate_hz: float, t_dev0: f
 # ---------------------------------------------------------------- the sync stage, in process
 
 
-def sync_in_process(manifest, declared: dict | None = None) -> dict:
-    """{stream id: SyncResult} of a manifest's ``sync`` specs, computed as the backfill does
-    (every file decoded and validated, the sync stage's partials, features and estimates)
-    without starting Beam: the kernels of transforms/clock/sync.py in this process."""
+def features_in_process(manifest, declared: dict | None = None,
+                        only: set[str] | None = None) -> dict:
+    """The sync features of a manifest's streams ({(stream, rate): family -> Feature}; only
+    those in ``only`` when given), made as the backfill makes them (every file decoded and
+    validated, the sync stage's partials and features) without starting Beam."""
     from collections import defaultdict
 
     from mmalign.deadletter.record import DeadLetter
-    from mmalign.transforms.clock.sync import (
-        chunk_partial,
-        plan_sync,
-        stream_features,
-        sync_session,
-    )
+    from mmalign.transforms.clock.sync import chunk_partial, plan_sync, stream_features
     from mmalign.transforms.decode.stage import decode_file, manifest_requests
     from mmalign.transforms.validate.stage import validate_chunk
 
@@ -350,7 +444,7 @@ def sync_in_process(manifest, declared: dict | None = None) -> dict:
     for req in manifest_requests(manifest):
         s = req.stream
         need = plan.needs.get(s.id)
-        if need is None:
+        if need is None or (only is not None and s.id not in only):
             continue
         for out in decode_file(s, req.path, session_id=manifest.session, roots=req.roots,
                                time_offset_ns=req.time_offset_ns):
@@ -367,4 +461,73 @@ def sync_in_process(manifest, declared: dict | None = None) -> dict:
     for (sid, rate), ps in parts.items():
         need = plan.needs[sid]
         feats[(sid, rate)] = stream_features(need.modality, rate, need.families[rate], ps)[0]
-    return {r.stream_id: r for r in sync_session(plan, feats)}
+    return feats
+
+
+def sync_in_process(manifest, declared: dict | None = None, features: dict | None = None,
+                    stats: dict | None = None) -> dict:
+    """{stream id: SyncResult} of a manifest's ``sync`` specs, computed as the backfill does
+    (``features_in_process``, then the sync stage's estimates) without starting Beam;
+    ``features`` (of an earlier call, for the same streams) are reused when given."""
+    from mmalign.transforms.clock.sync import plan_sync, sync_session
+
+    plan = plan_sync(manifest, declared or {})
+    feats = features if features is not None else features_in_process(manifest, declared)
+    return {r.stream_id: r for r in sync_session(plan, feats, stats=stats)}
+
+
+def recorder_ticks(manifest, stream_id: str, model) -> dict:
+    """The alignment of one audio stream on its clock ``model``, as the backfill makes it
+    (files decoded and validated, times put on the reference clock by the clock stage's
+    ``apply_clock``, the stream's whole extent, the session's fixed-rate ticks over the
+    extents of every stream, the audio_window join of transforms/align/join.py) in this
+    process and in one piece (tests/unit/align: bucketed = whole). Returns ticks, status
+    names, coverage, sample_start/end and the stream's extent (ns, reference clock)."""
+    import pyarrow as pa
+
+    from mmalign.deadletter.record import DeadLetter
+    from mmalign.schemas.aligned import COVERAGE, SAMPLE_END, SAMPLE_START, STATUS, column
+    from mmalign.schemas.clock import ClockModel
+    from mmalign.transforms.align.buckets import _with_src
+    from mmalign.transforms.align.join import (
+        chunk_extent,
+        fixed_rate_ticks,
+        join_stream,
+        plan_from_manifest,
+    )
+    from mmalign.transforms.clock.apply import apply_clock
+    from mmalign.transforms.decode.stage import decode_file, manifest_requests
+    from mmalign.transforms.validate.stage import validate_chunk
+
+    plan = plan_from_manifest(manifest)
+    extents: dict[str, tuple[int, int]] = {}
+    tables, meta = [], None
+    for req in manifest_requests(manifest):
+        s = req.stream
+        for out in decode_file(s, req.path, session_id=manifest.session, roots=req.roots,
+                               time_offset_ns=req.time_offset_ns):
+            if isinstance(out, DeadLetter):
+                continue
+            good, _ = validate_chunk(out, s.options)
+            if good is None:
+                continue
+            good = apply_clock(good, model if s.id == stream_id else ClockModel())
+            _, (lo, hi) = chunk_extent(good)
+            a, b = extents.get(s.id, (lo, hi))
+            extents[s.id] = (min(a, lo), max(b, hi))
+            if s.id == stream_id:
+                tables.append(_with_src(good))            # as the buckets stage ships it
+                meta = good.meta
+    lo = min(a for a, _ in extents.values())
+    hi = max(b for _, b in extents.values())
+    ticks = fixed_rate_ticks(lo, hi + 1, plan.rate_hz, lo, hi)
+    table = pa.Table.from_batches(tables).combine_chunks().sort_by("t_ns")
+    sp = next(p for p in plan.streams if p.stream_id == stream_id)
+    cols = join_stream(sp, ticks, table, meta, bounds=extents[stream_id])
+    c = lambda f: cols[column(stream_id, f)]              # noqa: E731
+    return {"ticks": ticks, "status": np.array(c(STATUS).to_pylist()),
+            "coverage": np.asarray(c(COVERAGE).to_numpy(zero_copy_only=False)),
+            "sample_start": np.asarray(c(SAMPLE_START).to_numpy(zero_copy_only=False)),
+            "sample_end": np.asarray(c(SAMPLE_END).to_numpy(zero_copy_only=False)),
+            "extent": extents[stream_id], "window_ns": sp.window_ns,
+            "sample_rate": int(meta["sample_rate"])}

@@ -16,7 +16,8 @@ import pytest
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.pipelines.summary import render
 from mmalign.schemas.clock import ClockModel
-from mmalign.schemas.sync import SyncResult
+from mmalign.schemas.layout import SYNC, session_dir
+from mmalign.schemas.sync import SYNC_FILE, SyncResult
 from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import run_mmalign
 
@@ -97,7 +98,7 @@ def test_low_confidence_falls_back_marked_in_sync_json_and_summary(synced):
     """min_confidence 1.0 cannot be met: the mic keeps its declared (here: identity) clock,
     and sync.json, the JSON summary and the printed summary all say so, with the reason."""
     summary, out = synced["summary"], synced["out"]
-    on_disk = json.loads((out / "sync" / "session_id=demo-002" / "sync.json").read_text())
+    on_disk = json.loads((session_dir(out / SYNC, "demo-002") / SYNC_FILE).read_text())
     for r in (summary["sync"]["demo-002/mic"], on_disk["mic"]):
         assert r["fell_back"] and "below min_confidence 1.00" in r["reason"]
         assert r["model"]["source"] == "fallback"

@@ -249,97 +249,94 @@ class Marks:
     sign: np.ndarray    # +1 start / rise, -1 end / fall, 0 boundary
 
 
+PAUSE_WEIGHT_S = 0.3       # a boundary in a pause of length L weighs 1 / (1 + L / this)
+
+
+@dataclass
+class MarkMatch:
+    pairs: LandmarkPairs
+    fall: np.ndarray            # per pair: the pause a boundary was placed in (NaN: an edge)
+    length: np.ndarray
+    chance: float               # share of marks a random line would pair within tol
+    score: float                # the RANSAC score of the best line (weighted distinct marks)
+
+
 def match_marks(dev: Marks, ref: Marks, line: Line, lam: float, search_s: float,
                 tol_s: float, max_drift: float, *, kind: int = 2, trials: int = 600,
-                seed: int = 0) -> tuple[LandmarkPairs, np.ndarray, np.ndarray, float]:
+                seed: int = 0) -> MarkMatch:
     """Pairs of the stream's marks with the reference's edges (see the module docstring).
 
-    Every compatible edge (a rise for a start, a fall for an end, a pause for a boundary)
-    within ``search_s`` of where ``line`` sends a mark is a candidate; RANSAC over candidate
-    pairs finds the line explaining the most *distinct* marks within ``tol_s`` (a boundary
-    explained anywhere inside its pause), and each mark keeps its nearest candidate to it
-    (a boundary at ``fall + lam * (rise - fall)``). Returns the pairs, per pair the pause
-    (fall, length) of a boundary (NaN for edges), and the chance that a mark placed at random
-    has a candidate within ``tol_s`` (so consistency can be corrected for chance)."""
+    A start pairs with a rise, an end with a fall, a boundary with the point
+    ``fall + lam * (rise - fall)`` of a pause; every such target within ``search_s`` of where
+    ``line`` sends a mark is a candidate. RANSAC over candidate pairs finds the line that
+    explains the most *distinct* marks within ``tol_s`` (boundaries in long pauses, whose
+    place is less certain, weigh less), and each mark keeps its nearest candidate to it."""
     rises = np.sort(ref.t[ref.sign > 0])
     falls = np.sort(ref.t[ref.sign < 0])
     k = np.searchsorted(rises, falls, "right")
     ok = k < len(rises)
     p_fall, p_rise = falls[ok], rises[k[ok]]
+    p_at = p_fall + lam * (p_rise - p_fall)
     pred = line.ref(dev.t)
-    ci, lo, hi, fall, length = [], [], [], [], []
+    ci, tgt, fall, length = [], [], [], []
     for i, (p, sg) in enumerate(zip(pred, dev.sign)):
         if sg != 0:
             target = rises if sg > 0 else falls
             j = np.flatnonzero(np.abs(target - p) <= search_s)
-            ci += [i] * len(j)
-            lo += list(target[j])
-            hi += list(target[j])
+            tgt += list(target[j])
             fall += [np.nan] * len(j)
             length += [np.nan] * len(j)
         else:
-            d = np.maximum(0.0, np.maximum(p_fall - p, p - p_rise))
-            j = np.flatnonzero(d <= search_s)
-            ci += [i] * len(j)
-            lo += list(p_fall[j])
-            hi += list(p_rise[j])
+            j = np.flatnonzero(np.abs(p_at - p) <= search_s)
+            tgt += list(p_at[j])
             fall += list(p_fall[j])
             length += list(p_rise[j] - p_fall[j])
-    ci, lo, hi = np.array(ci, np.int64), np.array(lo), np.array(hi)
+        ci += [i] * len(j)
+    ci, tgt = np.array(ci, np.int64), np.array(tgt)
     fall, length = np.array(fall), np.array(length)
+    q = np.where(np.isfinite(length), 1.0 / (1.0 + np.nan_to_num(length) / PAUSE_WEIGHT_S), 1.0)
     span = max(1e-9, float(np.ptp(ref.t))) if len(ref.t) else 1.0
-    chance = []
-    for sg in dev.sign:
-        if sg > 0:
-            chance.append(len(rises) * 2 * tol_s / span)
-        elif sg < 0:
-            chance.append(len(falls) * 2 * tol_s / span)
-        else:
-            chance.append(float(np.sum(p_rise - p_fall + 2 * tol_s)) / span)
-    p_chance = float(np.clip(np.mean(chance), 0.0, 1.0)) if chance else 1.0
-    empty = LandmarkPairs(attempted=len(dev.t))
+    dens = {1: len(rises), -1: len(falls), 0: len(p_fall)}
+    chance = [min(1.0, dens[int(np.sign(sg))] * 2 * tol_s / span) for sg in dev.sign]
+    p_chance = float(np.mean(chance)) if chance else 1.0
     if len(np.unique(ci)) < 3:
-        return empty, np.zeros(0), np.zeros(0), p_chance
+        return MarkMatch(LandmarkPairs(attempted=len(dev.t)), np.zeros(0), np.zeros(0),
+                         p_chance, 0.0)
     x = dev.t[ci]
-    mid = (lo + hi) / 2
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, len(ci), trials), rng.integers(0, len(ci), trials)
     dx = x[b] - x[a]
     with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.where(np.abs(dx) > 1e-6, (mid[b] - mid[a]) / dx, line.rho)
+        rho = np.where(np.abs(dx) > 1e-6, (tgt[b] - tgt[a]) / dx, line.rho)
     good = (np.abs(rho - 1) <= max_drift) & (ci[a] != ci[b])
     rho_p = rho[good]
     rho = np.r_[rho_p, np.full(len(ci), line.rho)]
-    c = np.r_[mid[a][good] - rho_p * x[a][good], mid - line.rho * x]
-    y = rho[:, None] * x[None, :] + c[:, None]
-    res = np.maximum(0.0, np.maximum(lo[None, :] - y, y - hi[None, :]))     # interval distance
+    c = np.r_[tgt[a][good] - rho_p * x[a][good], tgt - line.rho * x]
+    res = np.abs(tgt[None, :] - rho[:, None] * x[None, :] - c[:, None])
     order = np.argsort(ci, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(ci[order]) != 0])
-    best_per = np.minimum.reduceat(res[:, order], starts, axis=1)            # per mark
-    score = (best_per <= tol_s).sum(axis=1) - np.minimum(best_per, tol_s).sum(axis=1) / (
-        tol_s * (len(starts) + 1))
+    # per mark: its best candidate's residual and weight
+    best_res = np.minimum.reduceat(res[:, order], starts, axis=1)
+    qm = np.maximum.reduceat(q[order], starts)
+    score = ((best_res <= tol_s) * qm).sum(axis=1) - (np.minimum(best_res, tol_s) / tol_s
+                                                      * qm).sum(axis=1) / (len(starts) + 1)
     w = int(np.argmax(score))
-    bl = Line(float(rho[w]), float(c[w]))
-    target = np.where(np.isfinite(fall), fall + lam * np.nan_to_num(length), lo)
-    r = np.abs(target - bl.ref(x))
-    r_int = res[w]
-    keep_i, keep_j = [], []
+    r = res[w]
+    keep = []
     for i in np.unique(ci):
-        js = np.flatnonzero((ci == i) & (r_int <= tol_s))
+        js = np.flatnonzero((ci == i) & (r <= tol_s))
         if len(js):
-            keep_i.append(i)
-            keep_j.append(js[np.argmin(r[js])])
-    # one mark per reference edge / pause: the closer wins
-    keep_j = np.array(keep_j, np.int64)
-    if len(keep_j):
-        key = np.round(lo[keep_j], 9)
-        o = np.lexsort((r[keep_j], key))
+            keep.append(js[np.argmin(r[js])])
+    keep = np.array(keep, np.int64)
+    if len(keep):                  # one mark per reference target: the closer wins
+        key = np.round(tgt[keep], 9)
+        o = np.lexsort((r[keep], key))
         first = np.r_[True, key[o][1:] != key[o][:-1]]
-        keep_j = np.sort(keep_j[o[first]])
-    n = len(keep_j)
-    lp = LandmarkPairs(x[keep_j], target[keep_j], np.ones(n), np.full(n, kind, np.int64),
-                       len(dev.t), np.zeros(n, np.int64))
-    return lp, fall[keep_j], length[keep_j], p_chance
+        keep = np.sort(keep[o[first]])
+    n = len(keep)
+    lp = LandmarkPairs(x[keep], tgt[keep], q[keep], np.full(n, kind, np.int64), len(dev.t),
+                       np.zeros(n, np.int64))
+    return MarkMatch(lp, fall[keep], length[keep], p_chance, float(score[w]))
 
 
 # ---------------------------------------------------------------- the robust line

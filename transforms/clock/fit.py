@@ -55,6 +55,7 @@ MIN_OVERLAP_FRACTION = 0.3  # ... and at least this share of the shorter stream
 EDGE_FRACTION = 0.98        # |drift| beyond this share of the range searched is "at the edge"
 CANDIDATES = 4              # coarse candidates re-scored by the fine stage
 WINDOW_S, WINDOW_STEP_S = 4.0, 1.0   # windows of continuous signals
+LAMBDAS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)   # boundary positions in a pause tried first
 WAVE_WINDOW_S = 0.5
 MAX_WAVE_WINDOWS = 600
 
@@ -175,6 +176,7 @@ class _Candidate:
     lam: float | None = None
     wave: bool = False
     chance: float = 0.0             # share of marks a random line would pair (marks only)
+    spread: float = 1.0             # inlier spread / the classes' starting tolerance
 
 
 def _abs_t0(f: Feature, origin_ns: int) -> float:
@@ -225,7 +227,7 @@ def _fine(cand: Line, ctx: _Context) -> _Candidate:
     line = cand
     rate = ctx.rate
     ev_tol = max(3.0 / rate, 0.04)
-    search, w_tol, m_tol, m_pair = 0.4, 0.1, 0.15, 0.5
+    search, w_tol, m_tol, m_pair = 0.4, 0.1, 0.08, 0.5
     lam = 0.5
     fit = None
     pairs = LandmarkPairs()
@@ -251,16 +253,28 @@ def _fine(cand: Line, ctx: _Context) -> _Candidate:
                 path = (pr, pd)
                 if out.path is None:
                     out.path, out.cost = path, cost
-            ep = event_pairs(ev.ref_land, ev.dev_land, line,
-                             tol_s=max(0.1, ev_tol) if it == 0 else ev_tol, kind=EVENTS,
+            tol0 = max(0.1, ev_tol) if it == 0 else ev_tol
+            ep = event_pairs(ev.ref_land, ev.dev_land, line, tol_s=tol0, kind=EVENTS,
                              path=path)
+            if path is not None:
+                # the DTW path may wander inside its band where impacts are sparse (a short
+                # clip): pairs along the coarse line instead, when a line explains more
+                ep = _more_consistent(ep, event_pairs(ev.ref_land, ev.dev_land, line,
+                                                      tol_s=tol0, kind=EVENTS),
+                                      tol0, ctx.max_drift * 1.05)
             pairs = pairs.extend(ep.tagged(ev.src))
         fall = length = None
         if ctx.marks is not None:
             dm, rm, src = ctx.marks
-            mp, fall, length, out.chance = match_marks(dm, rm, line, lam, m_pair, m_tol,
-                                                       ctx.max_drift * 1.05, kind=MARKS)
-            pairs = pairs.extend(mp.tagged(src))
+            # where in its pause a touching boundary sits: the best of a grid first, then
+            # the median of the inliers' positions
+            lams = LAMBDAS if it == 0 else (lam,)
+            tries = [match_marks(dm, rm, line, x, m_pair, m_tol, ctx.max_drift * 1.05,
+                                 kind=MARKS) for x in lams]
+            k = int(np.argmax([m.score for m in tries]))
+            lam, mm = lams[k], tries[k]
+            fall, length, out.chance = mm.fall, mm.length, mm.chance
+            pairs = pairs.extend(mm.pairs.tagged(src))
         tol = {WINDOWS: w_tol, EVENTS: ev_tol, MARKS: m_tol}
         try:
             fit = robust_fit(pairs, tol, ctx.max_drift * 1.05)
@@ -275,16 +289,28 @@ def _fine(cand: Line, ctx: _Context) -> _Candidate:
                 tr = line.ref(pairs.t_dev[n_other:][b])
                 lam = float(np.clip(np.median((tr - fall[b]) / length[b]), 0.0, 1.0))
                 out.lam = lam
-        sig = fit.sigma
-        search = max(4.0 / rate, 6.0 * sig.get(WINDOWS, 0.02))
-        w_tol = max(0.015, 5.0 * sig.get(WINDOWS, 0.02))
-        m_tol = max(0.06, 4.0 * sig.get(MARKS, 0.03))
-        m_pair = max(0.1, 5.0 * sig.get(MARKS, 0.03))
+        sig = fit.sigma      # narrower each time, never wider (spread is no licence)
+        search = float(np.clip(6.0 * sig.get(WINDOWS, 0.02), 4.0 / rate, search))
+        w_tol = float(np.clip(5.0 * sig.get(WINDOWS, 0.02), 0.015, w_tol))
+        m_tol = float(np.clip(4.0 * sig.get(MARKS, 0.03), 0.04, m_tol))
+        m_pair = float(np.clip(5.0 * sig.get(MARKS, 0.03), 0.1, m_pair))
     out.fit, out.pairs = fit, pairs
     if ctx.waves is not None:
         _wave_refine(out, ctx)
     _score(out)
     return out
+
+
+def _more_consistent(a: LandmarkPairs, b: LandmarkPairs, tol: float,
+                     max_drift: float) -> LandmarkPairs:
+    """Of two pairings of the same landmarks, the one whose robust line has more inliers
+    (``a`` on a tie)."""
+    def inliers(p: LandmarkPairs) -> int:
+        try:
+            return int(robust_fit(p, tol, max_drift).inliers.sum())
+        except FitError:
+            return 0
+    return b if inliers(b) > inliers(a) else a
 
 
 def _wave_refine(out: _Candidate, ctx: _Context) -> None:
@@ -315,6 +341,10 @@ def _wave_refine(out: _Candidate, ctx: _Context) -> None:
         out.fit, out.pairs, out.wave = f2, wp, True
 
 
+# the tolerance each precision class starts from: a fit's spread is judged against it
+TOL0 = {WINDOWS: 0.1, EVENTS: 0.04, MARKS: 0.08, WAVE: 0.002}
+
+
 def _score(c: _Candidate) -> None:
     p, fit = c.pairs, c.fit
     inl = fit.inliers
@@ -325,20 +355,33 @@ def _score(c: _Candidate) -> None:
     c.consistency = max(0.0, (raw - chance) / (1.0 - chance)) if chance < 1 else 0.0
     c.quality = float(np.mean(np.clip(p.quality[inl], 0, 1))) if n else 0.0
     c.score = c.consistency * c.quality * (1.0 - np.exp(-n / 6.0))
+    kinds = p.kind[inl]
+    c.spread = float(np.mean([fit.sigma.get(int(k), TOL0[int(k)]) / TOL0[int(k)]
+                              for k in kinds])) if n else 1.0
 
 
-def confidence(consistency: float, quality: float, n_inliers: int, margin: float) -> float:
+def fit_stats(c: _Candidate, margin: float) -> dict:
+    """What the confidence is a function of (see ``confidence``)."""
+    return {"consistency": c.consistency, "quality": c.quality,
+            "n_inliers": int(c.fit.inliers.sum()), "margin": margin, "spread": c.spread}
+
+
+def confidence(stats: dict) -> float:
     """How much to trust a fit, in [0, 1]: a logistic function of its consistency (inlier
-    landmark pairs / windows and landmarks that could have paired), quality (mean correlation
-    of the inlier windows; 1 for events and marks), support (number of inliers) and margin
-    (1 - the best other candidate's fine score / this one's). Coefficients from the
-    calibration in benchmarks/bench_sync_confidence.py (README: the ROC)."""
-    z = (CONF_COEF[0] + CONF_COEF[1] * consistency + CONF_COEF[2] * quality
-         + CONF_COEF[3] * np.log1p(n_inliers) + CONF_COEF[4] * margin)
+    landmark pairs / the windows and landmarks that could have paired, corrected for chance),
+    quality (mean correlation of the inlier windows; 1 for events and marks), support (log of
+    the number of inliers), margin (1 - the best *other* candidate line's fine score / this
+    one's) and spread (the inliers' residual spread / the tolerance their class starts from).
+    The coefficients are fitted by benchmarks/bench_sync_confidence.py on generated and
+    real-like recordings, correct and wrong fits (README: the ROC)."""
+    x = (1.0, stats["consistency"], stats["quality"], np.log1p(stats["n_inliers"]),
+         stats["margin"], min(1.0, stats["spread"]))
+    z = float(np.dot(CONF_COEF, x))
     return float(1.0 / (1.0 + np.exp(-z)))
 
 
-CONF_COEF = (-9.0, 6.0, 3.0, 1.0, 4.0)
+# intercept, consistency, quality, log(1 + inliers), margin, spread
+CONF_COEF = (-9.0, 6.0, 3.0, 1.0, 4.0, -4.0)
 
 
 def _contexts(ref_set: dict, dev_set: dict, pairs: list[Pair], o_dev: int, o_ref: int,
@@ -391,10 +434,11 @@ def estimate_signals(ref_set: dict, dev_set: dict, pairs: list[Pair], *,
                      prior_offset_ns: int = 0, max_drift: float = MAX_DRIFT,
                      ref_wave: Feature | None = None, dev_wave: Feature | None = None,
                      modalities: tuple[str, str] | None = None, stream_id: str = "",
-                     reference: str = "") -> SyncResult:
+                     reference: str = "", stats: dict | None = None) -> SyncResult:
     """The stream's device clock -> the reference's device clock, from the features ``pairs``
     name in the two streams' ``signals`` sets (see the module docstring). Raises
-    ``SyncError`` when the streams cannot be matched at all."""
+    ``SyncError`` when the streams cannot be matched at all. ``stats``, when given, receives
+    what the confidence was computed from (``fit_stats``)."""
     feats = [dev_set[p.dev] for p in pairs]
     o_dev = int(min(f.times_ns([0])[0] for f in feats))
     o_ref = o_dev + int(prior_offset_ns)
@@ -421,7 +465,7 @@ def estimate_signals(ref_set: dict, dev_set: dict, pairs: list[Pair], *,
     second = others[0].score if others else 0.0
     margin = float(np.clip(1.0 - second / best.score, 0.0, 1.0)) if best.score > 0 else 0.0
     return _result(best, margin, ctx, pairs, o_dev, o_ref, prior_offset_ns, stream_id,
-                   reference, engine)
+                   reference, engine, stats)
 
 
 def _pair_names(pairs: list[Pair]) -> str:
@@ -430,11 +474,14 @@ def _pair_names(pairs: list[Pair]) -> str:
 
 def _result(best: _Candidate, margin: float, ctx: _Context, pairs: list[Pair], o_dev: int,
             o_ref: int, prior_ns: int, stream_id: str, reference: str,
-            engine: str) -> SyncResult:
+            engine: str, stats: dict | None) -> SyncResult:
     fit, p = best.fit, best.pairs
     inl = fit.inliers
     n_inl = int(inl.sum())
-    conf = confidence(best.consistency, best.quality, n_inl, margin)
+    st = fit_stats(best, margin)
+    if stats is not None:
+        stats.update(st)
+    conf = confidence(st)
     line = fit.line
     anchor_rel = float(np.mean(p.t_dev[inl])) if n_inl else float(np.mean(ctx.dev_span))
     anchor = o_dev + int(round(anchor_rel * NS))
@@ -473,7 +520,7 @@ def _result(best: _Candidate, margin: float, ctx: _Context, pairs: list[Pair], o
 def estimate_clock(ref: Feature, dev: Feature, *, engine: str = "banded", band_s: float = 1.0,
                    max_offset_s: float = 10.0, prior_offset_ns: int = 0,
                    max_drift: float = MAX_DRIFT, stream_id: str = "",
-                   reference: str = "") -> SyncResult:
+                   reference: str = "", stats: dict | None = None) -> SyncResult:
     """One feature of each stream (the ``events`` or ``activity`` family): its peaks or edges
     paired (``estimate_signals`` with one pair). Raises ``SyncError`` when the streams cannot
     be matched at all."""
@@ -484,7 +531,8 @@ def estimate_clock(ref: Feature, dev: Feature, *, engine: str = "banded", band_s
     pair = Pair(dn, rn, 1.0, use)
     r = estimate_signals({rn: ref}, {dn: dev}, [pair], engine=engine, band_s=band_s,
                          max_offset_s=max_offset_s, prior_offset_ns=prior_offset_ns,
-                         max_drift=max_drift, stream_id=stream_id, reference=reference)
+                         max_drift=max_drift, stream_id=stream_id, reference=reference,
+                         stats=stats)
     return dataclasses.replace(r, features=f"{dev.name}~{ref.name}")
 
 

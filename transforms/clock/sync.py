@@ -382,10 +382,11 @@ def _order(specs: dict[str, SyncSpec]) -> tuple[list[str], set[str]]:
 
 
 def sync_session(plan: SessionSync, features: dict[tuple[str, float], dict],
-                 warnings: dict[tuple[str, float], list[str]] | None = None
-                 ) -> list[SyncResult]:
+                 warnings: dict[tuple[str, float], list[str]] | None = None,
+                 stats: dict | None = None) -> list[SyncResult]:
     """One SyncResult per stream with ``sync``. ``features`` maps (stream, rate) to the
-    family -> Feature (or failure reason) dict of ``stream_features``."""
+    family -> Feature (or failure reason) dict of ``stream_features``; ``stats``, when given,
+    receives per stream what its confidence was computed from (fit.fit_stats)."""
     warnings = warnings or {}
     order, cyclic = _order(plan.specs)
     results: dict[str, SyncResult] = {}
@@ -409,7 +410,8 @@ def sync_session(plan: SessionSync, features: dict[tuple[str, float], dict],
         t_mid = int(some.times_ns([len(some.values) / 2])[0])
         common = dict(engine=spec.engine, band_s=spec.band_s, max_offset_s=spec.max_offset_s,
                       prior_offset_ns=prior_offset_ns(declared, plan.declared[ref], t_mid),
-                      max_drift=spec.max_drift_ppm * 1e-6, stream_id=sid, reference=ref)
+                      max_drift=spec.max_drift_ppm * 1e-6, stream_id=sid, reference=ref,
+                      stats=stats.setdefault(sid, {}) if stats is not None else None)
         try:
             if isinstance(mine, dict):
                 mods = (plan.needs[sid].modality, plan.needs[ref].modality)
