@@ -14,10 +14,10 @@ no fallback, and every interior tick of the recorder ``ok`` with coverage 1 (not
 ``partial_window``: the window and its coverage are measured on the same clock).
 
 Issue 15, the hard pairs: subtitles from our own forced alignment (cues touching) against
-real speech on another clock (offset and rate ratios 1.001, 25/23.976, 0.96), and a camera
+real speech on another clock (offsets and rate ratios 1, 1.001, 25/23.976, 0.96), and a camera
 turning smoothly in front of a real photo (opencv-doc) against a gyro on its own clock (rotated
-axes, bias, noise, drift up to 2000 ppm). Thresholds: measured by
-benchmarks/bench_sync_real.py (README "Clock sync (DTW)"), with headroom.
+axes, bias, noise, drift up to 2000 ppm). The thresholds are the issue's targets; the errors
+measured by benchmarks/bench_sync_real.py (README "Clock sync (DTW)") are well inside them.
 """
 
 from __future__ import annotations
@@ -29,12 +29,18 @@ import yaml
 
 from mmalign.schemas.manifest import load_manifest
 from mmalign.transforms.clock.features import NS
+from tests.media import write_srt
+from tests.opencv_doc_data import opencv_doc_data
 from tests.sync_media import (
     Clock,
+    Motion,
     camera_mp4,
     features_in_process,
+    forced_alignment,
+    gyro_csv,
     recorder,
     recorder_ticks,
+    render_rotation_video,
     speech_scene,
     sync_in_process,
 )
@@ -146,3 +152,87 @@ def test_recorder_interior_ticks_are_ok(long_session, k):
     outside = (t - w // 2 + w <= lo) | (t - w // 2 >= hi)
     assert set(st[outside]) <= {"out_of_range"}
     assert set(st[~inside & ~outside]) <= {"partial_window"}
+
+
+# ---------------------------------------------------------------- issue 15: subtitles, camera
+
+# (rate ratio t_audio / t_subtitle, offset s): frame-rate conversions and a crystal
+SUB_CASES = [(25 / 23.976, -3.4), (0.96, 4.1), (1.001, -1.7), (1.0, 2.6)]
+
+
+@pytest.fixture(scope="module")
+def subtitle_session(tmp_path_factory):
+    """90 s of speech (16 kHz, 6 s of room tone first) and, per case, the subtitles of our
+    forced alignment (touching cues) put on another clock; one manifest, all synced to the
+    audio. Returns ({stream: SyncResult}, true cue starts, {stream: subtitle cue starts})."""
+    folder = tmp_path_factory.mktemp("subs")
+    scene = speech_scene(3, 90.0, sr=16000, sound_every_s=15.0, floor_db=-55.0, lead_s=6.0)
+    sf.write(folder / "speech.wav", scene.pcm, 16000, subtype="PCM_16")
+    cues = forced_alignment(scene)
+    assert all(a[1] == b[0] for a, b in zip(cues, cues[1:]))         # they touch
+    streams = [{"id": "audio", "modality": "audio", "files": ["speech.wav"]}]
+    truth, starts = {}, {}
+    for k, (ratio, off) in enumerate(SUB_CASES):
+        sub = [((a - off) / ratio, (b - off) / ratio, txt) for a, b, txt in cues]
+        keep = [i for i, c in enumerate(sub) if c[0] >= 0]
+        write_srt(folder / f"subs{k}.srt", [(round(sub[i][0] * 1000), round(sub[i][1] * 1000),
+                                              sub[i][2]) for i in keep])
+        streams.append({"id": f"subs{k}", "modality": "text", "files": [f"subs{k}.srt"],
+                        "sync": {"reference": "audio"}})
+        truth[f"subs{k}"] = np.array([cues[i][0] for i in keep])
+        starts[f"subs{k}"] = np.array([round(sub[i][0] * 1000) for i in keep], np.int64)
+    man = write_manifest(folder, "subs", streams)
+    return sync_in_process(man), truth, starts
+
+
+@pytest.mark.parametrize("k", range(len(SUB_CASES)),
+                         ids=[f"ratio{r:.4f}{o:+.1f}s" for r, o in SUB_CASES])
+def test_touching_subtitles_against_real_speech(subtitle_session, k):
+    """Measured (benchmarks/bench_sync_real.py): median cue error 8-10 ms at every ratio;
+    the issue's target is 50 ms."""
+    res, truth, starts = subtitle_session
+    r = res[f"subs{k}"]
+    assert not r.fell_back, r.reason
+    got = r.model.to_ref(starts[f"subs{k}"] * 1_000_000) / NS
+    err = np.abs(got - truth[f"subs{k}"]) * 1e3
+    assert np.median(err) < 50.0, (np.median(err), r.model)
+    assert np.percentile(err, 90) < 150.0, np.percentile(err, 90)
+    ratio = SUB_CASES[k][0]
+    assert abs(r.model.drift_ppm - (ratio - 1) * 1e6) < 1000.0     # 1 ms per second
+
+
+GYRO_CLOCKS = [Clock(-2.7, 2000.0), Clock(2.9, -2000.0), Clock(0.6, -700.0)]
+FPS, CAM_S = 30.0, 40.0
+
+
+@pytest.fixture(scope="module")
+def gyro_session(tmp_path_factory):
+    """A camera turning smoothly in front of a real photo (no impacts), 40 s at 30 fps, and
+    a gyro per clock (200 Hz, its axes rotated from the camera's, bias, noise) synced to it."""
+    import cv2
+    folder = tmp_path_factory.mktemp("gyro")
+    photo = cv2.imread(str(opencv_doc_data() / "graf1.png"))
+    mot = Motion.random(5)
+    render_rotation_video(folder / "rot.mp4", photo, mot, FPS, CAM_S)
+    streams = [{"id": "cam", "modality": "video", "files": ["rot.mp4"]}]
+    for k, clk in enumerate(GYRO_CLOCKS):
+        gyro_csv(folder / f"gyro{k}.csv", mot, clk, 200.0, clk.dev(-4.0), CAM_S + 8.0, seed=k)
+        streams.append({"id": f"imu{k}", "modality": "sensor", "files": [f"gyro{k}.csv"],
+                        "options": {"time_column": "t_ns", "time_unit": "ns"},
+                        "sync": {"reference": "cam"}})
+    return sync_in_process(write_manifest(folder, "gyro", streams))
+
+
+@pytest.mark.parametrize("k", range(len(GYRO_CLOCKS)),
+                         ids=[f"{c.offset_s:+.1f}s{c.drift_ppm:+.0f}ppm" for c in GYRO_CLOCKS])
+def test_smooth_camera_motion_against_a_gyro(gyro_session, k):
+    """Measured (benchmarks/bench_sync_real.py): 2-3 ms (< 0.1 frame); the issue's target is
+    one frame and 50 ppm."""
+    r = gyro_session[f"imu{k}"]
+    clk = GYRO_CLOCKS[k]
+    assert not r.fell_back, r.reason
+    t = clk.dev(np.linspace(0.5, CAM_S - 0.5, 80))
+    got = r.model.to_ref(np.rint(t * NS).astype(np.int64)) / NS
+    err_ms = float(np.max(np.abs(got - clk.ref(t)))) * 1e3
+    assert err_ms < 1e3 / FPS, err_ms
+    assert abs(r.model.drift_ppm - clk.drift_ppm) < 50.0, r.model.drift_ppm

@@ -460,8 +460,12 @@ def estimate_signals(ref_set: dict, dev_set: dict, pairs: list[Pair], *,
     good.sort(key=lambda c: -c.score)
     best = good[0]
     span = ctx.dev_span
+    # another candidate is a different fit when it parts from the best by more than the
+    # tolerance of the best's landmarks (subtitle boundaries: their place in a pause)
+    kinds = {int(k) for k in best.pairs.kind[best.fit.inliers]}
+    apart = max([0.05] + [TOL0[k] for k in kinds])
     others = [c for c in good[1:] if max(abs(c.fit.line.offset(t) - best.fit.line.offset(t))
-                                         for t in span) > 0.05]
+                                         for t in span) > apart]
     second = others[0].score if others else 0.0
     margin = float(np.clip(1.0 - second / best.score, 0.0, 1.0)) if best.score > 0 else 0.0
     return _result(best, margin, ctx, pairs, o_dev, o_ref, prior_offset_ns, stream_id,
