@@ -102,3 +102,44 @@ def test_app_command_is_a_valid_mmalign_flink_run(services) -> None:
     data = {v.split(":")[1] for v in app["volumes"] if v.startswith("data:")}
     assert any(out.is_relative_to(d) for d in data)
     assert data <= {v.split(":")[1] for v in services["beam-worker-pool"]["volumes"]}
+
+
+def test_observability_services_are_wired(services) -> None:
+    """Prometheus reads deploy/prometheus (its scrape targets are the compose services' metrics
+    ports), Grafana is provisioned from deploy/grafana, the app pushes to the Pushgateway and
+    the stream service serves /metrics where Prometheus scrapes it."""
+    prom = services["prometheus"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prom["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
+    cfg = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    for rule_file in cfg["rule_files"]:
+        assert (ROOT / "deploy" / "prometheus" / rule_file).is_file()
+    targets = {j["job_name"]: j["static_configs"][0]["targets"][0]
+               for j in cfg["scrape_configs"]}
+    assert _published(prom)[9090] == 9090
+    gw_host, gw_port = targets["pushgateway"].split(":")
+    assert gw_host in services and int(gw_port) in _published(services[gw_host])
+
+    app = build_parser().parse_args(services["app"]["command"])
+    assert app.pushgateway == f"http://{targets['pushgateway']}"
+    assert "pushgateway" in services["app"]["depends_on"]
+
+    st = services["stream"]
+    ns = build_parser().parse_args(st["command"])
+    assert ns.command == "stream"
+    host, port = targets["mmalign-stream"].split(":")
+    # the stream service lives in the taskmanager's network: scraped under that name
+    assert st["network_mode"] == f"service:{host}" and ns.metrics_port[1] == int(port)
+    assert services["app"]["environment"] == st["environment"]
+
+    graf = services["grafana"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in graf["volumes"]}
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    prov = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/mmalign.yml")
+                          .read_text())["providers"][0]
+    assert mounts["./deploy/grafana/dashboards"] == prov["options"]["path"]
+    ds = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml")
+                        .read_text())["datasources"][0]
+    assert ds["url"] == "http://prometheus:9090"
+    for path in (ROOT / "deploy" / "grafana").rglob("*"):
+        assert path.is_dir() or path.suffix in (".json", ".yml"), path
