@@ -3,6 +3,7 @@ batch size, same device (CUDA when present), same frames. Goal (issue 4): >= 0.9
 GPU, >= 0.8 on CPU.
 
     python benchmarks/bench_encoders.py [--frames 1024] [--small 256] [--batch 64] [--bucket 256]
+                                        [--name efficientnet-lite0-imagenet | random-projection]
                                         [--frame-size 320x240] [--repeat 5] [--quick]
                                         [--device auto] [--precision auto]
 
@@ -227,7 +228,12 @@ def main() -> None:
     ap.add_argument("--bucket", type=int, default=256,
                     help="rows per aligned table (10 s buckets at 30 fps are 300)")
     ap.add_argument("--frame-size", default="320x240", help="WxH of the video's frames")
-    ap.add_argument("--size", type=int, default=112, help="model input side")
+    ap.add_argument("--size", type=int, default=None,
+                    help="model input side (default: the encoder's own: 224 for "
+                         "efficientnet-lite0-imagenet, 112 for random-projection)")
+    ap.add_argument("--name", default=None,
+                    help="built-in video encoder (default: the default, "
+                         "efficientnet-lite0-imagenet; or random-projection)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
     ap.add_argument("--repeat", type=int, default=5, help="rounds")
@@ -242,9 +248,11 @@ def main() -> None:
     width, height = (int(v) for v in args.frame_size.lower().split("x"))
     try:
         cfg = EncoderConfig(modality="video", device=args.device, precision=args.precision,
-                            min_batch_size=batch, max_batch_size=batch,
-                            kwargs={"size": args.size})
+                            min_batch_size=batch, max_batch_size=batch, name=args.name,
+                            kwargs={} if args.size is None else {"size": args.size})
         runner = load_runner(cfg)
+        args.size = runner.encoder.preprocess["size"]
+        print(f"encoder {runner.encoder.model_id}, input {args.size}x{args.size}")
     except ValueError as e:
         ap.error(str(e))
 

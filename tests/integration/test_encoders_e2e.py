@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from mmalign.encoders import audio, sensor
 from mmalign.encoders import feature_store as fs
 from mmalign.encoders.handlers import load_runner
 from mmalign.encoders.stage import encode_table, plan_encoders
@@ -45,6 +46,11 @@ def _with_encoders(manifest: Path, encoders: dict, name: str) -> Path:
     return out
 
 
+def _utc(t) -> pd.Timestamp:
+    ts = pd.Timestamp(t)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("enc_e2e")
@@ -68,8 +74,9 @@ def test_embedding_columns_in_the_aligned_parquet(run):
         typ = t.schema.field(f"{s}__emb").type
         assert pa.types.is_fixed_size_list(typ) and typ.value_type == pa.float32()
         dims[s] = typ.list_size
-    assert dims == {"cam0": 128, "cam0_audio": 128, "cam1": 128, "mic": 128,
-                    "transcript": 384, "imu": 64}
+    # the defaults: EfficientNet-Lite0 (ImageNet), logmel-stats, MiniLM, sensor-stats (6 ch)
+    assert dims == {"cam0": 1280, "cam0_audio": 3 * audio.N_MELS + 1, "cam1": 1280,
+                    "mic": 3 * audio.N_MELS + 1, "transcript": 384, "imu": sensor.stats_dim(6)}
     assert t.schema.field("fused__emb").type.list_size == sum(dims.values())
     for r in rows:
         for s in STREAMS:
@@ -100,9 +107,10 @@ def test_online_and_point_in_time_reads_equal_the_parquet(run):
     assert_online_holds(fs.read_online(store, ["enc-001"]), last, STREAMS)
 
     picks = [rows[3], rows[len(rows) // 2], rows[-2]]
+    # Feast's timestamp is tick_time (the session's wall-clock start + tick_ns), 1 ms after
     entity = pd.DataFrame({"session_id": ["enc-001"] * 3,
-                           "event_timestamp": pd.to_datetime(
-                               [r["tick_ns"] + 1_000_000 for r in picks], utc=True)})
+                           "event_timestamp": [_utc(r["tick_time"]) + pd.Timedelta(1, "ms")
+                                               for r in picks]})
     df = fs.read_historical(store, entity).sort_values("event_timestamp")
     assert df["tick_ns"].tolist() == [r["tick_ns"] for r in picks]
     for (_, h), r in zip(df.iterrows(), picks):
@@ -121,8 +129,9 @@ def test_features_cli(run, capsys):
     np.testing.assert_array_equal(np.array(row["cam0__emb"], np.float32),
                                   np.array(rows[-1]["cam0__emb"], np.float32))
     mid = rows[len(rows) // 2]
+    at = _utc(mid["tick_time"]) + pd.Timedelta(10, "ns")
     assert features_cli.main(["features", "get", "--repo", repo, "--session", "enc-001",
-                              "--at", str(mid["tick_ns"] + 10)]) == 0
+                              "--at", str(at.value)]) == 0
     out = capsys.readouterr().out
     assert f"tick_ns {mid['tick_ns']}" in out and "cam1" in out
     assert features_cli.main(["features", "get", "--repo", repo, "--session", "nobody"]) == 1

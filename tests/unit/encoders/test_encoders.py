@@ -104,6 +104,13 @@ def test_video_default_is_pretrained_imagenet_efficientnet_lite0(frames):
     names = [labels[i].split(",")[0].strip() for i in top]
     assert names == list(IMAGENET.values()), names
     assert torch.equal(emb, emb_b)
+    # BatchNorms folded + channels-last: the package's own network, unfolded, agrees
+    from efficientnet_lite_pytorch import EfficientNet
+    ref = EfficientNet.from_name("efficientnet-lite0")
+    ref.load_state_dict(torch.load(video.efficientnet_lite0_weights(), weights_only=True))
+    with torch.inference_mode():
+        want = ref.eval()(torch.addcmul(a.model.shift, x, a.model.scale))
+    torch.testing.assert_close(a.model.logits(x), want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
 
 
