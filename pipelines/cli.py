@@ -31,6 +31,7 @@ from mmalign.pipelines.sample_recording import (
     generate_from_args,
     generate_recording,
 )
+from mmalign.pipelines.search import add_parser as add_search
 from mmalign.pipelines.summary import render
 from mmalign.pipelines.view import add_arguments as add_view_arguments
 from mmalign.pipelines.view import cmd_view
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_view)
 
     add_features(sub)
+    add_search(sub)
     add_kafka_commands(sub)
     return ap
 

@@ -168,3 +168,39 @@ def test_a_text_query_retrieves_the_matching_transcript_cue():
     print(f"text: top-1 {hits.tolist()} want {list(QUERIES.values())}, margins "
           f"{[round(m, 3) for m in margins]}")
     assert list(hits) == list(QUERIES.values())
+
+
+def test_mmalign_search_text_finds_the_transcript_ticks(tmp_path):
+    """`mmalign search --text` over an aligned output whose transcript ticks (two sessions,
+    the cues above split between them, each cue over 3 ticks) carry MiniLM embeddings: every
+    query's top 3 are the 3 ticks of its cue."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmalign.pipelines import search
+
+    enc = build_encoder(EncoderConfig(modality="text", device="cpu"))
+    with torch.inference_mode():
+        vecs = enc.model(CUES).numpy()
+    where = {}
+    for half, session in enumerate(("talk-a", "talk-b")):
+        idx = [i for i in range(len(CUES)) if i % 2 == half]
+        ticks = np.arange(3 * len(idx), dtype=np.int64) * 100_000_000
+        cue_of_tick = np.repeat(idx, 3)
+        for t, c in zip(ticks, cue_of_tick):
+            where.setdefault(int(c), set()).add((session, int(t)))
+        folder = tmp_path / "aligned" / session
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({
+            "session_id": [session] * len(ticks), "tick_ns": ticks,
+            "tick_time": pa.array(ticks, pa.timestamp("ns", "UTC")),
+            "transcript__text": [CUES[c] for c in cue_of_tick],
+            "transcript__emb": pa.FixedSizeListArray.from_arrays(
+                pa.array(vecs[cue_of_tick].reshape(-1)), vecs.shape[1]),
+            "transcript__model_id": [enc.model_id] * len(ticks)}),
+            folder / "part-00000000.parquet")
+    for query, cue in QUERIES.items():
+        res = search.search(str(tmp_path), text=query, k=3)
+        got = {(r["session_id"], r["tick_ns"]) for r in res["results"]}
+        print(f"search {query!r}: {[round(r['score'], 3) for r in res['results']]}")
+        assert res["stream"] == "transcript" and got == where[cue], (query, res["results"])
