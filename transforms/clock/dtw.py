@@ -77,6 +77,10 @@ def check_band(lo: np.ndarray, hi: np.ndarray, m: int) -> None:
 
 @njit(nogil=True)
 def _banded_kernel(x, y, lo, hi, metric_sq, want_path):
+    """Cost of the band's last cell and one step byte per band cell (0 start, 1 diagonal,
+    2 up, 3 left). The previous row lives in ``pbuf`` (``pbuf[k + 1] = D(i-1, plo + k)``, inf
+    outside its window: only the cells a row left behind are reset); the step choice is made
+    with selects, not branches (ties: diagonal, then up, then left)."""
     n = x.shape[0]
     inf = np.inf
     width = 0
@@ -86,7 +90,6 @@ def _banded_kernel(x, y, lo, hi, metric_sq, want_path):
         if i > 0:
             jump = max(jump, lo[i] - lo[i - 1])
     size = width + jump + 2
-    # pbuf[k + 1] = D(i-1, plo + k); inf outside the previous row's window
     pbuf = np.full(size, inf)
     cur = np.empty(width)
     if want_path:
@@ -94,34 +97,48 @@ def _banded_kernel(x, y, lo, hi, metric_sq, want_path):
     else:
         steps = np.zeros((1, 1), dtype=np.uint8)
     plo = 0
+    pw = 0                                  # pbuf[q] is inf for q > pw (and q == 0)
     for i in range(n):
         a = lo[i]
         b = hi[i]
         xi = x[i]
         left = inf
+        k0 = a - plo
         for j in range(a, b):
             d = xi - y[j]
             c = d * d if metric_sq else abs(d)
-            k = j - plo
+            k = j - a + k0
             diag = pbuf[k]
             up = pbuf[k + 1]
-            best = diag
-            step = 1
-            if up < best:
-                best = up
-                step = 2
-            if left < best:
-                best = left
-                step = 3
-            if i == 0 and j == 0:
-                best = 0.0
-                step = 0
+            t1 = up < diag
+            best = up if t1 else diag
+            step = np.uint8(2) if t1 else np.uint8(1)
+            t2 = left < best
+            best = left if t2 else best
+            step = np.uint8(3) if t2 else step
             left = best + c
             cur[j - a] = left
             if want_path:
                 steps[i, j - a] = step
-        pbuf[:] = inf
-        pbuf[1:b - a + 1] = cur[:b - a]
+        if i == 0:
+            # (0, 0) costs its local cost only; the rest of row 0 comes from the left
+            d = xi - y[0]
+            left = d * d if metric_sq else abs(d)
+            cur[0] = left
+            if want_path:
+                steps[0, 0] = 0
+            for j in range(a + 1, b):
+                d = xi - y[j]
+                left = left + (d * d if metric_sq else abs(d))
+                cur[j - a] = left
+                if want_path:
+                    steps[0, j - a] = 3
+        w = b - a
+        for q in range(w):
+            pbuf[q + 1] = cur[q]
+        for q in range(w + 1, pw + 1):
+            pbuf[q] = inf
+        pw = w
         plo = a
     cost = cur[hi[n - 1] - 1 - lo[n - 1]]
     return cost, steps
