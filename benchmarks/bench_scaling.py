@@ -2,17 +2,29 @@
 ``--parallelism``) and on the local runner (``--direct_num_workers``, multi-processing).
 
     python benchmarks/bench_scaling.py [--sessions 2] [--duration 12] [--quick]
+    python benchmarks/bench_scaling.py --growth 12 48 192 [--growth-workers 1 2]
 
 Work is partitioned by (session, file) for decoding and by (session, time bucket) for
 alignment, so with S sessions of D seconds and bucket width B there are S*ceil(D/B) align
 keys. Prints wall time per setting and the speed-up (1-worker time / 2-worker time), and
 checks that every run wrote the same aligned rows.
+
+``--growth D1 D2 ...``: the cost-growth table. One generated recording per duration (seconds;
+generated first, untimed), each backfilled in a fresh child process (local DirectRunner, in
+process): wall time, CPU time (the child's and its children's), seconds per recorded second,
+and the child's peak resident memory (ru_maxrss, children included), so linear time shows as
+a flat s/recorded-s and flat memory as a flat peak. ``--growth-workers 1 2`` also runs the
+longest recording with the local runner in multi-processing mode at each worker count and
+prints the speed-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,12 +46,76 @@ def timed(manifests: list[Path], out: Path, runner: str, args: list[str]) -> tup
     return elapsed, read_aligned(out / "aligned").num_rows
 
 
+def child_run(manifest: str, out: str, workers: int) -> None:
+    """One backfill in this (fresh) process; prints its measurements as one JSON line."""
+    args = [] if workers == 0 else [f"--direct_num_workers={workers}",
+                                    "--direct_running_mode=multi_processing"]
+    c0 = os.times()
+    t0 = time.perf_counter()
+    summary = backfill.run([manifest], out, pipeline_args=args, run_id="growth")
+    wall = time.perf_counter() - t0
+    c1 = os.times()
+    cpu = (c1.user - c0.user) + (c1.system - c0.system) + \
+        (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print(json.dumps({"wall": wall, "cpu": cpu, "peak_mb": peak_kb / 1024,
+                      "rows": summary["aligned_rows"]}))
+
+
+def in_child(manifest: Path, out: Path, workers: int) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--child", str(manifest), str(out),
+                          str(workers)], check=True, capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def growth(durations: list[float], workers: list[int]) -> int:
+    print(f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; cost growth, local "
+          f"DirectRunner in a fresh process per run")
+    print(f"{'recording s':>12} {'wall s':>8} {'cpu s':>8} {'wall s / rec s':>15} "
+          f"{'peak MB':>8} {'rows':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        manifests = {}
+        for d in durations:
+            manifests[d] = generate_recording(Path(tmp) / f"rec{d:g}", duration_s=d,
+                                              session=f"growth-{d:g}")
+            r = in_child(manifests[d], Path(tmp) / f"out{d:g}", 0)
+            print(f"{d:12.0f} {r['wall']:8.1f} {r['cpu']:8.1f} {r['wall'] / d:15.3f} "
+                  f"{r['peak_mb']:8.0f} {r['rows']:7d}", flush=True)
+        if workers:
+            d = max(durations)
+            times, rows = {}, set()
+            for w in workers:
+                r = in_child(manifests[d], Path(tmp) / f"outw{w}", w)
+                times[w] = r["wall"]
+                rows.add(r["rows"])
+                print(f"{d:.0f} s recording, local runner multi-processing, {w} worker(s): "
+                      f"{r['wall']:.1f} s wall, {r['cpu']:.1f} s cpu, peak {r['peak_mb']:.0f} "
+                      f"MB, {r['rows']} rows", flush=True)
+            if len(workers) > 1:
+                print(f"speed-up {workers[0]} -> {workers[-1]} workers: "
+                      f"{times[workers[0]] / times[workers[-1]]:.2f}x")
+            if len(rows) != 1:
+                print(f"MISMATCH: aligned row counts differ between worker counts: {rows}")
+                return 1
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child_run(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=2)
     ap.add_argument("--duration", type=float, default=12.0)
     ap.add_argument("--quick", action="store_true", help="2 sessions x 6 s, Flink only")
+    ap.add_argument("--growth", type=float, nargs="+", metavar="SECONDS",
+                    help="cost-growth table over these recording durations (no Flink)")
+    ap.add_argument("--growth-workers", type=int, nargs="*", default=[],
+                    help="with --growth: local multi-processing runs of the longest recording")
     ns = ap.parse_args()
+    if ns.growth:
+        return growth(ns.growth, ns.growth_workers)
     sessions, duration = (2, 6.0) if ns.quick else (ns.sessions, ns.duration)
     settings = [("flink", 1, ["--parallelism=1"]), ("flink", 2, ["--parallelism=2"])]
     if not ns.quick:
