@@ -1,8 +1,9 @@
 """Dynamic time warping engines for DTW-sync.
 
 ``banded_dtw`` is the default engine: exact DTW restricted to a per-row window of columns
-(a Sakoe-Chiba band around a line), a numba-compiled dynamic programme that keeps two cost
-rows and one byte of back-pointer per band cell, so memory is O(n * band), never O(n * m).
+(a Sakoe-Chiba band around a line), a numba-compiled dynamic programme swept by
+anti-diagonals (vectorised inner loop) that keeps three cost anti-diagonals and one byte of
+back-pointer per band cell, so memory is O(n * band), never O(n * m).
 ``fastdtw_path`` wraps the ``fastdtw`` package (approximate, multiscale) as the selectable
 alternative. Both return a ``DTWResult`` with the path as two int64 index arrays.
 
@@ -75,77 +76,105 @@ def check_band(lo: np.ndarray, hi: np.ndarray, m: int) -> None:
         raise ValueError("band rows are disconnected (lo[i+1] > hi[i]); widen the band")
 
 
-@njit(nogil=True)
-def _banded_kernel(x, y, lo, hi, metric_sq, want_path):
-    """Cost of the band's last cell and one step byte per band cell (0 start, 1 diagonal,
-    2 up, 3 left). The previous row lives in ``pbuf`` (``pbuf[k + 1] = D(i-1, plo + k)``, inf
-    outside its window: only the cells a row left behind are reset); the step choice is made
-    with selects, not branches (ties: diagonal, then up, then left)."""
+@njit(nogil=True, boundscheck=False, error_model="numpy")
+def _banded_kernel(x, yr, lo, hi, metric_sq, want_path):
+    """Banded DTW swept by anti-diagonals d = i + j: a cell depends only on the two previous
+    anti-diagonals, so the inner loop has no carried dependency and vectorises. ``yr`` is ``y``
+    reversed (y[d - i] = yr[m - 1 - d + i], contiguous in i). Returns the cost of the last
+    cell, one step byte per band cell in anti-diagonal order (bit 0: up beat diagonal, bit 1:
+    left beat both; ties: diagonal, then up, then left) and, per anti-diagonal, its first row
+    and the offset of its bytes."""
     n = x.shape[0]
+    m = yr.shape[0]
+    nd = n + m - 1
     inf = np.inf
-    width = 0
-    jump = 0
-    for i in range(n):
-        width = max(width, hi[i] - lo[i])
-        if i > 0:
-            jump = max(jump, lo[i] - lo[i - 1])
-    size = width + jump + 2
-    pbuf = np.full(size, inf)
-    cur = np.empty(width)
-    if want_path:
-        steps = np.zeros((n, width), dtype=np.uint8)
-    else:
-        steps = np.zeros((1, 1), dtype=np.uint8)
-    plo = 0
-    pw = 0                                  # pbuf[q] is inf for q > pw (and q == 0)
-    for i in range(n):
-        a = lo[i]
-        b = hi[i]
-        xi = x[i]
-        left = inf
-        k0 = a - plo
-        for j in range(a, b):
-            d = xi - y[j]
-            c = d * d if metric_sq else abs(d)
-            k = j - a + k0
-            diag = pbuf[k]
-            up = pbuf[k + 1]
-            t1 = up < diag
-            best = up if t1 else diag
-            step = np.uint8(2) if t1 else np.uint8(1)
-            t2 = left < best
-            best = left if t2 else best
-            step = np.uint8(3) if t2 else step
-            left = best + c
-            cur[j - a] = left
-            if want_path:
-                steps[i, j - a] = step
-        if i == 0:
-            # (0, 0) costs its local cost only; the rest of row 0 comes from the left
-            d = xi - y[0]
-            left = d * d if metric_sq else abs(d)
-            cur[0] = left
-            if want_path:
-                steps[0, 0] = 0
-            for j in range(a + 1, b):
-                d = xi - y[j]
-                left = left + (d * d if metric_sq else abs(d))
-                cur[j - a] = left
-                if want_path:
-                    steps[0, j - a] = 3
+    # rows i of anti-diagonal d: lo[i] <= d - i < hi[i], a contiguous run [ilo[d], ihi[d])
+    # (i + lo[i] and i + hi[i] increase strictly); empty runs have ilo == ihi
+    ilo = np.empty(nd, np.int64)
+    ihi = np.empty(nd, np.int64)
+    off = np.empty(nd + 1, np.int64)
+    a = 0
+    b = 0
+    total = 0
+    for d in range(nd):
+        while a < n and a + hi[a] <= d:
+            a += 1
+        while b < n and b + lo[b] <= d:
+            b += 1
+        ilo[d] = a
+        ihi[d] = b
+        off[d] = total
+        total += b - a
+    off[nd] = total
+    # the last three anti-diagonals: buf[d % 3, i + 1] = D(i, d - i), inf around the run
+    buf = np.full((3, n + 2), inf)
+    steps = np.empty(total if want_path else 1, np.uint8)
+    c0 = x[0] - yr[m - 1]
+    buf[0, 1] = c0 * c0 if metric_sq else abs(c0)          # (0, 0): its local cost only
+    for d in range(1, nd):
+        a = ilo[d]
+        b = ihi[d]
         w = b - a
-        for q in range(w):
-            pbuf[q + 1] = cur[q]
-        for q in range(w + 1, pw + 1):
-            pbuf[q] = inf
-        pw = w
-        plo = a
-    cost = cur[hi[n - 1] - 1 - lo[n - 1]]
-    return cost, steps
+        cur = buf[d % 3]
+        p1 = buf[(d - 1) % 3]
+        xs = x[a:b]
+        ys = yr[m - 1 - d + a:m - 1 - d + b]
+        dg = buf[(d - 2) % 3, a:b]          # D(i-1, j-1)
+        up = p1[a:b]                        # D(i-1, j)
+        lf = p1[a + 1:b + 1]                # D(i, j-1)
+        out = cur[a + 1:b + 1]
+        if want_path:
+            st = steps[off[d]:off[d] + w]
+            if metric_sq:
+                for k in range(w):
+                    e = xs[k] - ys[k]
+                    g = dg[k]
+                    u = up[k]
+                    t1 = u < g
+                    best = u if t1 else g
+                    v = lf[k]
+                    t2 = v < best
+                    best = v if t2 else best
+                    out[k] = best + e * e
+                    st[k] = np.uint8(t1) | (np.uint8(t2) << np.uint8(1))
+            else:
+                for k in range(w):
+                    c = abs(xs[k] - ys[k])
+                    g = dg[k]
+                    u = up[k]
+                    t1 = u < g
+                    best = u if t1 else g
+                    v = lf[k]
+                    t2 = v < best
+                    best = v if t2 else best
+                    out[k] = best + c
+                    st[k] = np.uint8(t1) | (np.uint8(t2) << np.uint8(1))
+        elif metric_sq:
+            for k in range(w):
+                e = xs[k] - ys[k]
+                g = dg[k]
+                u = up[k]
+                best = u if u < g else g
+                v = lf[k]
+                best = v if v < best else best
+                out[k] = best + e * e
+        else:
+            for k in range(w):
+                g = dg[k]
+                u = up[k]
+                best = u if u < g else g
+                v = lf[k]
+                best = v if v < best else best
+                out[k] = best + abs(xs[k] - ys[k])
+        # the next two anti-diagonals read this one over rows [a - 1, b + 1) only
+        cur[a] = inf
+        cur[b + 1] = inf
+    cost = buf[(nd - 1) % 3, n]
+    return cost, steps, ilo, off
 
 
-@njit()
-def _backtrack(steps, lo, n, m):
+@njit(boundscheck=False)
+def _backtrack(steps, ilo, off, n, m):
     pi = np.empty(n + m, dtype=np.int64)
     pj = np.empty(n + m, dtype=np.int64)
     i = n - 1
@@ -155,15 +184,16 @@ def _backtrack(steps, lo, n, m):
         pi[k] = i
         pj[k] = j
         k += 1
-        s = steps[i, j - lo[i]]
-        if s == 0:
+        if i == 0 and j == 0:
             break
-        if s == 1:
-            i -= 1
+        d = i + j
+        s = steps[off[d] + i - ilo[d]]
+        if s >= 2:
             j -= 1
-        elif s == 2:
+        elif s == 1:
             i -= 1
         else:
+            i -= 1
             j -= 1
     return pi[:k][::-1].copy(), pj[:k][::-1].copy()
 
@@ -187,13 +217,14 @@ def banded_dtw(x, y, lo: np.ndarray | None = None, hi: np.ndarray | None = None,
     if len(lo) != n:
         raise ValueError(f"band has {len(lo)} rows but x has {n} samples")
     check_band(lo, hi, m)
-    cost, steps = _banded_kernel(x, y, lo, hi, metric == "sq", path)
+    yr = np.ascontiguousarray(y[::-1])
+    cost, steps, ilo, off = _banded_kernel(x, yr, lo, hi, metric == "sq", path)
     if not np.isfinite(cost):
         raise ValueError("no warping path fits in the band; widen it")
     if not path:
         empty = np.zeros(0, np.int64)
         return DTWResult(float(cost), empty, empty, "banded")
-    pi, pj = _backtrack(steps, lo, n, m)
+    pi, pj = _backtrack(steps, ilo, off, n, m)
     return DTWResult(float(cost), pi, pj, "banded")
 
 
