@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="sizes 1k and 10k only")
     ap.add_argument("--sizes", type=int, nargs="*", help="explicit sequence lengths")
     ap.add_argument("--band", type=int, default=100, help="Sakoe-Chiba half-width (samples)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="best of this many runs for the banded engine and dtaidistance")
     ap.add_argument("--fastdtw-limit", type=float, default=120.0,
                     help="skip a fastdtw run projected to take longer (s)")
     args = ap.parse_args(argv)
@@ -74,15 +76,16 @@ def main(argv=None) -> int:
     if dtai is not None:
         dtai.distance_fast(np.zeros(8), np.ones(8), window=3, use_pruning=False)
     rows, fast_time = [], {}
-    print(f"band half-width {w} samples; times are the best of 3 runs (1 for fastdtw at "
+    rp = max(1, args.repeat)
+    print(f"band half-width {w} samples; times are the best of {rp} runs (fastdtw: 3, 1 at "
           f">= 100k)\n")
     for n in sizes:
         x, y = sequences(n, w)
         rep = 3 if n <= 10_000 else 1
-        t_path, ours = timed(lambda x=x, y=y: banded_dtw(x, y, half_width=w), 3)
-        t_cost, _ = timed(lambda x=x, y=y: banded_dtw(x, y, half_width=w, path=False), 3)
+        t_path, ours = timed(lambda x=x, y=y: banded_dtw(x, y, half_width=w), rp)
+        t_cost, _ = timed(lambda x=x, y=y: banded_dtw(x, y, half_width=w, path=False), rp)
         t_sq, ours_sq = timed(
-            lambda x=x, y=y: banded_dtw(x, y, half_width=w, metric="sq", path=False), 3)
+            lambda x=x, y=y: banded_dtw(x, y, half_width=w, metric="sq", path=False), rp)
         exact_abs, exact_sq = ours.cost, math.sqrt(ours_sq.cost)
         lo, hi = diagonal_band(n, n, w)
         cells = int((hi - lo).sum())
@@ -94,12 +97,12 @@ def main(argv=None) -> int:
         rows.append((n, "banded cost only (x-y)^2", t_sq, t_sq / t_path, exact_sq, 0.0))
         if dtai is not None:
             t_d, d = timed(
-                lambda x=x, y=y: dtai.distance_fast(x, y, window=w + 1, use_pruning=False), 3)
+                lambda x=x, y=y: dtai.distance_fast(x, y, window=w + 1, use_pruning=False), rp)
             rows.append((n, "dtaidistance distance_fast", t_d, t_d / t_path, d,
                          (d - exact_sq) / exact_sq))
             try:
                 t_dp, (_, dp) = timed(lambda x=x, y=y: dtai.warping_path_fast(
-                    x, y, window=w + 1, include_distance=True), 3)
+                    x, y, window=w + 1, include_distance=True), rp)
                 rows.append((n, "dtaidistance warping_path_fast", t_dp, t_dp / t_path, dp,
                              (dp - exact_sq) / exact_sq))
             except MemoryError:

@@ -88,10 +88,9 @@ def _banded_kernel(x, yr, lo, hi, metric_sq, want_path):
     m = yr.shape[0]
     nd = n + m - 1
     inf = np.inf
-    # rows i of anti-diagonal d: lo[i] <= d - i < hi[i], a contiguous run [ilo[d], ihi[d])
-    # (i + lo[i] and i + hi[i] increase strictly); empty runs have ilo == ihi
+    # rows i of anti-diagonal d: lo[i] <= d - i < hi[i], a contiguous run [ilo[d], ilo[d] + w)
+    # (i + lo[i] and i + hi[i] increase strictly) with w = off[d + 1] - off[d], maybe 0
     ilo = np.empty(nd, np.int64)
-    ihi = np.empty(nd, np.int64)
     off = np.empty(nd + 1, np.int64)
     a = 0
     b = 0
@@ -102,7 +101,6 @@ def _banded_kernel(x, yr, lo, hi, metric_sq, want_path):
         while b < n and b + lo[b] <= d:
             b += 1
         ilo[d] = a
-        ihi[d] = b
         off[d] = total
         total += b - a
     off[nd] = total
@@ -113,8 +111,8 @@ def _banded_kernel(x, yr, lo, hi, metric_sq, want_path):
     buf[0, 1] = c0 * c0 if metric_sq else abs(c0)          # (0, 0): its local cost only
     for d in range(1, nd):
         a = ilo[d]
-        b = ihi[d]
-        w = b - a
+        w = off[d + 1] - off[d]
+        b = a + w
         cur = buf[d % 3]
         p1 = buf[(d - 1) % 3]
         xs = x[a:b]
