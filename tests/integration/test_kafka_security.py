@@ -77,7 +77,7 @@ def secured(request, tmp_path_factory):
     # short reconnect backoff so kafka-python's first attempts (which end in a plain disconnect)
     # do not back off past the broker's refusal
     bad_env = {**env, "MMALIGN_KAFKA_SASL_PLAIN_PASSWORD": WRONG,
-               "MMALIGN_KAFKA_BOOTSTRAP_TIMEOUT_MS": "20000",
+               "MMALIGN_KAFKA_BOOTSTRAP_TIMEOUT_MS": "60000",
                "MMALIGN_KAFKA_RECONNECT_BACKOFF_MAX_MS": "500"}
     cmds = {
         "bad-publish": ["publish", "--manifest", str(manifest)],
@@ -197,3 +197,112 @@ def test_load_settings_yaml_then_env_wins_and_redacted_masks(tmp_path):
     text = json.dumps(red)
     assert "env-pw" not in text and "file-pw" not in text and "key-pw" not in text
     assert s.common()["sasl_plain_password"] == "env-pw"      # redacted() copies, never mutates
+
+
+# -- a client.properties file, as Amazon MSK and Confluent Cloud hand them out -----------------
+
+CLIENT_PROPERTIES = """\
+# Amazon MSK, SASL/SCRAM (client.properties as in the MSK developer guide; the trust store
+# exported to PEM, which is what kafka-python reads)
+bootstrap.servers={bootstrap}
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+ssl.truststore.location={ca}
+ssl.truststore.type=PEM
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required \\
+    username="{user}" \\
+    password="{password}";
+
+# What Confluent Cloud's Java client snippet adds
+# Required for correctness in Apache Kafka clients prior to 2.6
+client.dns.lookup=use_all_dns_ips
+# Best practice for higher availability in Apache Kafka clients prior to 3.0
+session.timeout.ms=45000
+# Best practice for Kafka producer to prevent data loss
+acks=all
+# Required connection configs for Confluent Cloud Schema Registry
+schema.registry.url=https://psrc-00000.europe-west4.gcp.confluent.cloud
+basic.auth.credentials.source=USER_INFO
+basic.auth.user.info=SRKEY:sr-Secret-0000
+"""
+
+
+@pytest.fixture(scope="module")
+def properties_run(scram_tls_kafka_broker, tmp_path_factory):
+    """publish -> stream -> deadletter inspect as subprocesses with the SASL_SSL/SCRAM broker's
+    settings ONLY in a client.properties file (--kafka-config); topics as -X mmalign keys;
+    then one inspect with a file holding a wrong password."""
+    broker = scram_tls_kafka_broker
+    password = broker.sasl_users[USER]
+    tmp = tmp_path_factory.mktemp("props")
+    manifest = generate_recording(tmp / "rec", seed=13, duration_s=6.0)
+    backfill.run([manifest], tmp / "batch", run_id="batch")
+    tag = uuid.uuid4().hex[:8]
+    topics = [f"-Xmmalign.topic.{m}={t}.{tag}" for m, t in MODALITY_TOPICS.items()]
+    topics.append(f"--kafka-property=mmalign.deadletter.topic=dlq.{tag}")
+    for t in [*(f"{t}.{tag}" for t in MODALITY_TOPICS.values()), f"dlq.{tag}"]:
+        broker.create_topic(t, 1)
+    conf = tmp / "secrets" / "client.properties"
+    conf.parent.mkdir()
+    conf.write_text(CLIENT_PROPERTIES.format(bootstrap=broker.bootstrap_servers, ca=broker.ca_file,
+                                             user=USER, password=password))
+    bad = tmp / "secrets" / "wrong.properties"
+    bad.write_text(CLIENT_PROPERTIES.format(bootstrap=broker.bootstrap_servers, ca=broker.ca_file,
+                                            user=USER, password=WRONG))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMALIGN_KAFKA_")}
+    kafka = ["--kafka-config", str(conf), *topics]
+    procs = {
+        "publish": _mmalign("-v", "publish", "--manifest", manifest, "--json", *kafka, env=env),
+        "stream": _mmalign("stream", "--manifest", manifest, "--out", tmp / "stream",
+                           "--group-id", f"g-{tag}", "--stop-after-idle", "3", "--json",
+                           *kafka, env=env),
+        "inspect": _mmalign("-v", "deadletter", "inspect", "--json", *kafka, env=env),
+        "bad-inspect": _mmalign("deadletter", "inspect", "--timeout", "2", "--kafka-config",
+                                bad, "-X", "bootstrap_timeout_ms=60000",
+                                "-X", "reconnect.backoff.max.ms=500", *topics, env=env),
+    }
+    return {"tmp": tmp, "procs": procs, "password": password, "conf": conf, "bad": bad}
+
+
+@pytest.mark.slow
+def test_client_properties_file_runs_publish_stream_inspect(properties_run):
+    procs, tmp = properties_run["procs"], properties_run["tmp"]
+    for name in ("publish", "stream", "inspect"):
+        assert procs[name].returncode == 0, f"{name}: {procs[name].stderr[-2000:]}"
+    assert_rows_equal(read_aligned(tmp / "stream" / "aligned"),
+                      read_aligned(tmp / "batch" / "aligned"))
+    kafka = json.loads(procs["stream"].stdout)["kafka"]
+    assert kafka["client"] == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                               "ssl_cafile": kafka["client"]["ssl_cafile"],
+                               "sasl_plain_username": USER, "sasl_plain_password": "***",
+                               "client_dns_lookup": "use_all_dns_ips"}
+    conf = properties_run["conf"]
+    assert kafka["sources"]["sasl_plain_password"] == f"sasl.jaas.config in {conf}:8"
+    assert kafka["sources"]["ssl_cafile"] == f"ssl.truststore.location in {conf}:6"
+    assert set(kafka["ignored"]) == {"session.timeout.ms", "acks", "schema.registry.url",
+                                     "basic.auth.credentials.source", "basic.auth.user.info"}
+    expected = read_dead_letters(tmp / "batch" / "deadletter").num_rows
+    assert json.loads(procs["inspect"].stdout)["records"] == expected
+
+
+@pytest.mark.slow
+def test_client_properties_wrong_password_names_the_file_line(properties_run):
+    p = properties_run["procs"]["bad-inspect"]
+    err = p.stderr.strip()
+    assert p.returncode == 1 and len(err.splitlines()) == 1, err[-1000:]
+    assert f"refused the SCRAM-SHA-512 login of user '{USER}'" in err
+    assert err.endswith(f"check sasl.jaas.config in {properties_run['bad']}:8")
+    assert WRONG not in err + p.stdout
+
+
+@pytest.mark.slow
+def test_client_properties_secrets_never_leave_the_file(properties_run):
+    secrets = (properties_run["password"], "sr-Secret-0000")
+    for name, p in properties_run["procs"].items():
+        for s in secrets:
+            assert s not in p.stdout and s not in p.stderr, name
+    assert "kafka." in properties_run["procs"]["publish"].stderr       # -v showed the logs
+    leaked = [f for f in Path(properties_run["tmp"]).rglob("*")
+              if f.is_file() and f.parent.name != "secrets"
+              and any(s.encode() in f.read_bytes() for s in secrets)]
+    assert leaked == []
