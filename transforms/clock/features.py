@@ -217,16 +217,33 @@ def _impulses(t_ns, values, rate_hz: float, name: str) -> Feature:
 
 
 def coarsen(b: Binned, factor: int = FINE) -> Binned:
-    """Fine bins summed into grid bins (fine bin k -> grid bin floor((k + factor/2) / factor))."""
-    first = (b.start + factor // 2) // factor
-    pad = b.start + factor // 2 - first * factor
-    n = -(-(pad + len(b.count)) // factor)
-    sums = np.zeros((n * factor, b.sums.shape[1]))
-    count = np.zeros(n * factor)
-    sums[pad:pad + len(b.count)] = b.sums
-    count[pad:pad + len(b.count)] = b.count
-    return Binned(first, sums.reshape(n, factor, -1).sum(axis=1), count.reshape(n, factor).sum(1),
-                  b.names)
+    """Fine bins summed into grid bins centred on the grid points: grid bin g covers
+    [g - 1/2, g + 1/2) grid steps. Fine bin k covers [k - 1/2, k + 1/2) fine steps, so with an
+    even ``factor`` the two fine bins astride a grid bin's edges (k = g * factor +- factor / 2)
+    are split half and half between the two grid bins (an odd ``factor`` tiles exactly).
+    Summing whole fine bins ``g * factor - factor/2 .. g * factor + factor/2 - 1`` instead would
+    centre grid bin g half a fine bin early (0.5 ms at 100 Hz): every feature made from it,
+    voice-activity edges and sensor channels, would read late by that much."""
+    half = factor // 2
+    first = -((-(b.start - half)) // factor)       # ceil((start - half) / factor)
+    last = (b.start + len(b.count) - 1 + half) // factor
+    n = last - first + 1
+    # fine bin index relative to the first grid bin's first fine bin
+    off = b.start - (first * factor - half)
+    size = (n + 1) * factor
+    sums = np.zeros((size, b.sums.shape[1]))
+    count = np.zeros(size)
+    sums[off:off + len(b.count)] = b.sums
+    count[off:off + len(b.count)] = b.count
+    w = np.ones(factor)
+    if factor % 2 == 0:
+        w[0] = 0.5                                   # fine bin g * factor - factor / 2
+    S = (sums[:n * factor].reshape(n, factor, -1) * w[None, :, None]).sum(axis=1)
+    C = (count[:n * factor].reshape(n, factor) * w[None, :]).sum(axis=1)
+    if factor % 2 == 0:                              # ... and g * factor + factor / 2
+        S += 0.5 * sums[factor:(n + 1) * factor:factor][:n]
+        C += 0.5 * count[factor:(n + 1) * factor:factor][:n]
+    return Binned(first, S, C, b.names)
 
 
 def _fine_times(b: Binned, rate_hz: float) -> np.ndarray:
@@ -276,10 +293,22 @@ def speech_activity(b: Binned, rate_hz: float, smooth_s: float = 0.25) -> Featur
                    "speech_activity")
 
 
+def moving_average(v: np.ndarray, seconds: float, rate_hz: float) -> np.ndarray:
+    """Moving average of ``v`` over ``seconds`` (n = round(seconds * rate_hz) samples), centred
+    on each sample. scipy's ``uniform_filter1d`` of an even size n averages samples
+    i - n/2 .. i + n/2 - 1, centred half a step *before* i, so every edge it smooths would read
+    half a grid step late (5 ms at 100 Hz); an even n is therefore the mean of that window and
+    the one a step later (weights 1/2, 1, ..., 1, 1/2 over n + 1 samples: length n, centred)."""
+    n = max(1, int(round(seconds * rate_hz)))
+    if n % 2:
+        return uniform_filter1d(v, n, mode="nearest")
+    return 0.5 * (uniform_filter1d(v, n, mode="nearest")
+                  + uniform_filter1d(v, n, mode="nearest", origin=-1))
+
+
 def two_level(v: np.ndarray, rate_hz: float, smooth_s: float) -> np.ndarray:
     """0/1: a moving average of ``v`` above the midpoint of its 10th and 90th percentiles."""
-    size = max(1, round(smooth_s * rate_hz))
-    s = uniform_filter1d(v, size, mode="nearest")
+    s = moving_average(v, smooth_s, rate_hz)
     lo, hi = np.percentile(s, [10, 90])
     if not hi > lo:
         return np.zeros_like(s)
@@ -502,9 +531,20 @@ def interp_grid(t_ns, values, rate_hz: float, name: str) -> Feature:
 
 
 def highpass(v: np.ndarray, rate_hz: float, seconds: float = HIGHPASS_S) -> np.ndarray:
-    """``v`` minus its moving average over ``seconds`` (along axis 0)."""
+    """``v`` minus its moving average over ``seconds`` (along axis 0), the average taken over
+    the samples that exist: near the ends the window shrinks to the part inside the stream.
+
+    Padding with the edge sample instead (``mode="nearest"``) gives that one sample up to half
+    the window's weight: the last ``seconds / 2`` of a stream are then distorted by whatever
+    value it ends on, unlike the same stretch of a longer stream that has samples beyond it
+    (a gyro recording past a camera's ends), and the windows there, the ones with the most
+    leverage on the drift, were timed off by several ms (drift errors of -40 to -100 ppm on a
+    60 s camera/gyro take, of the same sign whatever the gyro's clock)."""
+    v = np.asarray(v, np.float64)
     size = max(3, round(seconds * rate_hz) | 1)
-    return v - uniform_filter1d(v, size, axis=0, mode="nearest")
+    shape = (len(v),) + (1,) * (v.ndim - 1)
+    n = uniform_filter1d(np.ones(len(v)), size, mode="constant").reshape(shape)
+    return v - uniform_filter1d(v, size, axis=0, mode="constant") / n
 
 
 def _log_power(p: np.ndarray, below: float = 1e-3) -> np.ndarray:
@@ -536,7 +576,7 @@ def voice_activity(loud: np.ndarray, start: int, rate_hz: float,
     to a fraction of a grid step where the smoothed power crosses the threshold, are marks
     (+1 a rise, -1 a fall)."""
     size = max(1, round(smooth_s * rate_hz))
-    s = uniform_filter1d(loud, size, mode="nearest")
+    s = moving_average(loud, smooth_s, rate_hz)
     lo, hi = np.percentile(s, [10, 90])
     if not hi > lo:
         return Feature(np.zeros_like(s), start, rate_hz, "level", "speech_activity",

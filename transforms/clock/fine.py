@@ -389,10 +389,14 @@ def robust_fit(p: LandmarkPairs, tol_s: float | dict, max_drift: float, *,
             m = inl & (p.kind == k)
             if not m.any():
                 continue
-            r = y[m] - line.ref(x[m])
-            sd = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), 1e-7)
-            sigma[int(k)] = sd
-            w[m] = q[m] / sd ** 2
+            sigma[int(k)] = _robust_sd(y[m] - line.ref(x[m]))
+            # each source of a class (the feature pair that made it) weighted by its own
+            # spread: windows of per-axis motion are timed more precisely than those of the
+            # motion's magnitude, and should not count the same
+            for s in np.unique(p.src[m]):
+                ms = m & (p.src == s)
+                sd = _robust_sd(y[ms] - line.ref(x[ms])) if ms.sum() >= 5 else sigma[int(k)]
+                w[ms] = q[ms] / sd ** 2
         if np.ptp(x[inl]) > 0 and inl.sum() >= 3:
             A = np.column_stack([x[inl], np.ones(inl.sum())])
             sw = np.sqrt(w[inl])
@@ -408,6 +412,10 @@ def robust_fit(p: LandmarkPairs, tol_s: float | dict, max_drift: float, *,
     else:
         rms = float("inf")
     return Fit(line, inl, resid, rms, sigma)
+
+
+def _robust_sd(r: np.ndarray) -> float:
+    return max(1.4826 * float(np.median(np.abs(r - np.median(r)))), 1e-7)
 
 
 def axis_map(ref: np.ndarray, dev: np.ndarray) -> np.ndarray:

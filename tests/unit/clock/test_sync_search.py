@@ -180,3 +180,18 @@ def test_event_pairs_follow_the_line_when_the_dtw_path_wanders():
     assert _more_consistent(wander, line, 0.1, 0.0525) is line
     assert _more_consistent(line, wander, 0.1, 0.0525) is line
     assert _more_consistent(line, line, 0.1, 0.0525) is line            # a tie keeps the first
+
+
+def test_robust_fit_weights_each_source_by_its_own_spread():
+    """Two feature pairs give windows of the same class: one timed to 1 ms, one to 10 ms and
+    biased by +300 ppm. Each source is weighted by its own residual spread, so the line follows
+    the precise one (one weight for the class would split the difference: ~+150 ppm)."""
+    from mmalign.transforms.clock.fine import LandmarkPairs, robust_fit
+    rng = np.random.default_rng(4)
+    x = np.r_[np.linspace(0, 60, 60), np.linspace(0.5, 60.5, 60)]
+    y = x + 0.3 + np.r_[rng.normal(0, 0.001, 60), 300e-6 * (x[60:] - 30) + rng.normal(0, 0.01, 60)]
+    p = LandmarkPairs(x, y, np.ones(120), np.zeros(120, np.int64), 120,
+                      np.r_[np.zeros(60, np.int64), np.ones(60, np.int64)])
+    fit = robust_fit(p, 0.1, 0.01)
+    assert abs(fit.line.rho - 1.0) < 30e-6, (fit.line.rho - 1) * 1e6
+    assert fit.line.c == pytest.approx(0.3, abs=0.002)
