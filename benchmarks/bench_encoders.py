@@ -266,8 +266,10 @@ def main() -> None:
                                   if not runner.spec.is_cuda else 1024)
                  if args.batch == "auto" else int(args.batch))
         cfg = cfg.model_copy(update={"min_batch_size": batch, "max_batch_size": batch})
+        how = ("" if args.batch != "auto" else " (from free GPU memory)" if runner.spec.is_cuda
+               else " (auto: 64 on CPU)")
         print(f"encoder {runner.encoder.model_id}, input {args.size}x{args.size}, batch {batch}"
-              f"{' (from free memory)' if args.batch == 'auto' else ''}")
+              f"{how}")
     except ValueError as e:
         ap.error(str(e))
 
