@@ -408,24 +408,6 @@ def _inside_root(p: Path | UriPath, root: Path | UriPath) -> bool:
     return p == root or root in p.parents
 
 
-def _root(r: str, base_dir: str) -> Path | UriPath:
-    """An allowed root: a URI prefix, or a folder (relative ones to the manifest's folder)."""
-    if is_remote(r):
-        return UriPath(r)
-    if Path(r).is_absolute():
-        return Path(r).resolve()
-    if is_remote(base_dir):
-        return UriPath(base_dir) / r
-    return (Path(base_dir) / r).resolve()
-
-
-def _inside_root(p: Path | UriPath, root: Path | UriPath) -> bool:
-    """A remote path inside a URI prefix, or a local path inside a folder (never across)."""
-    if isinstance(p, UriPath) or isinstance(root, UriPath):
-        return isinstance(p, UriPath) and p.is_relative_to(root)
-    return p == root or root in p.parents
-
-
 # ---------------------------------------------------------------- reading YAML/JSON
 
 MAX_FILE_BYTES = 16 * 1024 * 1024      # manifests, calibrations and configs are small text
