@@ -21,14 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.manifest import Manifest
 from mmalign.schemas.sync import SyncEvidence, SyncResult
 from mmalign.transforms.clock.features import Feature, FeatureError, condition, default_family
 from mmalign.transforms.clock.sync import StreamNeed, chunk_partial, stream_features
-from mmalign.transforms.decode.stage import decode_file, manifest_requests
-from mmalign.transforms.validate.stage import validate_chunk
+from mmalign.transforms.decode.sources import valid_chunks
 
 DEFAULT_RATE_HZ = 100.0      # align-check's check-only estimates use SyncSpec's default rate
 
@@ -132,25 +130,15 @@ def stream_curves(manifest: Manifest, wanted: dict[str, set[tuple[float, str]]]
         chans = tuple(s.sync.channels) if s.sync is not None else ()
         needs[sid] = StreamNeed(s.modality, chans, {r: frozenset(f) for r, f in fams.items()})
     parts: dict[tuple[str, float], list] = defaultdict(list)
-    for req in manifest_requests(manifest):
-        s = req.stream
-        need = needs.get(s.id)
-        if need is None:
-            continue
-        for out in decode_file(s, req.path, session_id=manifest.session, roots=req.roots,
-                               time_offset_ns=req.time_offset_ns):
-            if isinstance(out, DeadLetter):
-                continue
-            good, _ = validate_chunk(out, s.options)
-            if good is None:
-                continue
-            for rate in need.families:
-                try:
-                    part = chunk_partial(good, need, rate)
-                except FeatureError as e:
-                    part = ("error", str(e))
-                if part is not None:
-                    parts[(s.id, rate)].append(part)
+    for req, good in valid_chunks(manifest, set(needs)):
+        need = needs[req.stream.id]
+        for rate in need.families:
+            try:
+                part = chunk_partial(good, need, rate)
+            except FeatureError as e:
+                part = ("error", str(e))
+            if part is not None:
+                parts[(req.stream.id, rate)].append(part)
     out: dict[tuple[str, float, str], Curve | str] = {}
     for sid, want in wanted.items():
         for rate, fam in want:

@@ -434,29 +434,18 @@ def features_in_process(manifest, declared: dict | None = None,
     validated, the sync stage's partials and features) without starting Beam."""
     from collections import defaultdict
 
-    from mmalign.deadletter.record import DeadLetter
     from mmalign.transforms.clock.sync import chunk_partial, plan_sync, stream_features
-    from mmalign.transforms.decode.stage import decode_file, manifest_requests
-    from mmalign.transforms.validate.stage import validate_chunk
+    from mmalign.transforms.decode.sources import valid_chunks
 
     plan = plan_sync(manifest, declared or {})
     parts: dict = defaultdict(list)
-    for req in manifest_requests(manifest):
-        s = req.stream
-        need = plan.needs.get(s.id)
-        if need is None or (only is not None and s.id not in only):
-            continue
-        for out in decode_file(s, req.path, session_id=manifest.session, roots=req.roots,
-                               time_offset_ns=req.time_offset_ns):
-            if isinstance(out, DeadLetter):
-                continue
-            good, _ = validate_chunk(out, s.options)
-            if good is None:
-                continue
-            for rate in need.families:
-                part = chunk_partial(good, need, rate)
-                if part is not None:
-                    parts[(s.id, rate)].append(part)
+    wanted = set(plan.needs) if only is None else set(plan.needs) & set(only)
+    for req, good in valid_chunks(manifest, wanted):
+        need = plan.needs[req.stream.id]
+        for rate in need.families:
+            part = chunk_partial(good, need, rate)
+            if part is not None:
+                parts[(req.stream.id, rate)].append(part)
     feats = {}
     for (sid, rate), ps in parts.items():
         need = plan.needs[sid]
@@ -485,7 +474,6 @@ def recorder_ticks(manifest, stream_id: str, model) -> dict:
     names, coverage, sample_start/end and the stream's extent (ns, reference clock)."""
     import pyarrow as pa
 
-    from mmalign.deadletter.record import DeadLetter
     from mmalign.schemas.aligned import COVERAGE, SAMPLE_END, SAMPLE_START, STATUS, column
     from mmalign.schemas.clock import ClockModel
     from mmalign.transforms.align.buckets import _with_src
@@ -496,28 +484,20 @@ def recorder_ticks(manifest, stream_id: str, model) -> dict:
         plan_from_manifest,
     )
     from mmalign.transforms.clock.apply import apply_clock
-    from mmalign.transforms.decode.stage import decode_file, manifest_requests
-    from mmalign.transforms.validate.stage import validate_chunk
+    from mmalign.transforms.decode.sources import valid_chunks
 
     plan = plan_from_manifest(manifest)
     extents: dict[str, tuple[int, int]] = {}
     tables, meta = [], None
-    for req in manifest_requests(manifest):
-        s = req.stream
-        for out in decode_file(s, req.path, session_id=manifest.session, roots=req.roots,
-                               time_offset_ns=req.time_offset_ns):
-            if isinstance(out, DeadLetter):
-                continue
-            good, _ = validate_chunk(out, s.options)
-            if good is None:
-                continue
-            good = apply_clock(good, model if s.id == stream_id else ClockModel())
-            _, (lo, hi) = chunk_extent(good)
-            a, b = extents.get(s.id, (lo, hi))
-            extents[s.id] = (min(a, lo), max(b, hi))
-            if s.id == stream_id:
-                tables.append(_with_src(good))            # as the buckets stage ships it
-                meta = good.meta
+    for req, good in valid_chunks(manifest):
+        sid = req.stream.id
+        good = apply_clock(good, model if sid == stream_id else ClockModel())
+        _, (lo, hi) = chunk_extent(good)
+        a, b = extents.get(sid, (lo, hi))
+        extents[sid] = (min(a, lo), max(b, hi))
+        if sid == stream_id:
+            tables.append(_with_src(good))                # as the buckets stage ships it
+            meta = good.meta
     lo = min(a for a, _ in extents.values())
     hi = max(b for _, b in extents.values())
     ticks = fixed_rate_ticks(lo, hi + 1, plan.rate_hz, lo, hi)

@@ -17,15 +17,35 @@ from pathlib import Path
 
 import numpy as np
 
+from mmalign.deadletter.record import DeadLetter
 from mmalign.schemas import audio as audio_schema
 from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.decode_options import DecodeOptions, decoder_key
 from mmalign.schemas.manifest import Manifest, Stream
 from mmalign.transforms.decode.audio import load_audio
-from mmalign.transforms.decode.stage import decode_file
+from mmalign.transforms.decode.stage import DecodeRequest, decode_file, manifest_requests
 from mmalign.transforms.decode.video import iter_frames, load_frames
 from mmalign.transforms.validate.stage import validate_chunk
 from mmalign.transforms.validate.timestamps import TimestampRule
+
+
+def valid_chunks(manifest: Manifest, only: set[str] | None = None
+                 ) -> Iterator[tuple[DecodeRequest, Chunk]]:
+    """Every chunk of a manifest's files (of the streams in ``only`` when given) that the
+    validate stage keeps, with its request: decoded inside the manifest's roots as the decode
+    stage does, validated with the stream's options; dead letters and rejected rows dropped
+    (for the tools that rebuild a stage's input without Beam: sync evidence, the sync tests)."""
+    for req in manifest_requests(manifest):
+        s = req.stream
+        if only is not None and s.id not in only:
+            continue
+        for out in decode_file(s, req.path, session_id=manifest.session, roots=req.roots,
+                               time_offset_ns=req.time_offset_ns):
+            if isinstance(out, DeadLetter):
+                continue
+            good, _ = validate_chunk(out, s.options)
+            if good is not None:
+                yield req, good
 
 
 @dataclass
