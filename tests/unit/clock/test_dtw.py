@@ -22,7 +22,9 @@ def plain_dtw(x, y, metric="abs", allowed=None):
         for j in range(m):
             if allowed is not None and not allowed[i, j]:
                 continue
-            c = abs(x[i] - y[j]) if metric == "abs" else (x[i] - y[j]) ** 2
+            d = x[i] - y[j]
+            c = abs(d) if metric == "abs" else d * d    # not d ** 2: numpy's pow is not always
+            #                                             correctly rounded (1 ulp off e * e)
             if i == 0 and j == 0:
                 D[i, j] = c
                 continue

@@ -77,3 +77,13 @@ def test_long_random_series_match_plain_dtw():
         lo, hi = diagonal_band(n, m, w)
         for metric in ("abs", "sq"):
             _check(x, y, lo, hi, metric, True)
+
+
+def test_squared_cost_is_the_product_not_pow():
+    """The case hypothesis found: numpy's ``e ** 2`` is 1 ulp off ``e * e`` for e = 945.17...;
+    the kernel squares by multiplying (IEEE-exact), and so must the reference."""
+    x = np.array([0.0] * 10 + [903.0934087525079])
+    y = np.array([-42.07706846811004])
+    lo, hi = np.zeros(11, np.int64), np.ones(11, np.int64)
+    for path in (False, True):
+        _check(x, y, lo, hi, "sq", path)
