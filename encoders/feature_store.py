@@ -247,6 +247,17 @@ class WriteOnlineFn(beam.DoFn):
         yield path
 
 
+def feature_repo(manifest, out: str | Path) -> Path:
+    """The Feast repo a manifest's feature store uses, absolute: ``encoders.feature_store.repo``
+    relative to the manifest's folder, or by default ``OUT/features`` with OUT as the user gave
+    it (relative to the working folder)."""
+    repo = manifest.encoders.feature_store.repo
+    if not repo:
+        return (Path(out) / "features").resolve()
+    p = Path(repo)
+    return (p if p.is_absolute() else Path(manifest.base_dir) / p).resolve()
+
+
 def feature_store_sink(manifests: list, out: str | Path, run_id: str = ""):
     """The online-store sink the manifests ask for (``encoders.feature_store.enabled``), as a
     ParDo over written aligned Parquet paths with a ``dead`` output; None when disabled.
@@ -257,10 +268,7 @@ def feature_store_sink(manifests: list, out: str | Path, run_id: str = ""):
         if enc is None or not enc.feature_store.enabled:
             continue
         fs = enc.feature_store
-        repo = Path(fs.repo) if fs.repo else Path(out) / "features"
-        if not repo.is_absolute():
-            repo = Path(m.base_dir) / repo
-        wanted[m.session] = (str(repo.resolve()), fs.online, fs.redis,
+        wanted[m.session] = (str(feature_repo(m, out)), fs.online, fs.redis,
                              enc.fusion != "none")
     if not wanted:
         return None

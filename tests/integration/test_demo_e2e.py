@@ -7,22 +7,23 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
 SESSION = "demo-001"
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "out"
+    # a relative --out run from another folder, as `make demo` runs it (a relative OUT once
+    # put the feature repo under the recording's folder)
+    work = tmp_path_factory.mktemp("demo")
+    out = work / "out" / "demo"
     p = subprocess.run([sys.executable, "-m", "mmalign.pipelines.cli", "demo", "--out",
-                        str(out), "--duration", "6", "--no-progress"], cwd=ROOT,
+                        "out/demo", "--duration", "6", "--no-progress"], cwd=work,
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return out, p.stdout
@@ -47,7 +48,8 @@ def test_demo_writes_embeddings_for_every_encoded_stream(demo):
     assert "cam1__H" in table.column_names                  # the register stage ran
     # video: every tick with a cam0 frame is encoded
     assert table.column("cam0__emb_status").to_pylist().count("ok") == table.num_rows
-    assert f"embeddings: {out / 'aligned' / SESSION}/part-*.parquet" in stdout
+    assert f"embeddings: out/demo/aligned/{SESSION}/part-*.parquet" in stdout     # as given
+    assert "feature store: Feast repo out/demo/features " in stdout
 
 
 @pytest.mark.slow

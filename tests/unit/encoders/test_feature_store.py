@@ -116,3 +116,30 @@ def test_redis_online_store(data, tmp_path, redis_server):
                           redis_connection=redis_server.connection)
     assert store.config.online_store.type == "redis"
     _check_online(store, table)
+
+
+def _manifest_with_store(rec: Path, repo: str | None):
+    from mmalign.schemas.manifest import load_manifest
+
+    rec.mkdir(parents=True, exist_ok=True)
+    (rec / "imu.csv").write_text("t_ns,ax\n0,0.0\n")
+    store = {"enabled": True} if repo is None else {"enabled": True, "repo": repo}
+    (rec / "manifest.yaml").write_text(
+        "session: s1\nstreams:\n  - {id: imu, modality: sensor, files: [imu.csv], "
+        "options: {channels: [ax]}}\n"
+        "alignment: {ticks: {anchor: imu}}\n"
+        f"encoders: {{sensor: {{}}, feature_store: {store}}}\n")
+    return load_manifest(rec / "manifest.yaml")
+
+
+def test_default_repo_is_out_features_as_given_and_a_manifest_repo_is_its_own(
+        tmp_path, monkeypatch):
+    """The default repo is OUT/features with OUT as the user typed it (a relative OUT is
+    relative to the working folder, not to the recording: `mmalign demo --out out/demo` wrote
+    out/demo/recording/out/demo/features); a repo the manifest names is relative to its folder."""
+    monkeypatch.chdir(tmp_path)
+    default = _manifest_with_store(tmp_path / "rec", None)
+    assert fs.feature_repo(default, "out/run") == tmp_path / "out" / "run" / "features"
+    named = _manifest_with_store(tmp_path / "rec2", "repo")
+    assert fs.feature_repo(named, "out/run") == tmp_path / "rec2" / "repo"
+    assert fs.feature_store_sink([default], "out/run") is not None
