@@ -188,14 +188,17 @@ def _nonneg(x: int, name: str) -> int:
     return x
 
 
+def _extent(t: np.ndarray, bounds) -> tuple[int, int]:
+    """The stream's extent [lo, hi]: ``bounds``, else the samples given; with neither, an
+    empty range (lo > hi), so every tick is outside it."""
+    if bounds is not None:
+        return int(bounds[0]), int(bounds[1])
+    return (int(t[0]), int(t[-1])) if t.size else (1, 0)
+
+
 def _outside(ticks: np.ndarray, t: np.ndarray, bounds) -> np.ndarray:
-    """Ticks outside the stream's extent (bounds, else the samples given)."""
-    if bounds is None:
-        if t.size == 0:
-            return np.ones(ticks.size, bool)
-        lo, hi = int(t[0]), int(t[-1])
-    else:
-        lo, hi = int(bounds[0]), int(bounds[1])
+    """Ticks outside the stream's extent (``_extent``)."""
+    lo, hi = _extent(t, bounds)
     return (ticks < lo) | (ticks > hi)
 
 
@@ -218,16 +221,11 @@ def nearest(ticks, t, tolerance_ns: int, *, bounds=None):
     ticks = _as_times(ticks, "ticks")
     t = _as_times(t, "t")
     tol = _nonneg(tolerance_ns, "tolerance_ns")
-    m, n = ticks.size, t.size
+    m = ticks.size
     idx = np.empty(m, np.int64)
     dt = np.empty(m, np.int64)
     status = np.empty(m, STATUS_DTYPE)
-    if bounds is not None:
-        lo, hi = int(bounds[0]), int(bounds[1])
-    elif n:
-        lo, hi = int(t[0]), int(t[-1])
-    else:                                   # no samples, no bounds: every tick is outside
-        lo, hi = 1, 0
+    lo, hi = _extent(t, bounds)
     if _nearest_merge(ticks, t, tol, lo, hi, idx, dt, status):
         _unsorted_error(ticks, t)
     return idx, dt, status
@@ -497,17 +495,12 @@ def interpolate(ticks, t, values, max_gap_ns: int, *, bounds=None):
     if v.ndim != 2 or v.shape[0] != t.size:
         _times(ticks, "ticks"), _times(t, "t")          # an order error comes first
         raise ValueError(f"values must have shape (len(t)={t.size}, channels), got {v.shape}")
-    m, n, c = ticks.size, t.size, v.shape[1]
+    m, c = ticks.size, v.shape[1]
     out = np.empty((m, c))
     left = np.empty(m, np.int64)
     right = np.empty(m, np.int64)
     status = np.empty(m, STATUS_DTYPE)
-    if bounds is not None:
-        lo, hi = int(bounds[0]), int(bounds[1])
-    elif n:
-        lo, hi = int(t[0]), int(t[-1])
-    else:
-        lo, hi = 1, 0
+    lo, hi = _extent(t, bounds)
     if _interpolate_merge(ticks, t, v, gap_max, lo, hi, out, left, right, status):
         _unsorted_error(ticks, t)
     return out, left, right, status
