@@ -94,6 +94,7 @@ class Prepared:
     messages: list[tuple[str, Envelope, bytes]]      # (topic, envelope, arrow ipc bytes)
     dead: list[DeadLetter]
     extents: dict[str, list[int]]
+    event_ns: list[int] = field(default_factory=list)  # each message's reference time
 
 
 @dataclass
@@ -120,6 +121,7 @@ def prepare(manifest_path: str | Path, settings: KafkaSettings,
     m = load_manifest(manifest_path)
     cal = load_calibration(m.resolve(m.calibration, "calibration") if m.calibration else None)
     chunks: list[Chunk] = []
+    ref_first: list[int] = []          # each chunk's first sample on the reference clock
     dead: list[DeadLetter] = []
     spans: dict[str, tuple[int, int]] = {}
     for req in manifest_requests(m):
@@ -132,7 +134,9 @@ def prepare(manifest_path: str | Path, settings: KafkaSettings,
                 continue
             if out.num_records == 0:
                 continue
-            chunks.extend(slice_chunk(out, round(slice_s * 1e9), slice_max_bytes))
+            for piece in slice_chunk(out, round(slice_s * 1e9), slice_max_bytes):
+                chunks.append(piece)
+                ref_first.append(_ref_time(_first_t(piece), model))
             good, _ = validate_chunk(out, s.options)
             if good is not None:
                 _, (lo, hi) = chunk_extent(apply_clock(good, model))
@@ -141,8 +145,9 @@ def prepare(manifest_path: str | Path, settings: KafkaSettings,
     extents = {k: [int(a), int(b)] for k, (a, b) in sorted(spans.items())}
     seqs: dict[str, int] = {}
     messages = []
-    order = sorted(range(len(chunks)), key=lambda i: (_first_t(chunks[i]), chunks[i].stream_id,
-                                                      i))
+    # in reference-time order, as devices recording together send them: a device whose
+    # clock runs ahead must not be sent ahead (nor one behind late) of the others
+    order = sorted(range(len(chunks)), key=lambda i: (ref_first[i], chunks[i].stream_id, i))
     last = {chunks[i].stream_id: i for i in order}
     for i in order:
         c = chunks[i]
@@ -151,13 +156,21 @@ def prepare(manifest_path: str | Path, settings: KafkaSettings,
         env = chunk_envelope(c, seq, extents if declare_extents else None,
                              eos=last[c.stream_id] == i)
         messages.append((settings.topic_for(c.modality), env, batch_to_ipc(c.data)))
-    return Prepared(m.session, messages, dead, extents)
+    return Prepared(m.session, messages, dead, extents, [ref_first[i] for i in order])
 
 
 def _first_t(c: Chunk) -> int:
     """The message's event time: its earliest sample (the envelope's ``t_ns``)."""
     t = pc.min(c.data.column("t_ns")).as_py()
     return np.iinfo(np.int64).min if t is None else int(t)
+
+
+def _ref_time(t_dev_ns: int, model) -> int:
+    """A device time on the reference clock (the calibration's model); an absent or absurd
+    time stays as it is (the sort puts it first; validation dead-letters its rows)."""
+    if model is None or abs(t_dev_ns) > 2 ** 62:
+        return t_dev_ns
+    return int(model.to_ref([t_dev_ns])[0])
 
 
 def publish(manifest_path: str | Path, settings: KafkaSettings, *, speed: float = 0.0,
@@ -178,10 +191,10 @@ def publish(manifest_path: str | Path, settings: KafkaSettings, *, speed: float 
     try:
         t0 = time.perf_counter()
         report.started_wall_ns = time.time_ns()
-        report.first_event_ns = prep.messages[0][1].t_ns if prep.messages else 0
+        report.first_event_ns = prep.event_ns[0] if prep.event_ns else 0
         for i, (topic, env, ipc) in enumerate(prep.messages):
-            if speed > 0:
-                due = (env.t_ns - report.first_event_ns) / 1e9 / speed
+            if speed > 0:        # paced on the reference clock, as the devices recorded
+                due = (prep.event_ns[i] - report.first_event_ns) / 1e9 / speed
                 wait = due - (time.perf_counter() - t0)
                 if wait > 0:
                     time.sleep(wait)
