@@ -38,6 +38,7 @@ from mmalign.transforms.decode.base import (
     short_error,
     time_reason,
 )
+from mmalign.transforms.decode.image_check import ImageCheck, check_image
 
 RAW_IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
 _HEADER_WORDS = {"timestamp", "time", "t", "t_ns", "timestamp_ns", "filename", "file"}
@@ -119,20 +120,6 @@ def frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> n
         return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
     kw = {"width": size[0], "height": size[1]} if size else {}
     return frame.to_ndarray(format="rgb24", **kw)
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def image_problem(data: bytes) -> str | None:
-    """Why image bytes cannot be a whole image, found without decoding them, or None: empty,
-    or a PNG without its closing IEND chunk (cut short in writing or copying; libpng would
-    print an error to stderr and return nothing)."""
-    if not data:
-        return "the file is empty"
-    if data.startswith(PNG_SIGNATURE) and data.rfind(b"IEND") < len(PNG_SIGNATURE):
-        return f"a truncated PNG: {len(data)} bytes and no IEND chunk"
-    return None
 
 
 def _jpeg(bgr: np.ndarray, quality: int) -> bytes:
@@ -505,21 +492,26 @@ def _image_sequence(src: SourceFile, chunk_frames: int, inline_images: bool,
                            f"{img_path} cannot be read ({problem}).",
                            error_class="CorruptMedia", **img_src)
             continue
-        problem = image_problem(data)
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) \
-            if problem is None else None
-        if img is None:
+        # PNG and JPEG are checked from their structure (image_check.py); other formats, a
+        # structure in doubt, or pixels to re-encode inline are decoded
+        raw = img_path.suffix.lower() in RAW_IMAGE_EXTS
+        verdict = check_image(data)
+        img = None
+        if verdict is None or (verdict.problem is None and inline_images and not raw):
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            verdict = ImageCheck(problem="") if img is None else \
+                ImageCheck(img.shape[1], img.shape[0])
+        if (problem := verdict.problem) is not None:
             yield src.dead("corrupt_image", f"{index_path}: frame {e.pos} image {img_path} "
                            f"cannot be decoded{f' ({problem})' if problem else ''}.",
                            error_class="CorruptMedia", **img_src)
             continue
-        h, w = img.shape[:2]
+        w, h = verdict.width, verdict.height
         if src.meta["width"] is None:
             src.meta.update(width=w, height=h)
         image = None
         if inline_images:
-            ok_raw = img_path.suffix.lower() in RAW_IMAGE_EXTS
-            image = data if ok_raw else cv2.imencode(".png", img)[1].tobytes()
+            image = data if raw else cv2.imencode(".png", img)[1].tobytes()
         for k, v in (("t_ns", t_ns), ("pos", e.pos), ("pts", None), ("width", w),
                      ("height", h), ("keyframe", True), ("file", e.filename),
                      ("image", image)):
