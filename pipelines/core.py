@@ -45,6 +45,7 @@ from mmalign.transforms.align.join import (
 )
 from mmalign.transforms.clock.apply import ApplyClockFn
 from mmalign.transforms.clock.sync import EstimateClocks
+from mmalign.transforms.decode.audio import audio_rate
 from mmalign.transforms.decode.stage import DecodeRequest, manifest_requests
 from mmalign.transforms.decode.wallclock import session_start_ns
 from mmalign.transforms.register.stage import registration_stages
@@ -123,12 +124,14 @@ def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | Non
         for st in m.streams:
             declared[(m.session, st.id)] = cal.clock(st.clock_domain)
     starts = {m.session: session_start_ns(m, declared) for m in manifests}
-    plans = {m.session: plan_from_manifest(m, starts[m.session][0]) for m in manifests}
+    sources = [r for m in manifests for r in manifest_requests(m)]
+    rates = audio_rates(manifests, sources)
+    plans = {m.session: plan_from_manifest(m, starts[m.session][0], rates.get(m.session))
+             for m in manifests}
     widths = {p.bucket_ns for p in plans.values()}
     if len(widths) > 1:
         raise ManifestError(f"field 'alignment.bucket_s' differs between manifests "
                             f"({sorted(w / 1e9 for w in widths)}); use one bucket width per run")
-    sources = [r for m in manifests for r in manifest_requests(m)]
     job = Job(manifests, plans, declared, as_path(out), run_id or new_run_id(), sources,
               [str(as_path(p).resolve()) for p in manifest_paths])
     try:
@@ -136,6 +139,24 @@ def prepare(manifest_paths: list[str | Path], out: str | Path, run_id: str | Non
     except ValueError as e:        # a margin as wide as the bucket: the width must grow
         raise ManifestError(f"{manifest_paths[0]}: field 'alignment.bucket_s': {e}") from None
     return job
+
+
+def audio_rates(manifests: list[Manifest], sources: list[DecodeRequest]
+                ) -> dict[str, dict[str, int]]:
+    """session -> {audio stream: the lowest sample rate its local files' headers state}; the
+    alignment margin (and so how long after its end a streaming bucket closes) follows from
+    it. Streams with a remote or unreadable file are left out (the margin assumes the worst)."""
+    rates: dict[tuple[str, str], list[int | None]] = {}
+    for r in sources:
+        if r.stream.modality == "audio":
+            remote = "://" in r.path
+            rates.setdefault((r.session_id, r.stream.id), []).append(
+                None if remote else audio_rate(r.path))
+    out: dict[str, dict[str, int]] = {}
+    for (session, stream), found in rates.items():
+        if found and None not in found:
+            out.setdefault(session, {})[stream] = min(found)
+    return out
 
 
 def bucketing(job: Job, streaming: bool = False) -> AssignBuckets:

@@ -126,7 +126,7 @@ CONFIG_CASES = [
     Case("bucket-zero", "wrong schema", _m(lambda m: m["alignment"].update(bucket_s=0)), 2,
          "bucket_s"),
     Case("bucket-narrower-than-margin", "wrong schema",
-         _m(lambda m: m["alignment"].update(bucket_s=1.0)), 2, "bucket_s",
+         _m(lambda m: m["alignment"].update(bucket_s=0.3)), 2, "bucket_s",
          streams=("cam0", "mic")),
     Case("rate-nan", "NaN", _m(lambda m: m["alignment"].update(ticks={"rate_hz": float("nan")})),
          2, "rate_hz"),

@@ -29,6 +29,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
+from mmalign.schemas import audio as audio_schema
 from mmalign.schemas import metrics
 from mmalign.schemas.aligned import (
     BUCKET,
@@ -71,10 +72,18 @@ class StreamPlan:
     max_gap_ns: int
     window_ns: int
     channels: tuple[str, ...] = ()     # sensors: fixed column set when known up front
+    sample_rate: int | None = None     # audio: its files' (lowest) rate, from their headers
+    block_samples: int = 1024          # audio: samples per block (options.block_samples)
+
+    @property
+    def block_ns(self) -> int | None:
+        """audio: the longest block in ns (rounded up), when the files stated their rate."""
+        return -(-self.block_samples * 10**9 // self.sample_rate) if self.sample_rate else None
 
     def margin_ns(self) -> int:
         return ap.required_margin_ns(self.policy, tolerance_ns=self.tolerance_ns,
-                                     max_gap_ns=self.max_gap_ns, window_ns=self.window_ns)
+                                     max_gap_ns=self.max_gap_ns, window_ns=self.window_ns,
+                                     block_ns=self.block_ns)
 
 
 @dataclass(frozen=True)
@@ -211,7 +220,7 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
             cols[c(SRC)] = pa.nulls(m, pa.string())
 
     elif plan.policy == "audio_window":
-        sr = int((meta or {}).get("sample_rate") or 0)
+        sr = int((meta or {}).get("sample_rate") or plan.sample_rate or 0)
         n = table.column("n_samples").to_numpy().astype(np.int64) if table is not None \
             else np.zeros(0, np.int64)
         pos = table.column("pos").to_numpy() if table is not None else np.zeros(0, np.int64)
@@ -654,9 +663,16 @@ class StreamExtents(beam.PTransform):
                 | "Span" >> beam.CombinePerKey(merge))
 
 
-def plan_from_manifest(manifest, start_ns: int | None = None) -> SessionPlan:
+def plan_from_manifest(manifest, start_ns: int | None = None,
+                       sample_rates: dict[str, int] | None = None) -> SessionPlan:
     """The session's join plan from its validated manifest (schemas/manifest.py);
-    ``start_ns``: the session's wall-clock start (``wallclock.session_start_ns``)."""
+    ``start_ns``: the session's wall-clock start (``wallclock.session_start_ns``);
+    ``sample_rates``: audio stream -> the lowest rate its files' headers state
+    (``decode.audio.audio_rate``): its blocks' length sets its margin (without it the slowest
+    rate allowed is assumed: a margin of over 2 s), and rows without samples in their bucket
+    still give the stream's rate. Rates validation refuses are ignored here."""
+    rates = {k: v for k, v in (sample_rates or {}).items()
+             if audio_schema.MIN_RATE <= v <= audio_schema.MAX_RATE}
     streams = []
     for s in manifest.streams:
         pol = manifest.policy_for(s)
@@ -664,7 +680,9 @@ def plan_from_manifest(manifest, start_ns: int | None = None) -> SessionPlan:
             stream_id=s.id, modality=s.modality, policy=pol.policy,
             tolerance_ns=round(pol.tolerance_ms * 1e6), max_gap_ns=round(pol.max_gap_ms * 1e6),
             window_ns=round(pol.window_ms * 1e6),
-            channels=tuple(s.options.get("channels") or ())))
+            channels=tuple(s.options.get("channels") or ()),
+            sample_rate=rates.get(s.id) if s.modality == "audio" else None,
+            block_samples=int(s.options.get("block_samples") or 1024)))
     t = manifest.alignment.ticks
     return SessionPlan(
         session_id=manifest.session, streams=tuple(streams),

@@ -474,3 +474,19 @@ def _frames_skipping_bad_packets(container, stream) -> Iterator[av.AudioFrame]:
             yield from pkt.decode()
         except av.error.FFmpegError:
             continue
+
+
+# ---------------------------------------------------------------- block length, ahead of decoding
+
+def audio_rate(path: str) -> int | None:
+    """The sample rate a file's first audio stream declares (WAV/FLAC header, libsndfile, or
+    the container's codec), read without decoding; None when the file cannot say."""
+    try:
+        if Path(path).suffix.lower() in SOUNDFILE_EXTS:
+            header = declared_frames(path)
+            return int(header[1]) if header is not None else int(sf.info(path).samplerate)
+        with open_container(path) as c:
+            return int(c.streams.audio[0].codec_context.sample_rate) or None
+    except Exception:  # noqa: BLE001 -- any unreadable file: the caller assumes the worst case
+        return None
+
