@@ -179,7 +179,9 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
         allowed_lateness_ns=lateness, event_clock=geometry(job).event_clock(),
         state_dir=str(state), run_id=job.run_id,
         stop_after_idle_s=opts.stop_after_idle_s, poll_ms=opts.poll_ms,
-        closed_sessions=plan.closed_sessions, late_floors_us=plan.late_floors_us)
+        closed_sessions=plan.closed_sessions, late_floors_us=plan.late_floors_us,
+        sessions=frozenset(m.session for m in job.manifests),
+        close_after_ns=job.bucket_ns + bucketing(job).window_margin_ns)
     read = p | "ReadKafka" >> ReadKafka(list(plan.specs), reader)
     ingested = read[MAIN] | "Ingest" >> beam.ParDo(
         IngestFn(streams, opts.payload_roots, job.run_id)).with_outputs(DEAD, main=MAIN)

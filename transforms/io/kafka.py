@@ -283,8 +283,15 @@ class ReadKafkaFn(beam.DoFn):
                  poll_ms: int = 300, max_poll_records: int = 500,
                  closed_sessions: frozenset[str] = frozenset(),
                  late_floors_us: dict[str, int] | None = None,
-                 event_clock: EventClock | None = None):
+                 event_clock: EventClock | None = None,
+                 sessions: frozenset[str] = frozenset(), close_after_ns: int = 0):
         self.settings = settings
+        # once every session of the job has ended (each declared stream sent its eos), no
+        # record can come for them: the watermark goes past their end + close_after_ns (a
+        # bucket and its margin), so their last buckets are written now, not at the stop
+        self.sessions = frozenset(sessions)
+        self.close_after_ns = close_after_ns
+        self._ends: dict[str, tuple[set, set, int | None]] = {}
         self.event_clock = event_clock or EventClock()
         self.bound_ns = max_out_of_orderness_ns
         self.lateness_ns = allowed_lateness_ns
@@ -384,6 +391,8 @@ class ReadKafkaFn(beam.DoFn):
                 nxt[i], max_e[i] = m.offset + 1, new_max
                 rows.setdefault(i, []).append(
                     LedgerLine.of_header(m.offset, self.run_id, header, bool(why)))
+                if header and header.get("eos"):
+                    self._ended(header)
                 if e is None:                  # poison: ingest dead-letters it with the reason
                     yield beam.window.TimestampedValue(
                         rec, Timestamp(micros=(wm_ns or 0) // 1000))
@@ -397,6 +406,8 @@ class ReadKafkaFn(beam.DoFn):
                         rec, Timestamp(micros=e // 1000))
         caught_up = self._caught_up(consumer, tps, nxt)
         target = plan_watermark_ns(max_e, caught_up or [False] * len(tps), self.hold_ns)
+        if (end := self._all_ended_ns()) is not None:
+            target = max(end, target if target is not None else end)
         if target is not None and (wm_ns is None or target > wm_ns):
             wm.set_watermark(Timestamp(micros=target // 1000))
             wm_ns = target
@@ -417,6 +428,32 @@ class ReadKafkaFn(beam.DoFn):
                 tracker.try_claim(FINISH)
                 return
         tracker.defer_remainder(Duration(micros=0 if polled else 100_000))
+
+    def _ended(self, header: dict) -> None:
+        """Note an end-of-stream message: its session's declared streams and their end."""
+        session = header.get("session")
+        declared, ended, end = self._ends.get(session, (set(), set(), None))
+        extents = header.get("extents") or {}
+        declared |= set(extents)
+        ended.add(header.get("stream"))
+        his = [int(v[1]) for v in extents.values() if v is not None and len(v) == 2]
+        if his:
+            hi = max(his) + int(self.event_clock.shifts.get(session, 0))
+            end = hi if end is None else max(end, hi)
+        self._ends[session] = (declared, ended, end)
+
+    def _all_ended_ns(self) -> int | None:
+        """Where the watermark may go once every session of the job has ended, else None."""
+        if not self.sessions or not self.close_after_ns:
+            return None
+        ends = []
+        for session in self.sessions:
+            declared, ended, end = self._ends.get(session, (set(), set(), None))
+            if declared and declared <= ended and end is not None:
+                ends.append(end)
+            elif session not in self.closed_sessions:
+                return None
+        return max(ends) + self.close_after_ns + 1 if ends else None
 
     def _finish(self, plan: ReadPlan, wm_ns: int | None) -> None:
         """Record the last real watermark and the complete sessions, before the drain."""
