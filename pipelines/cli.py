@@ -86,7 +86,11 @@ def _report(summary: dict, as_json: bool) -> int:
     if not balanced:
         print("mmalign: the accounting does not balance (records in != aligned + dead); see "
               "'accounting' in the summary", file=sys.stderr)
-    return EXIT_OK if balanced and not empty else EXIT_FAILED
+    lost = [w for w, v in summary.get("written", {}).items() if not v["balanced"]]
+    if lost:
+        print(f"mmalign: the output folders do not hold what the stages emitted "
+              f"({', '.join(lost)}); see 'written' in the summary", file=sys.stderr)
+    return EXIT_OK if balanced and not empty and not lost else EXIT_FAILED
 
 
 def cmd_backfill(ns) -> int:

@@ -4,6 +4,10 @@ It proves the accounting per modality from the pipeline's own counters:
 
     decoded records + decode dead letters = records in
     records in = aligned samples + dead letters (decode + validate)
+
+and that the sinks kept what the stages sent them (``written``): the rows in OUT/aligned
+equal the ticks the align stage emitted, the letters in OUT/deadletter those the dead-letter
+sink received -- counted from the files, so a write lost anywhere after the stages shows.
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.schemas.aligned import STATUS, column
 from mmalign.schemas.chunk import MODALITIES
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
-from mmalign.schemas.metrics import ALIGN, DEAD, DECODE, RECORDS, SAMPLES, VALIDATE
+from mmalign.schemas.metrics import (
+    ALIGN,
+    DEAD,
+    DECODE,
+    RECORDS,
+    SAMPLES,
+    TICKS,
+    VALIDATE,
+)
+from mmalign.schemas.metrics import DEADLETTER as LETTER_SINK
 from mmalign.schemas.sync import SyncResult, read_sync_results
 from mmalign.transforms.io.parquet import read_aligned
 
@@ -45,6 +58,21 @@ def accounting(cnt: dict[str, int]) -> dict[str, dict]:
                      "dead": dead_decode + dead_validate,
                      "balanced": records_in == aligned + dead_decode + dead_validate}
     return by_mod
+
+
+def written(cnt: dict[str, int], aligned_rows: int, dead_rows: int) -> dict[str, dict]:
+    """What the stages emitted (counters) against what the output folders hold (files);
+    empty when the runner reports no counters."""
+    out = {}
+    ticks = cnt.get(ALIGN.key(TICKS))
+    if ticks is not None:
+        out["aligned_rows"] = {"emitted": ticks, "on_disk": aligned_rows,
+                               "balanced": ticks == aligned_rows}
+    sent = [v for k, v in cnt.items() if k.startswith(f"{LETTER_SINK.stage}.")]
+    if sent or ticks is not None:
+        out["dead_letters"] = {"emitted": sum(sent), "on_disk": dead_rows,
+                               "balanced": sum(sent) == dead_rows}
+    return out
 
 
 def summarize(job, result, elapsed_s: float, root=None) -> dict:
@@ -81,6 +109,7 @@ def summarize(job, result, elapsed_s: float, root=None) -> dict:
         "dead_letters_by_stream": dict(sorted(per_stream.items())),
         "status_by_stream": status,
         "accounting": accounting(cnt),
+        "written": written(cnt, aligned.num_rows, dead.num_rows),
         "counters": dict(sorted(cnt.items())),
         "clocks": {f"{k[0]}/{k[1]}": m.to_dict() for k, m in job.declared.items()},
         "sync": {k: r.to_dict() for k, r in read_sync_results(root).items()},
@@ -102,6 +131,10 @@ def render(summary: dict) -> str:
         mark = "ok" if a["balanced"] else "MISMATCH"
         lines.append(f"  {m:7s} in {a['records_in']:8d} = aligned {a['aligned']:8d} + dead "
                      f"{a['dead']:5d}  [{mark}]")
+    for what, w in summary.get("written", {}).items():
+        if not w["balanced"]:
+            lines.append(f"  {what.replace('_', ' ')}: {w['emitted']} emitted, {w['on_disk']} "
+                         f"written  [MISMATCH]")
     for key, d in summary.get("sync", {}).items():
         r = SyncResult.from_dict(d)
         state = f"FELL BACK ({r.reason})" if r.fell_back else "estimated"
