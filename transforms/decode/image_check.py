@@ -9,8 +9,8 @@ question for the two formats image sequences use, far cheaper:
   and data, so a cut, a flipped bit or a spliced file fails it), an IHDR first with a
   non-zero size, at least one IDAT, and an IEND;
 - JPEG: the SOI marker, a walk over the marker segments to the first scan (their lengths
-  must stay inside the file; the frame header gives the size), and the EOI marker at the
-  end (a JPEG cut short has none).
+  must stay inside the file; the frame header gives the size), and an EOI marker after the
+  scan (a JPEG cut short has none; data appended after EOI is allowed).
 
 ``check_image`` returns the size or the problem; for any other format, or a structure it does
 not know (``None``: doubt), the caller decodes the file as before. What a structural check
@@ -88,8 +88,6 @@ def check_png(data: bytes) -> ImageCheck:
 def check_jpeg(data: bytes) -> ImageCheck | None:
     """None (doubt) for a JPEG structure this walk does not know."""
     n = len(data)
-    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        return ImageCheck(problem=f"a truncated JPEG: {n} bytes and no end-of-image marker")
     pos, size = 2, None
     while pos + 4 <= n:
         if data[pos] != 0xFF:
@@ -115,6 +113,12 @@ def check_jpeg(data: bytes) -> ImageCheck | None:
         if marker == 0xDA:                      # start of scan: entropy-coded data follows
             if size is None:
                 return ImageCheck(problem="a damaged JPEG: a scan before any frame header")
+            # inside scan data 0xFF is always followed by 0x00 or a restart marker, so an EOI
+            # after the first scan is the real end (what follows it, e.g. a phone's appended
+            # data, is not the image's)
+            if data.find(b"\xff\xd9", pos + 2 + length) < 0:
+                return ImageCheck(problem=f"a truncated JPEG: {n} bytes and no end-of-image "
+                                          f"marker after its scan")
             return ImageCheck(*size)
         if marker == 0xD9:
             return ImageCheck(problem="a damaged JPEG: it ends before any scan")
