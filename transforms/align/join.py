@@ -54,6 +54,7 @@ from mmalign.schemas.aligned import (
     column,
 )
 from mmalign.schemas.chunk import TickTable
+from mmalign.schemas.decode_options import DecodeOptions
 from mmalign.schemas.metrics import ALIGN
 from mmalign.transforms.align import policies as ap
 from mmalign.transforms.align.approx_sets import ApproxTimeSync, approx_time_sets
@@ -73,7 +74,7 @@ class StreamPlan:
     window_ns: int
     channels: tuple[str, ...] = ()     # sensors: fixed column set when known up front
     sample_rate: int | None = None     # audio: its files' (lowest) rate, from their headers
-    block_samples: int = 1024          # audio: samples per block (options.block_samples)
+    block_samples: int = DecodeOptions().block_samples   # audio: options.block_samples
 
     @property
     def block_ns(self) -> int | None:
@@ -682,7 +683,8 @@ def plan_from_manifest(manifest, start_ns: int | None = None,
             window_ns=round(pol.window_ms * 1e6),
             channels=tuple(s.options.get("channels") or ()),
             sample_rate=rates.get(s.id) if s.modality == "audio" else None,
-            block_samples=int(s.options.get("block_samples") or 1024)))
+            block_samples=DecodeOptions.of(s.options).block_samples if s.modality == "audio"
+            else DecodeOptions().block_samples))
     t = manifest.alignment.ticks
     return SessionPlan(
         session_id=manifest.session, streams=tuple(streams),

@@ -392,18 +392,27 @@ def span_audio_file(path: str, options: DecodeOptions | dict | None = None
         return span_audio_track(path, options)
     opts = DecodeOptions.of(options)
     start = opts.start_ns or 0
+    header = _file_header(path)
+    if header is None:
+        return None
+    frames, rate = header
+    return start, start + _ns_of_samples(frames, rate)
+
+
+def _file_header(path: str) -> tuple[int, int] | None:
+    """(frames, rate) a soundfile-read file states: its own header (WAV, FLAC), else
+    libsndfile's reading of it; None if unreadable or cut inside its header."""
     try:
         header = declared_frames(path)
     except HeaderCut:
         return None
-    if header is None:
-        try:
-            info = sf.info(path)
-        except (sf.LibsndfileError, RuntimeError, OSError):
-            return None
-        header = (info.frames, info.samplerate, "")
-    frames, rate, _ = header
-    return start, start + _ns_of_samples(frames, rate)
+    if header is not None:
+        return header[0], header[1]
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return None
+    return info.frames, info.samplerate
 
 
 def span_audio_track(path: str, options: DecodeOptions | dict | None = None
@@ -483,10 +492,9 @@ def audio_rate(path: str) -> int | None:
     the container's codec), read without decoding; None when the file cannot say."""
     try:
         if Path(path).suffix.lower() in SOUNDFILE_EXTS:
-            header = declared_frames(path)
-            return int(header[1]) if header is not None else int(sf.info(path).samplerate)
+            header = _file_header(path)
+            return int(header[1]) if header is not None else None
         with open_container(path) as c:
             return int(c.streams.audio[0].codec_context.sample_rate) or None
     except Exception:  # noqa: BLE001 -- any unreadable file: the caller assumes the worst case
         return None
-

@@ -291,7 +291,8 @@ class ReadKafkaFn(beam.DoFn):
         # bucket and its margin), so their last buckets are written now, not at the stop
         self.sessions = frozenset(sessions)
         self.close_after_ns = close_after_ns
-        self._ends: dict[str, tuple[set, set, int | None]] = {}
+        self._eos: list[LedgerLine] = []           # this run's end-of-stream lines
+        self._end_ns: dict[str, int] = {}          # session -> its declared end (shared clock)
         self.event_clock = event_clock or EventClock()
         self.bound_ns = max_out_of_orderness_ns
         self.lateness_ns = allowed_lateness_ns
@@ -389,10 +390,10 @@ class ReadKafkaFn(beam.DoFn):
                 if not tracker.try_claim((i, m.offset, new_max)):
                     break
                 nxt[i], max_e[i] = m.offset + 1, new_max
-                rows.setdefault(i, []).append(
-                    LedgerLine.of_header(m.offset, self.run_id, header, bool(why)))
-                if header and header.get("eos"):
-                    self._ended(header)
+                line = LedgerLine.of_header(m.offset, self.run_id, header, bool(why))
+                rows.setdefault(i, []).append(line)
+                if line.eos:
+                    self._ended(line, header)
                 if e is None:                  # poison: ingest dead-letters it with the reason
                     yield beam.window.TimestampedValue(
                         rec, Timestamp(micros=(wm_ns or 0) // 1000))
@@ -429,30 +430,24 @@ class ReadKafkaFn(beam.DoFn):
                 return
         tracker.defer_remainder(Duration(micros=0 if polled else 100_000))
 
-    def _ended(self, header: dict) -> None:
-        """Note an end-of-stream message: its session's declared streams and their end."""
-        session = header.get("session")
-        declared, ended, end = self._ends.get(session, (set(), set(), None))
-        extents = header.get("extents") or {}
-        declared |= set(extents)
-        ended.add(header.get("stream"))
-        his = [int(v[1]) for v in extents.values() if v is not None and len(v) == 2]
+    def _ended(self, line: LedgerLine, header: dict) -> None:
+        """Note an end-of-stream message and its session's declared end."""
+        self._eos.append(line)
+        his = [int(v[1]) for v in (header.get("extents") or {}).values()
+               if v is not None and len(v) == 2]
         if his:
+            session = line.session
             hi = max(his) + int(self.event_clock.shifts.get(session, 0))
-            end = hi if end is None else max(end, hi)
-        self._ends[session] = (declared, ended, end)
+            self._end_ns[session] = max(hi, self._end_ns.get(session, hi))
 
     def _all_ended_ns(self) -> int | None:
-        """Where the watermark may go once every session of the job has ended, else None."""
+        """Where the watermark may go once every session of the job has ended (this run's
+        eos lines, or completed by an earlier run), else None."""
         if not self.sessions or not self.close_after_ns:
             return None
-        ends = []
-        for session in self.sessions:
-            declared, ended, end = self._ends.get(session, (set(), set(), None))
-            if declared and declared <= ended and end is not None:
-                ends.append(end)
-            elif session not in self.closed_sessions:
-                return None
+        if not self.sessions <= complete_sessions(self._eos) | self.closed_sessions:
+            return None
+        ends = [self._end_ns[s] for s in self.sessions if s in self._end_ns]
         return max(ends) + self.close_after_ns + 1 if ends else None
 
     def _finish(self, plan: ReadPlan, wm_ns: int | None) -> None:
