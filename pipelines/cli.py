@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate a sample recording and backfill it with the "
                        "encoders and the feature store (no servers)", allow_abbrev=False)
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    p.add_argument("--duration", type=float, default=12.0, help="recording length, seconds")
+    p.add_argument("--duration", type=float, default=12.0,
+                   help="recording length, seconds (4 to 3600)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-encoders", action="store_true",
                    help="alignment only: no embeddings, no feature store")

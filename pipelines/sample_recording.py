@@ -53,7 +53,7 @@ IMU_CHANNELS = ("ax", "ay", "az", "gx", "gy", "gz")
 GRAVITY = 9.81
 CAM0_JITTER_S, CAM1_JITTER_S, IMU_JITTER_S = 0.002, 0.001, 0.00002
 CLICK_S, SPIKE_S, FLASH_S = 0.15, 0.3, 0.6   # how long an event's trace lasts per modality
-MIN_DURATION_S, MAX_DURATION_S = 4.0, 600.0
+MIN_DURATION_S, MAX_DURATION_S = 4.0, 3600.0
 
 
 # -- parameters ----------------------------------------------------------------------------

@@ -426,6 +426,7 @@ def test_undeclared_clocks_clean_recording(plain):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"duration_s": 1.0}, "duration_s"),
+    ({"duration_s": 3600.5}, "duration_s"),
     ({"size": (321, 240)}, "size"),
     ({"fps": 0.5}, "fps"),
     ({"imu_hz": 50.0}, "imu_hz"),
