@@ -724,7 +724,7 @@ def generate_recording(out_dir: str | Path, *, seed: int = 0, duration_s: float 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     """The generator's options (all but the output folder), for its command lines:
     ``mmalign generate`` and ``python -m mmalign.pipelines.sample_recording``."""
-    p.add_argument("--duration", type=float, default=12.0, help="seconds (default 12)")
+    p.add_argument("--duration", type=float, default=12.0, help="seconds, 4 to 3600 (default 12)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--session", default="demo-001")
     p.add_argument("--undeclared-clocks", action="store_true",
