@@ -3,7 +3,7 @@
 Beam Python normally downloads a prebuilt prism binary from GitHub, which is not reachable here;
 ``go install github.com/apache/beam/sdks/v2/go/cmd/prism@v<beam>`` builds the same binary into
 ``<cache>/prism-<beam>/bin/prism`` (Go's own module and build caches stay where Go keeps them).
-Run pipelines with :func:`pipeline_args` (Beam starts prism itself), or start a standalone prism
+Run pipelines inside :func:`session` (a prism server for the run), or start a standalone prism
 job server: ``python -m mmalign.infra.prism fetch|start|stop|status`` (state in
 ``<cache>/run/prism``).
 """
@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,19 +67,28 @@ def fetch(timeout_s: float = 3600) -> Path:
         return binary
 
 
-def pipeline_args(streaming: bool = False) -> list[str]:
-    """Beam Python options that run a pipeline on a locally built prism (SDK in-process).
+@contextmanager
+def session(streaming: bool = False) -> Iterator[list[str]]:
+    """Beam Python options for one run on a prism job server started for it (stopped after).
 
-    The prism server singleton is disabled: Beam's DirectRunner tries prism first and, where
-    the prebuilt download fails (no GitHub here), leaves a broken shared server behind.
-    Streaming disables prism's splits of slow SDF bundles: Beam Python 2.77 can report NaN
-    progress for them (an output counted before its size is sampled) and the split then fails
-    the bundle; our Kafka reader checkpoints itself instead (transforms/kafka_io.py)."""
-    args = ["--runner=PrismRunner", f"--prism_location={fetch()}", "--environment_type=LOOPBACK",
-            "--experiments=disable_prism_server_singleton"]
-    if streaming:
-        return [*args, "--streaming", "--experiments=prism_disable_sdf_split"]
-    return args
+    :func:`pipeline_args` lets Beam start prism, which costs about a second per run: Beam's
+    first gRPC connect comes before prism listens (prism listens after ~25 ms) and gRPC waits
+    out its 1 s reconnect back-off before the next. Here the job port is polled every 10 ms
+    and the run connects to a server that already listens. The SDK runs in this process
+    (LOOPBACK). Streaming disables prism's splits of slow SDF bundles: Beam Python 2.77 can
+    report NaN progress for them (an output counted before its size is sampled) and the split
+    then fails the bundle; our Kafka reader checkpoints itself instead (transforms/io/kafka.py)."""
+    home = Path(tempfile.mkdtemp(prefix="mmalign-prism-"))
+    server = PrismServer(home, free_port(HOST), idle_shutdown_s=60)
+    try:
+        server.start()
+        args = ["--runner=PrismRunner", f"--job_endpoint={server.endpoint}",
+                "--environment_type=LOOPBACK"]
+        yield [*args, "--streaming", "--experiments=prism_disable_sdf_split"] if streaming \
+            else args
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @dataclass
@@ -84,6 +97,7 @@ class PrismServer:
 
     home: Path
     job_port: int = 0
+    idle_shutdown_s: float | None = None   # exit after this long without a job (orphans)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -114,6 +128,8 @@ class PrismServer:
             binary = fetch()
             cmd = [str(binary), "--job_port", str(self.job_port), "--serve_http=false",
                    "--log_level", "info"]  # fmt: skip
+            if self.idle_shutdown_s is not None:
+                cmd += ["--idle_shutdown_timeout", f"{self.idle_shutdown_s:g}s"]
             self._pidfile.write(spawn(cmd, self.log_file, cwd=self.home))
         deadline = time.monotonic() + timeout_s
         while not port_open(HOST, self.job_port):
@@ -121,7 +137,7 @@ class PrismServer:
                 raise InfraError(f"prism exited during start:\n{log_tail(self.log_file)}")
             if time.monotonic() > deadline:
                 raise InfraError(f"prism not listening on {self.endpoint} after {timeout_s:.0f}s")
-            time.sleep(0.1)
+            time.sleep(0.01)
         return self
 
     def stop(self, timeout_s: float = 10.0) -> bool:

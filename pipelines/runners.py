@@ -50,7 +50,7 @@ from apache_beam.portability.api import beam_runner_api_pb2 as pb
 from apache_beam.runners.runner import _RUNNER_MAP  # Beam's own table of runner names
 
 from mmalign.infra.flink_jobserver import FLINK_MINOR, FlinkJobServer
-from mmalign.infra.prism import pipeline_args as prism_args
+from mmalign.infra.prism import session as prism_session
 
 PRESETS = {"local": "DirectRunner", "direct": "DirectRunner", "prism": "PrismRunner",
            "flink": "FlinkRunner", "portable": "PortableRunner", "dataflow": "DataflowRunner"}
@@ -512,14 +512,24 @@ def _flink(args: list[str], streaming: bool) -> Iterator[tuple[str, list[str]]]:
             server.stop()
 
 
-def _prism(args: list[str], streaming: bool) -> list[str]:
-    """Prism's options (infra/prism.py: built locally; no prebuilt download) before ``args``."""
-    if _has(args, "prism_location"):
-        base = ["--environment_type=LOOPBACK", "--experiments=disable_prism_server_singleton"]
+@contextmanager
+def _prism(args: list[str], streaming: bool) -> Iterator[list[str]]:
+    """Prism's options before ``args``: a prism server for the run (infra/prism.py: built
+    locally, no prebuilt download), unless the args name one (``--job_endpoint``) or a
+    binary for Beam to start (``--prism_location``)."""
+    if _has(args, "prism_location") or _has(args, "job_endpoint"):
+        base = ["--environment_type=LOOPBACK"]
+        if _has(args, "prism_location"):
+            base.append("--experiments=disable_prism_server_singleton")
         if streaming:
             base += ["--streaming", "--experiments=prism_disable_sdf_split"]
-    else:                                           # builds prism once (Go), then cached
-        base = [a for a in prism_args(streaming=streaming) if not a.startswith("--runner")]
+        yield _after(base, args, streaming)
+        return
+    with prism_session(streaming=streaming) as session_args:  # builds prism once (Go)
+        yield _after([a for a in session_args if not a.startswith("--runner")], args, streaming)
+
+
+def _after(base: list[str], args: list[str], streaming: bool) -> list[str]:
     if _has(args, "environment_type"):
         base = [a for a in base if not a.startswith("--environment_type")]
     return [*base, *(a for a in args if not (streaming and a == "--streaming"))]
@@ -540,7 +550,8 @@ def runner_session(runner: str | None, pipeline_args: Sequence[str] | None = Non
         with _flink(args, streaming) as resolved:
             yield resolved
     elif name == "PrismRunner":
-        yield name, _prism(args, streaming)
+        with _prism(args, streaming) as resolved:
+            yield name, resolved
     elif name == "PortableRunner" and not _has(args, "job_endpoint"):
         raise RunnerConfigError(
             "--runner PortableRunner needs --job_endpoint=HOST:PORT of a running Beam job "

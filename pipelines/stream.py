@@ -22,6 +22,7 @@ skips buckets already written and dead letters already on the topic.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -34,7 +35,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmalign.deadletter.kafka_topic import WriteDeadLettersToKafkaFn, letter_ids
 from mmalign.infra import InfraError
-from mmalign.infra.prism import pipeline_args as prism_args
+from mmalign.infra.prism import session as prism_session
 from mmalign.pipelines.core import (
     AlignCore,
     Job,
@@ -64,6 +65,7 @@ from mmalign.schemas.kafka import KafkaConfigError, KafkaSettings
 from mmalign.schemas.layout import ALIGNED
 from mmalign.schemas.manifest import ManifestError
 from mmalign.schemas.metrics import INGEST, set_gauge
+from mmalign.transforms.align.policies import warm_in_background
 from mmalign.transforms.io.kafka import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
 from mmalign.transforms.io.parquet import (
     WriteAlignedFn,
@@ -221,6 +223,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
         run_id: str | None = None, observe: ObserveOptions | None = None) -> dict:
     """Run the streaming job until it stops (``stop_after_idle_s``) or is cancelled;
     ``observe``: metrics endpoint, traces, drift (pipelines/observe.py)."""
+    warm_in_background()          # the align kernels load while the job starts
     job = prepare(manifest_paths, out, run_id or new_run_id())
     if any(s.sync for m in job.manifests for s in m.streams):
         raise ManifestError("streams with 'sync' (DTW clock estimation) need a whole "
@@ -235,9 +238,6 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
     plan = resume(state, fresh, geo)
     compact(state, plan)                    # a restart reads what it needs, not the history
     skip_ids = letter_ids(settings) if plan.replaying else frozenset()
-    args = pipeline_args
-    if args is None:
-        args = prism_args(streaming=True)
     t0 = time.perf_counter()
 
     def commit_done() -> None:
@@ -248,10 +248,16 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
         set_gauge("stream.committed_offsets", sum(offsets.values()))
         obs.kafka_lag(settings, offsets)
 
-    with observe_session(observe, job.run_id, "stream") as obs, \
-            Progress(StreamRates().line, opts.progress_every_s, enabled=opts.progress,
-                     every=commit_done), beam.Pipeline(options=PipelineOptions(args)) as p:
-        build(p, job, settings, plan, opts, state, skip_ids, observe)
+    with contextlib.ExitStack() as stack:
+        args = pipeline_args
+        if args is None:              # a prism server for the run (infra/prism.py)
+            args = stack.enter_context(prism_session(streaming=True))
+        obs = stack.enter_context(observe_session(observe, job.run_id, "stream"))
+        stack.enter_context(Progress(StreamRates().line, opts.progress_every_s,
+                                     enabled=opts.progress, every=commit_done))
+        with beam.Pipeline(options=PipelineOptions(args)) as p:
+            build(p, job, settings, plan, opts, state, skip_ids, observe)
+        counters = _counters(p.result)        # while the runner that holds them still runs
     after = resume(state, fresh, geo)
     # bucket files are written as they complete; at the stop every file of OUT/aligned is
     # given the dataset's one schema (readers read the folder whole)
@@ -269,7 +275,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
                "state_dir": str(state),
                "ledger_read_lines": {"before_compaction": lines_before,
                                      "after_compaction": lines_after},
-               "counters": _counters(p.result), **({"drift": obs.drift} if obs.drift else {})}
+               "counters": counters, **({"drift": obs.drift} if obs.drift else {})}
     (job.out / "_stream" / f"{job.run_id}.json").write_text(
         json.dumps(summary, indent=2, sort_keys=True))
     return summary

@@ -15,12 +15,14 @@ def arrow_schema(channels: list[str]) -> pa.Schema:
     return pa.schema(BASE_FIELDS + [(c, pa.float64()) for c in channels])
 
 
+def finite(s: pd.Series) -> pd.Series:
+    """The channel check "finite": NaN (missing) and +-inf fail."""
+    return pd.Series(np.isfinite(s.to_numpy(dtype=np.float64, na_value=np.nan)),
+                     index=s.index)
+
+
 def pandera_schema(channels: list[str], max_abs: float = MAX_ABS_VALUE):
     """The sensor contract: int64 times, every channel finite and within +-max_abs."""
-    def finite(s):
-        return pd.Series(np.isfinite(s.to_numpy(dtype=np.float64, na_value=np.nan)),
-                         index=s.index)
-
     cols = {
         "t_ns": pa_pd.Column("int64", nullable=False),
         "pos": pa_pd.Column("int64", pa_pd.Check.ge(0), nullable=False),

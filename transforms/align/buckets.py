@@ -3,7 +3,7 @@
 Bucket ``b`` owns the ticks with ``b*B <= t < (b+1)*B``. It also sees every sample in
 ``[b*B - M, (b+1)*B + M)``, where the margin M of a stream is what its join policy needs to
 decide a tick near the edge exactly as a whole-session join would (``required_margin_ns`` in
-transforms/align_policies.py). Text segments are intervals: a segment goes to every bucket its
+transforms/align/policies.py). Text segments are intervals: a segment goes to every bucket its
 ``[t_ns, t_end_ns]`` (widened by M) touches.
 
 In Beam every bucket element is keyed ``(session_id, b)`` and stamped at the bucket's close,

@@ -10,7 +10,7 @@ Input: ``((session_id, bucket), [Piece, ...])`` from transforms/buckets.py. Outp
     ... policy columns: __t_ns, __file (images), __<channel> (sensors), __sample_start /
         __sample_end / __coverage (audio), __text / __cues (text)
 
-The kernels are plain functions in transforms/align_policies.py; this module only gathers a
+The kernels are plain functions in transforms/align/policies.py; this module only gathers a
 bucket's pieces, calls them and lays out columns. Counters ``align.<modality>.samples`` count
 each valid sample once (in the bucket that owns it), so ``records in = aligned + dead``.
 """
@@ -161,7 +161,7 @@ def join_stream(plan: StreamPlan, ticks: np.ndarray, table: pa.Table | None,
                 meta: dict | None = None, *, bounds=None, context=None) -> dict:
     """The columns of one stream for the given ticks (all-missing when ``table`` is None).
     ``bounds``: the stream's whole extent (for out_of_range); ``context``: the [lo, hi) the
-    ticks and samples cover, for one_to_one (see align_policies.one_to_one)."""
+    ticks and samples cover, for one_to_one (see policies.one_to_one)."""
     m = len(ticks)
     c = partial(column, plan.stream_id)
     if table is None or table.num_rows == 0:
@@ -601,6 +601,9 @@ class AlignBucketFn(beam.DoFn):
         self.plans = plans
         self.extents_from_meta = extents_from_meta
         self.emit_empty = emit_empty
+
+    def setup(self):
+        ap.warm()            # the kernels, before the first bucket (a no-op once loaded)
 
     def process(self, element, extents=None):
         (session_id, bucket), pieces = element

@@ -33,7 +33,9 @@ whole-session result (indices shifted by the bucket's first sample), proved per 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import threading
 from enum import IntEnum
 
 import numpy as np
@@ -677,6 +679,32 @@ def text_overlap(ticks, start, end):
     np.cumsum(per_tick, out=offsets[1:])
     status = np.where(per_tick > 0, Status.OK, Status.NO_OVERLAP).astype(STATUS_DTYPE)
     return offsets, seg_idx, status
+
+
+# -- start-up ------------------------------------------------------------------------------
+
+def warm() -> None:
+    """Load the compiled kernels of the common policies now (numba's cache, or a compile).
+
+    The first call of a kernel in a process initialises numba and loads it from the on-disk
+    cache (0.3-1.3 s here); a job calls this on a spare thread while it starts, so the first
+    bucket does not wait for it (idempotent; a kernel already loaded costs microseconds)."""
+    ticks = np.array([0, 10, 20], np.int64)
+    t = np.array([1, 9, 11, 19], np.int64)
+    nearest(ticks, t, 5)
+    one_to_one(ticks, t, 5)
+    interpolate(ticks, t, np.zeros((t.size, 1)), 5)
+
+
+def warm_in_background() -> threading.Thread:
+    """:func:`warm` on a daemon thread (jobs whose workers share this process: the local
+    runner, Prism's LOOPBACK); an error is left for the first real call to raise."""
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            warm()
+    thread = threading.Thread(target=run, name="mmalign-warm-kernels", daemon=True)
+    thread.start()
+    return thread
 
 
 # -- bucketing -----------------------------------------------------------------------------

@@ -327,8 +327,16 @@ class ReadKafkaFn(beam.DoFn):
                 self._consumer.seek(tp, nxt)
         return self._consumer, tps
 
-    def _caught_up(self, consumer, tps, nxt: list[int]) -> list[bool] | None:
+    def _caught_up(self, consumer, tps, nxt: list[int], polled: bool) -> list[bool] | None:
+        """Per partition: read up to its end. After a poll that returned records, the end is
+        the high watermark the fetch responses carried (no round trip to the broker; as
+        fresh as the records); after an empty poll, and where a partition has not been
+        fetched yet, the broker is asked (the idle stop relies on it)."""
         from kafka.errors import KafkaError  # lazy: kafka-python only where a broker is used
+        if polled:
+            high = [consumer.highwater(tp) for tp in tps]
+            if None not in high:
+                return [n >= h for n, h in zip(nxt, high, strict=True)]
         try:
             end = consumer.end_offsets(tps)
         except KafkaError:
@@ -405,7 +413,7 @@ class ReadKafkaFn(beam.DoFn):
                     INGEST.count(metrics.RECORDS)
                     yield beam.window.TimestampedValue(
                         rec, Timestamp(micros=e // 1000))
-        caught_up = self._caught_up(consumer, tps, nxt)
+        caught_up = self._caught_up(consumer, tps, nxt, bool(polled))
         target = plan_watermark_ns(max_e, caught_up or [False] * len(tps), self.hold_ns)
         if (end := self._all_ended_ns()) is not None:
             target = max(end, target if target is not None else end)

@@ -38,6 +38,7 @@ from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.envelope import EXTENTS_META_KEY
 from mmalign.schemas.metrics import VALIDATE
 from mmalign.transforms.tags import DEAD, MAIN
+from mmalign.transforms.validate.fast_contract import FastContract
 from mmalign.transforms.validate.timestamps import (
     TimestampRule,
     chunk_centre,
@@ -70,15 +71,19 @@ _CONTROL = "".join(chr(c) for c in range(32) if chr(c) not in "\n\t") + "\x7f"
 
 
 @functools.lru_cache(maxsize=64)
-def _contract_for(modality: str, channels: tuple[str, ...] = (), max_abs: float = 0.0):
-    """Built once per process: pandera's schema construction is far costlier than a check."""
+def _contract_for(modality: str, channels: tuple[str, ...] = (), max_abs: float = 0.0
+                  ) -> tuple[pa_pd.DataFrameSchema, FastContract | None]:
+    """(pandera schema, its vectorised pre-check), built once per process: pandera's schema
+    construction is far costlier than a check."""
     if modality == "video":
-        return video_schema.VideoFrames.to_schema()
-    if modality == "audio":
-        return audio_schema.AudioBlocks.to_schema()
-    if modality == "text":
-        return text_schema.TextSegments.to_schema()
-    return sensor_schema.pandera_schema(list(channels), max_abs)
+        schema = video_schema.VideoFrames.to_schema()
+    elif modality == "audio":
+        schema = audio_schema.AudioBlocks.to_schema()
+    elif modality == "text":
+        schema = text_schema.TextSegments.to_schema()
+    else:
+        schema = sensor_schema.pandera_schema(list(channels), max_abs)
+    return schema, FastContract.of(schema)
 
 
 def _contract(chunk: Chunk, options: dict):
@@ -156,12 +161,16 @@ def validate_chunk(chunk: Chunk, options: dict | None = None, run_id: str = "", 
     flag(ooo, "out_of_order", "OutOfOrderTimestamp",
          "timestamp is earlier than a previous sample's")
 
-    # 3. the pandera contract on the scalar columns.
+    # 3. the pandera contract on the scalar columns; a chunk the vectorised pre-check passes
+    #    skips pandas and pandera (transforms/validate/fast_contract.py)
     scalars = chunk.data.select([c for c in chunk.data.schema.names
                                  if c not in _PAYLOAD_COLUMNS])
-    df = scalars.to_pandas()
+    schema, fast = _contract(chunk, options)
+    df = None
     try:
-        _contract(chunk, options).validate(df, lazy=True)
+        if fast is None or not fast.passes(scalars):
+            df = scalars.to_pandas()
+            schema.validate(df, lazy=True)
     except pa_pd.errors.SchemaErrors as e:
         fc = e.failure_cases
         for check, col, idx in zip(fc["check"], fc["column"], fc["index"]):
@@ -194,12 +203,12 @@ def validate_chunk(chunk: Chunk, options: dict | None = None, run_id: str = "", 
     if chunk.modality == "video" and n:
         w0, h0 = chunk.meta.get("width"), chunk.meta.get("height")
         if w0 and h0:
-            w = df["width"].to_numpy()
-            h = df["height"].to_numpy()
+            w = scalars.column("width").to_numpy(zero_copy_only=False)
+            h = scalars.column("height").to_numpy(zero_copy_only=False)
             flag((w != w0) | (h != h0), "frame_size_changed", "ContractViolation",
                  f"frame size differs from the stream's {w0}x{h0}")
     if chunk.modality == "text" and n:
-        txt = df["text"].astype(str)
+        txt = (scalars.to_pandas() if df is None else df)["text"].astype(str)
         bad = txt.str.contains("\ufffd", regex=False) | txt.str.contains(
             f"[{_CONTROL}]", regex=True)
         flag(bad.to_numpy(), "bad_text_encoding", "ContractViolation",

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -206,27 +207,52 @@ def test_flink_job_server_jar_is_left_to_beam_and_versions_checked(fake_flink) -
     assert fake_flink == []
 
 
-def test_prism_uses_the_local_build(monkeypatch) -> None:
-    built = []
+def test_prism_runs_on_a_server_started_for_the_run(monkeypatch) -> None:
+    sessions = []
 
-    def fake_prism_args(streaming: bool = False) -> list[str]:
-        built.append(streaming)
-        return ["--runner=PrismRunner", "--prism_location=/cache/prism",
-                "--environment_type=LOOPBACK", *(["--streaming"] if streaming else [])]
+    @contextmanager
+    def fake_session(streaming: bool = False):
+        sessions.append(streaming)
+        yield ["--runner=PrismRunner", "--job_endpoint=127.0.0.1:1234",
+               "--environment_type=LOOPBACK", *(["--streaming"] if streaming else [])]
+        sessions.append("stopped")
 
-    monkeypatch.setattr(runners, "prism_args", fake_prism_args)
+    monkeypatch.setattr(runners, "prism_session", fake_session)
     with runner_session("prism", ["--prism_log_level=warn"]) as (runner, args):
         assert runner == "PrismRunner"
-        assert args == ["--prism_location=/cache/prism", "--environment_type=LOOPBACK",
+        assert args == ["--job_endpoint=127.0.0.1:1234", "--environment_type=LOOPBACK",
                         "--prism_log_level=warn"]
+        assert sessions == [False]
+    assert sessions == [False, "stopped"]
     with runner_session(None, ["--streaming"], streaming=True) as (runner, args):  # stream
         assert runner == "PrismRunner" and args.count("--streaming") == 1
     with runner_session("PrismRunner", ["--prism_location=/opt/prism"], streaming=True
                         ) as (runner, args):
-        assert "--prism_location=/cache/prism" not in args and args[-1] == \
-            "--prism_location=/opt/prism"
+        assert not any(a.startswith("--job_endpoint") for a in args)
+        assert args[-1] == "--prism_location=/opt/prism"
         assert "--experiments=prism_disable_sdf_split" in args
-    assert built == [False, True]                   # not built when --prism_location is given
+    with runner_session("PrismRunner", ["--job_endpoint=h:9"]) as (runner, args):
+        assert args == ["--environment_type=LOOPBACK", "--job_endpoint=h:9"]
+    assert sessions == [False, "stopped", True, "stopped"]   # none when one is named
+
+
+def test_prism_session_serves_a_job_and_stops(tmp_path) -> None:
+    """A real prism server for one small run: the run goes through it, then it is gone."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from mmalign.infra import port_open
+    from mmalign.infra.prism import session
+
+    with session() as args:
+        endpoint = next(a.split("=", 1)[1] for a in args if a.startswith("--job_endpoint="))
+        host, port = endpoint.rsplit(":", 1)
+        assert port_open(host, int(port))
+        with beam.Pipeline(options=PipelineOptions(args)) as p:
+            (p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * 2)
+             | beam.Map(lambda x, d=str(tmp_path): (open(f"{d}/{x}", "w").close(), x)))
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["2", "4", "6"]
+    assert not port_open(host, int(port))
 
 
 def test_portable_needs_a_job_endpoint_and_others_pass_through() -> None:
