@@ -208,7 +208,7 @@ def validate_chunk(chunk: Chunk, options: dict | None = None, run_id: str = "", 
             flag((w != w0) | (h != h0), "frame_size_changed", "ContractViolation",
                  f"frame size differs from the stream's {w0}x{h0}")
     if chunk.modality == "text" and n:
-        txt = (scalars.to_pandas() if df is None else df)["text"].astype(str)
+        txt = (scalars.column("text").to_pandas() if df is None else df["text"]).astype(str)
         bad = txt.str.contains("\ufffd", regex=False) | txt.str.contains(
             f"[{_CONTROL}]", regex=True)
         flag(bad.to_numpy(), "bad_text_encoding", "ContractViolation",

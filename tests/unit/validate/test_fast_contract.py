@@ -24,6 +24,10 @@ def _clean(modality: str, n: int) -> dict[str, pa.Array]:
         cols["height"] = pa.array(np.full(n, 240, np.int32))
     elif modality == "audio":
         cols["n_samples"] = pa.array(np.full(n, 1024, np.int32))
+    elif modality == "text":
+        cols["t_end_ns"] = pa.array(t + RNG.integers(0, 10**9, n))
+        cols["text"] = pa.array([f"cue {i} \u00e9\u6f22" for i in range(n)])
+        cols["kind"] = pa.array(RNG.choice(["segment", "word"], n).tolist())
     else:
         for c in CHANNELS:
             cols[c] = pa.array(RNG.normal(0, 9.8, n))
@@ -32,6 +36,7 @@ def _clean(modality: str, n: int) -> dict[str, pa.Array]:
 
 def _schema(modality: str):
     return {"video": video.VideoFrames.to_schema(), "audio": audio.AudioBlocks.to_schema(),
+            "text": text.TextSegments.to_schema(),
             "sensor": sensor.pandera_schema(CHANNELS, 100.0)}[modality]
 
 
@@ -49,6 +54,15 @@ def _broken(cols: dict[str, pa.Array], n: int) -> list[tuple[str, dict[str, pa.A
     for name, arr in cols.items():
         v = arr.to_numpy(zero_copy_only=False)
         i = int(RNG.integers(0, n))
+        if pa.types.is_string(arr.type):
+            for bad in ("", "x" * text.MAX_TEXT_CHARS, "x" * (text.MAX_TEXT_CHARS + 1),
+                        "bogus", "Segment", None):
+                w = v.tolist()
+                w[i] = bad
+                out.append((f"{name}={bad!r:.20}", {**cols, name: pa.array(w, pa.string())}))
+            out.append((f"{name}: large_string", {**cols, name: arr.cast(pa.large_string())}))
+            out.append((f"{name}: missing", {k: a for k, a in cols.items() if k != name}))
+            continue
         as_list = v.tolist()
         as_list[i] = None
         out.append((f"{name}: null", {**cols, name: pa.array(as_list, arr.type)}))
@@ -68,10 +82,14 @@ def _broken(cols: dict[str, pa.Array], n: int) -> list[tuple[str, dict[str, pa.A
         out.append((f"{name}: str", {**cols, name: pa.array(v.astype(str))}))
         out.append((f"{name}: missing", {k: a for k, a in cols.items() if k != name}))
     out.append(("extra column", {**cols, "extra": pa.array(np.zeros(n))}))
+    if "t_end_ns" in cols:                     # a cue that ends before it starts
+        w = cols["t_end_ns"].to_numpy().copy()
+        w[i] = cols["t_ns"].to_numpy()[i] - 1
+        out.append(("t_end_ns < t_ns", {**cols, "t_end_ns": pa.array(w)}))
     return out
 
 
-@pytest.mark.parametrize("modality", ["video", "audio", "sensor"])
+@pytest.mark.parametrize("modality", ["video", "audio", "sensor", "text"])
 def test_what_the_precheck_passes_pandera_passes(modality) -> None:
     schema = _schema(modality)
     fast = FastContract.of(schema)
@@ -85,7 +103,9 @@ def test_what_the_precheck_passes_pandera_passes(modality) -> None:
         name = list(cols)[int(RNG.integers(0, len(cols)))]
         v = cols[name].to_numpy(zero_copy_only=False).copy()
         rows = RNG.integers(0, n, int(RNG.integers(1, 4)))
-        if v.dtype.kind == "f":
+        if v.dtype.kind == "O":
+            v[rows] = RNG.choice(["", "word", "segment", "x" * 10_001, "ok"], rows.size)
+        elif v.dtype.kind == "f":
             v[rows] = RNG.choice([np.nan, np.inf, 99.0, 101.0, -101.0, 0.0], rows.size)
         else:
             v[rows] = RNG.integers(-20, 20000, rows.size)
@@ -103,12 +123,16 @@ def test_what_the_precheck_passes_pandera_passes(modality) -> None:
 
 
 def test_contracts_the_precheck_cannot_evaluate_go_to_pandera() -> None:
-    assert FastContract.of(text.TextSegments.to_schema()) is None   # a dataframe-level check
+    frame = pa_pd.DataFrameSchema({"x": pa_pd.Column("int64")},
+                                  checks=[pa_pd.Check(lambda df: df["x"] > 0)])
+    assert FastContract.of(frame) is None          # a frame-level check it does not know
     custom = pa_pd.DataFrameSchema({"x": pa_pd.Column("int64", pa_pd.Check(lambda s: s > 0))})
     assert FastContract.of(custom) is None
     strict = pa_pd.DataFrameSchema({"x": pa_pd.Column("int64")}, strict=True)
     assert FastContract.of(strict) is None
-    assert FastContract.of(pa_pd.DataFrameSchema({"x": pa_pd.Column(str)})) is None
+    assert FastContract.of(pa_pd.DataFrameSchema({"x": pa_pd.Column("datetime64[ns]")})) is None
+    regex = pa_pd.DataFrameSchema({"x": pa_pd.Column(str, pa_pd.Check.str_matches("a+"))})
+    assert FastContract.of(regex) is None
 
 
 def _chunk(modality: str, cols: dict[str, pa.Array]) -> Chunk:
@@ -121,7 +145,7 @@ def _chunk(modality: str, cols: dict[str, pa.Array]) -> Chunk:
     return Chunk("s", "st", modality, 0, "f", pa.RecordBatch.from_pydict(cols), meta=meta)
 
 
-@pytest.mark.parametrize("modality", ["video", "audio", "sensor"])
+@pytest.mark.parametrize("modality", ["video", "audio", "sensor", "text"])
 def test_validation_is_the_same_with_and_without_the_precheck(modality, monkeypatch) -> None:
     n = 40
     clean = _clean(modality, n)
