@@ -1,9 +1,7 @@
 """Audio contract: one row per block of consecutive PCM samples (mono mix, float32 in [-1, 1])."""
 
-import numpy as np
 import pandera.pandas as pa_pd
 import pyarrow as pa
-from pandera.typing import Series
 
 SCHEMA_VERSION = "audio/1.0"
 
@@ -18,10 +16,9 @@ MIN_RATE, MAX_RATE = 1000, 384000   # meta["sample_rate"] must be in this range
 MAX_ABS_SAMPLE = 1.0   # |sample| above this is out of range (options.max_abs overrides)
 
 
-class AudioBlocks(pa_pd.DataFrameModel):
-    t_ns: int = pa_pd.Field()
-    pos: int = pa_pd.Field(ge=0)
-    n_samples: Series[np.int32] = pa_pd.Field(gt=0)
-
-    class Config:
-        strict = False
+# pandera contract on the scalar columns (a DataFrameSchema: see schemas/video.py)
+AudioBlocks = pa_pd.DataFrameSchema({
+    "t_ns": pa_pd.Column("int64"),
+    "pos": pa_pd.Column("int64", pa_pd.Check.ge(0)),
+    "n_samples": pa_pd.Column("int32", pa_pd.Check.gt(0)),
+}, strict=False, name="AudioBlocks")

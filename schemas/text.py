@@ -16,16 +16,17 @@ ARROW_SCHEMA = pa.schema([
 MAX_TEXT_CHARS = 10_000
 
 
-class TextSegments(pa_pd.DataFrameModel):
-    t_ns: int = pa_pd.Field()
-    t_end_ns: int = pa_pd.Field()
-    pos: int = pa_pd.Field(ge=0)
-    text: str = pa_pd.Field(str_length={"min_value": 1, "max_value": MAX_TEXT_CHARS})
-    kind: str = pa_pd.Field(isin=["segment", "word"])
+def ends_after_start(df):
+    """The frame check "ends_after_start": a segment's end is not before its start."""
+    return df["t_end_ns"] >= df["t_ns"]
 
-    @pa_pd.dataframe_check(element_wise=False)
-    def ends_after_start(cls, df):
-        return df["t_end_ns"] >= df["t_ns"]
 
-    class Config:
-        strict = False
+# pandera contract on the scalar columns (a DataFrameSchema: see schemas/video.py)
+TextSegments = pa_pd.DataFrameSchema({
+    "t_ns": pa_pd.Column("int64"),
+    "t_end_ns": pa_pd.Column("int64"),
+    "pos": pa_pd.Column("int64", pa_pd.Check.ge(0)),
+    "text": pa_pd.Column(str, pa_pd.Check.str_length(1, MAX_TEXT_CHARS)),
+    "kind": pa_pd.Column(str, pa_pd.Check.isin(["segment", "word"])),
+}, checks=[pa_pd.Check(ends_after_start, element_wise=False, name="ends_after_start")],
+    strict=False, name="TextSegments")

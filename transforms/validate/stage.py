@@ -76,11 +76,11 @@ def _contract_for(modality: str, channels: tuple[str, ...] = (), max_abs: float 
     """(pandera schema, its vectorised pre-check), built once per process: pandera's schema
     construction is far costlier than a check."""
     if modality == "video":
-        schema = video_schema.VideoFrames.to_schema()
+        schema = video_schema.VideoFrames
     elif modality == "audio":
-        schema = audio_schema.AudioBlocks.to_schema()
+        schema = audio_schema.AudioBlocks
     elif modality == "text":
-        schema = text_schema.TextSegments.to_schema()
+        schema = text_schema.TextSegments
     else:
         schema = sensor_schema.pandera_schema(list(channels), max_abs)
     return schema, FastContract.of(schema)

@@ -35,8 +35,8 @@ def _clean(modality: str, n: int) -> dict[str, pa.Array]:
 
 
 def _schema(modality: str):
-    return {"video": video.VideoFrames.to_schema(), "audio": audio.AudioBlocks.to_schema(),
-            "text": text.TextSegments.to_schema(),
+    return {"video": video.VideoFrames, "audio": audio.AudioBlocks,
+            "text": text.TextSegments,
             "sensor": sensor.pandera_schema(CHANNELS, 100.0)}[modality]
 
 
