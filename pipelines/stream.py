@@ -86,6 +86,7 @@ class StreamOptions:
     stop_after_idle_s: float | None = None
     payload_roots: tuple[str, ...] = ()
     poll_ms: int = 300
+    fetch_bytes_per_partition: int = 8 << 20   # a message is ~0.2 MB (1 s of audio or video)
     progress: bool = False             # progress lines on stderr (the CLI turns them on)
     progress_every_s: float = 10.0     # and offsets committed this often
 
@@ -132,20 +133,20 @@ def partition_specs(settings: KafkaSettings, topics: list[str], group_id: str
     from kafka import KafkaConsumer, TopicPartition  # lazy: kafka-python only with a broker
     consumer = KafkaConsumer(**settings.common(), group_id=group_id, enable_auto_commit=False)
     try:
-        specs = []
+        tps = []
         for topic in topics:
             parts = consumer.partitions_for_topic(topic)
             if not parts:
                 raise ManifestError(f"Kafka topic {topic!r} does not exist on "
                                     f"{settings.bootstrap_servers}; publish to it first or "
                                     f"create it")
-            for p in sorted(parts):
-                tp = TopicPartition(topic, p)
-                committed = consumer.committed(tp)
-                if committed is None:
-                    committed = consumer.beginning_offsets([tp])[tp]
-                specs.append(PartitionSpec(topic, p, int(committed)))
-        return specs
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        committed = {tp: consumer.committed(tp) for tp in tps}
+        fresh = [tp for tp in tps if committed[tp] is None]
+        starts = consumer.beginning_offsets(fresh) if fresh else {}   # one request for all
+        return [PartitionSpec(tp.topic, tp.partition,
+                              int(starts[tp] if committed[tp] is None else committed[tp]))
+                for tp in tps]
     finally:
         consumer.close()
 
@@ -181,6 +182,7 @@ def build(p: beam.Pipeline, job: Job, settings: KafkaSettings, plan: Resume,
         allowed_lateness_ns=lateness, event_clock=geometry(job).event_clock(),
         state_dir=str(state), run_id=job.run_id,
         stop_after_idle_s=opts.stop_after_idle_s, poll_ms=opts.poll_ms,
+        fetch_bytes_per_partition=opts.fetch_bytes_per_partition,
         closed_sessions=plan.closed_sessions, late_floors_us=plan.late_floors_us,
         sessions=frozenset(m.session for m in job.manifests),
         close_after_ns=job.bucket_ns + bucketing(job).window_margin_ns)

@@ -281,6 +281,7 @@ class ReadKafkaFn(beam.DoFn):
     def __init__(self, settings, *, max_out_of_orderness_ns: int, allowed_lateness_ns: int,
                  state_dir: str, run_id: str, stop_after_idle_s: float | None,
                  poll_ms: int = 300, max_poll_records: int = 500,
+                 fetch_bytes_per_partition: int = 8 << 20,
                  closed_sessions: frozenset[str] = frozenset(),
                  late_floors_us: dict[str, int] | None = None,
                  event_clock: EventClock | None = None,
@@ -302,6 +303,9 @@ class ReadKafkaFn(beam.DoFn):
         self.stop_after_idle_s = stop_after_idle_s
         self.poll_ms = poll_ms
         self.max_poll_records = max_poll_records
+        # Kafka's default (1 MB) holds ~5-7 of our messages: a poll, and so a bundle, each
+        # 5-7 messages; 8 MB per partition lets a backlog come in polls of hundreds
+        self.fetch_bytes_per_partition = fetch_bytes_per_partition
         self.closed_sessions = closed_sessions
         self.late_floors_us = dict(late_floors_us or {})
         self._consumer = None
@@ -320,7 +324,8 @@ class ReadKafkaFn(beam.DoFn):
             self._consumer = KafkaConsumer(**self.settings.common(), group_id=None,
                                            enable_auto_commit=False,
                                            auto_offset_reset="earliest",
-                                           max_poll_records=self.max_poll_records)
+                                           max_poll_records=self.max_poll_records,
+                                           max_partition_fetch_bytes=self.fetch_bytes_per_partition)
             self._consumer.assign(tps)
         for tp, nxt in zip(tps, positions.next, strict=True):
             if self._consumer.position(tp) != nxt:
