@@ -332,16 +332,11 @@ class ReadKafkaFn(beam.DoFn):
                 self._consumer.seek(tp, nxt)
         return self._consumer, tps
 
-    def _caught_up(self, consumer, tps, nxt: list[int], polled: bool) -> list[bool] | None:
-        """Per partition: read up to its end. After a poll that returned records, the end is
-        the high watermark the fetch responses carried (no round trip to the broker; as
-        fresh as the records); after an empty poll, and where a partition has not been
-        fetched yet, the broker is asked (the idle stop relies on it)."""
+    def _caught_up(self, consumer, tps, nxt: list[int]) -> list[bool] | None:
+        """Per partition: read up to its end, as the broker sees it now. (The high watermark
+        a fetch response carried saves the round trip but lags: at 1x real time it held
+        the watermark back and raised p95 latency from 5.1 to 5.7 s.)"""
         from kafka.errors import KafkaError  # lazy: kafka-python only where a broker is used
-        if polled:
-            high = [consumer.highwater(tp) for tp in tps]
-            if None not in high:
-                return [n >= h for n, h in zip(nxt, high, strict=True)]
         try:
             end = consumer.end_offsets(tps)
         except KafkaError:
@@ -418,7 +413,7 @@ class ReadKafkaFn(beam.DoFn):
                     INGEST.count(metrics.RECORDS)
                     yield beam.window.TimestampedValue(
                         rec, Timestamp(micros=e // 1000))
-        caught_up = self._caught_up(consumer, tps, nxt, bool(polled))
+        caught_up = self._caught_up(consumer, tps, nxt)
         target = plan_watermark_ns(max_e, caught_up or [False] * len(tps), self.hold_ns)
         if (end := self._all_ended_ns()) is not None:
             target = max(end, target if target is not None else end)
