@@ -1,5 +1,6 @@
 """Scaling: the same backfill with 1 and with 2 workers, on Flink (embedded job server,
-``--parallelism``) and on the local runner (``--direct_num_workers``, multi-processing).
+``--parallelism``), on the local runner (``--direct_num_workers``, multi-processing) and with
+the backfill's own ``--workers`` (sessions over forked processes of the local runner).
 
     python benchmarks/bench_scaling.py [--sessions 2] [--duration 12] [--quick]
     python benchmarks/bench_scaling.py --growth 12 48 192 [--growth-workers 1 2]
@@ -38,10 +39,12 @@ from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.transforms.io.parquet import read_aligned
 
 
-def timed(manifests: list[Path], out: Path, runner: str, args: list[str]) -> tuple[float, int]:
+def timed(manifests: list[Path], out: Path, runner: str, args: list[str],
+          workers: int = 1) -> tuple[float, int]:
     with runner_session(runner, args) as (name, resolved):
         t0 = time.perf_counter()
-        backfill.run(manifests, out, runner=name, pipeline_args=resolved, run_id="bench")
+        backfill.run(manifests, out, runner=name, pipeline_args=resolved, run_id="bench",
+                     progress=False, workers=workers)
         elapsed = time.perf_counter() - t0
     return elapsed, read_aligned(out / "aligned").num_rows
 
@@ -118,7 +121,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=2)
     ap.add_argument("--duration", type=float, default=12.0)
-    ap.add_argument("--quick", action="store_true", help="2 sessions x 6 s, Flink only")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 sessions x 6 s, Flink and --workers only")
     ap.add_argument("--growth", type=float, nargs="+", metavar="SECONDS",
                     help="cost-growth table over these recording durations (no Flink)")
     ap.add_argument("--growth-workers", type=int, nargs="*", default=[],
@@ -131,6 +135,8 @@ def main() -> int:
     if not ns.quick:
         settings += [("local", w, [f"--direct_num_workers={w}",
                                    "--direct_running_mode=multi_processing"]) for w in (1, 2)]
+    # backfill --workers: sessions over forked processes of the local runner (in memory)
+    settings += [("forked", w, []) for w in (1, 2)]
     print(f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; {sessions} session(s) x "
           f"{duration:.0f} s, bucket 4 s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +145,9 @@ def main() -> int:
         times: dict[tuple[str, int], float] = {}
         rows = set()
         for runner, workers, args in settings:
-            elapsed, n = timed(manifests, Path(tmp) / f"out-{runner}-{workers}", runner, args)
+            elapsed, n = timed(manifests, Path(tmp) / f"out-{runner}-{workers}",
+                               "local" if runner == "forked" else runner, args,
+                               workers if runner == "forked" else 1)
             times[(runner, workers)] = elapsed
             rows.add(n)
             print(f"  {runner:6s} {workers} worker(s): {elapsed:7.1f} s  ({n} aligned rows)",

@@ -23,6 +23,7 @@ from mmalign.pipelines.core import AlignCore, Job, online_store_sink, prepare
 from mmalign.pipelines.observe import ObserveOptions, attach
 from mmalign.pipelines.observe import session as observe_session
 from mmalign.pipelines.progress import Progress, backfill_line
+from mmalign.pipelines.session_workers import SessionWorkers, check_workers, spread
 from mmalign.pipelines.summary import summarize
 from mmalign.schemas.fs import UriPath, rmtree
 from mmalign.schemas.sync import write_session_sync
@@ -74,27 +75,40 @@ def build(p: beam.Pipeline, job: Job, staging: Path | UriPath,
 def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "DirectRunner",
         pipeline_args: list[str] | None = None, run_id: str | None = None,
         progress: bool = False, progress_every_s: float = 10.0,
-        observe: ObserveOptions | None = None) -> dict:
+        observe: ObserveOptions | None = None, workers: int = 1) -> dict:
     """Run the backfill to completion; returns the run summary (also OUT/summary.json).
 
     Everything is written under OUT/.staging/<run> and committed at the end in one step
     (transforms/io/commit.py): a run that fails or is killed leaves the previous output.
     ``progress``: show per-stage progress on stderr (pipelines/progress.py); ``observe``:
-    metrics endpoint/textfile/Pushgateway, traces, drift (pipelines/observe.py)."""
+    metrics endpoint/textfile/Pushgateway, traces, drift (pipelines/observe.py); ``workers``:
+    with several sessions on the local runner, run them in up to that many processes
+    (pipelines/session_workers.py)."""
     job = prepare(manifest_paths, out, run_id)
+    check_workers(workers, runner, observe, job)
     recover(job.out)                         # finish or clear what an interrupted run left
     staging = staging_dir(job.out, job.run_id)
     opts = PipelineOptions([f"--runner={runner}", *(pipeline_args or [])])
+    groups = spread(job, workers)
     t0 = time.perf_counter()
     try:
         with observe_session(observe, job.run_id, "backfill") as obs:
-            with Progress(backfill_line, progress_every_s, enabled=progress), \
-                    beam.Pipeline(options=opts) as p:
-                build(p, job, staging, observe)
-            result = p.result
+            if groups is None:
+                with Progress(backfill_line, progress_every_s, enabled=progress), \
+                        beam.Pipeline(options=opts) as p:
+                    build(p, job, staging, observe)
+                result = p.result
+            else:                            # sessions over forked processes
+                pool = SessionWorkers(job, groups, staging, runner, pipeline_args,
+                                      min(progress_every_s, 1.0) if progress else None)
+                with Progress(backfill_line, progress_every_s, enabled=progress,
+                              counts=pool.counts):
+                    result = pool.run()
             summary = summarize(job, result, time.perf_counter() - t0, staging)
         if obs.drift:
             summary["drift"] = obs.drift
+        if groups is not None:
+            summary["workers"] = groups      # the sessions each process ran
         staging.mkdir(parents=True, exist_ok=True)
         (staging / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True))
         # every file of OUT/aligned shares one schema after the commit (readers read it whole)

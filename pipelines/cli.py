@@ -103,7 +103,7 @@ def cmd_backfill(ns) -> int:
             return _dataflow_dry_run(ns, args)
         summary = backfill.run(ns.manifest, ns.out, runner=runner, pipeline_args=args,
                                run_id=ns.run_id, progress=not ns.no_progress,
-                               observe=options_from_args(ns))
+                               observe=options_from_args(ns), workers=ns.workers)
     return _report(summary, ns.json)
 
 
@@ -239,6 +239,20 @@ DEMO_WHAT = {"encoders": "the embeddings (encode stage)",
              "feast": "the Feast feature store"}
 
 
+def _workers(text: str) -> int:
+    if text == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 1
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of processes (1 or more) or "
+                                         f"'auto'")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mmalign", description=__doc__.splitlines()[0])
     ap.add_argument("-v", "--verbose", action="store_true", help="show Beam's logs")
@@ -273,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None,
                    help="names the run's staging folder: letters, digits, _ . - (default: "
                         "time + random)")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                   help="local runner: run the sessions (one per --manifest) in up to N "
+                        "processes that share this one's start-up; 'auto': one per core "
+                        "(default 1)")
     runner_opts(p)
     p.set_defaults(fn=cmd_backfill)
 

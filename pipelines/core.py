@@ -68,6 +68,7 @@ class Job:
     run_id: str
     sources: list[DecodeRequest] = field(default_factory=list)
     manifest_paths: list[str] = field(default_factory=list)
+    run_metadata: dict | None = None  # a subset's: the whole run's (every file says the same)
 
     @property
     def rules(self) -> dict[str, TimestampRule]:
@@ -100,7 +101,19 @@ class Job:
         """Sessions whose ticks are approximate-time sets."""
         return {s: p for s, p in self.plans.items() if p.sets}
 
+    def subset(self, sessions: list[str]) -> Job:
+        """The same run (id, output, bucket width) over some of its sessions."""
+        keep = set(sessions)
+        manifests = [m for m in self.manifests if m.session in keep]
+        paths = [p for m, p in zip(self.manifests, self.manifest_paths) if m.session in keep]
+        return Job(manifests, {s: p for s, p in self.plans.items() if s in keep},
+                   {k: v for k, v in self.declared.items() if k[0] in keep}, self.out,
+                   self.run_id, [r for r in self.sources if r.session_id in keep], paths,
+                   self.metadata())
+
     def metadata(self) -> dict:
+        if self.run_metadata is not None:
+            return self.run_metadata
         return {"run_id": self.run_id,
                 "sessions": {s: p.params for s, p in self.plans.items()},
                 "clocks": {f"{k[0]}/{k[1]}": m.to_dict() for k, m in self.declared.items()}}

@@ -68,19 +68,21 @@ class Progress:
     """A background reporter: ``with Progress(line, every_s): run()``. ``line(counts,
     elapsed)`` renders one line; on a terminal it is redrawn live (rich), else logged every
     ``every_s`` seconds. ``every`` (optional) is called each period too (e.g. the streaming
-    job's offset commits)."""
+    job's offset commits); ``counts`` gives the counts to render (default: this process's).
+    """
 
     def __init__(self, line: Callable[[dict, float], str], every_s: float = 10.0,
                  enabled: bool = True, every: Callable[[], None] | None = None,
-                 stream=None):
+                 stream=None, counts: Callable[[], dict[str, int]] = local_counts):
         self.line, self.every_s, self.enabled, self.every = line, every_s, enabled, every
+        self.counts = counts
         self.stream = stream or sys.stderr
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = time.monotonic()
 
     def _text(self) -> str:
-        return self.line(local_counts(), time.monotonic() - self._t0)
+        return self.line(self.counts(), time.monotonic() - self._t0)
 
     def _run(self) -> None:
         live = None

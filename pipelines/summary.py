@@ -77,11 +77,13 @@ def written(cnt: dict[str, int], aligned_rows: int, dead_rows: int) -> dict[str,
 
 def summarize(job, result, elapsed_s: float, root=None) -> dict:
     """The run's summary, read from its outputs under ``root`` (its staging folder before the
-    commit; default OUT), reporting the final folders under OUT."""
+    commit; default OUT), reporting the final folders under OUT. ``result``: the Beam
+    pipeline result, or the stage counters already read (``counters``; summed over worker
+    processes)."""
     root = job.out if root is None else root
     aligned = read_aligned(root / ALIGNED)
     dead = read_dead_letters(root / DEADLETTER)
-    cnt = counters(result)
+    cnt = dict(result) if isinstance(result, dict) else counters(result)
     reasons = Counter(zip(dead.column("stage").to_pylist(), dead.column("reason").to_pylist()))
     per_stream = defaultdict(int)
     for s in dead.column("stream_id").to_pylist():

@@ -1,0 +1,195 @@
+"""A local backfill's sessions spread over worker processes: every core of one machine.
+
+Sessions are independent all the way through the pipeline (plausibility, clock fits, buckets
+and output files are per session), so a run of several recordings splits into groups of
+sessions, balanced by the bytes of their source files, and each group runs the whole backfill
+pipeline (DirectRunner, in memory) in a process forked from this one after the imports and the
+job's preparation: the workers share that start-up instead of paying it again, which the
+DirectRunner's own multi-processing mode does (a fresh interpreter per worker, every element
+pickled across gRPC). All workers write into the run's one staging folder (their files are
+per session, so they never meet), send their stage counters back, and the run commits once.
+
+One session runs in one process: a single long recording does not get faster here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import threading
+import traceback
+from pathlib import Path
+
+from mmalign.pipelines.runners import RunnerConfigError
+from mmalign.schemas.metrics import local_counts
+
+LOCAL_RUNNERS = ("DirectRunner",)
+
+
+def check_workers(workers: int, runner: str, observe, job) -> None:
+    """Raise RunnerConfigError (exit 2) when ``workers`` cannot apply to this run."""
+    if workers < 1:
+        raise RunnerConfigError(f"--workers must be 1 or more (got {workers})")
+    if workers == 1:
+        return
+    if runner not in LOCAL_RUNNERS:
+        raise RunnerConfigError(
+            f"--workers {workers} spreads sessions over processes of the local runner only; "
+            f"{runner} runs its own workers (its parallelism options set them)")
+    if observe is not None and observe.enabled:
+        raise RunnerConfigError(
+            f"--workers {workers} does not combine with the metrics/tracing options (they are "
+            f"served by one process); use --workers 1 with them")
+    if any(m.encoders is not None and m.encoders.feature_store.enabled for m in job.manifests):
+        raise RunnerConfigError(
+            f"--workers {workers} does not combine with the feature store (its registry and "
+            f"online store take writes from one process); use --workers 1")
+
+
+def _source_bytes(path: str) -> int:
+    if "://" in path:
+        return 1
+    try:
+        return max(os.path.getsize(path), 1)
+    except OSError:
+        return 1
+
+
+def session_groups(job, workers: int) -> list[list[str]]:
+    """The job's sessions in at most ``workers`` groups of about equal source bytes (largest
+    session first, each to the lightest group); one group per session when there are fewer."""
+    size: dict[str, int] = {s: 0 for s in job.plans}
+    for r in job.sources:
+        size[r.session_id] = size.get(r.session_id, 0) + _source_bytes(r.path)
+    groups: list[list[str]] = [[] for _ in range(min(workers, len(size)))]
+    load = [0] * len(groups)
+    for s in sorted(size, key=lambda s: (-size[s], s)):
+        i = load.index(min(load))
+        groups[i].append(s)
+        load[i] += size[s]
+    return [sorted(g) for g in groups if g]
+
+
+def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], results,
+            progress_every_s: float | None) -> None:
+    """One worker process: the backfill pipeline over its sessions; puts ("done", index,
+    counters) or ("error", index, exception or text, traceback) on ``results``."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from mmalign.pipelines.backfill import build
+    from mmalign.pipelines.summary import counters
+
+    stop = threading.Event()
+    if progress_every_s:
+        def send():
+            while not stop.wait(progress_every_s):
+                results.put(("progress", index, local_counts()))
+        threading.Thread(target=send, name="mmalign-progress-send", daemon=True).start()
+    try:
+        opts = PipelineOptions([f"--runner={runner}", *pipeline_args])
+        with beam.Pipeline(options=opts) as p:
+            build(p, job, staging)
+        results.put(("done", index, counters(p.result)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+        tb = traceback.format_exc()
+        try:
+            results.put(("error", index, e, tb))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+            results.put(("error", index, f"{type(e).__name__}: {e}", tb))
+    finally:
+        stop.set()
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process died without reporting (killed, out of memory)."""
+
+
+class SessionWorkers:
+    """Run ``job``'s session groups in forked processes; ``counts()`` sums their latest
+    progress counts (for the progress line), ``run()`` returns their summed stage counters or
+    raises the first worker's error (the other workers are stopped)."""
+
+    def __init__(self, job, groups: list[list[str]], staging: Path, runner: str,
+                 pipeline_args: list[str] | None, progress_every_s: float | None = None):
+        self.job, self.groups, self.staging = job, groups, staging
+        self.runner, self.args = runner, list(pipeline_args or [])
+        self.every = progress_every_s
+        self._latest: dict[int, dict[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            total: dict[str, int] = {}
+            for c in self._latest.values():
+                for k, v in c.items():
+                    total[k] = total.get(k, 0) + v
+            return total
+
+    def run(self) -> dict[str, int]:
+        ctx = multiprocessing.get_context("fork")   # share the parent's imports and job
+        results = ctx.Queue()
+        procs = []
+        for i, sessions in enumerate(self.groups):
+            pr = ctx.Process(target=_worker, name=f"mmalign-backfill-{i}",
+                             args=(i, self.job.subset(sessions), self.staging, self.runner,
+                                   self.args, results, self.every))
+            pr.start()
+            procs.append(pr)
+        done: dict[int, dict[str, int]] = {}
+        try:
+            while len(done) < len(procs):
+                try:
+                    msg = results.get(timeout=0.5)
+                except queue.Empty:
+                    self._check_alive(procs, done, results)
+                    continue
+                kind, i = msg[0], msg[1]
+                if kind == "progress":
+                    with self._lock:
+                        self._latest[i] = msg[2]
+                elif kind == "done":
+                    done[i] = msg[2]
+                    with self._lock:
+                        self._latest[i] = msg[2]
+                else:
+                    err, tb = msg[2], msg[3]
+                    if isinstance(err, BaseException):
+                        raise err from WorkerFailed(
+                            f"backfill worker for session(s) {', '.join(self.groups[i])}:\n{tb}")
+                    raise WorkerFailed(f"backfill worker for session(s) "
+                                       f"{', '.join(self.groups[i])} failed: {err}\n{tb}")
+        finally:
+            for pr in procs:
+                if pr.is_alive() and procs.index(pr) not in done:
+                    pr.terminate()
+            for pr in procs:
+                pr.join(timeout=30)
+        total: dict[str, int] = {}
+        for c in done.values():
+            for k, v in c.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def _check_alive(self, procs, done, results) -> None:
+        for i, pr in enumerate(procs):
+            if i in done or pr.exitcode is None:
+                continue
+            try:                       # its last message may still be in the pipe
+                msg = results.get(timeout=2)
+            except queue.Empty:
+                raise WorkerFailed(
+                    f"backfill worker for session(s) {', '.join(self.groups[i])} exited with "
+                    f"code {pr.exitcode} without a result (killed, or out of memory?)") from None
+            results.put(msg)           # handled by the loop
+            return
+
+
+def spread(job, workers: int) -> list[list[str]] | None:
+    """The session groups for ``workers`` processes, or None when one process runs it all."""
+    if workers <= 1 or len(job.plans) <= 1:
+        return None
+    groups = session_groups(job, workers)
+    return groups if len(groups) > 1 else None
+
