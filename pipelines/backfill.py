@@ -23,6 +23,7 @@ from mmalign.pipelines.core import AlignCore, Job, online_store_sink, prepare
 from mmalign.pipelines.observe import ObserveOptions, attach
 from mmalign.pipelines.observe import session as observe_session
 from mmalign.pipelines.progress import Progress, backfill_line
+from mmalign.pipelines.runners import pipeline
 from mmalign.pipelines.session_workers import SessionWorkers, check_workers, spread
 from mmalign.pipelines.summary import summarize
 from mmalign.schemas.fs import UriPath, rmtree
@@ -95,7 +96,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
         with observe_session(observe, job.run_id, "backfill") as obs:
             if groups is None:
                 with Progress(backfill_line, progress_every_s, enabled=progress), \
-                        beam.Pipeline(options=opts) as p:
+                        pipeline(runner, opts) as p:
                     build(p, job, staging, observe)
                 result = p.result
             else:                            # sessions over forked processes

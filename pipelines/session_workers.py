@@ -21,7 +21,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from mmalign.pipelines.runners import RunnerConfigError
+from mmalign.pipelines.runners import RunnerConfigError, pipeline
 from mmalign.schemas.metrics import local_counts
 
 LOCAL_RUNNERS = ("DirectRunner",)
@@ -75,7 +75,6 @@ def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], res
             progress_every_s: float | None) -> None:
     """One worker process: the backfill pipeline over its sessions; puts ("done", index,
     counters) or ("error", index, exception or text, traceback) on ``results``."""
-    import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from mmalign.pipelines.backfill import build
@@ -89,7 +88,7 @@ def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], res
         threading.Thread(target=send, name="mmalign-progress-send", daemon=True).start()
     try:
         opts = PipelineOptions([f"--runner={runner}", *pipeline_args])
-        with beam.Pipeline(options=opts) as p:
+        with pipeline(runner, opts) as p:
             build(p, job, staging)
         results.put(("done", index, counters(p.result)))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it

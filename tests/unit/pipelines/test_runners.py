@@ -353,3 +353,35 @@ def test_a_package_dir_without_metadata_is_a_clear_error(tmp_path, monkeypatch) 
     monkeypatch.setattr(runners, "_package_dir", lambda: tmp_path / "mmalign")
     with pytest.raises(RunnerConfigError, match="--sdk_container_image or --extra_package"):
         project_wheel(tmp_path / "out")
+
+
+def _run_logged(p, caplog) -> list[str]:
+    """Run a small pipeline; Beam's DirectRunner log lines during it."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    with caplog.at_level("INFO", logger="apache_beam.runners.direct.direct_runner"):
+        with p:
+            out = p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * 2)
+            assert_that(out, equal_to([2, 4, 6]))
+    return [r.getMessage() for r in caplog.records
+            if r.name == "apache_beam.runners.direct.direct_runner"]
+
+
+def test_local_runner_runs_in_process_without_trying_prism(caplog) -> None:
+    """Beam's DirectRunner first tries Prism (a download from GitHub); the backfill's local
+    runner goes straight to Beam's in-process runner, with the same results."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    plain = _run_logged(beam.Pipeline(runner="DirectRunner"), caplog)
+    assert any("PrismRunner" in m for m in plain)        # what this runner avoids
+    caplog.clear()
+    ours = _run_logged(runners.pipeline("DirectRunner", PipelineOptions([])), caplog)
+    assert not any("Prism" in m for m in ours), ours
+    p = runners.pipeline("DirectRunner", PipelineOptions(["--direct_num_workers=2",
+                                                          "--direct_running_mode=multi_threading"]))
+    assert isinstance(p.runner, runners.LocalRunner)
+    _run_logged(p, caplog)
+    other = runners.pipeline("PrismRunner", PipelineOptions(["--runner=PrismRunner"])).runner
+    assert type(other).__name__ == "PrismRunner"
