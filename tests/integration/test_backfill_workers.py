@@ -4,10 +4,12 @@ output, and the option refuses what it cannot do."""
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.pipelines import backfill, session_workers
@@ -17,6 +19,8 @@ from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import run_mmalign
+from tests.media import espeak_wav
+from tests.opencv_doc_data import opencv_doc_data
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +35,31 @@ def recordings(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def serial(recordings, tmp_path_factory):
+def street(tmp_path_factory):
+    """A session of real material: opencv-doc's street camera (vtest.avi, XVID, 795 frames)
+    and espeak-ng speech as its microphone."""
+    folder = tmp_path_factory.mktemp("street")
+    shutil.copy(opencv_doc_data() / "vtest.avi", folder / "vtest.avi")
+    espeak_wav(folder / "speech.wav", "People walk along the street past the shop windows "
+               "while the camera records them from above.")
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "session": "street",
+        "streams": [{"id": "cam", "modality": "video", "files": ["vtest.avi"]},
+                    {"id": "mic", "modality": "audio", "files": ["speech.wav"]}],
+        "alignment": {"ticks": {"anchor": "cam"}, "bucket_s": 4.0}}))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def every(recordings, street):
+    return [*recordings, street]
+
+
+@pytest.fixture(scope="module")
+def serial(every, tmp_path_factory):
     out = tmp_path_factory.mktemp("serial") / "out"
-    return out, backfill.run(recordings, out, run_id="same", progress=False)
+    return out, backfill.run(every, out, run_id="same", progress=False)
 
 
 def _files(root: Path) -> list[str]:
@@ -47,19 +73,22 @@ def _letters(root: Path):
                      "event_time_ns"]).reset_index(drop=True)
 
 
-def test_cli_workers_match_one_process(recordings, serial, tmp_path):
+def test_cli_workers_match_one_process(every, serial, tmp_path):
     out1, s1 = serial
     out2 = tmp_path / "out"
     args = ["backfill", "--workers", "2", "--out", out2, "--run-id", "same", "--json",
             "--no-progress"]
-    for m in recordings:
+    for m in every:
         args += ["--manifest", m]
     res = run_mmalign(*args)
     assert res.returncode == 0, res.stderr
     s2 = json.loads(res.stdout)
-    # three sessions over two processes: the 12 s recording alone, the 8 s and 6 s together
-    assert s2["workers"] == [["walk-a"], ["walk-b", "walk-c"]]
+    # four sessions over two processes, by bytes: the street video (8 MB) against the rest
+    assert s2["workers"] == [["street"], ["walk-a", "walk-b", "walk-c"]]
     assert "workers" not in s1
+    street = read_aligned(out1 / ALIGNED, "street")
+    assert street.num_rows == 795                            # every frame of vtest.avi a tick
+    assert set(street.column("mic__status").to_pylist()) >= {"ok"}
     for key in ("aligned_rows", "dead_letters", "dead_letters_by_reason", "accounting",
                 "written", "counters", "status_by_stream", "sessions", "streams"):
         assert s2[key] == s1[key], key
