@@ -101,10 +101,13 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
                 result = p.result
             else:                            # sessions over forked processes
                 pool = SessionWorkers(job, groups, staging, runner, pipeline_args,
-                                      min(progress_every_s, 1.0) if progress else None)
-                with Progress(backfill_line, progress_every_s, enabled=progress,
-                              counts=pool.counts):
-                    result = pool.run()
+                                      min(progress_every_s, 1.0) if progress else None).start()
+                try:
+                    with Progress(backfill_line, progress_every_s, enabled=progress,
+                                  counts=pool.counts):
+                        result = pool.wait()
+                finally:
+                    pool.stop()
             summary = summarize(job, result, time.perf_counter() - t0, staging)
         if obs.drift:
             summary["drift"] = obs.drift

@@ -106,9 +106,9 @@ class WorkerFailed(RuntimeError):
 
 
 class SessionWorkers:
-    """Run ``job``'s session groups in forked processes; ``counts()`` sums their latest
-    progress counts (for the progress line), ``run()`` returns their summed stage counters or
-    raises the first worker's error (the other workers are stopped)."""
+    """Run ``job``'s session groups in forked processes: ``start()``, then ``wait()`` returns
+    their summed stage counters or raises the first worker's error (the other workers are
+    stopped); ``counts()`` sums their latest progress counts meanwhile (the progress line)."""
 
     def __init__(self, job, groups: list[list[str]], staging: Path, runner: str,
                  pipeline_args: list[str] | None, progress_every_s: float | None = None):
@@ -126,16 +126,23 @@ class SessionWorkers:
                     total[k] = total.get(k, 0) + v
             return total
 
-    def run(self) -> dict[str, int]:
+    def start(self) -> SessionWorkers:
+        """Fork the workers: before any thread of this process starts (the progress line's
+        among them), so no child inherits a lock a thread held at the fork."""
         ctx = multiprocessing.get_context("fork")   # share the parent's imports and job
-        results = ctx.Queue()
-        procs = []
+        self._results = ctx.Queue()
+        self._procs = []
         for i, sessions in enumerate(self.groups):
             pr = ctx.Process(target=_worker, name=f"mmalign-backfill-{i}",
                              args=(i, self.job.subset(sessions), self.staging, self.runner,
-                                   self.args, results, self.every))
+                                   self.args, self._results, self.every))
             pr.start()
-            procs.append(pr)
+            self._procs.append(pr)
+        return self
+
+    def wait(self) -> dict[str, int]:
+        """The workers' summed stage counters once all have finished; the first error."""
+        results, procs = self._results, self._procs
         done: dict[int, dict[str, int]] = {}
         try:
             while len(done) < len(procs):
@@ -160,16 +167,20 @@ class SessionWorkers:
                     raise WorkerFailed(f"backfill worker for session(s) "
                                        f"{', '.join(self.groups[i])} failed: {err}\n{tb}")
         finally:
-            for pr in procs:
-                if pr.is_alive() and procs.index(pr) not in done:
-                    pr.terminate()
-            for pr in procs:
-                pr.join(timeout=30)
+            self.stop()
         total: dict[str, int] = {}
         for c in done.values():
             for k, v in c.items():
                 total[k] = total.get(k, 0) + v
         return total
+
+    def stop(self) -> None:
+        """Stop the workers still running (after an error) and reap them all."""
+        for pr in self._procs:
+            if pr.is_alive():
+                pr.terminate()
+        for pr in self._procs:
+            pr.join(timeout=30)
 
     def _check_alive(self, procs, done, results) -> None:
         for i, pr in enumerate(procs):

@@ -152,3 +152,14 @@ def test_session_groups_balance_source_bytes(recordings, tmp_path):
     sub = job.subset(["walk-c", "walk-a"])
     assert sorted(sub.plans) == ["walk-a", "walk-c"] and sub.metadata() == job.metadata()
     assert {r.session_id for r in sub.sources} == {"walk-a", "walk-c"}
+
+
+def test_progress_line_sums_the_workers(recordings, tmp_path, capsys):
+    summary = backfill.run(recordings, tmp_path / "out", progress=True, progress_every_s=0.3,
+                           workers=2)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("backfill:")]
+    decoded = [int(ln.split("decoded ")[1].split(" records")[0].replace(",", ""))
+               for ln in lines]
+    assert decoded and max(decoded) > 0, lines
+    assert decoded == sorted(decoded)                 # counts only grow
+    assert max(decoded) <= sum(a["records_in"] for a in summary["accounting"].values())
