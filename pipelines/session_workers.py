@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from mmalign.pipelines.runners import RunnerConfigError, pipeline
-from mmalign.schemas.metrics import local_counts
+from mmalign.schemas.metrics import local_counts, reset_local
 
 LOCAL_RUNNERS = ("DirectRunner",)
 
@@ -80,6 +80,7 @@ def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], res
     from mmalign.pipelines.backfill import build
     from mmalign.pipelines.summary import counters
 
+    reset_local()        # the counts this process inherited are the parent's earlier runs'
     stop = threading.Event()
     if progress_every_s:
         def send():
