@@ -100,7 +100,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
                     build(p, job, staging, observe)
                 result = p.result
             else:                            # sessions over forked processes
-                pool = SessionWorkers(job, groups, staging, runner, pipeline_args,
+                pool = SessionWorkers(job, groups, staging, runner, pipeline_args, build,
                                       min(progress_every_s, 1.0) if progress else None).start()
                 try:
                     with Progress(backfill_line, progress_every_s, enabled=progress,

@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from mmalign.pipelines.runners import RunnerConfigError, pipeline
@@ -72,12 +73,12 @@ def session_groups(job, workers: int) -> list[list[str]]:
 
 
 def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], results,
-            progress_every_s: float | None) -> None:
-    """One worker process: the backfill pipeline over its sessions; puts ("done", index,
-    counters) or ("error", index, exception or text, traceback) on ``results``."""
+            progress_every_s: float | None, build: Callable) -> None:
+    """One worker process: ``build(pipeline, job, staging)`` (the backfill's) run over its
+    sessions; puts ("done", index, counters) or ("error", index, exception or text,
+    traceback) on ``results``."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from mmalign.pipelines.backfill import build
     from mmalign.pipelines.summary import counters
 
     reset_local()        # the counts this process inherited are the parent's earlier runs'
@@ -112,8 +113,9 @@ class SessionWorkers:
     stopped); ``counts()`` sums their latest progress counts meanwhile (the progress line)."""
 
     def __init__(self, job, groups: list[list[str]], staging: Path, runner: str,
-                 pipeline_args: list[str] | None, progress_every_s: float | None = None):
-        self.job, self.groups, self.staging = job, groups, staging
+                 pipeline_args: list[str] | None, build: Callable,
+                 progress_every_s: float | None = None):
+        self.job, self.groups, self.staging, self.build = job, groups, staging, build
         self.runner, self.args = runner, list(pipeline_args or [])
         self.every = progress_every_s
         self._latest: dict[int, dict[str, int]] = {}
@@ -136,7 +138,7 @@ class SessionWorkers:
         for i, sessions in enumerate(self.groups):
             pr = ctx.Process(target=_worker, name=f"mmalign-backfill-{i}",
                              args=(i, self.job.subset(sessions), self.staging, self.runner,
-                                   self.args, self._results, self.every))
+                                   self.args, self._results, self.every, self.build))
             pr.start()
             self._procs.append(pr)
         return self
