@@ -24,7 +24,7 @@ from mmalign.pipelines.observe import ObserveOptions, attach
 from mmalign.pipelines.observe import session as observe_session
 from mmalign.pipelines.progress import Progress, backfill_line
 from mmalign.pipelines.runners import pipeline
-from mmalign.pipelines.session_workers import SessionWorkers, check_workers, spread
+from mmalign.pipelines.session_workers import SessionWorkers, resolve_workers, spread
 from mmalign.pipelines.summary import summarize
 from mmalign.schemas.fs import UriPath, rmtree
 from mmalign.schemas.sync import write_session_sync
@@ -76,7 +76,7 @@ def build(p: beam.Pipeline, job: Job, staging: Path | UriPath,
 def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "DirectRunner",
         pipeline_args: list[str] | None = None, run_id: str | None = None,
         progress: bool = False, progress_every_s: float = 10.0,
-        observe: ObserveOptions | None = None, workers: int = 1) -> dict:
+        observe: ObserveOptions | None = None, workers: int | None = 1) -> dict:
     """Run the backfill to completion; returns the run summary (also OUT/summary.json).
 
     Everything is written under OUT/.staging/<run> and committed at the end in one step
@@ -84,9 +84,9 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
     ``progress``: show per-stage progress on stderr (pipelines/progress.py); ``observe``:
     metrics endpoint/textfile/Pushgateway, traces, drift (pipelines/observe.py); ``workers``:
     with several sessions on the local runner, run them in up to that many processes
-    (pipelines/session_workers.py)."""
+    (pipelines/session_workers.py; None: one per core where that applies)."""
     job = prepare(manifest_paths, out, run_id)
-    check_workers(workers, runner, observe, job)
+    workers = resolve_workers(workers, runner, observe, job)
     recover(job.out)                         # finish or clear what an interrupted run left
     staging = staging_dir(job.out, job.run_id)
     opts = PipelineOptions([f"--runner={runner}", *(pipeline_args or [])])

@@ -239,10 +239,9 @@ DEMO_WHAT = {"encoders": "the embeddings (encode stage)",
              "feast": "the Feast feature store"}
 
 
-def _workers(text: str) -> int:
+def _workers(text: str) -> int | None:
     if text == "auto":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
+        return None                    # backfill.run: one per core where workers apply
     try:
         n = int(text)
     except ValueError:
@@ -287,10 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None,
                    help="names the run's staging folder: letters, digits, _ . - (default: "
                         "time + random)")
-    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+    p.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
                    help="local runner: run the sessions (one per --manifest) in up to N "
-                        "processes that share this one's start-up; 'auto': one per core "
-                        "(default 1)")
+                        "processes forked from this one after its start-up; default auto: "
+                        "one per core, or 1 with another runner, the metrics options or the "
+                        "feature store")
     runner_opts(p)
     p.set_defaults(fn=cmd_backfill)
 

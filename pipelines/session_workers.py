@@ -14,9 +14,11 @@ One session runs in one process: a single long recording does not get faster her
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import traceback
 from collections.abc import Callable
@@ -26,6 +28,27 @@ from mmalign.pipelines.runners import RunnerConfigError, pipeline
 from mmalign.schemas.metrics import local_counts, reset_local
 
 LOCAL_RUNNERS = ("DirectRunner",)
+PR_SET_PDEATHSIG = 1                 # prctl(2)
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | None, runner: str, observe, job) -> int:
+    """The processes for this run: ``None`` (auto) is one per core where workers apply (the
+    local runner, no metrics options, no feature store) and 1 elsewhere; a number is checked
+    (``check_workers``)."""
+    if workers is None:
+        try:
+            check_workers(2, runner, observe, job)
+        except RunnerConfigError:
+            return 1
+        return cores()
+    check_workers(workers, runner, observe, job)
+    return workers
 
 
 def check_workers(workers: int, runner: str, observe, job) -> None:
@@ -72,8 +95,19 @@ def session_groups(job, workers: int) -> list[list[str]]:
     return [sorted(g) for g in groups if g]
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a killed backfill leaves no
+    worker writing into a staging folder the next run recovers)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):           # not Linux: the parent's stop() is all
+        pass
+    if os.getppid() != parent:                  # it died before the line above
+        os._exit(1)
+
+
 def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], results,
-            progress_every_s: float | None, build: Callable) -> None:
+            progress_every_s: float | None, build: Callable, parent: int) -> None:
     """One worker process: ``build(pipeline, job, staging)`` (the backfill's) run over its
     sessions; puts ("done", index, counters) or ("error", index, exception or text,
     traceback) on ``results``."""
@@ -81,6 +115,7 @@ def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], res
 
     from mmalign.pipelines.summary import counters
 
+    _die_with_parent(parent)
     reset_local()        # the counts this process inherited are the parent's earlier runs'
     stop = threading.Event()
     if progress_every_s:
@@ -138,7 +173,8 @@ class SessionWorkers:
         for i, sessions in enumerate(self.groups):
             pr = ctx.Process(target=_worker, name=f"mmalign-backfill-{i}",
                              args=(i, self.job.subset(sessions), self.staging, self.runner,
-                                   self.args, self._results, self.every, self.build))
+                                   self.args, self._results, self.every, self.build,
+                                   os.getpid()))
             pr.start()
             self._procs.append(pr)
         return self

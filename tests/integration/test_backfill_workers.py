@@ -5,6 +5,10 @@ output, and the option refuses what it cannot do."""
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,9 +20,10 @@ from mmalign.pipelines import backfill, session_workers
 from mmalign.pipelines.core import prepare
 from mmalign.pipelines.runners import RunnerConfigError
 from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas.encoders import EncodersConfig
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.io.parquet import read_aligned
-from tests.cli import run_mmalign
+from tests.cli import ROOT, run_mmalign
 from tests.media import espeak_wav
 from tests.opencv_doc_data import opencv_doc_data
 
@@ -141,6 +146,27 @@ def test_workers_refuse_what_they_cannot_do(recordings, tmp_path):
     res = run_mmalign("backfill", "--workers", "none", "--manifest", recordings[0], "--out",
                       tmp_path / "o")
     assert res.returncode == 2 and "'none': a number of processes" in res.stderr
+    job = prepare(recordings, tmp_path / "o")
+    # auto (the command's default): one per core where workers apply, else quietly one
+    assert session_workers.resolve_workers(None, "DirectRunner", None, job) \
+        == session_workers.cores()
+    assert session_workers.resolve_workers(None, "FlinkRunner", None, job) == 1
+    job.manifests[0] = job.manifests[0].model_copy(update={"encoders": EncodersConfig(
+        feature_store={"enabled": True})})
+    assert session_workers.resolve_workers(None, "DirectRunner", None, job) == 1
+    with pytest.raises(RunnerConfigError, match="feature store"):
+        session_workers.resolve_workers(2, "DirectRunner", None, job)
+
+
+def test_cli_default_uses_every_core(recordings, tmp_path):
+    args = ["backfill", "--out", tmp_path / "out", "--json", "--no-progress"]
+    for m in recordings:
+        args += ["--manifest", m]
+    res = run_mmalign(*args)
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    n = min(session_workers.cores(), len(recordings))
+    assert len(s.get("workers", [[]])) == n
 
 
 def test_session_groups_balance_source_bytes(recordings, tmp_path):
@@ -163,3 +189,55 @@ def test_progress_line_sums_the_workers(recordings, tmp_path, capsys):
     assert decoded and max(decoded) > 0, lines
     assert decoded == sorted(decoded)                 # counts only grow
     assert max(decoded) <= sum(a["records_in"] for a in summary["accounting"].values())
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+# The CLI with each worker's pipeline held for a minute before it starts: a worker that
+# outlived its killed parent would still be there 10 s later.
+SLOW_WORKERS = """
+import sys, time
+import mmalign.pipelines.backfill as b
+real = b.build
+def build(p, job, staging, observe=None):
+    time.sleep(60)
+    return real(p, job, staging, observe)
+b.build = build
+from mmalign.pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_workers_die_with_a_killed_backfill(recordings, tmp_path):
+    """SIGKILL the command while its workers run: no worker lives on to write into the
+    staging folder that the next command recovers."""
+    cmd = [sys.executable, "-c", SLOW_WORKERS, "backfill", "--workers", "2",
+           "--out", str(tmp_path / "out"), "--no-progress"]
+    for m in recordings:
+        cmd += ["--manifest", str(m)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(kids := _children(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{k}").exists() and "Z" not in _state(k) for k in kids):
+            assert time.monotonic() < deadline, f"workers {kids} outlived the killed command"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
