@@ -101,6 +101,12 @@ class Job:
         """Sessions whose ticks are approximate-time sets."""
         return {s: p for s, p in self.plans.items() if p.sets}
 
+    @property
+    def feature_store(self) -> bool:
+        """Whether a manifest enables the feature store (its sink, one writer)."""
+        return any(m.encoders is not None and m.encoders.feature_store.enabled
+                   for m in self.manifests)
+
     def subset(self, sessions: list[str]) -> Job:
         """The same run (id, output, bucket width) over some of its sessions."""
         keep = set(sessions)
@@ -203,8 +209,7 @@ def post_align_stages(job: Job) -> list[tuple[str, beam.PTransform]]:
 def online_store_sink(job: Job):
     """The feature-store sink the manifests ask for (a ParDo over written Parquet paths with
     MAIN/DEAD outputs), or None."""
-    if not any(m.encoders is not None and m.encoders.feature_store.enabled
-               for m in job.manifests):
+    if not job.feature_store:
         return None
     try:   # lazy: the encoders and feast extras only when a manifest enables the store
         from mmalign.encoders.feature_store import feature_store_sink

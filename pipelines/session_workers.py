@@ -17,10 +17,12 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import threading
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +67,7 @@ def check_workers(workers: int, runner: str, observe, job) -> None:
         raise RunnerConfigError(
             f"--workers {workers} does not combine with the metrics/tracing options (they are "
             f"served by one process); use --workers 1 with them")
-    if any(m.encoders is not None and m.encoders.feature_store.enabled for m in job.manifests):
+    if job.feature_store:
         raise RunnerConfigError(
             f"--workers {workers} does not combine with the feature store (its registry and "
             f"online store take writes from one process); use --workers 1")
@@ -130,10 +132,12 @@ def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], res
         results.put(("done", index, counters(p.result)))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
         tb = traceback.format_exc()
-        try:
-            results.put(("error", index, e, tb))
+        try:       # the queue pickles on its own thread, where a failure would be lost
+            pickle.dumps(e)
+            err = e
         except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
-            results.put(("error", index, f"{type(e).__name__}: {e}", tb))
+            err = f"{type(e).__name__}: {e}"
+        results.put(("error", index, err, tb))
     finally:
         stop.set()
 
@@ -158,11 +162,7 @@ class SessionWorkers:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            total: dict[str, int] = {}
-            for c in self._latest.values():
-                for k, v in c.items():
-                    total[k] = total.get(k, 0) + v
-            return total
+            return _summed(self._latest.values())
 
     def start(self) -> SessionWorkers:
         """Fork the workers: before any thread of this process starts (the progress line's
@@ -188,8 +188,9 @@ class SessionWorkers:
                 try:
                     msg = results.get(timeout=0.5)
                 except queue.Empty:
-                    self._check_alive(procs, done, results)
-                    continue
+                    msg = self._last_word(done)
+                    if msg is None:
+                        continue
                 kind, i = msg[0], msg[1]
                 if kind == "progress":
                     with self._lock:
@@ -207,11 +208,7 @@ class SessionWorkers:
                                        f"{', '.join(self.groups[i])} failed: {err}\n{tb}")
         finally:
             self.stop()
-        total: dict[str, int] = {}
-        for c in done.values():
-            for k, v in c.items():
-                total[k] = total.get(k, 0) + v
-        return total
+        return _summed(done.values())
 
     def stop(self) -> None:
         """Stop the workers still running (after an error) and reap them all."""
@@ -221,18 +218,27 @@ class SessionWorkers:
         for pr in self._procs:
             pr.join(timeout=30)
 
-    def _check_alive(self, procs, done, results) -> None:
-        for i, pr in enumerate(procs):
+    def _last_word(self, done) -> tuple | None:
+        """None while every unfinished worker runs; once one has exited, the next message (its
+        last may still be in the pipe), or WorkerFailed when none comes."""
+        for i, pr in enumerate(self._procs):
             if i in done or pr.exitcode is None:
                 continue
-            try:                       # its last message may still be in the pipe
-                msg = results.get(timeout=2)
+            try:
+                return self._results.get(timeout=2)
             except queue.Empty:
                 raise WorkerFailed(
                     f"backfill worker for session(s) {', '.join(self.groups[i])} exited with "
                     f"code {pr.exitcode} without a result (killed, or out of memory?)") from None
-            results.put(msg)           # handled by the loop
-            return
+        return None
+
+
+def _summed(counts) -> dict[str, int]:
+    """Counter dicts added key by key."""
+    total: Counter = Counter()
+    for c in counts:
+        total.update(c)
+    return dict(total)
 
 
 def spread(job, workers: int) -> list[list[str]] | None:
