@@ -49,13 +49,14 @@ def read_dead_letters(root: str | Path) -> pa.Table:
 class WriteDeadLetters(beam.PTransform):
     """DeadLetters -> one Parquet file per session under ``root``; outputs the paths."""
 
-    def __init__(self, root: str, run_id: str):
+    def __init__(self, root: str, run_id: str, write=write_session_letters):
         super().__init__()
         self.root = root
         self.run_id = run_id
+        self.write = write      # (root, session, letters) -> path; a part of them, in slices
 
     def expand(self, letters):
-        run_id, root = self.run_id, self.root
+        run_id, root, write = self.run_id, self.root, self.write
 
         def stamp(d: DeadLetter):
             DEADLETTER.count(str(d.modality), modality=d.stage)
@@ -66,4 +67,4 @@ class WriteDeadLetters(beam.PTransform):
                 | "GlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
                 | "GroupBySession" >> beam.GroupByKey()
                 | "WriteSessionFile" >> beam.MapTuple(
-                    lambda s, ds: write_session_letters(root, s, list(ds))))
+                    lambda s, ds: write(root, s, list(ds))))

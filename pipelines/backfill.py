@@ -19,6 +19,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmalign.deadletter.file_sink import WriteDeadLetters
+from mmalign.pipelines import time_slices
 from mmalign.pipelines.core import AlignCore, Job, online_store_sink, prepare
 from mmalign.pipelines.observe import ObserveOptions, attach
 from mmalign.pipelines.observe import session as observe_session
@@ -76,7 +77,8 @@ def build(p: beam.Pipeline, job: Job, staging: Path | UriPath,
 def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "DirectRunner",
         pipeline_args: list[str] | None = None, run_id: str | None = None,
         progress: bool = False, progress_every_s: float = 10.0,
-        observe: ObserveOptions | None = None, workers: int | None = 1) -> dict:
+        observe: ObserveOptions | None = None, workers: int | None = 1,
+        slice_s: float | None = 0) -> dict:
     """Run the backfill to completion; returns the run summary (also OUT/summary.json).
 
     Everything is written under OUT/.staging/<run> and committed at the end in one step
@@ -84,17 +86,28 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
     ``progress``: show per-stage progress on stderr (pipelines/progress.py); ``observe``:
     metrics endpoint/textfile/Pushgateway, traces, drift (pipelines/observe.py); ``workers``:
     with several sessions on the local runner, run them in up to that many processes
-    (pipelines/session_workers.py; None: one per core where that applies)."""
+    (pipelines/session_workers.py; None: one per core where that applies); ``slice_s``: run
+    the sessions in time slices of about that many seconds, in flat memory and over all the
+    workers (pipelines/time_slices.py; None: where it applies, for recordings over twice the
+    default slice; 0: whole sessions)."""
     job = prepare(manifest_paths, out, run_id)
     workers = resolve_workers(workers, runner, observe, job)
+    slice_s = time_slices.resolve_slices(slice_s, job, runner, observe)
     recover(job.out)                         # finish or clear what an interrupted run left
     staging = staging_dir(job.out, job.run_id)
     opts = PipelineOptions([f"--runner={runner}", *(pipeline_args or [])])
-    groups = spread(job, workers)
+    groups = None if slice_s else spread(job, workers)
+    slices = None
     t0 = time.perf_counter()
     try:
         with observe_session(observe, job.run_id, "backfill") as obs:
-            if groups is None:
+            if slice_s:                      # both phases over forked workers
+                with time_slices.pool(job, staging, runner, pipeline_args, workers,
+                                      min(progress_every_s, 1.0) if progress else None) as tasks, \
+                        Progress(backfill_line, progress_every_s, enabled=progress,
+                                 counts=tasks.counts):
+                    result, slices = time_slices.run(job, staging, tasks, slice_s)
+            elif groups is None:
                 with Progress(backfill_line, progress_every_s, enabled=progress), \
                         pipeline(runner, opts) as p:
                     build(p, job, staging, observe)
@@ -113,6 +126,8 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
             summary["drift"] = obs.drift
         if groups is not None:
             summary["workers"] = groups      # the sessions each process ran
+        if slices is not None:
+            summary["slices"] = slices | {"workers": workers}
         staging.mkdir(parents=True, exist_ok=True)
         (staging / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True))
         # every file of OUT/aligned shares one schema after the commit (readers read it whole)

@@ -103,7 +103,8 @@ def cmd_backfill(ns) -> int:
             return _dataflow_dry_run(ns, args)
         summary = backfill.run(ns.manifest, ns.out, runner=runner, pipeline_args=args,
                                run_id=ns.run_id, progress=not ns.no_progress,
-                               observe=options_from_args(ns), workers=ns.workers)
+                               observe=options_from_args(ns), workers=ns.workers,
+                               slice_s=ns.slice_s)
     return _report(summary, ns.json)
 
 
@@ -252,6 +253,18 @@ def _workers(text: str) -> int | None:
     return n
 
 
+def _slice_s(text: str) -> float | None:
+    if text == "auto":
+        return None                    # backfill.run: 60 s slices for long recordings
+    try:
+        s = float(text)
+    except ValueError:
+        s = -1.0
+    if not s >= 0 or s == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds (0 for whole sessions) or 'auto'")
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mmalign", description=__doc__.splitlines()[0])
     ap.add_argument("-v", "--verbose", action="store_true", help="show Beam's logs")
@@ -291,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "processes forked from this one after its start-up; default auto: "
                         "one per core, or 1 with another runner, the metrics options or the "
                         "feature store")
+    p.add_argument("--slice-s", type=_slice_s, default=None, metavar="S|auto",
+                   help="local runner: run each session in time slices of about S seconds "
+                        "(flat memory; one recording over all the workers); 0: whole "
+                        "sessions; default auto: 60 s slices for recordings over 120 s, "
+                        "where slices apply (not with DTW-sync, approximate-time sets, "
+                        "another runner, the metrics options or the feature store)")
     runner_opts(p)
     p.set_defaults(fn=cmd_backfill)
 

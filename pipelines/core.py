@@ -255,12 +255,19 @@ class AlignCore(beam.PTransform):
                                              emit_empty=streaming))
         if self.hold is not None:
             aligned = self.hold(aligned)
-        dead = [valid[DEAD]]
-        options = chunks.pipeline.options
-        for name, stage in post_align_stages(job):
-            out = aligned | name >> with_stage_hints(options, name, stage)  # GPU: encoder only
-            aligned = out[MAIN]
-            # letters leave a stage in its bucket windows; the dead-letter sinks are global
-            dead.append(out[DEAD] | f"{name}DeadGlobal" >> beam.WindowInto(GlobalWindows()))
+        aligned, post_dead = post_align(aligned, job)
         return {"aligned": aligned, "sync": results,
-                "dead": tuple(dead) | "CoreDead" >> beam.Flatten()}
+                "dead": (valid[DEAD], *post_dead) | "CoreDead" >> beam.Flatten()}
+
+
+def post_align(aligned: beam.PCollection, job: Job) -> tuple[beam.PCollection, list]:
+    """``post_align_stages`` applied to aligned buckets: (the tables with their new columns,
+    the stages' dead-letter PCollections in the global window)."""
+    dead = []
+    options = aligned.pipeline.options
+    for name, stage in post_align_stages(job):
+        out = aligned | name >> with_stage_hints(options, name, stage)  # GPU: encoder only
+        aligned = out[MAIN]
+        # letters leave a stage in its bucket windows; the dead-letter sinks are global
+        dead.append(out[DEAD] | f"{name}DeadGlobal" >> beam.WindowInto(GlobalWindows()))
+    return aligned, dead

@@ -97,7 +97,7 @@ def session_groups(job, workers: int) -> list[list[str]]:
     return [sorted(g) for g in groups if g]
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Linux: this process gets SIGKILL when its parent dies (a killed backfill leaves no
     worker writing into a staging folder the next run recovers)."""
     try:
@@ -117,7 +117,7 @@ def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], res
 
     from mmalign.pipelines.summary import counters
 
-    _die_with_parent(parent)
+    die_with_parent(parent)
     reset_local()        # the counts this process inherited are the parent's earlier runs'
     stop = threading.Event()
     if progress_every_s:
@@ -162,7 +162,7 @@ class SessionWorkers:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            return _summed(self._latest.values())
+            return summed(self._latest.values())
 
     def start(self) -> SessionWorkers:
         """Fork the workers: before any thread of this process starts (the progress line's
@@ -208,7 +208,7 @@ class SessionWorkers:
                                        f"{', '.join(self.groups[i])} failed: {err}\n{tb}")
         finally:
             self.stop()
-        return _summed(done.values())
+        return summed(done.values())
 
     def stop(self) -> None:
         """Stop the workers still running (after an error) and reap them all."""
@@ -233,7 +233,7 @@ class SessionWorkers:
         return None
 
 
-def _summed(counts) -> dict[str, int]:
+def summed(counts) -> dict[str, int]:
     """Counter dicts added key by key."""
     total: Counter = Counter()
     for c in counts:

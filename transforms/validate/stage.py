@@ -17,6 +17,7 @@ counters ``validate.<modality>.valid`` / ``validate.<modality>.dead``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 
@@ -84,6 +85,15 @@ def _contract_for(modality: str, channels: tuple[str, ...] = (), max_abs: float 
     else:
         schema = sensor_schema.pandera_schema(list(channels), max_abs)
     return schema, FastContract.of(schema)
+
+
+def warm() -> None:
+    """Build the contracts and load pandera's pandas back end now (~0.2 s on first use), in a
+    process that forks workers afterwards, so each worker does not pay it again."""
+    for modality in ("video", "audio", "text"):
+        schema, _ = _contract_for(modality)
+        with contextlib.suppress(Exception):   # an empty frame fails its checks: not the point
+            schema.validate(pd.DataFrame())
 
 
 def _contract(chunk: Chunk, options: dict):
@@ -324,8 +334,15 @@ class StreamCentres(beam.PTransform):
             rule = rules.get(chunk.session_id) or TimestampRule()
             return stream_key(chunk), chunk_centre(chunk.t_ns(), rule)
 
-        return (chunks
-                | "ChunkMedian" >> beam.Map(centre)
+        return chunks | "ChunkMedian" >> beam.Map(centre) | MedianPerStream()
+
+
+class MedianPerStream(beam.PTransform):
+    """((session, stream), (median, count) or None) per chunk -> ((session, stream), the
+    weighted median), for streams with any plausible time."""
+
+    def expand(self, pairs):
+        return (pairs
                 | "StreamMedian" >> beam.CombinePerKey(_WeightedMedian())
                 | "Known" >> beam.Filter(lambda kv: kv[1] is not None))
 
@@ -335,10 +352,12 @@ class Validate(beam.PTransform):
     relative plausibility bound is measured from each stream's median over the whole run;
     without (streaming), from the middle of the stream's extents when the producer declared
     them (``clocks``: the declared models, to put that middle on the device clock), else from
-    each chunk's own median."""
+    each chunk's own median. ``centres`` may also be a PCollection of ((session, stream),
+    median) measured before (the time-sliced backfill, pipelines/time_slices.py)."""
 
     def __init__(self, options: dict[tuple[str, str], dict] | None = None, run_id: str = "",
-                 rules: dict[str, TimestampRule] | None = None, centres: bool = False,
+                 rules: dict[str, TimestampRule] | None = None,
+                 centres: bool | beam.PCollection = False,
                  clocks: dict[tuple[str, str], ClockModel] | None = None):
         super().__init__()
         self.options = options
@@ -349,7 +368,9 @@ class Validate(beam.PTransform):
 
     def expand(self, chunks):
         side = {}
-        if self.centres:
+        if isinstance(self.centres, beam.PCollection):      # measured elsewhere (time slices)
+            side["centres"] = beam.pvalue.AsDict(self.centres)
+        elif self.centres:
             side["centres"] = beam.pvalue.AsDict(chunks | "Centres" >> StreamCentres(self.rules))
         return chunks | "ValidateChunk" >> beam.ParDo(
             ValidateFn(self.options, self.run_id, self.rules, self.clocks), **side).with_outputs(

@@ -1,0 +1,397 @@
+"""The time-sliced backfill: long recordings in flat memory, one recording over every core.
+
+The local runner keeps a stage's whole output in memory before the next stage runs (the
+decoded chunks until every stream's median is known, the bucket pieces until the group by
+bucket), so a whole-session backfill grows with the recording, and one session runs in one
+process. Here the same stages run in two phases of small Beam pipelines, in worker processes
+forked after start-up (``pipelines/task_pool.py``), with the chunks spilled to files under the
+run's staging folder in between:
+
+1. **streams** (one pipeline per group of streams, groups balanced by source bytes): decode ->
+   spill each raw chunk (keeping its median) -> each stream's median -> validate (around that
+   median, as the whole-session run does) -> clock (declared models) -> spill each clocked
+   chunk, with the times it covers. Decode and validation letters go to letter parts.
+2. **slices** (one pipeline per run of ``slice_s`` seconds of buckets): the clocked chunks a
+   slice's buckets can reach (a margin is narrower than a bucket, so a bucket sees its own
+   and its two neighbours' times at most) -> buckets, kept for the slice's own buckets only ->
+   align (the streams' extents measured in phase 1) -> registration/encoding -> Parquet, one
+   file per bucket as ever. Post-align letters go to letter parts.
+
+The letter parts are merged per session into the one sorted file a whole-session run writes,
+so the output is the same file for file (tests/integration/test_backfill_slices.py). Every
+count is made once: decode, validation and clock counts in phase 1 (each chunk is in one
+stream group), align counts per bucket in phase 2 (each bucket is in one slice).
+
+What keeps a session whole: DTW-sync (its clock fits need whole streams), approximate-time
+sets (a set may span buckets), and what session workers refuse (other runners, the metrics
+options, the feature store).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import apache_beam as beam
+
+from mmalign.deadletter.file_sink import WriteDeadLetters, write_session_letters
+from mmalign.deadletter.record import DeadLetter
+from mmalign.pipelines.core import Job, bucketing, post_align
+from mmalign.pipelines.runners import RunnerConfigError
+from mmalign.pipelines.session_workers import check_workers, summed
+from mmalign.pipelines.task_pool import TaskContext, TaskPool, pulled
+from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.fs import rmtree
+from mmalign.schemas.layout import ALIGNED, DEADLETTER
+from mmalign.transforms.align import policies as align_policies
+from mmalign.transforms.align.buckets import AssignBucketsFn, bucket_range
+from mmalign.transforms.align.join import AlignBucketFn, chunk_extent
+from mmalign.transforms.clock.apply import ApplyClockFn
+from mmalign.transforms.decode.segments import segment_span
+from mmalign.transforms.decode.stage import DecodeRequest, DecodeStreams
+from mmalign.transforms.io.parquet import WriteAlignedFn
+from mmalign.transforms.tags import DEAD, MAIN
+from mmalign.transforms.validate import stage as validate_stage
+from mmalign.transforms.validate.stage import MedianPerStream, Validate
+from mmalign.transforms.validate.timestamps import TimestampRule, chunk_centre
+
+SPILL = ".slices"            # under the run's staging folder; removed before the commit
+DEFAULT_SLICE_S = 60.0       # auto: slices of this length for sessions over twice as long
+NOT_SHUFFLED = ("pcm", "image")   # columns the bucket pieces drop (buckets._with_src)
+
+
+# ---------------------------------------------------------------- when sessions are sliced
+
+
+def slice_reason(job: Job) -> str | None:
+    """Why this job's sessions run whole, or None when they can be sliced."""
+    if job.synced:
+        return "DTW-sync fits a clock on whole streams"
+    if job.set_plans:
+        return "approximate-time sets are formed over whole streams"
+    return None
+
+
+def probed_seconds(job: Job) -> float:
+    """The longest span of any local video or audio file of the job, from its headers (0 when
+    none can be probed): how long its longest recording is, known before decoding."""
+    longest = 0
+    for r in job.sources:
+        if r.stream.modality in ("video", "audio") and "://" not in r.path:
+            span = segment_span(r.stream, r.path)
+            if span is not None:
+                longest = max(longest, span[1] - span[0])
+    return longest / 1e9
+
+
+def resolve_slices(slice_s: float | None, job: Job, runner: str, observe) -> float | None:
+    """The slice length in seconds for this run, or None for whole sessions. ``slice_s``:
+    None (auto: ``DEFAULT_SLICE_S`` where slicing applies and a recording is over twice as
+    long), 0 (never), or seconds (checked: exit 2 where it cannot apply)."""
+    if slice_s is None:
+        if slice_reason(job) is not None:
+            return None
+        try:
+            check_workers(2, runner, observe, job)
+        except RunnerConfigError:
+            return None
+        return DEFAULT_SLICE_S if probed_seconds(job) > 2 * DEFAULT_SLICE_S else None
+    if slice_s == 0:
+        return None
+    if slice_s < 0:
+        raise RunnerConfigError(f"--slice-s must be 0 (whole sessions) or more (got {slice_s})")
+    why = slice_reason(job)
+    if why is not None:
+        raise RunnerConfigError(f"--slice-s {slice_s:g}: the sessions run whole ({why}); "
+                                f"use --slice-s 0")
+    try:
+        check_workers(2, runner, observe, job)
+    except RunnerConfigError as e:
+        raise RunnerConfigError(f"--slice-s {slice_s:g}: {str(e).split(';')[0].split(' ', 2)[2]}"
+                                f"; use --slice-s 0") from None
+    return float(slice_s)
+
+
+# ---------------------------------------------------------------- spilled chunks
+
+
+@dataclass(frozen=True)
+class Spilled:
+    """A chunk in a spill file: its stream, and either its (median, count) of plausible times
+    (raw, before validation) or the reference-clock span its rows reach (clocked)."""
+    key: tuple[str, str]
+    path: str
+    centre: tuple[int, int] | None = None
+    extent: tuple[int, int] | None = None     # chunk_extent: the stream's extent measure
+    reach: tuple[int, int] | None = None      # first and last time of any row
+
+
+def spill(chunk: Chunk, folder: str) -> str:
+    path = os.path.join(folder, f"{uuid.uuid4().hex}.pkl")
+    with open(path, "wb") as f:
+        pickle.dump(chunk, f, protocol=5)
+    return path
+
+
+def load(ref: Spilled) -> Chunk:
+    with open(ref.path, "rb") as f:
+        return pickle.load(f)
+
+
+class SpillRawFn(beam.DoFn):
+    """Decoded chunk -> Spilled with its (median, count) of plausible times."""
+
+    def __init__(self, folder: str, rules: dict[str, TimestampRule]):
+        self.folder, self.rules = folder, rules
+
+    def setup(self):
+        os.makedirs(self.folder, exist_ok=True)
+
+    def process(self, chunk: Chunk):
+        rule = self.rules.get(chunk.session_id) or TimestampRule()
+        yield Spilled(chunk.key, spill(chunk, self.folder),
+                      centre=chunk_centre(chunk.t_ns(), rule))
+
+
+class SpillClockedFn(beam.DoFn):
+    """Clocked chunk (its payload columns dropped: buckets never carry them) -> Spilled with
+    its extent and reach on the reference clock."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def setup(self):
+        os.makedirs(self.folder, exist_ok=True)
+
+    def process(self, chunk: Chunk):
+        drop = [c for c in NOT_SHUFFLED if c in chunk.data.schema.names]
+        if drop:
+            chunk = chunk.with_data(chunk.data.drop_columns(drop))
+        _, extent = chunk_extent(chunk)
+        t = chunk.data.column("t_ns").to_numpy(zero_copy_only=False)
+        last = max(extent[1], int(t.max()))
+        if "t_end_ns" in chunk.data.schema.names:
+            last = max(last, int(chunk.data.column("t_end_ns").to_numpy(
+                zero_copy_only=False).max()))
+        yield Spilled(chunk.key, spill(chunk, self.folder), extent=extent,
+                      reach=(int(t.min()), last))
+
+
+def letter_part(part: str):
+    """A ``WriteDeadLetters`` writer that pickles a session's letters as one part file."""
+    def write(root: str, session_id: str, letters: list[DeadLetter]) -> str:
+        folder = os.path.join(root, session_id)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{part}.pkl")
+        with open(path, "wb") as f:
+            pickle.dump(letters, f, protocol=5)
+        return path
+    return write
+
+
+def merge_letters(parts_root: Path, out_root: Path) -> None:
+    """Every session's letter parts -> its one sorted dead-letter file (as a whole run's)."""
+    if not parts_root.is_dir():
+        return
+    for folder in sorted(p for p in parts_root.iterdir() if p.is_dir()):
+        letters = []
+        for f in sorted(folder.glob("*.pkl")):
+            letters += pickle.loads(f.read_bytes())
+        if letters:
+            write_session_letters(out_root, folder.name, letters)
+
+
+class CollectRefs(beam.PTransform):
+    """Spilled refs -> one pickle file of them all (the phase's result for the parent)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def expand(self, refs):
+        path = self.path
+
+        def write(_, items):
+            with open(path, "wb") as f:
+                pickle.dump(list(items), f, protocol=5)
+            return path
+
+        return (refs | "One" >> beam.Map(lambda r: (None, r))
+                | "All" >> beam.GroupByKey() | "Write" >> beam.MapTuple(write))
+
+
+# ---------------------------------------------------------------- the two phases
+
+
+def build_streams(p: beam.Pipeline, job: Job, spill_root: Path, part: str) -> None:
+    """Phase 1 over the streams this worker pulls (a stream's files, one item): decode,
+    validate around each stream's median, clock, spill."""
+    decoded = (pulled(p) | "Files" >> beam.FlatMap(lambda requests: requests)
+               | "Decode" >> DecodeStreams())
+    raw = decoded[MAIN] | "SpillRaw" >> beam.ParDo(SpillRawFn(str(spill_root / "raw"),
+                                                              job.rules))
+    centres = raw | "ChunkMedians" >> beam.Map(lambda r: (r.key, r.centre)) | MedianPerStream()
+    valid = (raw | "Load" >> beam.Map(load)
+             | "Validate" >> Validate(job.stream_options, job.run_id, job.rules, centres=centres,
+                                      clocks=job.declared))
+    (valid[MAIN]
+     | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
+     | "SpillClocked" >> beam.ParDo(SpillClockedFn(str(spill_root / "clocked")))
+     | "Collect" >> CollectRefs(str(spill_root / f"refs-{part}.pkl")))
+    ((decoded[DEAD], valid[DEAD]) | "Dead" >> beam.Flatten()
+     | "WriteDead" >> WriteDeadLetters(str(spill_root / "letters"), job.run_id,
+                                       write=letter_part(part)))
+
+
+class AlignSliceFn(beam.DoFn):
+    """A slice (session, its buckets, the spilled chunks they reach) -> ((session, bucket),
+    aligned table) for each of its buckets, in order: the chunks cut into bucket pieces
+    (``AssignBucketsFn``, as the bucket stage) and each bucket joined (``AlignBucketFn``, as
+    the align stage), one slice in memory at a time. Side input ``extents``."""
+
+    def __init__(self, job: Job):
+        b = bucketing(job)
+        self.assign = AssignBucketsFn(b.bucket_ns, b.margins, b.anchors, b.tick_margins,
+                                      b.window_margin_ns)
+        self.align = AlignBucketFn(job.plans)
+
+    def setup(self):
+        self.align.setup()
+
+    def process(self, element, extents):
+        session, buckets, refs = element
+        pieces: dict[int, list] = defaultdict(list)
+        for ref in refs:
+            for stamped in self.assign.process(load(ref)):
+                (_, b), piece = stamped.value
+                if b in buckets:
+                    pieces[b].append(piece)
+        for b in sorted(pieces):
+            yield from self.align.process(((session, b), pieces.pop(b)), extents)
+
+
+def build_slices(p: beam.Pipeline, job: Job, staging: Path, spill_root: Path, part: str,
+                 extents: dict[tuple[str, str], tuple[int, int]]) -> None:
+    """Phase 2 over the slices this worker pulls: each slice's buckets aligned
+    (``AlignSliceFn``) -> post-align stages -> Parquet; post-align letters to a letter part."""
+    spans = p | "Extents" >> beam.Create(sorted(extents.items()))
+    aligned = (pulled(p)
+               | "Align" >> beam.ParDo(AlignSliceFn(job), extents=beam.pvalue.AsDict(spans)))
+    aligned, dead = post_align(aligned, job)
+    aligned | "WriteAligned" >> beam.ParDo(WriteAlignedFn(str(staging / ALIGNED),
+                                                          job.metadata()))
+    if dead:
+        (tuple(dead) | "Dead" >> beam.Flatten()
+         | "WriteDead" >> WriteDeadLetters(str(spill_root / "letters"), job.run_id,
+                                           write=letter_part(part)))
+
+
+# ---------------------------------------------------------------- planning
+
+
+def stream_order(job: Job) -> list[list[DecodeRequest]]:
+    """The job's streams (each the list of its files' requests), the likely slowest to decode
+    first: video, audio, sensor, text, and by source bytes within a modality."""
+    by_stream: dict[tuple[str, str], list[DecodeRequest]] = defaultdict(list)
+    for r in job.sources:
+        by_stream[(r.session_id, r.stream.id)].append(r)
+    rank = {"video": 0, "audio": 1, "sensor": 2, "text": 3}
+
+    def cost(k):
+        rs = by_stream[k]
+        return (rank.get(rs[0].stream.modality, 4), -sum(map(_bytes, rs)), k)
+
+    return [by_stream[k] for k in sorted(by_stream, key=cost)]
+
+
+def _bytes(r: DecodeRequest) -> int:
+    try:
+        return max(os.path.getsize(r.path), 1) if "://" not in r.path else 1
+    except OSError:
+        return 1
+
+
+def slice_plan(job: Job, refs: list[Spilled], slice_s: float
+               ) -> list[tuple[str, range, list[Spilled]]]:
+    """(session, its buckets in this slice, the clocked chunks they reach) for every slice of
+    ``slice_s`` seconds (whole buckets) of every session."""
+    width = job.bucket_ns
+    per = max(1, round(slice_s * 1e9 / width))
+    by_session: dict[str, list[Spilled]] = defaultdict(list)
+    for r in refs:
+        by_session[r.key[0]].append(r)
+    plan = []
+    for session in sorted(by_session):
+        rs = by_session[session]
+        first = min(r.reach[0] for r in rs)
+        last = max(r.reach[1] for r in rs)
+        every = bucket_range(first, last, width, width - 1)   # any bucket a piece can reach
+        for lo in range(every.start, every.stop, per):
+            hi = min(lo + per, every.stop)
+            # a margin is narrower than a bucket: a chunk reaches at most one bucket beyond
+            near = [r for r in rs if r.reach[0] < (hi + 1) * width
+                    and r.reach[1] >= (lo - 1) * width]
+            if near:
+                plan.append((session, range(lo, hi), near))
+    return plan
+
+
+def stream_extents(refs: list[Spilled]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(session, stream) -> (first, last) over its clocked chunks (as StreamExtents)."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for r in refs:
+        a, b = r.extent
+        if r.key in out:
+            a, b = min(a, out[r.key][0]), max(b, out[r.key][1])
+        out[r.key] = (a, b)
+    return out
+
+
+# ---------------------------------------------------------------- tasks (in the workers)
+
+
+def _streams(part: str) -> dict[str, int]:
+    ctx = TaskPool.context()
+    return ctx.run(build_streams, ctx.job, ctx.spill_root, part)
+
+
+def _slices(part: str, extents: dict) -> dict[str, int]:
+    ctx = TaskPool.context()
+    return ctx.run(build_slices, ctx.job, ctx.staging, ctx.spill_root, part, extents)
+
+
+def pool(job: Job, staging: Path, runner: str, pipeline_args: list[str] | None, workers: int,
+         progress_every_s: float | None = None) -> TaskPool:
+    """The worker pool for ``run`` (enter it before starting any thread). The align kernels
+    and the validation contracts are loaded first, so the workers fork with them."""
+    align_policies.warm()
+    validate_stage.warm()
+    return TaskPool(workers, TaskContext(job, staging, staging / SPILL, runner,
+                                         list(pipeline_args or [])), progress_every_s)
+
+
+def run(job: Job, staging: Path, tasks: TaskPool, slice_s: float) -> tuple[dict[str, int], dict]:
+    """Both phases on the entered pool ``tasks``; returns (the summed stage counters, what ran:
+    the stream groups and the slices)."""
+    spill_root = staging / SPILL
+    try:
+        streams = stream_order(job)
+        counts = tasks.pull(_streams, streams)
+        refs: list[Spilled] = []
+        for f in sorted(spill_root.glob("refs-*.pkl")):   # a worker with no chunk wrote none
+            refs += pickle.loads(f.read_bytes())
+        rmtree(spill_root / "raw")
+        extents = stream_extents(refs)
+        plan = slice_plan(job, refs, slice_s)
+        counts += tasks.pull(_slices, sorted(plan, key=lambda sl: -len(sl[2])), extents)
+        merge_letters(spill_root / "letters", staging / DEADLETTER)
+    finally:
+        rmtree(spill_root)
+    return summed(counts), {
+        "slice_s": slice_s,
+        "slices": [{"session": s, "buckets": [b.start, b.stop], "chunks": len(rs)}
+                   for s, b, rs in plan]}
