@@ -11,10 +11,11 @@ keys. Prints wall time per setting and the speed-up (1-worker time / 2-worker ti
 checks that every run wrote the same aligned rows.
 
 ``--growth D1 D2 ...``: the cost-growth table. One generated recording per duration (seconds;
-generated first, untimed), each backfilled in a fresh child process (local DirectRunner, in
-process): wall time of the run (imports excluded), CPU time (the child's and its children's),
-seconds per recorded second, and the child's peak resident memory (its own VmHWM, or its
-children's ru_maxrss when larger), so linear time shows as a flat s/recorded-s and flat memory
+generated first, untimed), each backfilled in a fresh child process (local DirectRunner) as a
+whole session, in 60 s time slices with 1 worker and with 2 (pipelines/time_slices.py): wall
+time of the run (imports excluded), CPU time (the child's and its children's), seconds per
+recorded second, and the largest process's peak resident memory (the child's own VmHWM, or its
+workers' ru_maxrss when larger), so linear time shows as a flat s/recorded-s and flat memory
 as a flat peak. ``--growth-workers 1 2`` also runs the longest recording with the local runner
 in multi-processing mode at each worker count and prints the speed-up.
 """
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,13 +62,17 @@ def _vm_hwm_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def child_run(manifest: str, out: str, workers: int) -> None:
-    """One backfill in this (fresh) process; prints its measurements as one JSON line."""
-    args = [] if workers == 0 else [f"--direct_num_workers={workers}",
-                                    "--direct_running_mode=multi_processing"]
+def child_run(manifest: str, out: str, beam_workers: int, slice_s: float, workers: int
+              ) -> None:
+    """One backfill in this (fresh) process; prints its measurements as one JSON line.
+    ``beam_workers``: the local runner's own multi-processing (0: in process); ``slice_s`` and
+    ``workers``: the backfill's time slices (0: whole sessions) and forked workers."""
+    args = [] if beam_workers == 0 else [f"--direct_num_workers={beam_workers}",
+                                         "--direct_running_mode=multi_processing"]
     c0 = os.times()
     t0 = time.perf_counter()
-    summary = backfill.run([manifest], out, pipeline_args=args, run_id="growth")
+    summary = backfill.run([manifest], out, pipeline_args=args, run_id="growth",
+                           slice_s=slice_s, workers=workers)
     wall = time.perf_counter() - t0
     c1 = os.times()
     cpu = (c1.user - c0.user) + (c1.system - c0.system) + \
@@ -76,27 +82,44 @@ def child_run(manifest: str, out: str, workers: int) -> None:
                       "rows": summary["aligned_rows"]}))
 
 
-def in_child(manifest: Path, out: Path, workers: int) -> dict:
+def in_child(manifest: Path, out: Path, beam_workers: int = 0, slice_s: float = 0,
+             workers: int = 1) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
     res = subprocess.run([sys.executable, __file__, "--child", str(manifest), str(out),
-                          str(workers)], check=True, capture_output=True, text=True)
+                          str(beam_workers), str(slice_s), str(workers)],
+                         check=True, capture_output=True, text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+GROWTH_MODES = [("whole session, 1 process", 0.0, 1), ("60 s slices, 1 worker", 60.0, 1),
+                ("60 s slices, 2 workers", 60.0, 2)]
 
 
 def growth(durations: list[float], workers: list[int]) -> int:
     print(f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; cost growth, local "
-          f"DirectRunner in a fresh process per run")
-    print(f"{'recording s':>12} {'wall s':>8} {'cpu s':>8} {'wall s / rec s':>15} "
+          f"DirectRunner, a fresh process per run; peak MB: the largest process's peak "
+          f"resident memory (a forked worker's counts the pages it shares with its parent)")
+    print(f"{'recording s':>12} {'mode':26} {'wall s':>8} {'cpu s':>8} {'wall s / rec s':>15} "
           f"{'peak MB':>8} {'rows':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         manifests = {}
         for d in durations:
             manifests[d] = generate_recording(Path(tmp) / f"rec{d:g}", duration_s=d,
                                               session=f"growth-{d:g}")
-            r = in_child(manifests[d], Path(tmp) / f"out{d:g}", 0)
-            print(f"{d:12.0f} {r['wall']:8.1f} {r['cpu']:8.1f} {r['wall'] / d:15.3f} "
-                  f"{r['peak_mb']:8.0f} {r['rows']:7d}", flush=True)
+            rows = set()
+            for mode, slice_s, w in GROWTH_MODES:
+                r = in_child(manifests[d], Path(tmp) / f"out{d:g}", 0, slice_s, w)
+                rows.add(r["rows"])
+                print(f"{d:12.0f} {mode:26} {r['wall']:8.1f} {r['cpu']:8.1f} "
+                      f"{r['wall'] / d:15.3f} {r['peak_mb']:8.0f} {r['rows']:7d}", flush=True)
+            if len(rows) != 1:
+                print(f"MISMATCH: aligned row counts differ between modes: {rows}")
+                return 1
+            shutil.rmtree(Path(tmp) / f"rec{d:g}", ignore_errors=True)   # 768 s: ~2.5 GB
         if workers:
             d = max(durations)
+            manifests[d] = generate_recording(Path(tmp) / f"rec{d:g}", duration_s=d,
+                                              session=f"growth-{d:g}")
             times, rows = {}, set()
             for w in workers:
                 r = in_child(manifests[d], Path(tmp) / f"outw{w}", w)
@@ -115,8 +138,9 @@ def growth(durations: list[float], workers: list[int]) -> int:
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        child_run(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    if len(sys.argv) == 7 and sys.argv[1] == "--child":
+        child_run(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]),
+                  int(sys.argv[6]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=2)

@@ -53,24 +53,27 @@ def resolve_workers(workers: int | None, runner: str, observe, job) -> int:
     return workers
 
 
-def check_workers(workers: int, runner: str, observe, job) -> None:
-    """Raise RunnerConfigError (exit 2) when ``workers`` cannot apply to this run."""
+def check_workers(workers: int, runner: str, observe, job, option: str | None = None,
+                  fix: str = "--workers 1") -> None:
+    """Raise RunnerConfigError (exit 2) when ``workers`` cannot apply to this run (``option``:
+    the option the message names, ``fix``: what to use instead)."""
     if workers < 1:
         raise RunnerConfigError(f"--workers must be 1 or more (got {workers})")
-    if workers == 1:
+    if workers == 1 and option is None:
         return
+    option = option or f"--workers {workers}"
     if runner not in LOCAL_RUNNERS:
         raise RunnerConfigError(
-            f"--workers {workers} spreads sessions over processes of the local runner only; "
-            f"{runner} runs its own workers (its parallelism options set them)")
+            f"{option} runs forked processes of the local runner only; {runner} runs its own "
+            f"workers (its parallelism options set them)")
     if observe is not None and observe.enabled:
         raise RunnerConfigError(
-            f"--workers {workers} does not combine with the metrics/tracing options (they are "
-            f"served by one process); use --workers 1 with them")
+            f"{option} does not combine with the metrics/tracing options (they are served by "
+            f"one process); use {fix} with them")
     if job.feature_store:
         raise RunnerConfigError(
-            f"--workers {workers} does not combine with the feature store (its registry and "
-            f"online store take writes from one process); use --workers 1")
+            f"{option} does not combine with the feature store (its registry and online store "
+            f"take writes from one process); use {fix}")
 
 
 def _source_bytes(path: str) -> int:

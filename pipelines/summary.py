@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.schemas.aligned import STATUS, column
 from mmalign.schemas.chunk import MODALITIES
+from mmalign.schemas.fs import read_schema, read_table
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.schemas.metrics import (
     ALIGN,
@@ -29,7 +30,7 @@ from mmalign.schemas.metrics import (
 )
 from mmalign.schemas.metrics import DEADLETTER as LETTER_SINK
 from mmalign.schemas.sync import SyncResult, read_sync_results
-from mmalign.transforms.io.parquet import read_aligned
+from mmalign.transforms.io.parquet import part_files
 
 
 def counters(result) -> dict[str, int]:
@@ -75,28 +76,39 @@ def written(cnt: dict[str, int], aligned_rows: int, dead_rows: int) -> dict[str,
     return out
 
 
+def aligned_counts(root, streams: list[str]) -> tuple[int, dict[str, dict[str, int]]]:
+    """The aligned dataset's rows, and per stream the count of each status, read a file at a
+    time and only the status columns (the summary's memory does not grow with the run)."""
+    rows = 0
+    status: dict[str, Counter] = {}
+    for f in part_files(root):
+        names = set(read_schema(f).names)
+        cols = {s: column(s, STATUS) for s in streams if column(s, STATUS) in names}
+        t = read_table(f, columns=list(cols.values()) or ["tick_ns"])
+        rows += t.num_rows
+        for s, col in cols.items():
+            # null: the row's session has no such stream (several sessions)
+            counts = status.setdefault(s, Counter())
+            for v in t.column(col).to_pylist():
+                if v is not None:
+                    counts[v] += 1
+    return rows, {s: dict(c) for s, c in status.items()} if rows else {}
+
+
 def summarize(job, result, elapsed_s: float, root=None) -> dict:
     """The run's summary, read from its outputs under ``root`` (its staging folder before the
     commit; default OUT), reporting the final folders under OUT. ``result``: the Beam
     pipeline result, or the stage counters already read (``counters``; summed over worker
     processes)."""
     root = job.out if root is None else root
-    aligned = read_aligned(root / ALIGNED)
+    streams = sorted({s.id for m in job.manifests for s in m.streams})
+    rows, status = aligned_counts(root / ALIGNED, streams)
     dead = read_dead_letters(root / DEADLETTER)
     cnt = dict(result) if isinstance(result, dict) else counters(result)
     reasons = Counter(zip(dead.column("stage").to_pylist(), dead.column("reason").to_pylist()))
     per_stream = defaultdict(int)
     for s in dead.column("stream_id").to_pylist():
         per_stream[s or "-"] += 1
-    streams = sorted({s.id for m in job.manifests for s in m.streams})
-    status = {}
-    if aligned.num_rows:
-        for s in streams:
-            col = column(s, STATUS)
-            if col in aligned.column_names:
-                # null: the row's session has no such stream (several sessions)
-                status[s] = dict(Counter(v for v in aligned.column(col).to_pylist()
-                                         if v is not None))
     return {
         "run_id": job.run_id,
         "elapsed_s": round(elapsed_s, 3),
@@ -105,13 +117,13 @@ def summarize(job, result, elapsed_s: float, root=None) -> dict:
         "streams": streams,
         "aligned_dir": str(job.out / ALIGNED),
         "deadletter_dir": str(job.out / DEADLETTER),
-        "aligned_rows": aligned.num_rows,
+        "aligned_rows": rows,
         "dead_letters": dead.num_rows,
         "dead_letters_by_reason": {f"{st}/{r}": n for (st, r), n in sorted(reasons.items())},
         "dead_letters_by_stream": dict(sorted(per_stream.items())),
         "status_by_stream": status,
         "accounting": accounting(cnt),
-        "written": written(cnt, aligned.num_rows, dead.num_rows),
+        "written": written(cnt, rows, dead.num_rows),
         "counters": dict(sorted(cnt.items())),
         "clocks": {f"{k[0]}/{k[1]}": m.to_dict() for k, m in job.declared.items()},
         "sync": {k: r.to_dict() for k, r in read_sync_results(root).items()},

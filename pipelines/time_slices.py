@@ -29,6 +29,7 @@ options, the feature store).
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import uuid
@@ -48,7 +49,7 @@ from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.fs import rmtree
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.align import policies as align_policies
-from mmalign.transforms.align.buckets import AssignBucketsFn, bucket_range
+from mmalign.transforms.align.buckets import AssignBucketsFn
 from mmalign.transforms.align.join import AlignBucketFn, chunk_extent
 from mmalign.transforms.clock.apply import ApplyClockFn
 from mmalign.transforms.decode.segments import segment_span
@@ -96,23 +97,19 @@ def resolve_slices(slice_s: float | None, job: Job, runner: str, observe) -> flo
         if slice_reason(job) is not None:
             return None
         try:
-            check_workers(2, runner, observe, job)
+            check_workers(1, runner, observe, job, option="slices")
         except RunnerConfigError:
             return None
         return DEFAULT_SLICE_S if probed_seconds(job) > 2 * DEFAULT_SLICE_S else None
     if slice_s == 0:
         return None
-    if slice_s < 0:
+    if not math.isfinite(slice_s) or slice_s < 0:
         raise RunnerConfigError(f"--slice-s must be 0 (whole sessions) or more (got {slice_s})")
+    option = f"--slice-s {slice_s:g}"
     why = slice_reason(job)
     if why is not None:
-        raise RunnerConfigError(f"--slice-s {slice_s:g}: the sessions run whole ({why}); "
-                                f"use --slice-s 0")
-    try:
-        check_workers(2, runner, observe, job)
-    except RunnerConfigError as e:
-        raise RunnerConfigError(f"--slice-s {slice_s:g}: {str(e).split(';')[0].split(' ', 2)[2]}"
-                                f"; use --slice-s 0") from None
+        raise RunnerConfigError(f"{option}: the sessions run whole ({why}); use --slice-s 0")
+    check_workers(1, runner, observe, job, option=option, fix="--slice-s 0")
     return float(slice_s)
 
 
@@ -122,12 +119,13 @@ def resolve_slices(slice_s: float | None, job: Job, runner: str, observe) -> flo
 @dataclass(frozen=True)
 class Spilled:
     """A chunk in a spill file: its stream, and either its (median, count) of plausible times
-    (raw, before validation) or the reference-clock span its rows reach (clocked)."""
+    (raw, before validation), or (clocked) its extent on the reference clock and the buckets
+    its rows reach (the buckets the bucket stage gives pieces of it to)."""
     key: tuple[str, str]
     path: str
     centre: tuple[int, int] | None = None
     extent: tuple[int, int] | None = None     # chunk_extent: the stream's extent measure
-    reach: tuple[int, int] | None = None      # first and last time of any row
+    buckets: tuple[int, ...] = ()
 
 
 def spill(chunk: Chunk, folder: str) -> str:
@@ -159,10 +157,10 @@ class SpillRawFn(beam.DoFn):
 
 class SpillClockedFn(beam.DoFn):
     """Clocked chunk (its payload columns dropped: buckets never carry them) -> Spilled with
-    its extent and reach on the reference clock."""
+    its extent and the buckets its pieces go to (``AssignBucketsFn``, as the bucket stage)."""
 
-    def __init__(self, folder: str):
-        self.folder = folder
+    def __init__(self, folder: str, job: Job):
+        self.folder, self.assign = folder, assign_fn(job)
 
     def setup(self):
         os.makedirs(self.folder, exist_ok=True)
@@ -171,14 +169,16 @@ class SpillClockedFn(beam.DoFn):
         drop = [c for c in NOT_SHUFFLED if c in chunk.data.schema.names]
         if drop:
             chunk = chunk.with_data(chunk.data.drop_columns(drop))
-        _, extent = chunk_extent(chunk)
-        t = chunk.data.column("t_ns").to_numpy(zero_copy_only=False)
-        last = max(extent[1], int(t.max()))
-        if "t_end_ns" in chunk.data.schema.names:
-            last = max(last, int(chunk.data.column("t_end_ns").to_numpy(
-                zero_copy_only=False).max()))
-        yield Spilled(chunk.key, spill(chunk, self.folder), extent=extent,
-                      reach=(int(t.min()), last))
+        buckets = sorted({stamped.value[0][1] for stamped in self.assign.process(chunk)})
+        yield Spilled(chunk.key, spill(chunk, self.folder), extent=chunk_extent(chunk)[1],
+                      buckets=tuple(buckets))
+
+
+def assign_fn(job: Job) -> AssignBucketsFn:
+    """The bucket stage's DoFn for ``job`` (its margins, anchors and tick margins)."""
+    b = bucketing(job)
+    return AssignBucketsFn(b.bucket_ns, b.margins, b.anchors, b.tick_margins,
+                           b.window_margin_ns)
 
 
 def letter_part(part: str):
@@ -240,7 +240,7 @@ def build_streams(p: beam.Pipeline, job: Job, spill_root: Path, part: str) -> No
                                       clocks=job.declared))
     (valid[MAIN]
      | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
-     | "SpillClocked" >> beam.ParDo(SpillClockedFn(str(spill_root / "clocked")))
+     | "SpillClocked" >> beam.ParDo(SpillClockedFn(str(spill_root / "clocked"), job))
      | "Collect" >> CollectRefs(str(spill_root / f"refs-{part}.pkl")))
     ((decoded[DEAD], valid[DEAD]) | "Dead" >> beam.Flatten()
      | "WriteDead" >> WriteDeadLetters(str(spill_root / "letters"), job.run_id,
@@ -254,9 +254,7 @@ class AlignSliceFn(beam.DoFn):
     the align stage), one slice in memory at a time. Side input ``extents``."""
 
     def __init__(self, job: Job):
-        b = bucketing(job)
-        self.assign = AssignBucketsFn(b.bucket_ns, b.margins, b.anchors, b.tick_margins,
-                                      b.window_margin_ns)
+        self.assign = assign_fn(job)
         self.align = AlignBucketFn(job.plans)
 
     def setup(self):
@@ -317,27 +315,16 @@ def _bytes(r: DecodeRequest) -> int:
 
 def slice_plan(job: Job, refs: list[Spilled], slice_s: float
                ) -> list[tuple[str, range, list[Spilled]]]:
-    """(session, its buckets in this slice, the clocked chunks they reach) for every slice of
-    ``slice_s`` seconds (whole buckets) of every session."""
-    width = job.bucket_ns
-    per = max(1, round(slice_s * 1e9 / width))
-    by_session: dict[str, list[Spilled]] = defaultdict(list)
+    """(session, its buckets in this slice, the clocked chunks with pieces in them) for every
+    slice of ``slice_s`` seconds (whole buckets, slice k holding buckets [k*n, (k+1)*n)) that
+    any chunk reaches: the cost follows the chunks, never the time span (a stray far-off time
+    adds one slice, not every slice in between)."""
+    per = max(1, round(slice_s * 1e9 / job.bucket_ns))
+    slices: dict[tuple[str, int], list[Spilled]] = defaultdict(list)
     for r in refs:
-        by_session[r.key[0]].append(r)
-    plan = []
-    for session in sorted(by_session):
-        rs = by_session[session]
-        first = min(r.reach[0] for r in rs)
-        last = max(r.reach[1] for r in rs)
-        every = bucket_range(first, last, width, width - 1)   # any bucket a piece can reach
-        for lo in range(every.start, every.stop, per):
-            hi = min(lo + per, every.stop)
-            # a margin is narrower than a bucket: a chunk reaches at most one bucket beyond
-            near = [r for r in rs if r.reach[0] < (hi + 1) * width
-                    and r.reach[1] >= (lo - 1) * width]
-            if near:
-                plan.append((session, range(lo, hi), near))
-    return plan
+        for k in sorted({b // per for b in r.buckets}):
+            slices[(r.key[0], k)].append(r)
+    return [(s, range(k * per, (k + 1) * per), slices[(s, k)]) for s, k in sorted(slices)]
 
 
 def stream_extents(refs: list[Spilled]) -> dict[tuple[str, str], tuple[int, int]]:

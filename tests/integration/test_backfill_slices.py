@@ -1,0 +1,186 @@
+"""``mmalign backfill --slice-s S``: sessions run in time slices over forked workers
+(pipelines/time_slices.py) and give the same outputs as whole sessions in one process, on
+generated and on real material; a failing or killed worker fails the run and keeps the previous
+output; the option refuses what it cannot do, and auto slices only long recordings."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from mmalign.deadletter.file_sink import read_dead_letters
+from mmalign.pipelines import backfill, session_workers, time_slices
+from mmalign.pipelines.core import prepare
+from mmalign.pipelines.runners import RunnerConfigError
+from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas.layout import ALIGNED, DEADLETTER
+from mmalign.transforms.io.parquet import read_aligned
+from tests.cli import run_mmalign
+from tests.media import espeak_wav
+from tests.opencv_doc_data import opencv_doc_data
+
+pytestmark = pytest.mark.slow
+
+SAME = ("aligned_rows", "dead_letters", "dead_letters_by_reason", "accounting", "written",
+        "counters", "status_by_stream", "sessions", "streams")
+
+
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory):
+    """A 30 s generated recording: a camera and its audio track, an image-sequence camera, a
+    microphone, an IMU and subtitles, with the generator's bad records (letters)."""
+    return generate_recording(tmp_path_factory.mktemp("walk") / "rec", seed=21,
+                              duration_s=30.0, session="walk")
+
+
+@pytest.fixture(scope="module")
+def street(tmp_path_factory):
+    """Real material: opencv-doc's street camera (vtest.avi, XVID, 795 frames at 10 fps, so
+    79.5 s) and espeak-ng speech as its microphone."""
+    folder = tmp_path_factory.mktemp("street")
+    shutil.copy(opencv_doc_data() / "vtest.avi", folder / "vtest.avi")
+    espeak_wav(folder / "speech.wav", "People walk along the street past the shop windows "
+               "while the camera records them from above, and a bus passes by.")
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "session": "street",
+        "streams": [{"id": "cam", "modality": "video", "files": ["vtest.avi"]},
+                    {"id": "mic", "modality": "audio", "files": ["speech.wav"]}],
+        "alignment": {"ticks": {"anchor": "cam"}, "bucket_s": 4.0,
+                      "policies": {"mic": {"policy": "audio_window", "window_ms": 250}}}}))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def whole(walk, street, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "out"
+    return out, backfill.run([walk, street], out, run_id="same", progress=False, slice_s=0)
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _letters(root: Path):
+    t = read_dead_letters(root / DEADLETTER).to_pandas()
+    return t.drop(columns=["created_at_ns"]).reset_index(drop=True)
+
+
+def assert_same_output(out1: Path, s1: dict, out2: Path, s2: dict) -> None:
+    """Two runs wrote the same files (tables and Parquet metadata), letters and counts."""
+    for key in SAME:
+        assert s2[key] == s1[key], key
+    assert all(w["balanced"] for w in s2["written"].values())
+    assert all(a["balanced"] for a in s2["accounting"].values())
+    assert _files(out2 / ALIGNED) == _files(out1 / ALIGNED)
+    for f in _files(out1 / ALIGNED):
+        a, b = pq.read_table(out1 / ALIGNED / f), pq.read_table(out2 / ALIGNED / f)
+        assert a.equals(b) and a.schema.metadata == b.schema.metadata, f
+    # one file per session, sorted as a whole run sorts it: equal row for row
+    assert _files(out2 / DEADLETTER) == _files(out1 / DEADLETTER)
+    assert _letters(out2).equals(_letters(out1))
+    assert not (out2 / ".staging").exists() or not any((out2 / ".staging").iterdir())
+
+
+def test_cli_slices_on_two_workers_match_whole_sessions(walk, street, whole, tmp_path):
+    out1, s1 = whole
+    out2 = tmp_path / "out"
+    res = run_mmalign("backfill", "--manifest", walk, "--manifest", street, "--out", out2,
+                      "--run-id", "same", "--slice-s", "10", "--workers", "2", "--json",
+                      "--no-progress")
+    assert res.returncode == 0, res.stderr
+    s2 = json.loads(res.stdout)
+    assert "slices" not in s1
+    sl = s2["slices"]
+    assert sl["slice_s"] == 10.0 and sl["workers"] == 2
+    # 30 s and 79.5 s in slices of 3 buckets (12 s), plus the buckets the margins reach
+    by_session = {s: [x["buckets"] for x in sl["slices"] if x["session"] == s]
+                  for s in ("walk", "street")}
+    assert len(by_session["walk"]) >= 3 and len(by_session["street"]) >= 7
+    for spans in by_session.values():          # the slices tile the session's buckets
+        spans.sort()
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    street_rows = read_aligned(out2 / ALIGNED, "street")
+    assert street_rows.num_rows == 795                       # every frame of vtest.avi a tick
+    assert set(street_rows.column("mic__status").to_pylist()) >= {"ok"}
+    assert s2["dead_letters"] > 0 and s2["aligned_rows"] > 1500
+    assert_same_output(out1, s1, out2, s2)
+
+
+def test_slices_in_one_worker_match_whole_sessions(walk, street, whole, tmp_path):
+    out1, s1 = whole
+    out2 = tmp_path / "out"
+    s2 = backfill.run([walk, street], out2, run_id="same", progress=False, slice_s=7,
+                      workers=1)
+    assert s2["slices"]["workers"] == 1
+    assert_same_output(out1, s1, out2, s2)
+
+
+def test_auto_slices_long_recordings_only(street, walk, tmp_path, monkeypatch):
+    job = prepare([street], tmp_path / "o")
+    assert 79 < time_slices.probed_seconds(job) < 80          # vtest.avi's header
+    assert time_slices.resolve_slices(None, job, "DirectRunner", None) is None   # < 120 s
+    monkeypatch.setattr(time_slices, "DEFAULT_SLICE_S", 30.0)   # then 79.5 s is "long"
+    assert time_slices.resolve_slices(None, job, "DirectRunner", None) == 30.0
+    s = backfill.run([street], tmp_path / "out", progress=False, slice_s=None, workers=None)
+    assert s["slices"]["slice_s"] == 30.0 and s["slices"]["workers"] == session_workers.cores()
+    assert s["aligned_rows"] == 795
+    # not where the sessions must run whole or the workers cannot apply
+    assert time_slices.resolve_slices(None, job, "FlinkRunner", None) is None
+    assert time_slices.resolve_slices(0, job, "DirectRunner", None) is None
+
+
+def test_slice_option_refuses_what_it_cannot_do(walk, tmp_path):
+    doc = yaml.safe_load(walk.read_text())
+    imu = next(s for s in doc["streams"] if s["id"] == "imu")
+    imu["sync"] = {"reference": "cam0_audio"}
+    synced = walk.parent / "synced.yaml"
+    synced.write_text(yaml.safe_dump(doc))
+    job = prepare([synced], tmp_path / "o")
+    with pytest.raises(RunnerConfigError, match="DTW-sync"):
+        time_slices.resolve_slices(10, job, "DirectRunner", None)
+    assert time_slices.resolve_slices(None, job, "DirectRunner", None) is None
+    res = run_mmalign("backfill", "--manifest", synced, "--out", tmp_path / "out",
+                      "--slice-s", "10", "--no-progress")
+    assert res.returncode == 2 and "DTW-sync" in res.stderr and "Traceback" not in res.stderr
+    with pytest.raises(RunnerConfigError, match="--slice-s 10 runs .* local runner only"):
+        time_slices.resolve_slices(10, prepare([walk], tmp_path / "o"), "FlinkRunner", None)
+    with pytest.raises(RunnerConfigError, match="--slice-s must be"):
+        time_slices.resolve_slices(float("nan"), prepare([walk], tmp_path / "o"),
+                                   "DirectRunner", None)
+    for bad in ("-1", "nan", "inf", "x"):
+        res = run_mmalign("backfill", "--manifest", walk, "--out", tmp_path / "out",
+                          "--slice-s", bad)
+        assert res.returncode == 2 and "--slice-s" in res.stderr, (bad, res.stderr)
+    assert not (tmp_path / "out" / ALIGNED).exists()
+
+
+def test_killed_worker_fails_the_run_and_keeps_the_previous_output(walk, tmp_path,
+                                                                  monkeypatch):
+    out = tmp_path / "out"
+    backfill.run([walk], out, run_id="first", progress=False, slice_s=0)
+    before = {f: (out / f).read_bytes() for f in _files(out) if f.startswith(ALIGNED)}
+
+    def dies(p, job, *a):
+        os._exit(9)             # as an out-of-memory kill would: no report, no clean-up
+
+    monkeypatch.setattr(time_slices, "build_slices", dies)   # the workers fork with it
+    with pytest.raises(session_workers.WorkerFailed, match=r"exit code .*9"):
+        backfill.run([walk], out, run_id="second", progress=False, slice_s=10, workers=2)
+    after = {f: (out / f).read_bytes() for f in _files(out) if f.startswith(ALIGNED)}
+    assert after == before
+    assert not (out / ".staging" / "second").exists()
+
+
+def test_task_error_is_raised_in_the_parent(walk, tmp_path, monkeypatch):
+    def fails(p, job, *a):
+        raise ValueError(f"no disk for {sorted(job.plans)}")
+
+    monkeypatch.setattr(time_slices, "build_slices", fails)
+    with pytest.raises(ValueError, match=r"no disk for \['walk'\]"):
+        backfill.run([walk], tmp_path / "out", progress=False, slice_s=10, workers=2)
+    assert not any((tmp_path / "out" / ".staging").glob("*"))
