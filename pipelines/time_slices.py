@@ -57,7 +57,7 @@ from mmalign.transforms.decode.stage import DecodeRequest, DecodeStreams
 from mmalign.transforms.io.parquet import WriteAlignedFn
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate import stage as validate_stage
-from mmalign.transforms.validate.stage import MedianPerStream, Validate
+from mmalign.transforms.validate.stage import MedianPerStream, ValidateFn
 from mmalign.transforms.validate.timestamps import TimestampRule, chunk_centre
 
 SPILL = ".slices"            # under the run's staging folder; removed before the commit
@@ -181,6 +181,15 @@ def assign_fn(job: Job) -> AssignBucketsFn:
                            b.window_margin_ns)
 
 
+class ValidateSpilledFn(ValidateFn):
+    """``ValidateFn`` over spilled raw chunks, each loaded here: the side input (the streams'
+    medians) puts a stage boundary before this step, and the local runner keeps what crosses
+    one in memory, so only the small references cross it."""
+
+    def process(self, ref: Spilled, centres=None):
+        yield from super().process(load(ref), centres)
+
+
 def letter_part(part: str):
     """A ``WriteDeadLetters`` writer that pickles a session's letters as one part file."""
     def write(root: str, session_id: str, letters: list[DeadLetter]) -> str:
@@ -235,9 +244,9 @@ def build_streams(p: beam.Pipeline, job: Job, spill_root: Path, part: str) -> No
     raw = decoded[MAIN] | "SpillRaw" >> beam.ParDo(SpillRawFn(str(spill_root / "raw"),
                                                               job.rules))
     centres = raw | "ChunkMedians" >> beam.Map(lambda r: (r.key, r.centre)) | MedianPerStream()
-    valid = (raw | "Load" >> beam.Map(load)
-             | "Validate" >> Validate(job.stream_options, job.run_id, job.rules, centres=centres,
-                                      clocks=job.declared))
+    valid = raw | "Validate" >> beam.ParDo(
+        ValidateSpilledFn(job.stream_options, job.run_id, job.rules, job.declared),
+        centres=beam.pvalue.AsDict(centres)).with_outputs(DEAD, main=MAIN)
     (valid[MAIN]
      | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
      | "SpillClocked" >> beam.ParDo(SpillClockedFn(str(spill_root / "clocked"), job))
@@ -251,17 +260,20 @@ class AlignSliceFn(beam.DoFn):
     """A slice (session, its buckets, the spilled chunks they reach) -> ((session, bucket),
     aligned table) for each of its buckets, in order: the chunks cut into bucket pieces
     (``AssignBucketsFn``, as the bucket stage) and each bucket joined (``AlignBucketFn``, as
-    the align stage), one slice in memory at a time. Side input ``extents``."""
+    the align stage, with the streams' ``extents`` from phase 1), one slice in memory at a
+    time."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, extents: dict[tuple[str, str], tuple[int, int]]):
         self.assign = assign_fn(job)
         self.align = AlignBucketFn(job.plans)
+        self.extents = extents
 
     def setup(self):
         self.align.setup()
 
-    def process(self, element, extents):
+    def process(self, element):
         session, buckets, refs = element
+        extents = self.extents
         pieces: dict[int, list] = defaultdict(list)
         for ref in refs:
             for stamped in self.assign.process(load(ref)):
@@ -276,9 +288,9 @@ def build_slices(p: beam.Pipeline, job: Job, staging: Path, spill_root: Path, pa
                  extents: dict[tuple[str, str], tuple[int, int]]) -> None:
     """Phase 2 over the slices this worker pulls: each slice's buckets aligned
     (``AlignSliceFn``) -> post-align stages -> Parquet; post-align letters to a letter part."""
-    spans = p | "Extents" >> beam.Create(sorted(extents.items()))
-    aligned = (pulled(p)
-               | "Align" >> beam.ParDo(AlignSliceFn(job), extents=beam.pvalue.AsDict(spans)))
+    # the extents are a constructor argument, not a side input: a side input would put a
+    # stage boundary after the pull, and this worker would pull every slice before aligning one
+    aligned = pulled(p) | "Align" >> beam.ParDo(AlignSliceFn(job, extents))
     aligned, dead = post_align(aligned, job)
     aligned | "WriteAligned" >> beam.ParDo(WriteAlignedFn(str(staging / ALIGNED),
                                                           job.metadata()))

@@ -352,12 +352,10 @@ class Validate(beam.PTransform):
     relative plausibility bound is measured from each stream's median over the whole run;
     without (streaming), from the middle of the stream's extents when the producer declared
     them (``clocks``: the declared models, to put that middle on the device clock), else from
-    each chunk's own median. ``centres`` may also be a PCollection of ((session, stream),
-    median) measured before (the time-sliced backfill, pipelines/time_slices.py)."""
+    each chunk's own median."""
 
     def __init__(self, options: dict[tuple[str, str], dict] | None = None, run_id: str = "",
-                 rules: dict[str, TimestampRule] | None = None,
-                 centres: bool | beam.PCollection = False,
+                 rules: dict[str, TimestampRule] | None = None, centres: bool = False,
                  clocks: dict[tuple[str, str], ClockModel] | None = None):
         super().__init__()
         self.options = options
@@ -368,9 +366,7 @@ class Validate(beam.PTransform):
 
     def expand(self, chunks):
         side = {}
-        if isinstance(self.centres, beam.PCollection):      # measured elsewhere (time slices)
-            side["centres"] = beam.pvalue.AsDict(self.centres)
-        elif self.centres:
+        if self.centres:
             side["centres"] = beam.pvalue.AsDict(chunks | "Centres" >> StreamCentres(self.rules))
         return chunks | "ValidateChunk" >> beam.ParDo(
             ValidateFn(self.options, self.run_id, self.rules, self.clocks), **side).with_outputs(
