@@ -4,6 +4,7 @@ the backfill's own ``--workers`` (sessions over forked processes of the local ru
 
     python benchmarks/bench_scaling.py [--sessions 2] [--duration 12] [--quick]
     python benchmarks/bench_scaling.py --growth 12 48 192 [--growth-workers 1 2]
+    python benchmarks/bench_scaling.py --one 192 --pairs 8
 
 Work is partitioned by (session, file) for decoding and by (session, time bucket) for
 alignment, so with S sessions of D seconds and bucket width B there are S*ceil(D/B) align
@@ -137,6 +138,53 @@ def growth(durations: list[float], workers: list[int]) -> int:
     return 0
 
 
+ONE_MODES = [("whole, 1 process", "0", "1"), ("slices, 1 worker", "60", "1"),
+             ("slices, 2 workers", "60", "2")]
+
+
+def one_recording(duration: float, pairs: int) -> int:
+    """One generated recording, ``mmalign backfill`` as a whole session in one process and in
+    60 s time slices with 1 and 2 workers, the three in a rotating order ``pairs`` times;
+    prints each run (the summary's elapsed_s: the run without the command's imports; and the
+    whole command's wall time) and the median speed-ups."""
+    import statistics
+    mmalign = Path(sys.executable).with_name("mmalign")
+    print(f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; one {duration:g} s "
+          f"recording, {pairs} rounds; run = summary elapsed_s, command = wall")
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = generate_recording(Path(tmp) / "rec", duration_s=duration, seed=0,
+                                      session=f"one-{duration:g}")
+        runs: dict[str, list[tuple[float, float]]] = {m: [] for m, _, _ in ONE_MODES}
+        outputs = set()
+        for i in range(pairs):
+            for mode, slice_s, workers in ONE_MODES[i % 3:] + ONE_MODES[:i % 3]:
+                out = Path(tmp) / "out"
+                shutil.rmtree(out, ignore_errors=True)
+                t0 = time.perf_counter()
+                res = subprocess.run([str(mmalign), "backfill", "--manifest", str(manifest),
+                                      "--out", str(out), "--slice-s", slice_s, "--workers",
+                                      workers, "--json", "--no-progress"],
+                                     check=True, capture_output=True, text=True)
+                wall = time.perf_counter() - t0
+                summary = json.loads(res.stdout)
+                runs[mode].append((summary["elapsed_s"], wall))
+                outputs.add((summary["aligned_rows"], summary["dead_letters"]))
+                print(f"  round {i + 1}: {mode:18s} run {summary['elapsed_s']:6.2f} s, "
+                      f"command {wall:6.2f} s", flush=True)
+        med = {m: (statistics.median(r for r, _ in v), statistics.median(w for _, w in v))
+               for m, v in runs.items()}
+        for m, (r, w) in med.items():
+            print(f"  median {m:18s} run {r:6.2f} s, command {w:6.2f} s")
+        base, one, two = (med[m] for m, _, _ in ONE_MODES)
+        print(f"  2 workers vs whole session: run {base[0] / two[0]:.2f}x, command "
+              f"{base[1] / two[1]:.2f}x; vs slices on 1 worker: run {one[0] / two[0]:.2f}x, "
+              f"command {one[1] / two[1]:.2f}x")
+        if len(outputs) != 1:
+            print(f"  MISMATCH: rows/letters differ between runs: {sorted(outputs)}")
+            return 1
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) == 7 and sys.argv[1] == "--child":
         child_run(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]),
@@ -151,7 +199,13 @@ def main() -> int:
                     help="cost-growth table over these recording durations (no Flink)")
     ap.add_argument("--growth-workers", type=int, nargs="*", default=[],
                     help="with --growth: local multi-processing runs of the longest recording")
+    ap.add_argument("--one", type=float, metavar="SECONDS",
+                    help="one recording of this length: whole session vs time slices on 1 "
+                         "and 2 workers, alternating (--pairs rounds)")
+    ap.add_argument("--pairs", type=int, default=5)
     ns = ap.parse_args()
+    if ns.one:
+        return one_recording(ns.one, ns.pairs)
     if ns.growth:
         return growth(ns.growth, ns.growth_workers)
     sessions, duration = (2, 6.0) if ns.quick else (ns.sessions, ns.duration)

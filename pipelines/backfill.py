@@ -28,30 +28,11 @@ from mmalign.pipelines.runners import pipeline
 from mmalign.pipelines.session_workers import SessionWorkers, resolve_workers, spread
 from mmalign.pipelines.summary import summarize
 from mmalign.schemas.fs import UriPath, rmtree
-from mmalign.schemas.sync import write_session_sync
+from mmalign.transforms.clock.sync import WriteSyncResults
 from mmalign.transforms.decode.stage import DecodeStreams
 from mmalign.transforms.io.commit import SUMMARY, commit, recover, staging_dir
 from mmalign.transforms.io.parquet import WriteAlignedFn, unify_for_commit
 from mmalign.transforms.tags import DEAD, MAIN
-
-
-class WriteSyncResults(beam.PTransform):
-    """(session, stream, SyncResult) -> OUT/sync/<s>/sync.json (one per session)."""
-
-    def __init__(self, root: str):
-        super().__init__()
-        self.root = root
-
-    def expand(self, results):
-        root = self.root
-
-        def write(session_id, items):
-            return str(write_session_sync(root, session_id, dict(items)))
-
-        return (results
-                | "BySession" >> beam.MapTuple(lambda s, st, r: (s, (st, r)))
-                | "Group" >> beam.GroupByKey()
-                | "Write" >> beam.MapTuple(write))
 
 
 def build(p: beam.Pipeline, job: Job, staging: Path | UriPath,

@@ -1,30 +1,32 @@
 """The time-sliced backfill: long recordings in flat memory, one recording over every core.
 
-The local runner keeps a stage's whole output in memory before the next stage runs (the
-decoded chunks until every stream's median is known, the bucket pieces until the group by
-bucket), so a whole-session backfill grows with the recording, and one session runs in one
-process. Here the same stages run in two phases of small Beam pipelines, in worker processes
-forked after start-up (``pipelines/task_pool.py``), with the chunks spilled to files under the
-run's staging folder in between:
+The local runner keeps whatever crosses a stage boundary in memory (the decoded chunks until
+every stream's median is known, the bucket pieces until the group by bucket), so a
+whole-session backfill grows with the recording, and one session runs in one process. Here the
+same steps run as small Beam pipelines in worker processes forked after start-up
+(``pipelines/task_pool.py``), which pull their items (streams, sessions, slices) from a shared
+queue, with the chunks spilled to files under the run's staging folder in between; only
+references to those files cross a stage boundary:
 
-1. **streams** (one pipeline per group of streams, groups balanced by source bytes): decode ->
-   spill each raw chunk (keeping its median) -> each stream's median -> validate (around that
-   median, as the whole-session run does) -> clock (declared models) -> spill each clocked
-   chunk, with the times it covers. Decode and validation letters go to letter parts.
-2. **slices** (one pipeline per run of ``slice_s`` seconds of buckets): the clocked chunks a
-   slice's buckets can reach (a margin is narrower than a bucket, so a bucket sees its own
-   and its two neighbours' times at most) -> buckets, kept for the slice's own buckets only ->
-   align (the streams' extents measured in phase 1) -> registration/encoding -> Parquet, one
-   file per bucket as ever. Post-align letters go to letter parts.
+1. **streams** (item: a stream's files): decode -> spill each raw chunk with its median ->
+   the stream's median -> validate the spilled chunks around it (as the whole-session run
+   does) -> clock (declared models) -> spill, with the buckets each chunk's pieces go to.
+   With DTW-sync the valid chunks are spilled unclocked and their feature partials kept; then
+   **sync** (one pipeline) fits the clocks from the partials and writes sync.json, and
+   **clocks** (item: a stream's valid chunks) puts them on the fitted clocks and spills them.
+2. **sets** (item: a session with approximate-time sets, its member streams' chunks): the
+   session's sets, spilled as ticks.
+3. **slices** (item: ``slice_s`` seconds of a session's buckets, with the chunks that have
+   pieces in them): bucket pieces, kept for the slice's own buckets -> align (the streams'
+   extents from the spill references) -> registration/encoding -> Parquet, one file per
+   bucket as ever.
 
-The letter parts are merged per session into the one sorted file a whole-session run writes,
-so the output is the same file for file (tests/integration/test_backfill_slices.py). Every
-count is made once: decode, validation and clock counts in phase 1 (each chunk is in one
-stream group), align counts per bucket in phase 2 (each bucket is in one slice).
-
-What keeps a session whole: DTW-sync (its clock fits need whole streams), approximate-time
-sets (a set may span buckets), and what session workers refuse (other runners, the metrics
-options, the feature store).
+Letters go to parts per worker, merged per session into the one sorted file a whole-session
+run writes, so the output is the same file for file (tests/integration/test_backfill_slices.py,
+tests/bad_inputs/test_slices_bad_data.py). Every count is made once: decode and validation
+per chunk in phase 1, clock per chunk where it is applied, align per bucket (each bucket is
+in one slice). Slices need the local runner and one writer per process: not with other
+runners, the metrics options or the feature store.
 """
 
 from __future__ import annotations
@@ -45,13 +47,19 @@ from mmalign.pipelines.core import Job, bucketing, post_align
 from mmalign.pipelines.runners import RunnerConfigError
 from mmalign.pipelines.session_workers import check_workers, summed
 from mmalign.pipelines.task_pool import TaskContext, TaskPool, pulled
-from mmalign.schemas.chunk import Chunk
+from mmalign.schemas.chunk import Chunk, TickTable
 from mmalign.schemas.fs import rmtree
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.align import policies as align_policies
 from mmalign.transforms.align.buckets import AssignBucketsFn
-from mmalign.transforms.align.join import AlignBucketFn, chunk_extent
+from mmalign.transforms.align.join import AlignBucketFn, ApproxSetTicks, chunk_extent
 from mmalign.transforms.clock.apply import ApplyClockFn
+from mmalign.transforms.clock.sync import (
+    ChunkPartialsFn,
+    EstimateFromPartials,
+    WriteSyncResults,
+    sync_plans,
+)
 from mmalign.transforms.decode.segments import segment_span
 from mmalign.transforms.decode.stage import DecodeRequest, DecodeStreams
 from mmalign.transforms.io.parquet import WriteAlignedFn
@@ -66,15 +74,6 @@ NOT_SHUFFLED = ("pcm", "image")   # columns the bucket pieces drop (buckets._wit
 
 
 # ---------------------------------------------------------------- when sessions are sliced
-
-
-def slice_reason(job: Job) -> str | None:
-    """Why this job's sessions run whole, or None when they can be sliced."""
-    if job.synced:
-        return "DTW-sync fits a clock on whole streams"
-    if job.set_plans:
-        return "approximate-time sets are formed over whole streams"
-    return None
 
 
 def probed_seconds(job: Job) -> float:
@@ -94,8 +93,6 @@ def resolve_slices(slice_s: float | None, job: Job, runner: str, observe) -> flo
     None (auto: ``DEFAULT_SLICE_S`` where slicing applies and a recording is over twice as
     long), 0 (never), or seconds (checked: exit 2 where it cannot apply)."""
     if slice_s is None:
-        if slice_reason(job) is not None:
-            return None
         try:
             check_workers(1, runner, observe, job, option="slices")
         except RunnerConfigError:
@@ -105,11 +102,7 @@ def resolve_slices(slice_s: float | None, job: Job, runner: str, observe) -> flo
         return None
     if not math.isfinite(slice_s) or slice_s < 0:
         raise RunnerConfigError(f"--slice-s must be 0 (whole sessions) or more (got {slice_s})")
-    option = f"--slice-s {slice_s:g}"
-    why = slice_reason(job)
-    if why is not None:
-        raise RunnerConfigError(f"{option}: the sessions run whole ({why}); use --slice-s 0")
-    check_workers(1, runner, observe, job, option=option, fix="--slice-s 0")
+    check_workers(1, runner, observe, job, option=f"--slice-s {slice_s:g}", fix="--slice-s 0")
     return float(slice_s)
 
 
@@ -155,9 +148,29 @@ class SpillRawFn(beam.DoFn):
                       centre=chunk_centre(chunk.t_ns(), rule))
 
 
+class SpillValidFn(beam.DoFn):
+    """Valid chunk, not yet on the reference clock (DTW-sync fits it later) -> Spilled, its
+    payload columns dropped (no later step reads them)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def setup(self):
+        os.makedirs(self.folder, exist_ok=True)
+
+    def process(self, chunk: Chunk):
+        yield Spilled(chunk.key, spill(_without_payload(chunk), self.folder))
+
+
+def _without_payload(chunk: Chunk) -> Chunk:
+    drop = [c for c in NOT_SHUFFLED if c in chunk.data.schema.names]
+    return chunk.with_data(chunk.data.drop_columns(drop)) if drop else chunk
+
+
 class SpillClockedFn(beam.DoFn):
-    """Clocked chunk (its payload columns dropped: buckets never carry them) -> Spilled with
-    its extent and the buckets its pieces go to (``AssignBucketsFn``, as the bucket stage)."""
+    """Clocked chunk (its payload columns dropped: buckets never carry them) or a session's
+    approximate-time sets -> Spilled with its extent and the buckets its pieces go to
+    (``AssignBucketsFn``, as the bucket stage)."""
 
     def __init__(self, folder: str, job: Job):
         self.folder, self.assign = folder, assign_fn(job)
@@ -165,13 +178,12 @@ class SpillClockedFn(beam.DoFn):
     def setup(self):
         os.makedirs(self.folder, exist_ok=True)
 
-    def process(self, chunk: Chunk):
-        drop = [c for c in NOT_SHUFFLED if c in chunk.data.schema.names]
-        if drop:
-            chunk = chunk.with_data(chunk.data.drop_columns(drop))
+    def process(self, chunk: Chunk | TickTable):
+        ticks = isinstance(chunk, TickTable)      # sets: ticks only, no extent of a stream
+        chunk = chunk if ticks else _without_payload(chunk)
         buckets = sorted({stamped.value[0][1] for stamped in self.assign.process(chunk)})
-        yield Spilled(chunk.key, spill(chunk, self.folder), extent=chunk_extent(chunk)[1],
-                      buckets=tuple(buckets))
+        yield Spilled(chunk.key, spill(chunk, self.folder),
+                      extent=None if ticks else chunk_extent(chunk)[1], buckets=tuple(buckets))
 
 
 def assign_fn(job: Job) -> AssignBucketsFn:
@@ -214,14 +226,15 @@ def merge_letters(parts_root: Path, out_root: Path) -> None:
             write_session_letters(out_root, folder.name, letters)
 
 
-class CollectRefs(beam.PTransform):
-    """Spilled refs -> one pickle file of them all (the phase's result for the parent)."""
+class Collect(beam.PTransform):
+    """Small elements (spill references, sync partials, models) -> one pickle file of them all
+    (a step's result for the parent)."""
 
     def __init__(self, path: str):
         super().__init__()
         self.path = path
 
-    def expand(self, refs):
+    def expand(self, items):
         path = self.path
 
         def write(_, items):
@@ -229,7 +242,7 @@ class CollectRefs(beam.PTransform):
                 pickle.dump(list(items), f, protocol=5)
             return path
 
-        return (refs | "One" >> beam.Map(lambda r: (None, r))
+        return (items | "One" >> beam.Map(lambda r: (None, r))
                 | "All" >> beam.GroupByKey() | "Write" >> beam.MapTuple(write))
 
 
@@ -238,7 +251,9 @@ class CollectRefs(beam.PTransform):
 
 def build_streams(p: beam.Pipeline, job: Job, spill_root: Path, part: str) -> None:
     """Phase 1 over the streams this worker pulls (a stream's files, one item): decode,
-    validate around each stream's median, clock, spill."""
+    validate around each stream's median, then clock (declared models) and spill with the
+    buckets each chunk reaches; with DTW-sync, spill the valid chunks unclocked and keep their
+    sync feature partials instead (``build_clocks`` clocks them once the fits are known)."""
     decoded = (pulled(p) | "Files" >> beam.FlatMap(lambda requests: requests)
                | "Decode" >> DecodeStreams())
     raw = decoded[MAIN] | "SpillRaw" >> beam.ParDo(SpillRawFn(str(spill_root / "raw"),
@@ -247,13 +262,53 @@ def build_streams(p: beam.Pipeline, job: Job, spill_root: Path, part: str) -> No
     valid = raw | "Validate" >> beam.ParDo(
         ValidateSpilledFn(job.stream_options, job.run_id, job.rules, job.declared),
         centres=beam.pvalue.AsDict(centres)).with_outputs(DEAD, main=MAIN)
-    (valid[MAIN]
-     | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
-     | "SpillClocked" >> beam.ParDo(SpillClockedFn(str(spill_root / "clocked"), job))
-     | "Collect" >> CollectRefs(str(spill_root / f"refs-{part}.pkl")))
+    if job.synced:
+        (valid[MAIN] | "Partials" >> beam.ParDo(ChunkPartialsFn(sync_plans(job.manifests,
+                                                                         job.declared)))
+         | "CollectPartials" >> Collect(str(spill_root / f"partials-{part}.pkl")))
+        (valid[MAIN] | "SpillValid" >> beam.ParDo(SpillValidFn(str(spill_root / "valid")))
+         | "Collect" >> Collect(str(spill_root / f"valid-{part}.pkl")))
+    else:
+        (valid[MAIN]
+         | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
+         | "SpillClocked" >> beam.ParDo(SpillClockedFn(str(spill_root / "clocked"), job))
+         | "Collect" >> Collect(str(spill_root / f"refs-{part}.pkl")))
     ((decoded[DEAD], valid[DEAD]) | "Dead" >> beam.Flatten()
      | "WriteDead" >> WriteDeadLetters(str(spill_root / "letters"), job.run_id,
                                        write=letter_part(part)))
+
+
+def build_sync(p: beam.Pipeline, job: Job, staging: Path, spill_root: Path,
+               partials: list) -> None:
+    """DTW-sync from every stream's feature partials: the fits (SyncResults) to
+    OUT/sync/<session>/sync.json, as the whole-session run writes them, and to a file of
+    ((session, stream), model) for ``build_clocks``."""
+    results = (p | "Partials" >> beam.Create(partials, reshuffle=False)
+               | "Sync" >> EstimateFromPartials(sync_plans(job.manifests, job.declared)))
+    results | "WriteSync" >> WriteSyncResults(str(staging / "sync"))
+    (results | "Models" >> beam.MapTuple(lambda s, st, r: ((s, st), r.model))
+     | "Collect" >> Collect(str(spill_root / "models-sync.pkl")))
+
+
+def build_clocks(p: beam.Pipeline, job: Job, spill_root: Path, part: str,
+                 models: dict) -> None:
+    """After DTW-sync: the valid chunks this worker pulls (a stream's, one item) onto the
+    reference clock (the fitted models, else the declared ones), spilled with their buckets."""
+    (pulled(p) | "Chunks" >> beam.FlatMap(lambda refs: refs)
+     | "Load" >> beam.Map(load)
+     | "Clock" >> beam.ParDo(ApplyClockFn({**job.declared, **models}))
+     | "SpillClocked" >> beam.ParDo(SpillClockedFn(str(spill_root / "clocked"), job))
+     | "Collect" >> Collect(str(spill_root / f"refs-{part}.pkl")))
+
+
+def build_sets(p: beam.Pipeline, job: Job, spill_root: Path, part: str) -> None:
+    """Approximate-time sets of the sessions this worker pulls (a session's clocked member
+    chunks, one item): the session's ``TickTable``, spilled with the buckets it reaches."""
+    (pulled(p) | "Chunks" >> beam.FlatMap(lambda refs: refs)
+     | "Load" >> beam.Map(load)
+     | "Sets" >> ApproxSetTicks(job.set_plans)
+     | "SpillTicks" >> beam.ParDo(SpillClockedFn(str(spill_root / "clocked"), job))
+     | "Collect" >> Collect(str(spill_root / f"refs-{part}.pkl")))
 
 
 class AlignSliceFn(beam.DoFn):
@@ -343,6 +398,8 @@ def stream_extents(refs: list[Spilled]) -> dict[tuple[str, str], tuple[int, int]
     """(session, stream) -> (first, last) over its clocked chunks (as StreamExtents)."""
     out: dict[tuple[str, str], tuple[int, int]] = {}
     for r in refs:
+        if r.extent is None:                  # a session's sets: not a stream
+            continue
         a, b = r.extent
         if r.key in out:
             a, b = min(a, out[r.key][0]), max(b, out[r.key][1])
@@ -358,9 +415,40 @@ def _streams(part: str) -> dict[str, int]:
     return ctx.run(build_streams, ctx.job, ctx.spill_root, part)
 
 
+def _sync(partials: list) -> dict[str, int]:
+    ctx = TaskPool.context()
+    return ctx.run(build_sync, ctx.job, ctx.staging, ctx.spill_root, partials)
+
+
+def _clocks(part: str, models: dict) -> dict[str, int]:
+    ctx = TaskPool.context()
+    return ctx.run(build_clocks, ctx.job, ctx.spill_root, part, models)
+
+
+def _sets(part: str) -> dict[str, int]:
+    ctx = TaskPool.context()
+    return ctx.run(build_sets, ctx.job, ctx.spill_root, part)
+
+
 def _slices(part: str, extents: dict) -> dict[str, int]:
     ctx = TaskPool.context()
     return ctx.run(build_slices, ctx.job, ctx.staging, ctx.spill_root, part, extents)
+
+
+def _gathered(spill_root: Path, prefix: str) -> list:
+    """Everything the workers' ``Collect`` files named ``<prefix>-*.pkl`` hold (a worker that
+    had nothing to collect wrote none)."""
+    out: list = []
+    for f in sorted(spill_root.glob(f"{prefix}-*.pkl")):
+        out += pickle.loads(f.read_bytes())
+    return out
+
+
+def _by_key(refs: list[Spilled], key) -> list[list[Spilled]]:
+    groups: dict = defaultdict(list)
+    for r in refs:
+        groups[key(r)].append(r)
+    return [groups[k] for k in sorted(groups)]
 
 
 def pool(job: Job, staging: Path, runner: str, pipeline_args: list[str] | None, workers: int,
@@ -380,10 +468,19 @@ def run(job: Job, staging: Path, tasks: TaskPool, slice_s: float) -> tuple[dict[
     try:
         streams = stream_order(job)
         counts = tasks.pull(_streams, streams)
-        refs: list[Spilled] = []
-        for f in sorted(spill_root.glob("refs-*.pkl")):   # a worker with no chunk wrote none
-            refs += pickle.loads(f.read_bytes())
         rmtree(spill_root / "raw")
+        if job.synced:                    # fit the clocks, then put the chunks on them
+            counts += tasks.map(_sync, [(_gathered(spill_root, "partials"),)])
+            models = dict(_gathered(spill_root, "models"))
+            counts += tasks.pull(_clocks, _by_key(_gathered(spill_root, "valid"),
+                                                  lambda r: r.key), models)
+            rmtree(spill_root / "valid")
+        refs: list[Spilled] = _gathered(spill_root, "refs")
+        if job.set_plans:                 # a session's sets need all its members' times
+            plans = job.set_plans
+            members = [r for r in refs if r.key[0] in plans and r.key[1] in plans[r.key[0]].sets]
+            counts += tasks.pull(_sets, _by_key(members, lambda r: r.key[0]))
+            refs += _gathered(spill_root, "refs-sets")
         extents = stream_extents(refs)
         plan = slice_plan(job, refs, slice_s)
         counts += tasks.pull(_slices, sorted(plan, key=lambda sl: -len(sl[2])), extents)

@@ -1,7 +1,8 @@
 """``mmalign backfill --slice-s S``: sessions run in time slices over forked workers
 (pipelines/time_slices.py) and give the same outputs as whole sessions in one process, on
-generated and on real material; a failing or killed worker fails the run and keeps the previous
-output; the option refuses what it cannot do, and auto slices only long recordings."""
+generated material (with DTW-sync, with approximate-time sets) and on real material; a failing
+or killed worker fails the run and keeps the previous output; the option refuses what it cannot
+do, and auto slices only long recordings."""
 
 import json
 import os
@@ -56,9 +57,40 @@ def street(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def whole(walk, street, tmp_path_factory):
+def drifting(tmp_path_factory):
+    """A 40 s generated recording whose clocks are not declared: DTW-sync fits them (cam1,
+    mic, imu and the transcript against cam0's audio track, offsets of seconds, drifts of
+    hundreds of ppm)."""
+    return generate_recording(
+        tmp_path_factory.mktemp("drifting") / "rec", seed=23, duration_s=40.0,
+        session="drifting", declare_clocks=False, size=(160, 120), fps=15.0, imu_hz=100.0,
+        mic_rate=8000, clocks={"cam1": {"offset_ns": -1_700_000_000, "drift_ppm": 180.0},
+                               "mic": {"offset_ns": 2_350_000_000, "drift_ppm": -250.0},
+                               "imu": {"offset_ns": -1_200_000_000, "drift_ppm": 290.0}},
+        sync={"cam1": {"reference": "cam0_audio"}})
+
+
+@pytest.fixture(scope="module")
+def pairs(walk):
+    """The walk recording with approximate-time sets of cam1 and imu as its ticks."""
+    doc = yaml.safe_load(walk.read_text())
+    doc["session"] = "pairs"
+    doc["alignment"]["ticks"] = {"sets": {"streams": ["cam1", "imu"], "max_span_ms": 3.0,
+                                          "queue_size": 32}}
+    path = walk.parent / "pairs.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def every(walk, street, drifting, pairs):
+    return [walk, street, drifting, pairs]
+
+
+@pytest.fixture(scope="module")
+def whole(every, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole") / "out"
-    return out, backfill.run([walk, street], out, run_id="same", progress=False, slice_s=0)
+    return out, backfill.run(every, out, run_id="same", progress=False, slice_s=0)
 
 
 def _files(root: Path) -> list[str]:
@@ -86,12 +118,14 @@ def assert_same_output(out1: Path, s1: dict, out2: Path, s2: dict) -> None:
     assert not (out2 / ".staging").exists() or not any((out2 / ".staging").iterdir())
 
 
-def test_cli_slices_on_two_workers_match_whole_sessions(walk, street, whole, tmp_path):
+def test_cli_slices_on_two_workers_match_whole_sessions(every, whole, tmp_path):
     out1, s1 = whole
     out2 = tmp_path / "out"
-    res = run_mmalign("backfill", "--manifest", walk, "--manifest", street, "--out", out2,
-                      "--run-id", "same", "--slice-s", "10", "--workers", "2", "--json",
-                      "--no-progress")
+    args = ["backfill", "--out", out2, "--run-id", "same", "--slice-s", "10", "--workers", "2",
+            "--json", "--no-progress"]
+    for m in every:
+        args += ["--manifest", m]
+    res = run_mmalign(*args)
     assert res.returncode == 0, res.stderr
     s2 = json.loads(res.stdout)
     assert "slices" not in s1
@@ -108,14 +142,24 @@ def test_cli_slices_on_two_workers_match_whole_sessions(walk, street, whole, tmp
     assert street_rows.num_rows == 795                       # every frame of vtest.avi a tick
     assert set(street_rows.column("mic__status").to_pylist()) >= {"ok"}
     assert s2["dead_letters"] > 0 and s2["aligned_rows"] > 1500
+    # DTW-sync fitted the drifting session's clocks, the same fits as the whole run's
+    fits = s2["sync"]
+    assert {k for k in fits if k.startswith("drifting/")} >= {"drifting/cam1", "drifting/mic"}
+    assert fits == s1["sync"]
+    assert not any(r["fell_back"] for k, r in fits.items() if k in ("drifting/cam1",
+                                                                    "drifting/mic"))
+    assert _files(out2 / "sync") == _files(out1 / "sync")
+    # the sets session's ticks are its sets
+    sets = read_aligned(out2 / ALIGNED, "pairs").to_pandas()
+    assert len(sets) > 200 and sets["cam1__pos"].is_unique and sets["imu__pos"].is_unique
     assert_same_output(out1, s1, out2, s2)
 
 
-def test_slices_in_one_worker_match_whole_sessions(walk, street, whole, tmp_path):
+def test_slices_in_one_worker_match_whole_sessions(every, whole, tmp_path):
     out1, s1 = whole
     out2 = tmp_path / "out"
-    s2 = backfill.run([walk, street], out2, run_id="same", progress=False, slice_s=7,
-                      workers=1)
+    s2 = backfill.run(every, out2, run_id="same", progress=False, slice_s=7, workers=1)
+    assert s2["sync"] == s1["sync"]
     assert s2["slices"]["workers"] == 1
     assert_same_output(out1, s1, out2, s2)
 
@@ -135,18 +179,6 @@ def test_auto_slices_long_recordings_only(street, walk, tmp_path, monkeypatch):
 
 
 def test_slice_option_refuses_what_it_cannot_do(walk, tmp_path):
-    doc = yaml.safe_load(walk.read_text())
-    imu = next(s for s in doc["streams"] if s["id"] == "imu")
-    imu["sync"] = {"reference": "cam0_audio"}
-    synced = walk.parent / "synced.yaml"
-    synced.write_text(yaml.safe_dump(doc))
-    job = prepare([synced], tmp_path / "o")
-    with pytest.raises(RunnerConfigError, match="DTW-sync"):
-        time_slices.resolve_slices(10, job, "DirectRunner", None)
-    assert time_slices.resolve_slices(None, job, "DirectRunner", None) is None
-    res = run_mmalign("backfill", "--manifest", synced, "--out", tmp_path / "out",
-                      "--slice-s", "10", "--no-progress")
-    assert res.returncode == 2 and "DTW-sync" in res.stderr and "Traceback" not in res.stderr
     with pytest.raises(RunnerConfigError, match="--slice-s 10 runs .* local runner only"):
         time_slices.resolve_slices(10, prepare([walk], tmp_path / "o"), "FlinkRunner", None)
     with pytest.raises(RunnerConfigError, match="--slice-s must be"):

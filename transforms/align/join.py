@@ -389,8 +389,8 @@ class ApproxSetTicks(beam.PTransform):
         plans = self.plans
 
         def members(chunk):
-            plan = plans[chunk.session_id]
-            if chunk.stream_id in plan.sets:
+            plan = plans.get(chunk.session_id)    # sessions without sets are not in plans
+            if plan is not None and chunk.stream_id in plan.sets:
                 data = chunk.data.select(["t_ns", "pos"]).append_column(
                     "src", pa.array([chunk.source_uri] * chunk.num_records, pa.string()))
                 yield chunk.session_id, (chunk.stream_id, pa.Table.from_batches([data]))

@@ -28,7 +28,7 @@ from mmalign.schemas.chunk import Chunk
 from mmalign.schemas.clock import ClockModel
 from mmalign.schemas.manifest import Manifest, ManifestError, SyncSpec
 from mmalign.schemas.metrics import SYNC
-from mmalign.schemas.sync import SyncResult
+from mmalign.schemas.sync import SyncResult, write_session_sync
 from mmalign.transforms.clock.features import (
     FAMILIES,
     WAVE_FAMILY,
@@ -461,16 +461,36 @@ class EstimateClocks(beam.PTransform):
 
     def __init__(self, manifest: Manifest | Sequence[Manifest], declared: dict):
         super().__init__()
-        manifests = [manifest] if isinstance(manifest, Manifest) else list(manifest)
-        self.plans = {m.session: plan_sync(m, declared) for m in manifests}
+        self.plans = sync_plans(manifest, declared)
 
     def expand(self, chunks):
+        return (chunks
+                | "Partials" >> beam.ParDo(ChunkPartialsFn(self.plans))
+                | "FromPartials" >> EstimateFromPartials(self.plans))
+
+
+def sync_plans(manifest: Manifest | Sequence[Manifest], declared: dict
+               ) -> dict[str, SessionSync]:
+    """session -> what its DTW-sync needs (``plan_sync``)."""
+    manifests = [manifest] if isinstance(manifest, Manifest) else list(manifest)
+    return {m.session: plan_sync(m, declared) for m in manifests}
+
+
+class EstimateFromPartials(beam.PTransform):
+    """The per-chunk feature partials (``ChunkPartialsFn``'s keyed output) -> (session_id,
+    stream_id, SyncResult): the second half of ``EstimateClocks``, for a pipeline that made
+    the partials elsewhere (the time-sliced backfill, pipelines/time_slices.py)."""
+
+    def __init__(self, plans: dict[str, SessionSync]):
+        super().__init__()
+        self.plans = plans
+
+    def expand(self, partials):
         plans = self.plans
-        feats = (chunks
-                 | "Partials" >> beam.ParDo(ChunkPartialsFn(plans))
+        feats = (partials
                  | "GroupStream" >> beam.GroupByKey()
                  | "Features" >> beam.Map(_features_of, plans))
-        seeds = (chunks.pipeline
+        seeds = (partials.pipeline
                  | "Sessions" >> beam.Create([(s, None) for s, p in plans.items() if p.specs]))
         return ((feats, seeds)
                 | "Both" >> beam.Flatten()
@@ -483,3 +503,22 @@ def _features_of(element, plans: dict[str, SessionSync]):
     need = plans[session].needs[stream]
     fmap, errors = stream_features(need.modality, rate, need.families[rate], list(parts))
     return session, (stream, rate, fmap, errors)
+
+
+class WriteSyncResults(beam.PTransform):
+    """(session, stream, SyncResult) -> OUT/sync/<s>/sync.json (one per session)."""
+
+    def __init__(self, root: str):
+        super().__init__()
+        self.root = root
+
+    def expand(self, results):
+        root = self.root
+
+        def write(session_id, items):
+            return str(write_session_sync(root, session_id, dict(items)))
+
+        return (results
+                | "BySession" >> beam.MapTuple(lambda s, st, r: (s, (st, r)))
+                | "Group" >> beam.GroupByKey()
+                | "Write" >> beam.MapTuple(write))
