@@ -56,3 +56,22 @@ def opencv_doc_data() -> Path:
             shutil.rmtree(data, ignore_errors=True)
             os.replace(staged, data)
     return data
+
+
+def street_session(folder: Path, speech: str, alignment: dict | None = None) -> Path:
+    """A session of real material in ``folder``: opencv-doc's street camera (vtest.avi, XVID,
+    795 frames at 10 fps: 79.5 s) as the tick source and ``speech`` spoken by espeak-ng as its
+    microphone; ``alignment`` updates the manifest's (4 s buckets). Returns the manifest."""
+    import yaml
+
+    from tests.media import espeak_wav
+
+    shutil.copy(opencv_doc_data() / "vtest.avi", folder / "vtest.avi")
+    espeak_wav(folder / "speech.wav", speech)
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "session": "street",
+        "streams": [{"id": "cam", "modality": "video", "files": ["vtest.avi"]},
+                    {"id": "mic", "modality": "audio", "files": ["speech.wav"]}],
+        "alignment": {"ticks": {"anchor": "cam"}, "bucket_s": 4.0, **(alignment or {})}}))
+    return manifest

@@ -6,7 +6,6 @@ do, and auto slices only long recordings."""
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,8 +20,7 @@ from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import run_mmalign
-from tests.media import espeak_wav
-from tests.opencv_doc_data import opencv_doc_data
+from tests.opencv_doc_data import street_session
 
 pytestmark = pytest.mark.slow
 
@@ -42,18 +40,10 @@ def walk(tmp_path_factory):
 def street(tmp_path_factory):
     """Real material: opencv-doc's street camera (vtest.avi, XVID, 795 frames at 10 fps, so
     79.5 s) and espeak-ng speech as its microphone."""
-    folder = tmp_path_factory.mktemp("street")
-    shutil.copy(opencv_doc_data() / "vtest.avi", folder / "vtest.avi")
-    espeak_wav(folder / "speech.wav", "People walk along the street past the shop windows "
-               "while the camera records them from above, and a bus passes by.")
-    manifest = folder / "manifest.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "session": "street",
-        "streams": [{"id": "cam", "modality": "video", "files": ["vtest.avi"]},
-                    {"id": "mic", "modality": "audio", "files": ["speech.wav"]}],
-        "alignment": {"ticks": {"anchor": "cam"}, "bucket_s": 4.0,
-                      "policies": {"mic": {"policy": "audio_window", "window_ms": 250}}}}))
-    return manifest
+    return street_session(tmp_path_factory.mktemp("street"),
+                          "People walk along the street past the shop windows "
+                          "while the camera records them from above, and a bus passes by.",
+                          {"policies": {"mic": {"policy": "audio_window", "window_ms": 250}}})
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ output, and the option refuses what it cannot do."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from mmalign.deadletter.file_sink import read_dead_letters
 from mmalign.pipelines import backfill, session_workers
@@ -24,8 +22,7 @@ from mmalign.schemas.encoders import EncodersConfig
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import ROOT, run_mmalign
-from tests.media import espeak_wav
-from tests.opencv_doc_data import opencv_doc_data
+from tests.opencv_doc_data import street_session
 
 pytestmark = pytest.mark.slow
 
@@ -43,17 +40,9 @@ def recordings(tmp_path_factory):
 def street(tmp_path_factory):
     """A session of real material: opencv-doc's street camera (vtest.avi, XVID, 795 frames)
     and espeak-ng speech as its microphone."""
-    folder = tmp_path_factory.mktemp("street")
-    shutil.copy(opencv_doc_data() / "vtest.avi", folder / "vtest.avi")
-    espeak_wav(folder / "speech.wav", "People walk along the street past the shop windows "
-               "while the camera records them from above.")
-    manifest = folder / "manifest.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "session": "street",
-        "streams": [{"id": "cam", "modality": "video", "files": ["vtest.avi"]},
-                    {"id": "mic", "modality": "audio", "files": ["speech.wav"]}],
-        "alignment": {"ticks": {"anchor": "cam"}, "bucket_s": 4.0}}))
-    return manifest
+    return street_session(tmp_path_factory.mktemp("street"),
+                          "People walk along the street past the shop windows "
+                          "while the camera records them from above.")
 
 
 @pytest.fixture(scope="module")
