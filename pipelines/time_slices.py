@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import tempfile
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -457,14 +458,18 @@ def pool(job: Job, staging: Path, runner: str, pipeline_args: list[str] | None, 
     and the validation contracts are loaded first, so the workers fork with them."""
     align_policies.warm()
     validate_stage.warm()
-    return TaskPool(workers, TaskContext(job, staging, staging / SPILL, runner,
+    # spill files are local: under the staging folder, or a temporary folder when OUT is on
+    # an object store (the workers share this machine's disk)
+    spill = staging / SPILL if isinstance(staging, Path) else \
+        Path(tempfile.mkdtemp(prefix="mmalign-slices-"))
+    return TaskPool(workers, TaskContext(job, staging, spill, runner,
                                          list(pipeline_args or [])), progress_every_s)
 
 
 def run(job: Job, staging: Path, tasks: TaskPool, slice_s: float) -> tuple[dict[str, int], dict]:
     """Both phases on the entered pool ``tasks``; returns (the summed stage counters, what ran:
     the stream groups and the slices)."""
-    spill_root = staging / SPILL
+    spill_root = tasks.ctx.spill_root
     try:
         streams = stream_order(job)
         counts = tasks.pull(_streams, streams)

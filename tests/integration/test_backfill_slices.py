@@ -206,3 +206,14 @@ def test_task_error_is_raised_in_the_parent(walk, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"no disk for \['walk'\]"):
         backfill.run([walk], tmp_path / "out", progress=False, slice_s=10, workers=2)
     assert not any((tmp_path / "out" / ".staging").glob("*"))
+
+
+def test_progress_line_sums_the_workers(walk, tmp_path, capsys):
+    summary = backfill.run([walk], tmp_path / "out", progress=True, progress_every_s=0.3,
+                           slice_s=10, workers=2)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("backfill:")]
+    decoded = [int(ln.split("decoded ")[1].split(" records")[0].replace(",", ""))
+               for ln in lines]
+    assert decoded and max(decoded) > 0, lines
+    assert decoded == sorted(decoded)                 # counts only grow
+    assert max(decoded) <= sum(a["records_in"] for a in summary["accounting"].values())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,6 +195,30 @@ def test_backfill_and_align_check_on_s3(world, s3_env, capsys):
     assert {f: f.stat().st_mtime_ns for f in (cache / "stamps").iterdir()} == stamps
     with capsys.disabled():
         print("\nwall times (CLI, s):", {k: round(v, 1) for k, v in w["times"].items()})
+
+
+def test_sliced_backfill_on_s3(world, s3_env):
+    """Time slices over two workers, recording and output on S3: the local run's rows and
+    letters; the spill files stay on local disk and go with the run."""
+    w, env, b = world, world["env"], world["bucket"]
+    tmp = Path(tempfile.gettempdir())
+    spills = set(tmp.glob("mmalign-slices-*"))
+    p = mmalign(env, "backfill", "--manifest", f"{w['s3_rec']}/manifest.yaml",
+                "--out", f"s3://{b}/out-sliced", "--run-id", "run-sliced", "--slice-s", "1",
+                "--workers", "2", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout[p.stdout.index("{"):])
+    assert summary["slices"]["workers"] == 2 and len(summary["slices"]["slices"]) >= 2
+    assert all(a["balanced"] for a in summary["accounting"].values())
+    keys = w["server"].keys(b, "out-sliced/")
+    assert not any(".staging" in k or ".slices" in k for k in keys), keys
+    assert set(tmp.glob("mmalign-slices-*")) == spills
+    local = w["local manifest"]
+    table, _ = read_back(w, "out-sliced")
+    same_rows(table, local, w)
+    dead = read_dead_letters(f"s3://{b}/out-sliced/deadletter")
+    assert letters(dead, w["s3_rec"]) == letters(read_dead_letters(local / "deadletter"),
+                                                 str(w["rec"]))
 
 
 def test_rerun_replaces_the_output_on_s3(world):
