@@ -6,6 +6,10 @@ do, and auto slices only long recordings."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,7 +23,7 @@ from mmalign.pipelines.runners import RunnerConfigError
 from mmalign.pipelines.sample_recording import generate_recording
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.io.parquet import read_aligned
-from tests.cli import run_mmalign
+from tests.cli import ROOT, run_mmalign
 from tests.opencv_doc_data import street_session
 
 pytestmark = pytest.mark.slow
@@ -217,3 +221,54 @@ def test_progress_line_sums_the_workers(walk, tmp_path, capsys):
     assert decoded and max(decoded) > 0, lines
     assert decoded == sorted(decoded)                 # counts only grow
     assert max(decoded) <= sum(a["records_in"] for a in summary["accounting"].values())
+
+
+# The CLI with each slice worker's streams pipeline held for a minute before it starts: a
+# worker that outlived its killed parent would still be there 10 s later.
+SLOW_SLICES = """
+import sys, time
+import mmalign.pipelines.time_slices as ts
+real = ts.build_streams
+def build_streams(*a):
+    time.sleep(60)
+    return real(*a)
+ts.build_streams = build_streams
+from mmalign.pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_slice_workers_die_with_a_killed_backfill(walk, tmp_path):
+    cmd = [sys.executable, "-c", SLOW_SLICES, "backfill", "--workers", "2", "--slice-s", "10",
+           "--out", str(tmp_path / "out"), "--manifest", str(walk), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(kids := _children(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(k) for k in kids):
+            assert time.monotonic() < deadline, f"workers {kids} outlived the killed command"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the next run recovers the killed run's staging folder (spill files included)
+    backfill.run([walk], tmp_path / "out", progress=False, slice_s=0)
+    assert not any((tmp_path / "out" / ".staging").glob("*"))
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
