@@ -78,15 +78,18 @@ NOT_SHUFFLED = ("pcm", "image")   # columns the bucket pieces drop (buckets._wit
 
 
 def probed_seconds(job: Job) -> float:
-    """The longest span of any local video or audio file of the job, from its headers (0 when
-    none can be probed): how long its longest recording is, known before decoding."""
-    longest = 0
+    """How long the job's longest video or audio stream is, from its local files' headers (a
+    stream of several files spans them with their segment offsets; 0 when none can be
+    probed): known before decoding."""
+    spans: dict[tuple[str, str], tuple[int, int]] = {}
     for r in job.sources:
         if r.stream.modality in ("video", "audio") and "://" not in r.path:
             span = segment_span(r.stream, r.path)
             if span is not None:
-                longest = max(longest, span[1] - span[0])
-    return longest / 1e9
+                a, b = span[0] + r.time_offset_ns, span[1] + r.time_offset_ns
+                k = (r.session_id, r.stream.id)
+                spans[k] = (min(a, spans[k][0]), max(b, spans[k][1])) if k in spans else (a, b)
+    return max((b - a for a, b in spans.values()), default=0) / 1e9
 
 
 def resolve_slices(slice_s: float | None, job: Job, runner: str, observe) -> float | None:

@@ -99,3 +99,27 @@ def test_slice_length_must_be_a_finite_positive_number(bad):
     job = SimpleNamespace(synced=False, set_plans={}, feature_store=False)
     with pytest.raises(ts.RunnerConfigError, match="--slice-s must be"):
         ts.resolve_slices(bad, job, "DirectRunner", None)
+
+
+def test_auto_slices_a_stream_of_files_that_restart_at_zero(tmp_path):
+    """A recorder that writes one WAV per 70 s: each file alone is short, the stream is 140 s
+    (its files are consecutive segments), so auto slices it."""
+    import numpy as np
+    import soundfile as sf
+    import yaml
+
+    from mmalign.pipelines.core import prepare
+
+    for name in ("part1.wav", "part2.wav"):
+        sf.write(tmp_path / name, np.zeros(70 * 8000, np.float32), 8000)
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump({
+        "session": "parts",
+        "streams": [{"id": "mic", "modality": "audio", "files": ["part1.wav", "part2.wav"]}],
+        "alignment": {"ticks": {"rate_hz": 10}, "bucket_s": 4.0}}))
+    job = prepare([tmp_path / "manifest.yaml"], tmp_path / "out")
+    assert ts.probed_seconds(job) == pytest.approx(140.0)
+    assert ts.resolve_slices(None, job, "DirectRunner", None) == ts.DEFAULT_SLICE_S
+    one = prepare([tmp_path / "manifest.yaml"], tmp_path / "out")
+    one.sources = one.sources[:1]
+    assert ts.probed_seconds(one) == pytest.approx(70.0)
+    assert ts.resolve_slices(None, one, "DirectRunner", None) is None
