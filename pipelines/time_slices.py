@@ -470,8 +470,8 @@ def pool(job: Job, staging: Path, runner: str, pipeline_args: list[str] | None, 
 
 
 def run(job: Job, staging: Path, tasks: TaskPool, slice_s: float) -> tuple[dict[str, int], dict]:
-    """Both phases on the entered pool ``tasks``; returns (the summed stage counters, what ran:
-    the stream groups and the slices)."""
+    """Every step (streams; sync and clocks with DTW-sync; sets; slices) on the entered pool
+    ``tasks``; returns (the summed stage counters, the slices that ran)."""
     spill_root = tasks.ctx.spill_root
     try:
         streams = stream_order(job)
