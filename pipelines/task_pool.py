@@ -122,7 +122,10 @@ class TaskPool:
         try:
             return [f.result() for f in futures]
         except BrokenProcessPool as e:
+            for p in self._procs:        # reaped, so each exit code is known (the pool stops
+                p.join(timeout=5)        # the others: SIGTERM, -15)
             codes = sorted({p.exitcode for p in self._procs if p.exitcode is not None})
+            codes = [c for c in codes if c != -15] or codes
             raise WorkerFailed(f"a backfill worker exited without a result (exit code "
                                f"{', '.join(map(str, codes)) or 'unknown'}: killed, or out of "
                                f"memory?)") from e
