@@ -308,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local runner: run each session in time slices of about S seconds "
                         "(flat memory; one recording over all the workers); 0: whole "
                         "sessions; default auto: 60 s slices for recordings over 120 s, "
-                        "where slices apply (not with DTW-sync, approximate-time sets, "
-                        "another runner, the metrics options or the feature store)")
+                        "where slices apply (not with another runner, the metrics options "
+                        "or the feature store)")
     runner_opts(p)
     p.set_defaults(fn=cmd_backfill)
 

@@ -76,7 +76,7 @@ def check_workers(workers: int, runner: str, observe, job, option: str | None = 
             f"take writes from one process); use {fix}")
 
 
-def _source_bytes(path: str) -> int:
+def source_bytes(path: str) -> int:
     if "://" in path:
         return 1
     try:
@@ -90,7 +90,7 @@ def session_groups(job, workers: int) -> list[list[str]]:
     session first, each to the lightest group); one group per session when there are fewer."""
     size: dict[str, int] = {s: 0 for s in job.plans}
     for r in job.sources:
-        size[r.session_id] = size.get(r.session_id, 0) + _source_bytes(r.path)
+        size[r.session_id] = size.get(r.session_id, 0) + source_bytes(r.path)
     groups: list[list[str]] = [[] for _ in range(min(workers, len(size)))]
     load = [0] * len(groups)
     for s in sorted(size, key=lambda s: (-size[s], s)):

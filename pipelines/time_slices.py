@@ -46,7 +46,7 @@ from mmalign.deadletter.file_sink import WriteDeadLetters, write_session_letters
 from mmalign.deadletter.record import DeadLetter
 from mmalign.pipelines.core import Job, bucketing, post_align
 from mmalign.pipelines.runners import RunnerConfigError
-from mmalign.pipelines.session_workers import check_workers, summed
+from mmalign.pipelines.session_workers import check_workers, source_bytes, summed
 from mmalign.pipelines.task_pool import TaskContext, TaskPool, pulled
 from mmalign.schemas.chunk import Chunk, TickTable
 from mmalign.schemas.fs import rmtree
@@ -192,9 +192,7 @@ class SpillClockedFn(beam.DoFn):
 
 def assign_fn(job: Job) -> AssignBucketsFn:
     """The bucket stage's DoFn for ``job`` (its margins, anchors and tick margins)."""
-    b = bucketing(job)
-    return AssignBucketsFn(b.bucket_ns, b.margins, b.anchors, b.tick_margins,
-                           b.window_margin_ns)
+    return bucketing(job).fn()
 
 
 class ValidateSpilledFn(ValidateFn):
@@ -372,16 +370,9 @@ def stream_order(job: Job) -> list[list[DecodeRequest]]:
 
     def cost(k):
         rs = by_stream[k]
-        return (rank.get(rs[0].stream.modality, 4), -sum(map(_bytes, rs)), k)
+        return (rank.get(rs[0].stream.modality, 4), -sum(source_bytes(r.path) for r in rs), k)
 
     return [by_stream[k] for k in sorted(by_stream, key=cost)]
-
-
-def _bytes(r: DecodeRequest) -> int:
-    try:
-        return max(os.path.getsize(r.path), 1) if "://" not in r.path else 1
-    except OSError:
-        return 1
 
 
 def slice_plan(job: Job, refs: list[Spilled], slice_s: float

@@ -189,11 +189,14 @@ class AssignBuckets(beam.PTransform):
                 f"alignment margin {self.window_margin_ns / 1e9:.3f} s is not smaller than the "
                 f"bucket width {bucket_ns / 1e9:.3f} s; raise alignment.bucket_s")
 
+    def fn(self) -> AssignBucketsFn:
+        """The DoFn this transform applies (also called per slice: pipelines/time_slices.py)."""
+        return AssignBucketsFn(self.bucket_ns, self.margins, self.anchors, self.tick_margins,
+                               self.window_margin_ns, self.shifts)
+
     def expand(self, chunks):
         return (chunks
-                | "SliceIntoBuckets" >> beam.ParDo(AssignBucketsFn(
-                    self.bucket_ns, self.margins, self.anchors, self.tick_margins,
-                    self.window_margin_ns, self.shifts))
+                | "SliceIntoBuckets" >> beam.ParDo(self.fn())
                 | "BucketWindows" >> beam.WindowInto(FixedWindows(
                     Duration(micros=self.bucket_ns // NS_PER_US),
                     offset=Timestamp(micros=self.window_margin_ns // NS_PER_US))))
