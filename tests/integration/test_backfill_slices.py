@@ -25,6 +25,7 @@ from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import ROOT, run_mmalign
 from tests.opencv_doc_data import street_session
+from tests.processes import alive, children
 
 pytestmark = pytest.mark.slow
 
@@ -245,13 +246,13 @@ def test_slice_workers_die_with_a_killed_backfill(walk, tmp_path):
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while len(kids := _children(proc.pid)) < 2:
+        while len(kids := children(proc.pid)) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while any(_alive(k) for k in kids):
+        while any(alive(k) for k in kids):
             assert time.monotonic() < deadline, f"workers {kids} outlived the killed command"
             time.sleep(0.05)
     finally:
@@ -261,14 +262,3 @@ def test_slice_workers_die_with_a_killed_backfill(walk, tmp_path):
     backfill.run([walk], tmp_path / "out", progress=False, slice_s=0)
     assert not any((tmp_path / "out" / ".staging").glob("*"))
 
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(c) for c in path.read_text().split()] if path.exists() else []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False

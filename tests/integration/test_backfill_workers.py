@@ -23,6 +23,7 @@ from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import ROOT, run_mmalign
 from tests.opencv_doc_data import street_session
+from tests.processes import alive, children
 
 pytestmark = pytest.mark.slow
 
@@ -180,11 +181,6 @@ def test_progress_line_sums_the_workers(recordings, tmp_path, capsys):
     assert max(decoded) <= sum(a["records_in"] for a in summary["accounting"].values())
 
 
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(c) for c in path.read_text().split()] if path.exists() else []
-
-
 # The CLI with each worker's pipeline held for a minute before it starts: a worker that
 # outlived its killed parent would still be there 10 s later.
 SLOW_WORKERS = """
@@ -211,22 +207,16 @@ def test_workers_die_with_a_killed_backfill(recordings, tmp_path):
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while len(kids := _children(proc.pid)) < 2:
+        while len(kids := children(proc.pid)) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while any(Path(f"/proc/{k}").exists() and "Z" not in _state(k) for k in kids):
+        while any(alive(k) for k in kids):
             assert time.monotonic() < deadline, f"workers {kids} outlived the killed command"
             time.sleep(0.05)
     finally:
         if proc.poll() is None:
             proc.kill()
 
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "Z"
