@@ -111,6 +111,21 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def send_counts(every: float | None, put: Callable[[dict], None],
+                stop: threading.Event | None = None) -> None:
+    """In a worker: ``put`` this process's counts every ``every`` seconds, on a daemon thread,
+    until ``stop`` is set (the parent's progress line sums them); nothing when ``every`` is
+    falsy."""
+    if not every:
+        return
+    stop = stop or threading.Event()
+
+    def send():
+        while not stop.wait(every):
+            put(local_counts())
+    threading.Thread(target=send, name="mmalign-progress-send", daemon=True).start()
+
+
 def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], results,
             progress_every_s: float | None, build: Callable, parent: int) -> None:
     """One worker process: ``build(pipeline, job, staging)`` (the backfill's) run over its
@@ -123,11 +138,7 @@ def _worker(index: int, job, staging, runner: str, pipeline_args: list[str], res
     die_with_parent(parent)
     reset_local()        # the counts this process inherited are the parent's earlier runs'
     stop = threading.Event()
-    if progress_every_s:
-        def send():
-            while not stop.wait(progress_every_s):
-                results.put(("progress", index, local_counts()))
-        threading.Thread(target=send, name="mmalign-progress-send", daemon=True).start()
+    send_counts(progress_every_s, lambda c: results.put(("progress", index, c)), stop)
     try:
         opts = PipelineOptions([f"--runner={runner}", *pipeline_args])
         with pipeline(runner, opts) as p:

@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,8 +24,13 @@ from pathlib import Path
 import apache_beam as beam
 
 from mmalign.pipelines.runners import pipeline
-from mmalign.pipelines.session_workers import WorkerFailed, die_with_parent, summed
-from mmalign.schemas.metrics import local_counts, reset_local
+from mmalign.pipelines.session_workers import (
+    WorkerFailed,
+    die_with_parent,
+    send_counts,
+    summed,
+)
+from mmalign.schemas.metrics import reset_local
 
 _CONTEXT: TaskContext | None = None      # in a worker: what its pool was made with
 _WORK = None                              # in a worker: the pool's shared queue of items
@@ -60,12 +64,8 @@ def _start(context: TaskContext, work, progress, every: float | None, parent: in
     die_with_parent(parent)
     reset_local()          # the counts this process inherited are the parent's earlier runs'
     _CONTEXT, _WORK = context, work
-    if every:
-        def send():
-            while True:
-                time.sleep(every)
-                progress.put((os.getpid(), local_counts()))
-        threading.Thread(target=send, name="mmalign-progress-send", daemon=True).start()
+    pid = os.getpid()
+    send_counts(every, lambda counts: progress.put((pid, counts)))
 
 
 def _ready() -> int:

@@ -137,14 +137,22 @@ def load(ref: Spilled) -> Chunk:
         return pickle.load(f)
 
 
-class SpillRawFn(beam.DoFn):
-    """Decoded chunk -> Spilled with its (median, count) of plausible times."""
+class _SpillFn(beam.DoFn):
+    """A step that spills what it gets to files in ``folder``."""
 
-    def __init__(self, folder: str, rules: dict[str, TimestampRule]):
-        self.folder, self.rules = folder, rules
+    def __init__(self, folder: str):
+        self.folder = folder
 
     def setup(self):
         os.makedirs(self.folder, exist_ok=True)
+
+
+class SpillRawFn(_SpillFn):
+    """Decoded chunk -> Spilled with its (median, count) of plausible times."""
+
+    def __init__(self, folder: str, rules: dict[str, TimestampRule]):
+        super().__init__(folder)
+        self.rules = rules
 
     def process(self, chunk: Chunk):
         rule = self.rules.get(chunk.session_id) or TimestampRule()
@@ -152,15 +160,9 @@ class SpillRawFn(beam.DoFn):
                       centre=chunk_centre(chunk.t_ns(), rule))
 
 
-class SpillValidFn(beam.DoFn):
+class SpillValidFn(_SpillFn):
     """Valid chunk, not yet on the reference clock (DTW-sync fits it later) -> Spilled, its
     payload columns dropped (no later step reads them)."""
-
-    def __init__(self, folder: str):
-        self.folder = folder
-
-    def setup(self):
-        os.makedirs(self.folder, exist_ok=True)
 
     def process(self, chunk: Chunk):
         yield Spilled(chunk.key, spill(_without_payload(chunk), self.folder))
@@ -171,16 +173,14 @@ def _without_payload(chunk: Chunk) -> Chunk:
     return chunk.with_data(chunk.data.drop_columns(drop)) if drop else chunk
 
 
-class SpillClockedFn(beam.DoFn):
+class SpillClockedFn(_SpillFn):
     """Clocked chunk (its payload columns dropped: buckets never carry them) or a session's
     approximate-time sets -> Spilled with its extent and the buckets its pieces go to
     (``AssignBucketsFn``, as the bucket stage)."""
 
     def __init__(self, folder: str, job: Job):
-        self.folder, self.assign = folder, assign_fn(job)
-
-    def setup(self):
-        os.makedirs(self.folder, exist_ok=True)
+        super().__init__(folder)
+        self.assign = assign_fn(job)
 
     def process(self, chunk: Chunk | TickTable):
         ticks = isinstance(chunk, TickTable)      # sets: ticks only, no extent of a stream

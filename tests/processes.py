@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -16,3 +20,25 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def kill_and_check_workers(cmd: list[str], cwd, workers: int = 2,
+                           start_timeout_s: float = 120, grace_s: float = 10) -> None:
+    """Start ``cmd``, wait until it has ``workers`` child processes, SIGKILL it and assert
+    that every one of those children is gone within ``grace_s``."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while len(kids := children(proc.pid)) < workers:
+            assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + grace_s
+        while any(alive(k) for k in kids):
+            assert time.monotonic() < deadline, f"workers {kids} outlived the killed command"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

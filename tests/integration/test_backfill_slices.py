@@ -6,10 +6,7 @@ do, and auto slices only long recordings."""
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,7 +22,7 @@ from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import ROOT, run_mmalign
 from tests.opencv_doc_data import street_session
-from tests.processes import alive, children
+from tests.processes import kill_and_check_workers
 
 pytestmark = pytest.mark.slow
 
@@ -242,22 +239,7 @@ sys.exit(main(sys.argv[1:]))
 def test_slice_workers_die_with_a_killed_backfill(walk, tmp_path):
     cmd = [sys.executable, "-c", SLOW_SLICES, "backfill", "--workers", "2", "--slice-s", "10",
            "--out", str(tmp_path / "out"), "--manifest", str(walk), "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while len(kids := children(proc.pid)) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while any(alive(k) for k in kids):
-            assert time.monotonic() < deadline, f"workers {kids} outlived the killed command"
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_and_check_workers(cmd, ROOT)
     # the next run recovers the killed run's staging folder (spill files included)
     backfill.run([walk], tmp_path / "out", progress=False, slice_s=0)
     assert not any((tmp_path / "out" / ".staging").glob("*"))

@@ -4,10 +4,7 @@ output, and the option refuses what it cannot do."""
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,7 +20,7 @@ from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.io.parquet import read_aligned
 from tests.cli import ROOT, run_mmalign
 from tests.opencv_doc_data import street_session
-from tests.processes import alive, children
+from tests.processes import kill_and_check_workers
 
 pytestmark = pytest.mark.slow
 
@@ -203,20 +200,5 @@ def test_workers_die_with_a_killed_backfill(recordings, tmp_path):
            "--out", str(tmp_path / "out"), "--no-progress"]
     for m in recordings:
         cmd += ["--manifest", str(m)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while len(kids := children(proc.pid)) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while any(alive(k) for k in kids):
-            assert time.monotonic() < deadline, f"workers {kids} outlived the killed command"
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_and_check_workers(cmd, ROOT)
 
