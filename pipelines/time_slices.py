@@ -446,6 +446,28 @@ def _by_key(refs: list[Spilled], key) -> list[list[Spilled]]:
     return [groups[k] for k in sorted(groups)]
 
 
+SPILL_PREFIX = "mmalign-slices-"     # + the pid of the command that made it + "-" + random
+
+
+def remove_orphan_spills(folder: str | Path | None = None) -> list[Path]:
+    """Remove the spill folders in ``folder`` (the system's temporary folder) left by a
+    command that is gone (killed before its ``finally``: a SIGKILL, the OOM killer); returns
+    them. A folder whose command's pid runs (it, or a process that reuses the pid) stays."""
+    removed = []
+    for d in Path(folder or tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*-*"):
+        pid = d.name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not d.is_dir() or d.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            rmtree(d)
+            removed.append(d)
+        except PermissionError:          # alive, someone else's
+            pass
+    return removed
+
+
 def pool(job: Job, staging: Path, runner: str, pipeline_args: list[str] | None, workers: int,
          progress_every_s: float | None = None) -> TaskPool:
     """The worker pool for ``run`` (enter it before starting any thread). The align kernels
@@ -454,8 +476,11 @@ def pool(job: Job, staging: Path, runner: str, pipeline_args: list[str] | None, 
     validate_stage.warm()
     # spill files are local: under the staging folder, or a temporary folder when OUT is on
     # an object store (the workers share this machine's disk)
-    spill = staging / SPILL if isinstance(staging, Path) else \
-        Path(tempfile.mkdtemp(prefix="mmalign-slices-"))
+    if isinstance(staging, Path):
+        spill = staging / SPILL
+    else:
+        remove_orphan_spills()
+        spill = Path(tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-"))
     return TaskPool(workers, TaskContext(job, staging, spill, runner,
                                          list(pipeline_args or [])), progress_every_s)
 

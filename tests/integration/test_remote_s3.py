@@ -199,10 +199,16 @@ def test_backfill_and_align_check_on_s3(world, s3_env, capsys):
 
 def test_sliced_backfill_on_s3(world, s3_env):
     """Time slices over two workers, recording and output on S3: the local run's rows and
-    letters; the spill files stay on local disk and go with the run."""
+    letters; the spill files stay on local disk and go with the run, and a killed run's
+    left-over spill folder is removed by the next."""
     w, env, b = world, world["env"], world["bucket"]
     tmp = Path(tempfile.gettempdir())
-    spills = set(tmp.glob("mmalign-slices-*"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = tmp / f"mmalign-slices-{gone.pid}-killedrun"    # what a SIGKILL'd run leaves
+    (orphan / "raw").mkdir(parents=True)
+    (orphan / "raw" / "chunk.pkl").write_bytes(b"spilled")
+    spills = set(tmp.glob("mmalign-slices-*")) - {orphan}
     p = mmalign(env, "backfill", "--manifest", f"{w['s3_rec']}/manifest.yaml",
                 "--out", f"s3://{b}/out-sliced", "--run-id", "run-sliced", "--slice-s", "1",
                 "--workers", "2", "--json")
@@ -212,7 +218,7 @@ def test_sliced_backfill_on_s3(world, s3_env):
     assert all(a["balanced"] for a in summary["accounting"].values())
     keys = w["server"].keys(b, "out-sliced/")
     assert not any(".staging" in k or ".slices" in k for k in keys), keys
-    assert set(tmp.glob("mmalign-slices-*")) == spills
+    assert set(tmp.glob("mmalign-slices-*")) == spills      # its own gone, the orphan too
     local = w["local manifest"]
     table, _ = read_back(w, "out-sliced")
     same_rows(table, local, w)

@@ -123,3 +123,21 @@ def test_auto_slices_a_stream_of_files_that_restart_at_zero(tmp_path):
     one.sources = one.sources[:1]
     assert ts.probed_seconds(one) == pytest.approx(70.0)
     assert ts.resolve_slices(None, one, "DirectRunner", None) is None
+
+
+def test_spill_folders_of_gone_commands_are_removed(tmp_path):
+    import os
+    import subprocess
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                      # reaped: its pid runs nothing
+    orphan = tmp_path / f"{ts.SPILL_PREFIX}{gone.pid}-x1y2"
+    (orphan / "raw").mkdir(parents=True)
+    (orphan / "raw" / "c.pkl").write_bytes(b"spilled")
+    mine = tmp_path / f"{ts.SPILL_PREFIX}{os.getpid()}-a1b2"     # this process runs
+    mine.mkdir()
+    init = tmp_path / f"{ts.SPILL_PREFIX}1-zz"                   # pid 1: not ours to judge
+    init.mkdir()
+    other = tmp_path / "mmalign-slices-notapid-q"
+    other.mkdir()
+    assert ts.remove_orphan_spills(tmp_path) == [orphan]
+    assert not orphan.exists() and mine.is_dir() and init.is_dir() and other.is_dir()
