@@ -75,6 +75,7 @@ from mmalign.transforms.io.parquet import (
     union_schema,
 )
 from mmalign.transforms.tags import DEAD, MAIN
+from mmalign.transforms.validate import stage as validate_stage
 from mmalign.transforms.validate.stage import ORIGIN_META_KEY
 
 
@@ -225,7 +226,8 @@ def run(manifest_paths: list[str | Path], out: str | Path, settings: KafkaSettin
         run_id: str | None = None, observe: ObserveOptions | None = None) -> dict:
     """Run the streaming job until it stops (``stop_after_idle_s``) or is cancelled;
     ``observe``: metrics endpoint, traces, drift (pipelines/observe.py)."""
-    warm_in_background()          # the align kernels load while the job starts
+    # the align kernels and pandera's back end load while the job starts
+    warm_in_background(validate_stage.warm)
     job = prepare(manifest_paths, out, run_id or new_run_id())
     if any(s.sync for m in job.manifests for s in m.streams):
         raise ManifestError("streams with 'sync' (DTW clock estimation) need a whole "

@@ -32,7 +32,9 @@ workers) run the stages in the launching process.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import math
 import threading
 import time
 from collections import Counter
@@ -135,8 +137,26 @@ class Family:
         with _LOCK:
             _series[(self.name, key)] = float(value)
 
+    def _hist(self, key: tuple[str, ...]) -> list:
+        """[bucket counts, sum, count] of one series (under _LOCK)."""
+        h = _hists.get((self.name, key))
+        if h is None:
+            h = _hists[(self.name, key)] = [np.zeros(len(self.buckets) + 1, np.int64), 0.0, 0]
+        return h
+
     def observe(self, value: float, **labels) -> None:
-        self.observe_many((value,), **labels)
+        """One observation (a stage's time per element: no numpy for one value)."""
+        v = float(value)
+        if not math.isfinite(v):
+            return
+        key = self._key(labels)
+        _beam(self, key, HISTOGRAM).update(round(v * self.beam_scale))
+        i = bisect.bisect_left(self.buckets, v)       # = np.searchsorted(side="left")
+        with _LOCK:
+            h = self._hist(key)
+            h[0][i] += 1
+            h[1] += v
+            h[2] += 1
 
     def observe_many(self, values: Iterable[float], **labels) -> None:
         """Many observations of one series (e.g. a bucket's |dt| of one stream)."""
@@ -152,10 +172,7 @@ class Family:
         counts = np.bincount(np.searchsorted(self.buckets, v, side="left"),
                              minlength=len(self.buckets) + 1)
         with _LOCK:
-            h = _hists.get((self.name, key))
-            if h is None:
-                h = _hists[(self.name, key)] = [np.zeros(len(self.buckets) + 1, np.int64),
-                                                0.0, 0]
+            h = self._hist(key)
             h[0] += counts
             h[1] += float(v.sum())
             h[2] += int(v.size)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import threading
+from collections.abc import Callable
 from enum import IntEnum
 
 import numpy as np
@@ -696,12 +697,14 @@ def warm() -> None:
     interpolate(ticks, t, np.zeros((t.size, 1)), 5)
 
 
-def warm_in_background() -> threading.Thread:
-    """:func:`warm` on a daemon thread (jobs whose workers share this process: the local
-    runner, Prism's LOOPBACK); an error is left for the first real call to raise."""
+def warm_in_background(*also: Callable[[], object]) -> threading.Thread:
+    """:func:`warm`, then each of ``also`` (another stage's warm-up), on a daemon thread
+    (jobs whose workers share this process: the local runner, Prism's LOOPBACK); an error is
+    left for the first real call to raise."""
     def run() -> None:
-        with contextlib.suppress(Exception):
-            warm()
+        for fn in (warm, *also):
+            with contextlib.suppress(Exception):
+                fn()
     thread = threading.Thread(target=run, name="mmalign-warm-kernels", daemon=True)
     thread.start()
     return thread

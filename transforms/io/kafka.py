@@ -22,7 +22,8 @@ below ``max seen on its partition - out-of-orderness - allowed lateness``, or th
 stamped behind the watermark already set, is too late: it becomes a DeadLetter (stage
 "ingest", reason ``too_late``), never a silent drop. Unreadable values are passed on (ingest
 dead-letters them with the reason). With ``stop_after_idle_s`` the reader finishes once every
-partition has been caught up for that long; the pipeline then drains its windows and ends.
+partition is caught up and no record has come for that long (``IdleStop``); the pipeline then
+drains its windows and ends.
 
 Restarts: every claimed record is logged to ``<state_dir>/read-<topic>-<p>.jsonl`` as a
 ``schemas.ledger.LedgerLine`` (offset, session, stream, device times, late/eos flags, the
@@ -60,6 +61,35 @@ from mmalign.schemas.metrics import INGEST, set_gauge
 from mmalign.transforms.tags import DEAD, MAIN
 
 FINISH = "finish"          # claim this to end the restriction (every partition stops)
+
+
+class IdleStop:
+    """``stop_after_idle_s``: the reader stops once no record has come for ``after_s`` seconds
+    and every partition is caught up. Idle time counts from the last poll that returned
+    records or found a backlog (the reader's start when none has), not from the first empty
+    poll, and the poll that ends it waits only what is left, so the stop comes ``after_s``
+    after the last record, not a poll and a deferral later."""
+
+    def __init__(self, after_s: float | None, poll_s: float, clock=time.monotonic):
+        self.after_s, self.poll_s, self.clock = after_s, poll_s, clock
+        self.active = clock()
+
+    def wait_s(self) -> float:
+        """How long the next poll may wait for records."""
+        if self.after_s is None:
+            return self.poll_s
+        return max(0.0, min(self.poll_s, self.after_s - (self.clock() - self.active)))
+
+    def after_poll(self, polled: bool, caught_up: bool) -> float | None:
+        """After a poll: None to stop now, else the seconds to defer the next poll."""
+        now = self.clock()
+        if polled or not caught_up:
+            self.active = now
+            return 0.0 if polled else 0.1
+        if self.after_s is None:
+            return 0.1
+        left = self.after_s - (now - self.active)
+        return None if left <= 0 else min(0.1, left)
 
 
 @dataclass(frozen=True)
@@ -309,12 +339,14 @@ class ReadKafkaFn(beam.DoFn):
         self.closed_sessions = closed_sessions
         self.late_floors_us = dict(late_floors_us or {})
         self._consumer = None
-        self._idle_since: float | None = None
+        self._offsets = None       # asks the end offsets, on a connection of its own
+        self._idle: IdleStop | None = None
 
     def teardown(self):
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        for c in (self._consumer, self._offsets):
+            if c is not None:
+                c.close()
+        self._consumer = self._offsets = None
 
     def _assigned(self, plan: ReadPlan, positions: Positions):
         # lazy: kafka-python only where a broker is used
@@ -327,18 +359,23 @@ class ReadKafkaFn(beam.DoFn):
                                            max_poll_records=self.max_poll_records,
                                            max_partition_fetch_bytes=self.fetch_bytes_per_partition)
             self._consumer.assign(tps)
+            # on the reader's connection a ListOffsets request waits behind the pending fetch,
+            # which the broker holds up to fetch.max.wait.ms (500 ms) when there is no data:
+            # 0.2 s added to every empty poll; on its own connection it takes ~5 ms
+            self._offsets = KafkaConsumer(**self.settings.common(), group_id=None,
+                                          enable_auto_commit=False)
         for tp, nxt in zip(tps, positions.next, strict=True):
             if self._consumer.position(tp) != nxt:
                 self._consumer.seek(tp, nxt)
         return self._consumer, tps
 
-    def _caught_up(self, consumer, tps, nxt: list[int]) -> list[bool] | None:
+    def _caught_up(self, tps, nxt: list[int]) -> list[bool] | None:
         """Per partition: read up to its end, as the broker sees it now. (The high watermark
         a fetch response carried saves the round trip but lags: at 1x real time it held
         the watermark back and raised p95 latency from 5.1 to 5.7 s.)"""
         from kafka.errors import KafkaError  # lazy: kafka-python only where a broker is used
         try:
-            end = consumer.end_offsets(tps)
+            end = self._offsets.end_offsets(tps)
         except KafkaError:
             return None            # broker unreachable: unknown, keep waiting
         return [end.get(tp) is not None and n >= end[tp] for tp, n in zip(tps, nxt, strict=True)]
@@ -369,7 +406,9 @@ class ReadKafkaFn(beam.DoFn):
         nxt, max_e = list(positions.next), list(positions.max_event)
         current = wm.current_watermark()
         wm_ns = None if current is None or current.micros <= -(2**62) else current.micros * 1000
-        polled = consumer.poll(timeout_ms=self.poll_ms)
+        if self._idle is None:
+            self._idle = IdleStop(self.stop_after_idle_s, self.poll_ms / 1000)
+        polled = consumer.poll(timeout_ms=round(self._idle.wait_s() * 1000))
         rows: dict[int, list[LedgerLine]] = {}
         for tp, batch in polled.items():
             i = index[(tp.topic, tp.partition)]
@@ -413,7 +452,7 @@ class ReadKafkaFn(beam.DoFn):
                     INGEST.count(metrics.RECORDS)
                     yield beam.window.TimestampedValue(
                         rec, Timestamp(micros=e // 1000))
-        caught_up = self._caught_up(consumer, tps, nxt)
+        caught_up = self._caught_up(tps, nxt)
         target = plan_watermark_ns(max_e, caught_up or [False] * len(tps), self.hold_ns)
         if (end := self._all_ended_ns()) is not None:
             target = max(end, target if target is not None else end)
@@ -428,15 +467,12 @@ class ReadKafkaFn(beam.DoFn):
                 r[-1] = replace(r[-1], watermark_us=wm_ns // 1000)
             append_lines(read_log(self.state_dir, plan.specs[i].topic, plan.specs[i].partition),
                          [line.to_dict() for line in r])
-        if polled or not caught_up or not all(caught_up):
-            self._idle_since = None
-        elif self.stop_after_idle_s is not None:
-            self._idle_since = self._idle_since or time.monotonic()
-            if time.monotonic() - self._idle_since >= self.stop_after_idle_s:
-                self._finish(plan, wm_ns)
-                tracker.try_claim(FINISH)
-                return
-        tracker.defer_remainder(Duration(micros=0 if polled else 100_000))
+        defer_s = self._idle.after_poll(bool(polled), bool(caught_up) and all(caught_up))
+        if defer_s is None:
+            self._finish(plan, wm_ns)
+            tracker.try_claim(FINISH)
+            return
+        tracker.defer_remainder(Duration(micros=round(defer_s * 1e6)))
 
     def _ended(self, line: LedgerLine, header: dict) -> None:
         """Note an end-of-stream message and its session's declared end."""
@@ -468,7 +504,7 @@ class ReadKafkaFn(beam.DoFn):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(final))
         os.replace(tmp, path)
-        self._idle_since = None
+        self._idle = None
         self.teardown()
 
 

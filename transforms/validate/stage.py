@@ -122,6 +122,13 @@ def _row_payload(batch: pa.RecordBatch, i: int) -> bytes:
     return json.dumps(batch.slice(i, 1).to_pylist()[0], default=str, allow_nan=True).encode()
 
 
+def _int64(col, fill: int) -> np.ndarray:
+    """A timestamp column as int64, nulls as ``fill`` (no compute call when it has none)."""
+    if col.null_count:
+        col = col.fill_null(fill)
+    return col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
 def validate_chunk(chunk: Chunk, options: dict | None = None, run_id: str = "", *,
                    rule: TimestampRule | None = None, centre: int | None = None
                    ) -> tuple[Chunk | None, list[DeadLetter]]:
@@ -152,13 +159,13 @@ def validate_chunk(chunk: Chunk, options: dict | None = None, run_id: str = "", 
     if tcol.null_count:
         flag(np.asarray(pc.is_null(tcol)), "missing_timestamp", "ContractViolation",
              "sample has no timestamp")
-    t = tcol.fill_null(np.iinfo(np.int64).min).to_numpy(zero_copy_only=False).astype(np.int64)
+    t = _int64(tcol, np.iinfo(np.int64).min)
     present = ~np.asarray(pc.is_null(tcol)) if tcol.null_count else np.ones(n, bool)
     odd = np.zeros(n, bool)
     for name in ("t_ns", "t_end_ns"):     # a text segment's two ends
         if name in chunk.data.schema.names:
-            col = chunk.data.column(name)
-            v = col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+            v = t if name == "t_ns" and not tcol.null_count else \
+                _int64(chunk.data.column(name), 0)
             odd |= implausible(v, centre, rule) & present
     flag(odd, "implausible_timestamp", "ImplausibleTimestamp",
          f"timestamp outside the plausible range ({rule.describe()})")
