@@ -138,15 +138,19 @@ def growth(durations: list[float], workers: list[int]) -> int:
     return 0
 
 
-ONE_MODES = [("whole, 1 process", "0", "1"), ("slices, 1 worker", "60", "1"),
-             ("slices, 2 workers", "60", "2")]
+# (label, --slice-s, --workers, CPUs the command may use); None: the command's default
+ONE_MODES = [("whole, 1 process", "0", "1", None), ("slices, 1 worker", "60", "1", None),
+             ("slices, 2 workers", "60", "2", None), ("default, 1 core", None, None, "0"),
+             ("default, 2 cores", None, None, None)]
 
 
 def one_recording(duration: float, pairs: int) -> int:
-    """One generated recording, ``mmalign backfill`` as a whole session in one process and in
-    60 s time slices with 1 and 2 workers, the three in a rotating order ``pairs`` times;
-    prints each run (the summary's elapsed_s: the run without the command's imports; and the
-    whole command's wall time) and the median speed-ups."""
+    """One generated recording, ``mmalign backfill`` as a whole session in one process, in
+    60 s time slices with 1 and 2 workers, and with its defaults (auto slices and workers)
+    pinned to one core (``taskset -c 0``: a one-core machine, where the command picks one
+    worker) and on both cores, the five in a rotating order ``pairs`` times; prints each run
+    (the summary's elapsed_s: the run without the command's imports; and the whole command's
+    wall time) and the median speed-ups."""
     import statistics
     mmalign = Path(sys.executable).with_name("mmalign")
     print(f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; one {duration:g} s "
@@ -154,31 +158,36 @@ def one_recording(duration: float, pairs: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         manifest = generate_recording(Path(tmp) / "rec", duration_s=duration, seed=0,
                                       session=f"one-{duration:g}")
-        runs: dict[str, list[tuple[float, float]]] = {m: [] for m, _, _ in ONE_MODES}
+        runs: dict[str, list[tuple[float, float]]] = {m[0]: [] for m in ONE_MODES}
         outputs = set()
+        k = len(ONE_MODES)
         for i in range(pairs):
-            for mode, slice_s, workers in ONE_MODES[i % 3:] + ONE_MODES[:i % 3]:
+            for mode, slice_s, workers, cpus in ONE_MODES[i % k:] + ONE_MODES[:i % k]:
                 out = Path(tmp) / "out"
                 shutil.rmtree(out, ignore_errors=True)
+                cmd = [*(["taskset", "-c", cpus] if cpus else []), str(mmalign), "backfill",
+                       "--manifest", str(manifest), "--out", str(out), "--json",
+                       "--no-progress", *(["--slice-s", slice_s] if slice_s else []),
+                       *(["--workers", workers] if workers else [])]
                 t0 = time.perf_counter()
-                res = subprocess.run([str(mmalign), "backfill", "--manifest", str(manifest),
-                                      "--out", str(out), "--slice-s", slice_s, "--workers",
-                                      workers, "--json", "--no-progress"],
-                                     check=True, capture_output=True, text=True)
+                res = subprocess.run(cmd, check=True, capture_output=True, text=True)
                 wall = time.perf_counter() - t0
                 summary = json.loads(res.stdout)
                 runs[mode].append((summary["elapsed_s"], wall))
                 outputs.add((summary["aligned_rows"], summary["dead_letters"]))
+                used = summary.get("slices", {}).get("workers", 1)
                 print(f"  round {i + 1}: {mode:18s} run {summary['elapsed_s']:6.2f} s, "
-                      f"command {wall:6.2f} s", flush=True)
+                      f"command {wall:6.2f} s ({used} worker(s))", flush=True)
         med = {m: (statistics.median(r for r, _ in v), statistics.median(w for _, w in v))
                for m, v in runs.items()}
         for m, (r, w) in med.items():
             print(f"  median {m:18s} run {r:6.2f} s, command {w:6.2f} s")
-        base, one, two = (med[m] for m, _, _ in ONE_MODES)
+        base, one, two, core1, core2 = (med[m[0]] for m in ONE_MODES)
         print(f"  2 workers vs whole session: run {base[0] / two[0]:.2f}x, command "
               f"{base[1] / two[1]:.2f}x; vs slices on 1 worker: run {one[0] / two[0]:.2f}x, "
               f"command {one[1] / two[1]:.2f}x")
+        print(f"  the default command on 2 cores vs on 1 core: run {core1[0] / core2[0]:.2f}x, "
+              f"command {core1[1] / core2[1]:.2f}x")
         if len(outputs) != 1:
             print(f"  MISMATCH: rows/letters differ between runs: {sorted(outputs)}")
             return 1
