@@ -138,7 +138,8 @@ def _add_stream(sub) -> None:
     p.add_argument("--allowed-lateness", type=float, default=2.0,
                    help="extra seconds before a message is too late (dead letter)")
     p.add_argument("--stop-after-idle", type=float, default=None,
-                   help="stop (and drain) once every partition was caught up this long")
+                   help="stop (and drain) this many seconds after the last record, every "
+                        "partition caught up")
     p.add_argument("--payload-root", action="append",
                    help="folder that file:// payload URIs may point into; repeat")
     p.add_argument("--run-id", default=None,

@@ -52,7 +52,7 @@ from mmalign.schemas.chunk import Chunk, TickTable
 from mmalign.schemas.fs import rmtree
 from mmalign.schemas.layout import ALIGNED, DEADLETTER
 from mmalign.transforms.align import policies as align_policies
-from mmalign.transforms.align.buckets import AssignBucketsFn
+from mmalign.transforms.align.buckets import NOT_SHUFFLED, AssignBucketsFn
 from mmalign.transforms.align.join import AlignBucketFn, ApproxSetTicks, chunk_extent
 from mmalign.transforms.clock.apply import ApplyClockFn
 from mmalign.transforms.clock.sync import (
@@ -71,7 +71,6 @@ from mmalign.transforms.validate.timestamps import TimestampRule, chunk_centre
 
 SPILL = ".slices"            # under the run's staging folder; removed before the commit
 DEFAULT_SLICE_S = 60.0       # auto: slices of this length for sessions over twice as long
-NOT_SHUFFLED = ("pcm", "image")   # columns the bucket pieces drop (buckets._with_src)
 
 
 # ---------------------------------------------------------------- when sessions are sliced

@@ -20,6 +20,8 @@ from typing import Literal
 
 import pyarrow as pa
 
+import mmalign.schemas.arrow_pickle  # noqa: F401 -- batches pickle as Arrow IPC
+
 SCHEMA_VERSION = "1.0"
 
 Modality = Literal["video", "audio", "text", "sensor"]

@@ -28,6 +28,9 @@ NS_PER_US = 1000
 NS_PER_MS = 1_000_000
 
 
+NOT_SHUFFLED = ("pcm", "image")   # payload columns bucket pieces never carry (_with_src)
+
+
 @dataclass(frozen=True)
 class Piece:
     """A slice of one stream's samples (or ticks) that one bucket needs."""
@@ -98,7 +101,7 @@ def _with_src(chunk: Chunk) -> pa.RecordBatch:
     src = pa.DictionaryArray.from_arrays(
         pa.array(np.zeros(chunk.data.num_rows, np.int32)), pa.array([chunk.source_uri]))
     data = chunk.data
-    drop = [c for c in ("pcm", "image") if c in data.schema.names]   # never shuffled
+    drop = [c for c in NOT_SHUFFLED if c in data.schema.names]
     if drop:
         data = data.drop_columns(drop)
     return data.append_column("src", src)
