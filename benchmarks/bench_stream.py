@@ -34,6 +34,7 @@ from mmalign.pipelines import backfill, stream
 from mmalign.pipelines.core import prepare as prepare_job
 from mmalign.pipelines.publish import publish
 from mmalign.pipelines.sample_recording import generate_recording
+from mmalign.schemas import kafka as kafka_schema
 from mmalign.schemas.kafka import MODALITY_TOPICS, KafkaSettings
 
 
@@ -108,6 +109,9 @@ def main() -> int:
         rep = publish(manifest, settings)
         n_msgs = sum(rep.messages.values())
         opts = stream.StreamOptions(group_id="bench", stop_after_idle_s=args.idle)
+        # as in a process of its own: the job's first Kafka client probes the broker version
+        # (the publisher above, in this process, taught the other clients of it)
+        getattr(kafka_schema, "_BROKER_VERSIONS", {}).clear()
         with FirstWrites(tmp / "s1" / "aligned") as writes:
             started = time.time()
             s1 = stream.run([manifest], tmp / "s1", settings, opts, run_id="t")

@@ -118,7 +118,7 @@ class DeadLetterProducer:
     def __init__(self, settings, topic: str | None = None):
         from kafka import KafkaProducer  # lazy: kafka-python only where a broker is used
         self.topic = topic or settings.deadletter_topic
-        self.producer = KafkaProducer(**settings.common(), acks="all", retries=20,
+        self.producer = settings.make(KafkaProducer, acks="all", retries=20,
                                       retry_backoff_ms=250, linger_ms=5,
                                       max_in_flight_requests_per_connection=1)
         self.sent = 0
@@ -179,7 +179,7 @@ def read_topic(settings, topic: str | None = None, timeout_s: float = 10.0
     # lazy: kafka-python only where a broker is used
     from kafka import KafkaConsumer, TopicPartition
     topic = topic or settings.deadletter_topic
-    consumer = KafkaConsumer(**settings.common(), group_id=None, enable_auto_commit=False,
+    consumer = settings.make(KafkaConsumer, group_id=None, enable_auto_commit=False,
                              auto_offset_reset="earliest")
     try:
         parts = consumer.partitions_for_topic(topic) or set()
@@ -234,7 +234,7 @@ def replay(settings, *, stage: str | None = None, reason: str | None = None,
     key. ``fixed_values``: (dlq partition, offset) -> a corrected value; letters not from a
     topic (decode of a file, row-level copies) are skipped and counted."""
     from kafka import KafkaProducer  # lazy: kafka-python only where a broker is used
-    producer = KafkaProducer(**settings.common(), acks="all", retries=20)
+    producer = settings.make(KafkaProducer, acks="all", retries=20)
     sent, skipped = Counter(), Counter()
     try:
         for r in read_topic(settings, topic):

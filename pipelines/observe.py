@@ -503,7 +503,7 @@ def record_kafka_lag(settings, committed: dict[str, int]) -> dict[str, int]:
     tps = {k: TopicPartition(k.rpartition("/")[0], int(k.rpartition("/")[2])) for k in committed}
     if not tps:
         return {}
-    consumer = KafkaConsumer(**settings.common(), enable_auto_commit=False)
+    consumer = settings.make(KafkaConsumer, enable_auto_commit=False)
     try:
         ends = consumer.end_offsets(list(tps.values()))
     finally:

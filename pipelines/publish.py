@@ -184,7 +184,7 @@ def publish(manifest_path: str | Path, settings: KafkaSettings, *, speed: float 
     prep = prepare(manifest_path, settings, declare_extents, slice_s=slice_s,
                    slice_max_bytes=slice_max_bytes)
     report = PublishReport(prep.session, speed=speed)
-    producer = KafkaProducer(**settings.common(), acks="all", retries=20, linger_ms=5,
+    producer = settings.make(KafkaProducer, acks="all", retries=20, linger_ms=5,
                              retry_backoff_ms=250, max_in_flight_requests_per_connection=1,
                              max_request_size=max(1_048_576, inline_max_bytes + 65_536))
     spool = None

@@ -132,7 +132,7 @@ def partition_specs(settings: KafkaSettings, topics: list[str], group_id: str
                     ) -> list[PartitionSpec]:
     """One spec per partition of ``topics``, starting at the group's committed offset."""
     from kafka import KafkaConsumer, TopicPartition  # lazy: kafka-python only with a broker
-    consumer = KafkaConsumer(**settings.common(), group_id=group_id, enable_auto_commit=False)
+    consumer = settings.make(KafkaConsumer, group_id=group_id, enable_auto_commit=False)
     try:
         tps = []
         for topic in topics:
@@ -158,7 +158,7 @@ def commit_offsets(settings: KafkaSettings, group_id: str, offsets: dict[str, in
     from kafka.structs import OffsetAndMetadata
     if not offsets:
         return
-    consumer = KafkaConsumer(**settings.common(), group_id=group_id, enable_auto_commit=False)
+    consumer = settings.make(KafkaConsumer, group_id=group_id, enable_auto_commit=False)
     try:
         consumer.commit({TopicPartition(k.rpartition("/")[0], int(k.rpartition("/")[2])):
                          OffsetAndMetadata(o, "", -1) for k, o in offsets.items()})

@@ -353,17 +353,16 @@ class ReadKafkaFn(beam.DoFn):
         from kafka import KafkaConsumer, TopicPartition
         tps = [TopicPartition(s.topic, s.partition) for s in plan.specs]
         if self._consumer is None:
-            self._consumer = KafkaConsumer(**self.settings.common(), group_id=None,
-                                           enable_auto_commit=False,
-                                           auto_offset_reset="earliest",
-                                           max_poll_records=self.max_poll_records,
-                                           max_partition_fetch_bytes=self.fetch_bytes_per_partition)
+            self._consumer = self.settings.make(
+                KafkaConsumer, group_id=None, enable_auto_commit=False,
+                auto_offset_reset="earliest", max_poll_records=self.max_poll_records,
+                max_partition_fetch_bytes=self.fetch_bytes_per_partition)
             self._consumer.assign(tps)
             # on the reader's connection a ListOffsets request waits behind the pending fetch,
             # which the broker holds up to fetch.max.wait.ms (500 ms) when there is no data:
             # 0.2 s added to every empty poll; on its own connection it takes ~5 ms
-            self._offsets = KafkaConsumer(**self.settings.common(), group_id=None,
-                                          enable_auto_commit=False)
+            self._offsets = self.settings.make(KafkaConsumer, group_id=None,
+                                               enable_auto_commit=False)
         for tp, nxt in zip(tps, positions.next, strict=True):
             if self._consumer.position(tp) != nxt:
                 self._consumer.seek(tp, nxt)

@@ -23,6 +23,7 @@ from mmalign.pipelines import kafka_config
 from mmalign.pipelines.cli import build_parser, main
 from mmalign.schemas.kafka import (
     KafkaConfigError,
+    KafkaSettings,
     load_settings,
     parse_jaas,
     parse_properties,
@@ -318,3 +319,24 @@ def test_refused_login_names_where_the_credentials_came_from(tmp_path, monkeypat
                                  "MMALIGN_KAFKA_SASL_PLAIN_PASSWORD": "p"})
     assert kafka_config.auth_refusal(s).endswith(
         "check MMALIGN_KAFKA_SASL_PLAIN_USERNAME/_PASSWORD")
+
+
+def test_clients_after_the_first_skip_the_broker_version_probe() -> None:
+    made = []
+
+    class Client:                       # a kafka-python client: probes when not given a version
+        def __init__(self, **kw):
+            made.append(kw)
+            self.config = {**kw, "api_version": kw.get("api_version") or (4, 3)}
+
+    s = KafkaSettings("probe-test-1:9092")
+    first = s.make(Client, group_id="g")
+    assert "api_version" not in made[0] and first.config["api_version"] == (4, 3)
+    s.make(Client, acks="all")
+    assert made[1] == {"bootstrap_servers": "probe-test-1:9092", "api_version": (4, 3),
+                       "acks": "all"}
+    # a version the user set wins; another cluster probes for itself
+    KafkaSettings("probe-test-1:9092", client={"api_version": (2, 6)}).make(Client)
+    assert made[2]["api_version"] == (2, 6)
+    KafkaSettings("probe-test-2:9092").make(Client)
+    assert "api_version" not in made[3]
