@@ -86,7 +86,7 @@ def run(manifest_paths: list[str | Path], out: str | Path, *, runner: str = "Dir
                 with time_slices.pool(job, staging, runner, pipeline_args, workers,
                                       min(progress_every_s, 1.0) if progress else None) as tasks, \
                         Progress(backfill_line, progress_every_s, enabled=progress,
-                                 counts=tasks.counts):
+                                 counts=tasks.counts, lock=tasks.fork_lock):
                     result, slices = time_slices.run(job, staging, tasks, slice_s)
             elif groups is None:
                 with Progress(backfill_line, progress_every_s, enabled=progress), \

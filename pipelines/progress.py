@@ -12,6 +12,7 @@ same counters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -68,14 +69,17 @@ class Progress:
     """A background reporter: ``with Progress(line, every_s): run()``. ``line(counts,
     elapsed)`` renders one line; on a terminal it is redrawn live (rich), else logged every
     ``every_s`` seconds. ``every`` (optional) is called each period too (e.g. the streaming
-    job's offset commits); ``counts`` gives the counts to render (default: this process's).
+    job's offset commits); ``counts`` gives the counts to render (default: this process's);
+    ``lock`` is held around each report (a worker pool forks while holding it, so no write is
+    half done in the forked workers).
     """
 
     def __init__(self, line: Callable[[dict, float], str], every_s: float = 10.0,
                  enabled: bool = True, every: Callable[[], None] | None = None,
-                 stream=None, counts: Callable[[], dict[str, int]] = local_counts):
+                 stream=None, counts: Callable[[], dict[str, int]] = local_counts,
+                 lock: threading.Lock | None = None):
         self.line, self.every_s, self.enabled, self.every = line, every_s, enabled, every
-        self.counts = counts
+        self.counts, self.lock = counts, lock or contextlib.nullcontext()
         self.stream = stream or sys.stderr
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,25 +94,28 @@ class Progress:
             # lazy: rich draws only on a terminal
             from rich.console import Console
             from rich.live import Live
-            live = Live(self._text(), console=Console(file=self.stream), refresh_per_second=2,
-                        transient=True)
-            live.start()
+            with self.lock:
+                live = Live(self._text(), console=Console(file=self.stream),
+                            auto_refresh=False, transient=True)  # redrawn below, no thread
+                live.start(refresh=True)
         last = time.monotonic()
         try:
             while not self._stop.wait(0.5 if live else self.every_s):
-                if self.every is not None and time.monotonic() - last >= self.every_s * 0.9:
-                    last = time.monotonic()
-                    try:
-                        self.every()
-                    except Exception as e:  # noqa: BLE001 - progress never stops the job
-                        log.warning("periodic task failed: %s", e)
-                if live is not None:
-                    live.update(self._text())
-                elif self.enabled:
-                    print(self._text(), file=self.stream, flush=True)
+                with self.lock:
+                    if self.every is not None and time.monotonic() - last >= self.every_s * 0.9:
+                        last = time.monotonic()
+                        try:
+                            self.every()
+                        except Exception as e:  # noqa: BLE001 - progress never stops the job
+                            log.warning("periodic task failed: %s", e)
+                    if live is not None:
+                        live.update(self._text(), refresh=True)
+                    elif self.enabled:
+                        print(self._text(), file=self.stream, flush=True)
         finally:
             if live is not None:
-                live.stop()
+                with self.lock:
+                    live.stop()
 
     def __enter__(self) -> Progress:
         self._t0 = time.monotonic()

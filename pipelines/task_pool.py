@@ -1,12 +1,14 @@
 """Backfill tasks in worker processes forked after start-up (the time-sliced backfill's pool).
 
 A task is a function that builds one Beam pipeline for the local runner and runs it in a
-worker; it returns the pipeline's stage counters. The workers are forked once, when the pool
-is entered (before the caller starts any thread: a progress line, Beam's own), so they share
-the parent's imports and the prepared job instead of paying ~5 s of start-up each, and they
-get SIGKILL when the parent dies. A worker that dies without a result (killed, out of memory)
-fails the run with ``WorkerFailed``; a task's exception is raised in the parent with the
-worker's traceback as its cause.
+worker; it returns the pipeline's stage counters. The workers are forked when the pool is
+entered (before the caller starts any thread: a progress line, Beam's own), so they share the
+parent's imports and the prepared job instead of paying ~5 s of start-up each, and they get
+SIGKILL when the parent dies. ``refork`` replaces them between two steps by workers forked
+from the parent as it is then (it loaded the align kernels while the first step ran); the
+parent's one other thread, the progress line, holds ``fork_lock`` while it reports. A worker
+that dies without a result (killed, out of memory) fails the run with ``WorkerFailed``; a
+task's exception is raised in the parent with the worker's traceback as its cause.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class TaskPool:
         self.workers, self.ctx, self.every = max(1, workers), context, progress_every_s
         self._latest: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()
+        self.fork_lock = threading.Lock()
 
     @staticmethod
     def context() -> TaskContext:
@@ -108,6 +111,10 @@ class TaskPool:
         return _CONTEXT
 
     def __enter__(self) -> TaskPool:
+        self._fork()
+        return self
+
+    def _fork(self) -> None:
         mp = multiprocessing.get_context("fork")     # share the parent's imports and job
         self._progress, self._work = mp.Queue(), mp.Queue()
         self._ex = ProcessPoolExecutor(self.workers, mp_context=mp, initializer=_start,
@@ -115,7 +122,16 @@ class TaskPool:
                                                  self.every, os.getpid()))
         self._ex.submit(_ready)      # with fork, every worker is forked on the first submit
         self._procs = list(self._ex._processes.values())   # (exit codes after a failure)
-        return self
+
+    def refork(self) -> None:
+        """Replace the workers by new ones forked from this process as it is now, between
+        two steps: they share what it loaded meanwhile (the align kernels, while the first
+        step's workers decoded). A thread that takes ``fork_lock`` around its work (the
+        progress line) is held off while they fork."""
+        with self.fork_lock:
+            self.counts()                # the old workers' last counts stay in the sum
+            self._stop(failed=False)
+            self._fork()
 
     def map(self, task: Callable, args: list[tuple]) -> list[dict[str, int]]:
         futures = [self._ex.submit(task, *a) for a in args]
@@ -155,9 +171,12 @@ class TaskPool:
             return summed(self._latest.values())
 
     def __exit__(self, *exc) -> None:
+        self._stop(failed=exc[0] is not None)
+
+    def _stop(self, failed: bool) -> None:
         # a failed run stops its workers now rather than after their current task
         procs = self._procs
-        if exc[0] is not None:
+        if failed:
             for p in procs:
                 if p.is_alive():
                     p.terminate()
@@ -166,3 +185,4 @@ class TaskPool:
             p.join(timeout=30)
         self._progress.close()
         self._work.close()
+        self._work.join_thread()         # (no feeder thread left running at a later fork)

@@ -469,9 +469,9 @@ def remove_orphan_spills(folder: str | Path | None = None) -> list[Path]:
 
 def pool(job: Job, staging: Path, runner: str, pipeline_args: list[str] | None, workers: int,
          progress_every_s: float | None = None) -> TaskPool:
-    """The worker pool for ``run`` (enter it before starting any thread). The align kernels
-    and the validation contracts are loaded first, so the workers fork with them."""
-    align_policies.warm()
+    """The worker pool for ``run`` (enter it before starting any thread). The validation
+    contracts are loaded first, so the workers fork with them (``run`` loads the align
+    kernels while the first step runs, and forks the later steps' workers after it)."""
     validate_stage.warm()
     # spill files are local: under the staging folder, or a temporary folder when OUT is on
     # an object store (the workers share this machine's disk)
@@ -490,7 +490,12 @@ def run(job: Job, staging: Path, tasks: TaskPool, slice_s: float) -> tuple[dict[
     spill_root = tasks.ctx.spill_root
     try:
         streams = stream_order(job)
+        # the align kernels load here (numba's start, ~0.35 s) while the workers decode and
+        # validate, which do not use them; the later steps' workers fork with them loaded
+        warming = align_policies.warm_in_background()
         counts = tasks.pull(_streams, streams)
+        warming.join()
+        tasks.refork()
         rmtree(spill_root / "raw")
         if job.synced:                    # fit the clocks, then put the chunks on them
             counts += tasks.map(_sync, [(_gathered(spill_root, "partials"),)])

@@ -699,8 +699,9 @@ def warm() -> None:
 
 def warm_in_background(*also: Callable[[], object]) -> threading.Thread:
     """:func:`warm`, then each of ``also`` (another stage's warm-up), on a daemon thread
-    (jobs whose workers share this process: the local runner, Prism's LOOPBACK); an error is
-    left for the first real call to raise."""
+    (jobs whose workers share this process: the local runner, Prism's LOOPBACK; the sliced
+    backfill's parent, while its first workers decode); an error is left for the first real
+    call to raise."""
     def run() -> None:
         for fn in (warm, *also):
             with contextlib.suppress(Exception):

@@ -1,0 +1,66 @@
+"""The forked task pool: workers forked again between steps share what the parent loaded
+meanwhile, and a thread holding the pool's fork lock (the progress line) holds the fork off."""
+
+import io
+import os
+import threading
+import time
+
+from mmalign.pipelines.progress import Progress
+from mmalign.pipelines.task_pool import TaskContext, TaskPool
+
+LOADED: list[str] = []        # what "the parent loaded" (a module's state the workers inherit)
+
+
+def _seen() -> tuple[int, tuple[str, ...]]:
+    return os.getpid(), tuple(LOADED)
+
+
+def _pool(workers: int = 2) -> TaskPool:
+    return TaskPool(workers, TaskContext(None, None, None, "DirectRunner", []))
+
+
+def test_reforked_workers_share_what_the_parent_loaded_after_the_first_fork():
+    LOADED.clear()
+    with _pool() as tasks:
+        LOADED.append("kernels")                 # loaded while the first workers ran
+        before = tasks.map(_seen, [()] * 4)
+        tasks.refork()
+        after = tasks.map(_seen, [()] * 4)
+    assert {loaded for _, loaded in before} == {()}
+    assert {loaded for _, loaded in after} == {("kernels",)}
+    assert not {pid for pid, _ in before} & {pid for pid, _ in after}   # new processes
+    LOADED.clear()
+
+
+def test_refork_waits_for_the_thread_holding_the_fork_lock():
+    # refork on this thread: a worker dies with the thread that forked it (PDEATHSIG)
+    with _pool(1) as tasks:
+        held, order = threading.Event(), []
+
+        def hold():
+            with tasks.fork_lock:
+                held.set()
+                time.sleep(0.5)
+                order.append("released")
+        t = threading.Thread(target=hold)
+        t.start()
+        assert held.wait(10)
+        tasks.refork()
+        order.append("reforked")
+        t.join()
+        assert order == ["released", "reforked"]
+        assert tasks.map(_seen, [()])[0][0] != os.getpid()
+
+
+def test_progress_reports_only_while_holding_its_lock():
+    out, lock = io.StringIO(), threading.Lock()
+    with Progress(lambda c, e: "line", 0.02, stream=out, counts=dict, lock=lock):
+        with lock:
+            time.sleep(0.3)
+            held = out.getvalue()
+        deadline = time.monotonic() + 10
+        while "line" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert held == ""
+    assert "line" in out.getvalue()
