@@ -8,6 +8,7 @@ import time
 
 from mmalign.pipelines.progress import Progress
 from mmalign.pipelines.task_pool import TaskContext, TaskPool
+from tests.processes import alive
 
 LOADED: list[str] = []        # what "the parent loaded" (a module's state the workers inherit)
 
@@ -64,3 +65,32 @@ def test_progress_reports_only_while_holding_its_lock():
             time.sleep(0.02)
     assert held == ""
     assert "line" in out.getvalue()
+
+
+def test_reforked_workers_die_with_a_killed_parent():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                 # the "command": a pool, reforked, then killed
+        try:
+            os.close(r)
+            with _pool() as tasks:
+                tasks.refork()
+                pids = {p for p, _ in tasks.map(_seen, [()] * 4)} | \
+                    {p.pid for p in tasks._procs}
+                os.write(w, (" ".join(map(str, sorted(pids))) + "\n").encode())
+                time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        workers = [int(p) for p in f.readline().split()]
+    assert workers and all(alive(p) for p in workers)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [p for p in workers if alive(p)]
+    for p in survivors:                          # (they would hold pytest's output open)
+        os.kill(p, 9)
+    assert not survivors
