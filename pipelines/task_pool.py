@@ -185,4 +185,7 @@ class TaskPool:
             p.join(timeout=30)
         self._progress.close()
         self._work.close()
-        self._work.join_thread()         # (no feeder thread left running at a later fork)
+        if failed:                       # items no worker will read: do not wait to send them
+            self._work.cancel_join_thread()
+        else:                            # all read: no feeder thread left at a later fork
+            self._work.join_thread()

@@ -3,6 +3,8 @@ meanwhile, and a thread holding the pool's fork lock (the progress line) holds t
 
 import io
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -94,3 +96,24 @@ def test_reforked_workers_die_with_a_killed_parent():
     for p in survivors:                          # (they would hold pytest's output open)
         os.kill(p, 9)
     assert not survivors
+
+
+def _die(part: str) -> None:
+    os._exit(3)                                  # a worker killed mid-task (OOM killer, kill)
+
+
+def test_a_failed_pool_stops_without_sending_the_items_left(tmp_path):
+    # 400 items of 4 kB: more than a pipe holds, left unread when the workers die; the pool
+    # must raise and stop, not wait to send them (run in a child: a hang is a timeout here)
+    code = (
+        "import pytest\n"
+        "from mmalign.pipelines.session_workers import WorkerFailed\n"
+        "from tests.unit.pipelines.test_task_pool import _pool, _die\n"
+        "with pytest.raises(WorkerFailed):\n"
+        "    with _pool() as tasks:\n"
+        "        tasks.pull(_die, ['x' * 4096] * 400)\n"
+        "print('stopped')\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "stopped" in done.stdout, done.stderr[-2000:]
