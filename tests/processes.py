@@ -22,6 +22,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def still_alive_after(pids: list[int], grace_s: float) -> list[int]:
+    """The processes of ``pids`` still running once ``grace_s`` has passed (none: sooner)."""
+    deadline = time.monotonic() + grace_s
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
 def kill_and_check_workers(cmd: list[str], cwd, workers: int = 2,
                            start_timeout_s: float = 120, grace_s: float = 10) -> None:
     """Start ``cmd``, wait until it has ``workers`` child processes, SIGKILL it and assert
@@ -35,10 +43,8 @@ def kill_and_check_workers(cmd: list[str], cwd, workers: int = 2,
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        deadline = time.monotonic() + grace_s
-        while any(alive(k) for k in kids):
-            assert time.monotonic() < deadline, f"workers {kids} outlived the killed command"
-            time.sleep(0.05)
+        survivors = still_alive_after(kids, grace_s)
+        assert not survivors, f"workers {survivors} outlived the killed command"
     finally:
         if proc.poll() is None:
             proc.kill()

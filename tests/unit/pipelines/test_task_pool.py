@@ -10,7 +10,8 @@ import time
 
 from mmalign.pipelines.progress import Progress
 from mmalign.pipelines.task_pool import TaskContext, TaskPool
-from tests.processes import alive
+from tests.cli import ROOT
+from tests.processes import alive, still_alive_after
 
 LOADED: list[str] = []        # what "the parent loaded" (a module's state the workers inherit)
 
@@ -89,10 +90,7 @@ def test_reforked_workers_die_with_a_killed_parent():
     assert workers and all(alive(p) for p in workers)
     os.kill(pid, 9)
     os.waitpid(pid, 0)
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    survivors = [p for p in workers if alive(p)]
+    survivors = still_alive_after(workers, 10)
     for p in survivors:                          # (they would hold pytest's output open)
         os.kill(p, 9)
     assert not survivors
@@ -102,7 +100,7 @@ def _die(part: str) -> None:
     os._exit(3)                                  # a worker killed mid-task (OOM killer, kill)
 
 
-def test_a_failed_pool_stops_without_sending_the_items_left(tmp_path):
+def test_a_failed_pool_stops_without_sending_the_items_left():
     # 400 items of 4 kB: more than a pipe holds, left unread when the workers die; the pool
     # must raise and stop, not wait to send them (run in a child: a hang is a timeout here)
     code = (
@@ -113,7 +111,6 @@ def test_a_failed_pool_stops_without_sending_the_items_left(tmp_path):
         "    with _pool() as tasks:\n"
         "        tasks.pull(_die, ['x' * 4096] * 400)\n"
         "print('stopped')\n")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "stopped" in done.stdout, done.stderr[-2000:]
