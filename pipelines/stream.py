@@ -44,6 +44,7 @@ from mmalign.pipelines.core import (
     online_store_sink,
     prepare,
 )
+from mmalign.pipelines.group_offsets import commit_offsets, partition_specs
 from mmalign.pipelines.kafka_config import kafka_failure, settings_from_args
 from mmalign.pipelines.observe import ObserveOptions, attach, options_from_args
 from mmalign.pipelines.observe import session as observe_session
@@ -66,7 +67,7 @@ from mmalign.schemas.layout import ALIGNED
 from mmalign.schemas.manifest import ManifestError
 from mmalign.schemas.metrics import INGEST, set_gauge
 from mmalign.transforms.align.policies import warm_in_background
-from mmalign.transforms.io.kafka import KafkaRecord, PartitionSpec, ReadKafka, ReadKafkaFn
+from mmalign.transforms.io.kafka import KafkaRecord, ReadKafka, ReadKafkaFn
 from mmalign.transforms.io.parquet import (
     WriteAlignedFn,
     part_files,
@@ -126,44 +127,6 @@ class IngestFn(beam.DoFn):
         INGEST.count(metrics.RECORDS, modality=chunk.modality, n=
             chunk.num_records)
         yield Chunk(**{**chunk.__dict__, "meta": {**chunk.meta, ORIGIN_META_KEY: rec.attrs()}})
-
-
-def partition_specs(settings: KafkaSettings, topics: list[str], group_id: str
-                    ) -> list[PartitionSpec]:
-    """One spec per partition of ``topics``, starting at the group's committed offset."""
-    from kafka import KafkaConsumer, TopicPartition  # lazy: kafka-python only with a broker
-    consumer = settings.make(KafkaConsumer, group_id=group_id, enable_auto_commit=False)
-    try:
-        tps = []
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                raise ManifestError(f"Kafka topic {topic!r} does not exist on "
-                                    f"{settings.bootstrap_servers}; publish to it first or "
-                                    f"create it")
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
-        committed = {tp: consumer.committed(tp) for tp in tps}
-        fresh = [tp for tp in tps if committed[tp] is None]
-        starts = consumer.beginning_offsets(fresh) if fresh else {}   # one request for all
-        return [PartitionSpec(tp.topic, tp.partition,
-                              int(starts[tp] if committed[tp] is None else committed[tp]))
-                for tp in tps]
-    finally:
-        consumer.close()
-
-
-def commit_offsets(settings: KafkaSettings, group_id: str, offsets: dict[str, int]) -> None:
-    """Commit ``{"topic/partition": offset}`` for ``group_id``."""
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.structs import OffsetAndMetadata
-    if not offsets:
-        return
-    consumer = settings.make(KafkaConsumer, group_id=group_id, enable_auto_commit=False)
-    try:
-        consumer.commit({TopicPartition(k.rpartition("/")[0], int(k.rpartition("/")[2])):
-                         OffsetAndMetadata(o, "", -1) for k, o in offsets.items()})
-    finally:
-        consumer.close()
 
 
 def geometry(job: Job) -> Geometry:

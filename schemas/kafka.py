@@ -166,10 +166,17 @@ class KafkaSettings:
         version it probed: a client given the version skips the probe, ~0.1 s of its start
         (the stream job makes six or more)."""
         client = cls(**self.common(), **kw)
-        version = (getattr(client, "config", None) or {}).get("api_version")
+        self.note_version(client)
+        return client
+
+    def note_version(self, client) -> None:
+        """Remember the broker API version ``client`` probed, for the clients made after it.
+        A consumer or producer keeps it in its config; an admin client only on its connection
+        manager (kafka-python 3.0), read if there: without it a later client probes again."""
+        version = ((getattr(client, "config", None) or {}).get("api_version")
+                   or getattr(getattr(client, "_manager", None), "broker_version", None))
         if version:
             _BROKER_VERSIONS.setdefault(self.bootstrap_servers, tuple(version))
-        return client
 
     def topic_for(self, modality: str) -> str:
         return self.topics[modality]

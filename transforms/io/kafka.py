@@ -448,9 +448,14 @@ class ReadKafkaFn(beam.DoFn):
                     INGEST.count(metrics.RECORDS)
                     yield beam.window.TimestampedValue(
                         rec, Timestamp(micros=e // 1000))
-        caught_up = self._caught_up(tps, nxt)
+        end = self._all_ended_ns()
+        # once every session has ended, a poll that returned records needs no end offsets:
+        # the watermark goes to the sessions' end whatever the partitions hold, and the next
+        # poll comes at once. Asking would wait behind the fetch the poll left pending (up to
+        # 0.2 s) before the last buckets could close.
+        caught_up = None if end is not None and polled else self._caught_up(tps, nxt)
         target = plan_watermark_ns(max_e, caught_up or [False] * len(tps), self.hold_ns)
-        if (end := self._all_ended_ns()) is not None:
+        if end is not None:
             target = max(end, target if target is not None else end)
         if target is not None and (wm_ns is None or target > wm_ns):
             wm.set_watermark(Timestamp(micros=target // 1000))
