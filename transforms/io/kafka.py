@@ -68,8 +68,9 @@ class IdleStop:
     and every partition is caught up. Idle time counts from the last poll that returned
     records or found a backlog (the reader's start when none has), not from the first empty
     poll, and the poll that ends it waits only what is left: the stop comes ``after_s`` after
-    the last record plus that poll's end-offsets request (up to ~0.2 s: ``_caught_up``), not
-    0.4-1.1 s late as when idle time began at the first empty poll."""
+    the last record plus that poll's end-offsets request (~5 ms: asked on a connection of its
+    own, ``_caught_up_for_stop``; on the reader's own it waited behind the pending fetch, up
+    to 0.5 s), not 0.4-1.1 s late as when idle time began at the first empty poll."""
 
     def __init__(self, after_s: float | None, poll_s: float, clock=time.monotonic):
         self.after_s, self.poll_s, self.clock = after_s, poll_s, clock
@@ -80,6 +81,11 @@ class IdleStop:
         if self.after_s is None:
             return self.poll_s
         return max(0.0, min(self.poll_s, self.after_s - (self.clock() - self.active)))
+
+    def due(self) -> bool:
+        """Whether the stop is due (no record for ``after_s``), if every partition is caught
+        up."""
+        return self.after_s is not None and self.clock() - self.active >= self.after_s
 
     def after_poll(self, polled: bool, caught_up: bool) -> float | None:
         """After a poll: None to stop now, else the seconds to defer the next poll."""
@@ -340,12 +346,14 @@ class ReadKafkaFn(beam.DoFn):
         self.closed_sessions = closed_sessions
         self.late_floors_us = dict(late_floors_us or {})
         self._consumer = None
+        self._ends = None               # a consumer of its own for the stop's end offsets
         self._idle: IdleStop | None = None
 
     def teardown(self):
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        for name in ("_consumer", "_ends"):
+            if getattr(self, name) is not None:
+                getattr(self, name).close()
+                setattr(self, name, None)
 
     def _assigned(self, plan: ReadPlan, positions: Positions):
         # lazy: kafka-python only where a broker is used
@@ -374,6 +382,21 @@ class ReadKafkaFn(beam.DoFn):
             end = self._consumer.end_offsets(tps)
         except KafkaError:
             return None            # broker unreachable: unknown, keep waiting
+        return [end.get(tp) is not None and n >= end[tp] for tp, n in zip(tps, nxt, strict=True)]
+
+    def _caught_up_for_stop(self, tps, nxt: list[int]) -> list[bool] | None:
+        """``_caught_up`` on a connection of its own (~5 ms, no pending fetch to wait behind),
+        for the poll that decides the idle stop: the stop then comes ``stop_after_idle_s``
+        after the last record, not up to 0.5 s later."""
+        from kafka import KafkaConsumer  # lazy: kafka-python only where a broker is used
+        from kafka.errors import KafkaError
+        try:
+            if self._ends is None:
+                self._ends = self.settings.make(KafkaConsumer, group_id=None,
+                                                 enable_auto_commit=False)
+            end = self._ends.end_offsets(tps)
+        except KafkaError:
+            return None
         return [end.get(tp) is not None and n >= end[tp] for tp, n in zip(tps, nxt, strict=True)]
 
     def _too_late(self, e: int, header: dict, latest: int | None, wm_ns: int | None
@@ -452,8 +475,14 @@ class ReadKafkaFn(beam.DoFn):
         # once every session has ended, a poll that returned records needs no end offsets:
         # the watermark goes to the sessions' end whatever the partitions hold, and the next
         # poll comes at once. Asking would wait behind the fetch the poll left pending (up to
-        # 0.2 s) before the last buckets could close.
-        caught_up = None if end is not None and polled else self._caught_up(tps, nxt)
+        # 0.2 s) before the last buckets could close. The poll that may stop the reader asks
+        # on a connection of its own, for the same reason.
+        if polled:
+            caught_up = None if end is not None else self._caught_up(tps, nxt)
+        elif self._idle.due():
+            caught_up = self._caught_up_for_stop(tps, nxt)
+        else:
+            caught_up = self._caught_up(tps, nxt)
         target = plan_watermark_ns(max_e, caught_up or [False] * len(tps), self.hold_ns)
         if end is not None:
             target = max(end, target if target is not None else end)

@@ -60,3 +60,15 @@ def test_without_a_stop_the_reader_polls_on():
     c.t += 1e6
     assert idle.wait_s() == 0.3
     assert idle.after_poll(polled=False, caught_up=True) == 0.1
+
+
+def test_the_stop_is_due_once_the_idle_time_has_passed():
+    c = Clock()
+    idle = IdleStop(2.0, 0.3, clock=c)
+    c.t += 1.9
+    assert not idle.due()
+    c.t += 0.1
+    assert idle.due()
+    idle.after_poll(polled=True, caught_up=True)            # a record: idle time restarts
+    assert not idle.due()
+    assert not IdleStop(None, 0.3, clock=c).due()            # no idle stop: never due

@@ -2,7 +2,8 @@
 once every session of the job has ended, a poll that returned records does not ask the broker
 for end offsets (the request waits behind the fetch the poll left pending, up to 0.2 s, and
 the sessions' last buckets waited with it); its watermark goes to the sessions' end at once.
-Polls before that, and empty polls (the idle stop needs them), still ask."""
+Polls before that, and empty polls (the idle stop needs them), still ask; the poll that may
+stop the reader asks on a connection of its own (no pending fetch to wait behind)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,45 @@ def test_open_sessions_and_empty_polls_still_ask_for_end_offsets(tmp_path):
     assert consumer.end_requests == 4
     assert marks[1] == (5 * S - 4 * S) // 1000
     assert marks[3] == marks[4] == (10 * S + S + 1) // 1000
+
+
+class FakeEnds:
+    """The reader's second connection, asked only by the poll that may stop it."""
+
+    def __init__(self, end: int):
+        self.end, self.requests = end, 0
+
+    def end_offsets(self, tps):
+        self.requests += 1
+        return {tp: self.end for tp in tps}
+
+    def close(self):
+        pass
+
+
+def test_the_poll_that_may_stop_the_reader_asks_on_its_own_connection(tmp_path):
+    """The stop's end offsets do not wait behind the reader's pending fetch: asked on a
+    connection of its own, the stop comes the idle time after the last record."""
+    reader = ReadKafkaFn(KafkaSettings(), max_out_of_orderness_ns=2 * S,
+                         allowed_lateness_ns=2 * S, state_dir=str(tmp_path), run_id="r",
+                         stop_after_idle_s=0.0)
+    consumer, ends = FakeConsumer([[]]), FakeEnds(end=0)
+    reader._consumer, reader._ends = consumer, ends
+    plan = ReadPlan((PartitionSpec(TOPIC, 0, 0),))
+    tracker = Tracker(Positions((0,), (None,)))
+    list(reader.process(plan, tracker, ManualWatermarkEstimator(None)))
+    assert (ends.requests, consumer.end_requests) == (1, 0)
+    assert tracker.deferred is None and tracker.current_restriction().done      # stopped
+    assert (tmp_path / "final-r.json").exists()
+
+
+def test_a_backlog_seen_on_the_stop_connection_keeps_the_reader_going(tmp_path):
+    reader = ReadKafkaFn(KafkaSettings(), max_out_of_orderness_ns=2 * S,
+                         allowed_lateness_ns=2 * S, state_dir=str(tmp_path), run_id="r",
+                         stop_after_idle_s=0.0)
+    consumer, ends = FakeConsumer([[]]), FakeEnds(end=5)       # 5 records not read yet
+    reader._consumer, reader._ends = consumer, ends
+    plan = ReadPlan((PartitionSpec(TOPIC, 0, 0),))
+    tracker = Tracker(Positions((0,), (None,)))
+    list(reader.process(plan, tracker, ManualWatermarkEstimator(None)))
+    assert ends.requests == 1 and tracker.deferred is not None    # polls again
