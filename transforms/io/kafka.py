@@ -69,7 +69,7 @@ class IdleStop:
     records or found a backlog (the reader's start when none has), not from the first empty
     poll, and the poll that ends it waits only what is left: the stop comes ``after_s`` after
     the last record plus that poll's end-offsets request (~5 ms: asked on a connection of its
-    own, ``_caught_up_for_stop``; on the reader's own it waited behind the pending fetch, up
+    own, ``_caught_up``; on the reader's own it waited behind the pending fetch, up
     to 0.5 s), not 0.4-1.1 s late as when idle time began at the first empty poll."""
 
     def __init__(self, after_s: float | None, poll_s: float, clock=time.monotonic):
@@ -370,33 +370,27 @@ class ReadKafkaFn(beam.DoFn):
                 self._consumer.seek(tp, nxt)
         return self._consumer, tps
 
-    def _caught_up(self, tps, nxt: list[int]) -> list[bool] | None:
+    def _caught_up(self, tps, nxt: list[int], own_connection: bool = False
+                   ) -> list[bool] | None:
         """Per partition: read up to its end, as the broker sees it now. (The high watermark
         a fetch response carried saves the round trip but lags: at 1x real time it held
         the watermark back and raised p95 latency from 5.1 to 5.7 s. Asked on the reader's
         own connection the request waits behind its pending fetch, up to 0.2 s per empty poll;
         asked on a connection of its own (~5 ms), or with fetch.max.wait.ms 100 ms, p95 at
-        1x rose from 5.1 to 6.1-6.3 s: measured, and not kept.)"""
-        from kafka.errors import KafkaError  # lazy: kafka-python only where a broker is used
-        try:
-            end = self._consumer.end_offsets(tps)
-        except KafkaError:
-            return None            # broker unreachable: unknown, keep waiting
-        return [end.get(tp) is not None and n >= end[tp] for tp, n in zip(tps, nxt, strict=True)]
-
-    def _caught_up_for_stop(self, tps, nxt: list[int]) -> list[bool] | None:
-        """``_caught_up`` on a connection of its own (~5 ms, no pending fetch to wait behind),
-        for the poll that decides the idle stop: the stop then comes ``stop_after_idle_s``
-        after the last record, not up to 0.5 s later."""
-        from kafka import KafkaConsumer  # lazy: kafka-python only where a broker is used
+        1x rose from 5.1 to 6.1-6.3 s: measured, and not kept for the watermark.)
+        ``own_connection``: asked on a second consumer, for the poll that decides the idle
+        stop, which then comes ``stop_after_idle_s`` after the last record, not up to 0.5 s
+        later."""
+        # lazy: kafka-python only where a broker is used
+        from kafka import KafkaConsumer
         from kafka.errors import KafkaError
         try:
-            if self._ends is None:
+            if own_connection and self._ends is None:
                 self._ends = self.settings.make(KafkaConsumer, group_id=None,
                                                  enable_auto_commit=False)
-            end = self._ends.end_offsets(tps)
+            end = (self._ends if own_connection else self._consumer).end_offsets(tps)
         except KafkaError:
-            return None
+            return None            # broker unreachable: unknown, keep waiting
         return [end.get(tp) is not None and n >= end[tp] for tp, n in zip(tps, nxt, strict=True)]
 
     def _too_late(self, e: int, header: dict, latest: int | None, wm_ns: int | None
@@ -480,7 +474,7 @@ class ReadKafkaFn(beam.DoFn):
         if polled:
             caught_up = None if end is not None else self._caught_up(tps, nxt)
         elif self._idle.due():
-            caught_up = self._caught_up_for_stop(tps, nxt)
+            caught_up = self._caught_up(tps, nxt, own_connection=True)
         else:
             caught_up = self._caught_up(tps, nxt)
         target = plan_watermark_ns(max_e, caught_up or [False] * len(tps), self.hold_ns)

@@ -107,18 +107,12 @@ def test_open_sessions_and_empty_polls_still_ask_for_end_offsets(tmp_path):
     assert marks[3] == marks[4] == (10 * S + S + 1) // 1000
 
 
-class FakeEnds:
-    """The reader's second connection, asked only by the poll that may stop it."""
-
-    def __init__(self, end: int):
-        self.end, self.requests = end, 0
-
-    def end_offsets(self, tps):
-        self.requests += 1
-        return {tp: self.end for tp in tps}
-
-    def close(self):
-        pass
+def _ends(end: int) -> FakeConsumer:
+    """The reader's second connection, asked only by the poll that may stop it: the
+    partition's end offset is ``end``."""
+    ends = FakeConsumer([])
+    ends.pos = end
+    return ends
 
 
 def test_the_poll_that_may_stop_the_reader_asks_on_its_own_connection(tmp_path):
@@ -127,12 +121,12 @@ def test_the_poll_that_may_stop_the_reader_asks_on_its_own_connection(tmp_path):
     reader = ReadKafkaFn(KafkaSettings(), max_out_of_orderness_ns=2 * S,
                          allowed_lateness_ns=2 * S, state_dir=str(tmp_path), run_id="r",
                          stop_after_idle_s=0.0)
-    consumer, ends = FakeConsumer([[]]), FakeEnds(end=0)
+    consumer, ends = FakeConsumer([[]]), _ends(0)
     reader._consumer, reader._ends = consumer, ends
     plan = ReadPlan((PartitionSpec(TOPIC, 0, 0),))
     tracker = Tracker(Positions((0,), (None,)))
     list(reader.process(plan, tracker, ManualWatermarkEstimator(None)))
-    assert (ends.requests, consumer.end_requests) == (1, 0)
+    assert (ends.end_requests, consumer.end_requests) == (1, 0)
     assert tracker.deferred is None and tracker.current_restriction().done      # stopped
     assert (tmp_path / "final-r.json").exists()
 
@@ -141,9 +135,9 @@ def test_a_backlog_seen_on_the_stop_connection_keeps_the_reader_going(tmp_path):
     reader = ReadKafkaFn(KafkaSettings(), max_out_of_orderness_ns=2 * S,
                          allowed_lateness_ns=2 * S, state_dir=str(tmp_path), run_id="r",
                          stop_after_idle_s=0.0)
-    consumer, ends = FakeConsumer([[]]), FakeEnds(end=5)       # 5 records not read yet
+    consumer, ends = FakeConsumer([[]]), _ends(5)       # 5 records not read yet
     reader._consumer, reader._ends = consumer, ends
     plan = ReadPlan((PartitionSpec(TOPIC, 0, 0),))
     tracker = Tracker(Positions((0,), (None,)))
     list(reader.process(plan, tracker, ManualWatermarkEstimator(None)))
-    assert ends.requests == 1 and tracker.deferred is not None    # polls again
+    assert ends.end_requests == 1 and tracker.deferred is not None    # polls again
