@@ -26,6 +26,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
+from mmalign.pipelines.dofn_signatures import memoise_signatures
 from mmalign.pipelines.runners import with_stage_hints
 from mmalign.pipelines.sdk_harness import shorten_sampling
 from mmalign.schemas.calibration import load_calibration
@@ -56,6 +57,8 @@ from mmalign.transforms.validate.timestamps import TimestampRule
 
 # bundles run in this process end without waiting out Beam's 200 ms sampler sleep
 shorten_sampling()
+# Beam reads each DoFn method's parameters once per function, not at every step that asks
+memoise_signatures()
 
 
 def new_run_id() -> str:

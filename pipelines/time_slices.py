@@ -45,7 +45,7 @@ import apache_beam as beam
 from mmalign.deadletter.file_sink import WriteDeadLetters, write_session_letters
 from mmalign.deadletter.record import DeadLetter
 from mmalign.pipelines.core import Job, bucketing, post_align
-from mmalign.pipelines.runners import RunnerConfigError
+from mmalign.pipelines.runners import RunnerConfigError, preload_local_runner
 from mmalign.pipelines.session_workers import check_workers, source_bytes, summed
 from mmalign.pipelines.task_pool import TaskContext, TaskPool, pulled
 from mmalign.schemas.chunk import Chunk, TickTable
@@ -491,8 +491,9 @@ def run(job: Job, staging: Path, tasks: TaskPool, slice_s: float) -> tuple[dict[
     try:
         streams = stream_order(job)
         # the align kernels load here (numba's start, ~0.35 s) while the workers decode and
-        # validate, which do not use them; the later steps' workers fork with them loaded
-        warming = align_policies.warm_in_background()
+        # validate, which do not use them, and the runner's modules are imported; the later
+        # steps' workers fork with both
+        warming = align_policies.warm_in_background(preload_local_runner)
         counts = tasks.pull(_streams, streams)
         warming.join()
         tasks.refork()
