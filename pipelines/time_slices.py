@@ -62,12 +62,12 @@ from mmalign.transforms.clock.sync import (
     sync_plans,
 )
 from mmalign.transforms.decode.segments import segment_span
-from mmalign.transforms.decode.stage import DecodeRequest, DecodeStreams
+from mmalign.transforms.decode.stage import DecodeFile, DecodeRequest
 from mmalign.transforms.io.parquet import WriteAlignedFn
 from mmalign.transforms.tags import DEAD, MAIN
 from mmalign.transforms.validate import stage as validate_stage
-from mmalign.transforms.validate.stage import MedianPerStream, ValidateFn
-from mmalign.transforms.validate.timestamps import TimestampRule, chunk_centre
+from mmalign.transforms.validate.stage import ValidateFn
+from mmalign.transforms.validate.timestamps import TimestampRule, chunk_centre, weighted_median
 
 SPILL = ".slices"            # under the run's staging folder; removed before the commit
 DEFAULT_SLICE_S = 60.0       # auto: slices of this length for sessions over twice as long
@@ -194,13 +194,39 @@ def assign_fn(job: Job) -> AssignBucketsFn:
     return bucketing(job).fn()
 
 
-class ValidateSpilledFn(ValidateFn):
-    """``ValidateFn`` over spilled raw chunks, each loaded here: the side input (the streams'
-    medians) puts a stage boundary before this step, and the local runner keeps what crosses
-    one in memory, so only the small references cross it."""
+class DecodeValidateStreamFn(beam.DoFn):
+    """A stream's files (one pulled item) -> its valid chunks (main) and letters ("dead"):
+    each file decoded, each chunk spilled as it comes with its (median, count) of plausible
+    times; then the stream's weighted median of them (as ``MedianPerStream``), and each
+    spilled chunk loaded and validated around it (as ``ValidateFn`` with the medians' side
+    input). The median needs only the stream's own chunks, so the stream is validated in the
+    step that decoded it: no stage boundary waits for every stream of the worker, and the
+    pull's load balance covers validation too (a worker that ends its long video validates
+    it while the other validates what it decoded)."""
 
-    def process(self, ref: Spilled, centres=None):
-        yield from super().process(load(ref), centres)
+    def __init__(self, job: Job, folder: str):
+        self.decode = DecodeFile(job.run_id)
+        self.spill = SpillRawFn(folder, job.rules)
+        self.validate = ValidateFn(job.stream_options, job.run_id, job.rules, job.declared)
+
+    def setup(self):
+        self.spill.setup()
+
+    def process(self, requests: list[DecodeRequest]):
+        refs: list[Spilled] = []
+        for request in requests:
+            for out in self.decode.process(request):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield out
+                else:
+                    refs.extend(self.spill.process(out))
+        centres = {}
+        for group in _by_key(refs, lambda r: r.key):       # one stream, the item's
+            median = weighted_median(r.centre for r in group)
+            if median is not None:
+                centres[group[0].key] = median
+        for ref in refs:
+            yield from self.validate.process(load(ref), centres)
 
 
 def letter_part(part: str):
@@ -255,14 +281,8 @@ def build_streams(p: beam.Pipeline, job: Job, spill_root: Path, part: str) -> No
     validate around each stream's median, then clock (declared models) and spill with the
     buckets each chunk reaches; with DTW-sync, spill the valid chunks unclocked and keep their
     sync feature partials instead (``build_clocks`` clocks them once the fits are known)."""
-    decoded = (pulled(p) | "Files" >> beam.FlatMap(lambda requests: requests)
-               | "Decode" >> DecodeStreams())
-    raw = decoded[MAIN] | "SpillRaw" >> beam.ParDo(SpillRawFn(str(spill_root / "raw"),
-                                                              job.rules))
-    centres = raw | "ChunkMedians" >> beam.Map(lambda r: (r.key, r.centre)) | MedianPerStream()
-    valid = raw | "Validate" >> beam.ParDo(
-        ValidateSpilledFn(job.stream_options, job.run_id, job.rules, job.declared),
-        centres=beam.pvalue.AsDict(centres)).with_outputs(DEAD, main=MAIN)
+    valid = pulled(p) | "DecodeValidate" >> beam.ParDo(
+        DecodeValidateStreamFn(job, str(spill_root / "raw"))).with_outputs(DEAD, main=MAIN)
     if job.synced:
         (valid[MAIN] | "Partials" >> beam.ParDo(ChunkPartialsFn(sync_plans(job.manifests,
                                                                          job.declared)))
@@ -274,7 +294,7 @@ def build_streams(p: beam.Pipeline, job: Job, spill_root: Path, part: str) -> No
          | "Clock" >> beam.ParDo(ApplyClockFn(job.declared))
          | "SpillClocked" >> beam.ParDo(SpillClockedFn(str(spill_root / "clocked"), job))
          | "Collect" >> Collect(str(spill_root / f"refs-{part}.pkl")))
-    ((decoded[DEAD], valid[DEAD]) | "Dead" >> beam.Flatten()
+    (valid[DEAD]
      | "WriteDead" >> WriteDeadLetters(str(spill_root / "letters"), job.run_id,
                                        write=letter_part(part)))
 

@@ -305,6 +305,16 @@ def _imu_jsonl(d: Path, m: dict):
     stream(m, "imu")["files"] = ["imu.jsonl"]
 
 
+def _imu_file_days_later(d: Path, m: dict):
+    """A second IMU file, its 40 rows 3 days after the first file's (a device clock that
+    jumped between files): each chunk is consistent in itself; only the stream's median
+    (from every file of the stream) shows it implausible."""
+    lines = (d / "imu.csv").read_text().splitlines()
+    later = [f"{int(r.split(',')[0]) + 3 * 86_400 * S},{r.split(',', 1)[1]}" for r in lines[1:41]]
+    replace(d / "imu_later.csv", ("\n".join([lines[0], *later]) + "\n").encode())
+    stream(m, "imu")["files"] = ["imu.csv", "imu_later.csv"]
+
+
 def _oversize(sid: str, limit: int):
     def build(d: Path, m: dict):
         stream(m, sid).setdefault("options", {})["max_bytes"] = limit
@@ -451,6 +461,8 @@ DATA_CASES = [
     Case("csv-year-2500", "overflowing time", _imu({10: "16725225600000000000,0,0,9.8,0,0,0"}),
          reasons={"decode/timestamp_overflow"}, streams=("cam0", "imu")),
     Case("csv-year-2200", "absurd time", _imu({11: f"{YEAR_2200_NS},0,0,9.8,0,0,0"}),
+         reasons={"validate/implausible_timestamp"}, streams=("cam0", "imu")),
+    Case("csv-file-days-later", "far-off time", _imu_file_days_later,
          reasons={"validate/implausible_timestamp"}, streams=("cam0", "imu")),
     Case("csv-nan-inf", "NaN/inf", _imu({12: "{t},nan,0,9.8,0,0,0", 13: "{t},0,inf,9.8,0,0,0"}),
          reasons={"validate/non_finite"}, streams=("cam0", "imu")),
