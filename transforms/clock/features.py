@@ -48,8 +48,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.ndimage import gaussian_filter1d, uniform_filter1d
-from scipy.signal import firwin, oaconvolve
+import scipy  # its submodules load on first use: not in a run without DTW-sync
 
 FAMILIES = ("events", "activity", "signals")
 WAVE_FAMILY = "waveform"           # audio samples at WAVE_RATE_HZ (audio against audio)
@@ -301,9 +300,9 @@ def moving_average(v: np.ndarray, seconds: float, rate_hz: float) -> np.ndarray:
     the one a step later (weights 1/2, 1, ..., 1, 1/2 over n + 1 samples: length n, centred)."""
     n = max(1, int(round(seconds * rate_hz)))
     if n % 2:
-        return uniform_filter1d(v, n, mode="nearest")
-    return 0.5 * (uniform_filter1d(v, n, mode="nearest")
-                  + uniform_filter1d(v, n, mode="nearest", origin=-1))
+        return scipy.ndimage.uniform_filter1d(v, n, mode="nearest")
+    return 0.5 * (scipy.ndimage.uniform_filter1d(v, n, mode="nearest")
+                  + scipy.ndimage.uniform_filter1d(v, n, mode="nearest", origin=-1))
 
 
 def two_level(v: np.ndarray, rate_hz: float, smooth_s: float) -> np.ndarray:
@@ -336,8 +335,8 @@ def sensor_magnitude(b: Binned, rate_hz: float, highpass_s: float = 0.5) -> Feat
     between consecutive occupied fine bins, on the grid."""
     s1, s2, n = b.sums[:, :-1], b.sums[:, -1], b.count
     size = max(3, round(highpass_s * rate_hz * FINE) | 1)
-    w_n = uniform_filter1d(n, size, mode="nearest")
-    w_s = uniform_filter1d(s1, size, axis=0, mode="nearest")
+    w_n = scipy.ndimage.uniform_filter1d(n, size, mode="nearest")
+    w_s = scipy.ndimage.uniform_filter1d(s1, size, axis=0, mode="nearest")
     base = w_s / np.maximum(w_n, 1e-12)[:, None]
     occ = n > 0
     if occ.sum() < 2:
@@ -494,10 +493,10 @@ def condition(f: Feature, sigma_samples: float = 1.0
     signal and located by the centroid of the unsmoothed one."""
     raw = np.asarray(f.values, np.float64)
     if f.kind == "level":
-        v = gaussian_filter1d(raw, sigma_samples, mode="nearest")
+        v = scipy.ndimage.gaussian_filter1d(raw, sigma_samples, mode="nearest")
         return v, np.abs(np.gradient(v)), np.abs(np.gradient(raw))
     raw = raw - np.median(raw)
-    v = gaussian_filter1d(raw, sigma_samples, mode="nearest")
+    v = scipy.ndimage.gaussian_filter1d(raw, sigma_samples, mode="nearest")
     scale = max(np.percentile(v, 99.5), 0.2 * np.max(v))   # sparse events still reach ~1
     if not scale > 0:
         scale = 1.0
@@ -543,8 +542,8 @@ def highpass(v: np.ndarray, rate_hz: float, seconds: float = HIGHPASS_S) -> np.n
     v = np.asarray(v, np.float64)
     size = max(3, round(seconds * rate_hz) | 1)
     shape = (len(v),) + (1,) * (v.ndim - 1)
-    n = uniform_filter1d(np.ones(len(v)), size, mode="constant").reshape(shape)
-    return v - uniform_filter1d(v, size, axis=0, mode="constant") / n
+    n = scipy.ndimage.uniform_filter1d(np.ones(len(v)), size, mode="constant").reshape(shape)
+    return v - scipy.ndimage.uniform_filter1d(v, size, axis=0, mode="constant") / n
 
 
 def _log_power(p: np.ndarray, below: float = 1e-3) -> np.ndarray:
@@ -559,7 +558,7 @@ def audio_signals(b: Binned, rate_hz: float) -> dict:
     g = coarsen(b)
     loud = _log_power(_mean_power(g))
     out = {"audio_loudness": Feature(loud, g.start, rate_hz, "continuous", "audio_loudness")}
-    lf = gaussian_filter1d(_log_power(fine), 2.0, mode="nearest")
+    lf = scipy.ndimage.gaussian_filter1d(_log_power(fine), 2.0, mode="nearest")
     t = _fine_times(b, rate_hz)
     tr, r = rises(t, lf)
     start, grid = splat(tr, r, rate_hz)
@@ -758,8 +757,8 @@ def wave_part(block_t_ns, blocks: list[np.ndarray], sample_rate: float,
     rel = np.repeat(bt - o, lens).astype(np.float64) + np.rint(within * (NS / sample_rate))
     cutoff = min(WAVE_CUTOFF_HZ, 0.4 * wave_rate, 0.45 * sample_rate)
     taps = int(4 * sample_rate / (0.5 * cutoff)) | 1
-    h = firwin(min(taps, 1023), cutoff, fs=sample_rate)
-    xf = oaconvolve(pcm, h, mode="same") if len(pcm) >= len(h) else pcm
+    h = scipy.signal.firwin(min(taps, 1023), cutoff, fs=sample_rate)
+    xf = scipy.signal.oaconvolve(pcm, h, mode="same") if len(pcm) >= len(h) else pcm
     step = NS / wave_rate
     if step != round(step):
         raise FeatureError(f"waveform rate {wave_rate} Hz is not a whole number of ns per step")

@@ -25,9 +25,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy  # its submodules load on first use: not in a run without DTW-sync
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.interpolate import CubicSpline
-from scipy.signal import find_peaks
 
 from mmalign.transforms.clock.dtw import run_dtw
 from mmalign.transforms.clock.search import Line, Track
@@ -78,7 +77,7 @@ def _dev_along(dev: Track, line: Line, t_ref: np.ndarray, cubic: bool) -> np.nda
     if hi - lo < 4:
         return dev.at(t)
     seg = dev.values[lo:hi].astype(np.float64)
-    out = CubicSpline(np.arange(lo, hi), seg)(x)
+    out = scipy.interpolate.CubicSpline(np.arange(lo, hi), seg)(x)
     out[(x < 0) | (x > len(dev.values) - 1)] = 0.0
     return out
 
@@ -145,7 +144,7 @@ def _landmarks(sig: np.ndarray, rate_hz: float) -> np.ndarray:
     top = min(float(np.max(sig)), 1.0) if len(sig) else 0.0
     if not top > 0:
         return np.zeros(0, np.int64)
-    peaks, _ = find_peaks(sig, prominence=LANDMARK_REL_HEIGHT * top,
+    peaks, _ = scipy.signal.find_peaks(sig, prominence=LANDMARK_REL_HEIGHT * top,
                           distance=max(1, int(LANDMARK_SEPARATION_S * rate_hz)))
     return peaks.astype(np.int64)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d, uniform_filter1d
+import scipy  # its submodules load on first use: not in a run without DTW-sync
 
 from mmalign.transforms.clock.features import Feature, condition, highpass
 
@@ -118,16 +118,17 @@ def view(f: Feature, how: str) -> np.ndarray:
             ok = (k >= 0) & (k + 1 < len(v))
             np.add.at(v, k[ok], 1 - w[ok])
             np.add.at(v, k[ok] + 1, w[ok])
-        return gaussian_filter1d(v, max(1.0, 0.05 * rate), mode="constant")
+        return scipy.ndimage.gaussian_filter1d(v, max(1.0, 0.05 * rate), mode="constant")
     if f.kind == "impulse":
         return condition(f)[0]
     x = np.asarray(f.values, np.float64)
     if f.kind == "level":
-        x = gaussian_filter1d(x, 1.0, mode="nearest")
+        x = scipy.ndimage.gaussian_filter1d(x, 1.0, mode="nearest")
     if how == "deriv":
-        x = np.gradient(gaussian_filter1d(x, max(1.0, 0.02 * rate), mode="nearest")) * rate
+        x = scipy.ndimage.gaussian_filter1d(x, max(1.0, 0.02 * rate), mode="nearest")
+        x = np.gradient(x) * rate
     elif how == "envelope":
-        x = uniform_filter1d(x, max(1, round(rate)), mode="nearest")
+        x = scipy.ndimage.uniform_filter1d(x, max(1, round(rate)), mode="nearest")
     elif f.kind == "continuous":
         x = highpass(x, rate, 20.0)
     return standardise(x)

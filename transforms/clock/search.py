@@ -21,8 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
-from scipy.signal import correlate, correlation_lags
+import scipy  # its submodules load on first use: not in a run without DTW-sync
 
 # common clock-rate ratios: NTSC pull-down (1000/1001), PAL speed-up (25/24, 25/23.976), ...
 FRAME_RATIOS = (1.0, 1001 / 1000, 25 / 23.976, 25 / 24, 24 / 23.976, 30 / 25, 50 / 48)
@@ -48,7 +47,9 @@ class Track:
 
     def smoothed(self, sigma_s: float) -> Track:
         s = sigma_s * self.rate
-        v = gaussian_filter1d(self.values, s, mode="nearest") if s >= 0.5 else self.values
+        v = self.values
+        if s >= 0.5:
+            v = scipy.ndimage.gaussian_filter1d(v, s, mode="nearest")
         return Track(v, self.t0, self.rate)
 
 
@@ -82,8 +83,8 @@ def ncc(r: np.ndarray, d: np.ndarray, min_count: int) -> tuple[np.ndarray, np.nd
     r = np.asarray(r, np.float64)
     d = np.asarray(d, np.float64)
     n, m = len(r), len(d)
-    lags = correlation_lags(n, m, mode="full")
-    srd = correlate(r, d, mode="full", method="fft" if n * m > 4096 else "direct")
+    lags = scipy.signal.correlation_lags(n, m, mode="full")
+    srd = scipy.signal.correlate(r, d, mode="full", method="fft" if n * m > 4096 else "direct")
     cr, cr2 = np.r_[0.0, np.cumsum(r)], np.r_[0.0, np.cumsum(r * r)]
     cd, cd2 = np.r_[0.0, np.cumsum(d)], np.r_[0.0, np.cumsum(d * d)]
     k0, k1 = np.maximum(0, lags), np.minimum(n, m + lags)
