@@ -40,6 +40,8 @@ import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timing import best_of  # noqa: E402  (benchmarks/timing.py)
+
 from mmalign.transforms.align.policies import interpolate, nearest  # noqa: E402
 
 MS = 1_000_000
@@ -56,15 +58,6 @@ def make_data(n: int, seed: int = 0):
     ticks.sort()
     values = rng.normal(size=(t.size, 3))
     return ticks, t, values
-
-
-def best_of(fn, repeat: int):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 # -- nearest peers: each returns a function giving the matched sample index (-1: none) --------

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+from timing import best_of  # benchmarks/timing.py
 
 from mmalign.transforms.clock.dtw import banded_dtw, diagonal_band, fastdtw_path
 
@@ -42,15 +42,6 @@ def sequences(n: int, band: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     x = np.interp(t, src, base) + rng.normal(0, 0.01, n)
     y = np.interp(t + warp, src, base) + rng.normal(0, 0.01, n)
     return x, y
-
-
-def timed(fn, repeat: int):
-    best, out = math.inf, None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main(argv=None) -> int:
@@ -82,9 +73,9 @@ def main(argv=None) -> int:
     for n in sizes:
         x, y = sequences(n, w)
         rep = 3 if n <= 10_000 else 1
-        t_path, ours = timed(lambda x=x, y=y: banded_dtw(x, y, half_width=w), rp)
-        t_cost, _ = timed(lambda x=x, y=y: banded_dtw(x, y, half_width=w, path=False), rp)
-        t_sq, ours_sq = timed(
+        t_path, ours = best_of(lambda x=x, y=y: banded_dtw(x, y, half_width=w), rp)
+        t_cost, _ = best_of(lambda x=x, y=y: banded_dtw(x, y, half_width=w, path=False), rp)
+        t_sq, ours_sq = best_of(
             lambda x=x, y=y: banded_dtw(x, y, half_width=w, metric="sq", path=False), rp)
         exact_abs, exact_sq = ours.cost, math.sqrt(ours_sq.cost)
         lo, hi = diagonal_band(n, n, w)
@@ -96,12 +87,12 @@ def main(argv=None) -> int:
         rows.append((n, "banded cost only |x-y|", t_cost, t_cost / t_path, exact_abs, 0.0))
         rows.append((n, "banded cost only (x-y)^2", t_sq, t_sq / t_path, exact_sq, 0.0))
         if dtai is not None:
-            t_d, d = timed(
+            t_d, d = best_of(
                 lambda x=x, y=y: dtai.distance_fast(x, y, window=w + 1, use_pruning=False), rp)
             rows.append((n, "dtaidistance distance_fast", t_d, t_d / t_path, d,
                          (d - exact_sq) / exact_sq))
             try:
-                t_dp, (_, dp) = timed(lambda x=x, y=y: dtai.warping_path_fast(
+                t_dp, (_, dp) = best_of(lambda x=x, y=y: dtai.warping_path_fast(
                     x, y, window=w + 1, include_distance=True), rp)
                 rows.append((n, "dtaidistance warping_path_fast", t_dp, t_dp / t_path, dp,
                              (dp - exact_sq) / exact_sq))
@@ -117,7 +108,7 @@ def main(argv=None) -> int:
                                 f"{args.fastdtw_limit:.0f} s)", math.nan, math.nan, math.nan,
                              math.nan))
                 continue
-            t_f, f = timed(lambda r=radius, x=x, y=y: fastdtw_path(x, y, radius=r),
+            t_f, f = best_of(lambda r=radius, x=x, y=y: fastdtw_path(x, y, radius=r),
                            rep if n <= 10_000 else 1)
             fast_time[radius] = (n, t_f)
             rows.append((n, name, t_f, t_f / t_path, f.cost, (f.cost - exact_abs) / exact_abs))

@@ -20,8 +20,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import best_of  # benchmarks/timing.py
 
 MANIFEST = """session: video-only
 streams:
@@ -43,15 +44,6 @@ def make_clip(folder: Path, duration: float) -> Path:
                     "-pix_fmt", "yuv420p", "-g", "60", str(clip)], check=True)
     (folder / "manifest.yaml").write_text(MANIFEST)
     return clip
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def pyav_decode(clip: Path) -> int:
@@ -93,10 +85,10 @@ def main() -> int:
                                            "-f", "null", "-"], check=True)
 
         frames = pyav_decode(clip)
-        peers = {"ffmpeg -f null (frame threads)": best(ffmpeg(), repeat),
-                 "ffmpeg -threads 1 -f null": best(ffmpeg("-threads", "1"), repeat),
-                 "PyAV demux + decode, 1 thread": best(lambda: pyav_decode(clip), repeat)}
-        command = best(backfill, repeat)
+        peers = {"ffmpeg -f null (frame threads)": best_of(ffmpeg(), repeat)[0],
+                 "ffmpeg -threads 1 -f null": best_of(ffmpeg("-threads", "1"), repeat)[0],
+                 "PyAV demux + decode, 1 thread": best_of(lambda: pyav_decode(clip), repeat)[0]}
+        command = best_of(backfill, repeat)[0]
         run = min(elapsed)
     print(f"{duration:g} s of 1280x720 H.264 at 30 fps ({frames} frames); best of {repeat}; "
           f"mmalign wrote {sorted(rows)} aligned rows")
