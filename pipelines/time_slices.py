@@ -210,7 +210,8 @@ class DecodeValidateStreamFn(beam.DoFn):
         self.validate = ValidateFn(job.stream_options, job.run_id, job.rules, job.declared)
 
     def setup(self):
-        self.spill.setup()
+        for fn in (self.decode, self.spill, self.validate):     # as each would be set up alone
+            fn.setup()
 
     def process(self, requests: list[DecodeRequest]):
         refs: list[Spilled] = []
